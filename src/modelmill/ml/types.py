@@ -1,0 +1,62 @@
+"""The domain shapes shared by data validation, training, sampling and the service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LineProblem:
+    """One problem in a training file. `line` is 1-based; 0 means the file as a whole."""
+
+    line: int
+    field: str  # JSON path inside the line, e.g. "messages[2].role"; "" for the whole line
+    code: str  # machine-readable, e.g. "invalid_json", "unknown_role", "too_few_examples"
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.field + ': ' if self.field else ''}{self.message}"
+
+
+@dataclass(frozen=True)
+class ChatExample:
+    """One SFT line: OpenAI chat messages (normalised by chat_format) plus optional tools."""
+
+    messages: list[dict]
+    tools: list[dict] | None = None
+    parallel_tool_calls: bool | None = None
+    line: int = 0  # 1-based line number in the source file
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What validate_file found. ok is True only when there are no problems."""
+
+    method: str
+    n_lines: int
+    examples: list = field(default_factory=list)
+    problems: list[LineProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What sampling needs to load a model: a base HF directory and an optional LoRA adapter."""
+
+    base_dir: Path
+    adapter_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run returns to its caller (the worker or a notebook)."""
+
+    status: str  # "succeeded" | "cancelled" | "paused"
+    adapter_dir: Path | None  # final adapter (None unless succeeded)
+    trained_tokens: int  # tokens seen by the model across all epochs (prompt + completion)
+    steps: int  # optimizer steps completed
