@@ -1,0 +1,216 @@
+"""The `modelmill` command: a thin shell over the service (serve, worker, keys) and the
+public API (files, jobs), plus the local model registry (models)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from modelmill.settings import Settings
+
+
+def _settings(args) -> Settings:
+    return Settings.from_env(home=getattr(args, "home", None), host=getattr(args, "host", None),
+                             port=getattr(args, "port", None))
+
+
+def _client(args):
+    from openai import OpenAI
+
+    return OpenAI(base_url=args.base_url, api_key=args.api_key or "local")
+
+
+# --- service ---------------------------------------------------------------------------
+
+def cmd_serve(args) -> int:
+    from modelmill.service.api.app import serve
+
+    settings = _settings(args).with_(run_worker=not args.no_worker)
+    serve(settings)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from modelmill.service.worker import run_worker
+
+    run_worker(_settings(args))
+    return 0
+
+
+def cmd_keys_create(args) -> int:
+    from modelmill.service.auth import create_key
+    from modelmill.service.store import open_store
+
+    key = create_key(open_store(_settings(args).ensure_dirs()), args.name)
+    print(key)
+    print("Store it now: only its hash is kept. The server now requires a key on every request.",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from modelmill.demo import run_demo
+
+    run_demo(model=args.model, n_epochs=args.n_epochs, base_url=args.base_url_opt)
+    return 0
+
+
+# --- models (local registry) -----------------------------------------------------------
+
+def cmd_models_list(args) -> int:
+    from modelmill.ml.models import list_models
+
+    for m in list_models(_settings(args).home):
+        print(f"{m.name:<40} {m.source}")
+    return 0
+
+
+def cmd_models_add(args) -> int:
+    from modelmill.ml.models import add_model
+
+    info = add_model(_settings(args).ensure_dirs().home, args.name, args.path)
+    print(f"added {info.name} from {info.source}")
+    return 0
+
+
+# --- files and jobs (over the API, with the official SDK) --------------------------------
+
+def cmd_files_upload(args) -> int:
+    with open(args.path, "rb") as f:
+        obj = _client(args).files.create(file=f, purpose=args.purpose)
+    print(json.dumps(obj.to_dict(), indent=2))
+    return 0
+
+
+def cmd_jobs_create(args) -> int:
+    hp = {k: v for k, v in (("n_epochs", args.n_epochs), ("batch_size", args.batch_size),
+                            ("learning_rate_multiplier", args.learning_rate_multiplier)) if v is not None}
+    kwargs = dict(training_file=args.training_file, model=args.model,
+                  method={"type": "supervised", "supervised": {"hyperparameters": hp}})
+    for name in ("validation_file", "suffix", "seed"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    job = _client(args).fine_tuning.jobs.create(**kwargs)
+    print(json.dumps(job.to_dict(), indent=2))
+    if args.watch:
+        return cmd_jobs_watch(argparse.Namespace(**{**vars(args), "job": job.id}))
+    return 0
+
+
+def cmd_jobs_list(args) -> int:
+    for job in _client(args).fine_tuning.jobs.list(limit=args.limit).data:
+        print(f"{job.id}  {job.status:<16} {job.model:<28} {job.fine_tuned_model or ''}")
+    return 0
+
+
+def cmd_jobs_watch(args) -> int:
+    from modelmill.watch import watch_job
+
+    job = watch_job(_client(args), args.job)
+    return 0 if job.status in ("succeeded", "paused") else 1
+
+
+def _job_action(action: str):
+    def run(args) -> int:
+        job = getattr(_client(args).fine_tuning.jobs, action)(args.job)
+        print(f"{job.id}: {job.status}")
+        return 0
+    run.__doc__ = f"{action} a job"
+    return run
+
+
+# --- parser ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modelmill", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def local(sp):
+        sp.add_argument("--home", help="data directory (default $MODELMILL_HOME or ~/.modelmill)")
+        return sp
+
+    def remote(sp):
+        sp.add_argument("--base-url", default=os.environ.get("MODELMILL_BASE_URL", "http://127.0.0.1:8000/v1"),
+                        help="API base URL (default $MODELMILL_BASE_URL or http://127.0.0.1:8000/v1)")
+        sp.add_argument("--api-key", default=os.environ.get("MODELMILL_API_KEY"),
+                        help="API key (default $MODELMILL_API_KEY)")
+        return sp
+
+    sp = local(sub.add_parser("serve", help="run the API and a worker",
+                              description="Run the OpenAI-compatible API and, unless --no-worker, a training worker."))
+    sp.add_argument("--host", help="bind address (default 127.0.0.1; non-loopback needs an API key)")
+    sp.add_argument("--port", type=int, help="port (default 8000)")
+    sp.add_argument("--no-worker", action="store_true", help="serve the API only; run `modelmill worker` apart")
+    sp.set_defaults(func=cmd_serve)
+
+    sp = local(sub.add_parser("worker", help="run a training worker alone",
+                              description="Claim queued jobs from the store under a lease and train them."))
+    sp.set_defaults(func=cmd_worker)
+
+    sp = sub.add_parser("demo", help="fine-tune SmolLM2 on smart-home function calling, before/after",
+                        description="Start a server, upload examples/smart_home, measure, fine-tune, measure again.")
+    sp.add_argument("--model", default="SmolLM2-135M-Instruct", help="base model (default SmolLM2-135M-Instruct)")
+    sp.add_argument("--n-epochs", type=int, default=2, help="training epochs (default 2)")
+    sp.add_argument("--base-url", dest="base_url_opt", help="use a running server instead of starting one")
+    sp.set_defaults(func=cmd_demo)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
+    sp = local(keys.add_parser("create", help="create an API key and print it once"))
+    sp.add_argument("--name", default="default", help="a label for the key")
+    sp.set_defaults(func=cmd_keys_create)
+
+    models = sub.add_parser("models", help="the base-model registry").add_subparsers(
+        dest="models_cmd", required=True, metavar="ACTION")
+    local(models.add_parser("list", help="list base models")).set_defaults(func=cmd_models_list)
+    sp = local(models.add_parser("add", help="register a local HF directory (safetensors) or a hub id"))
+    sp.add_argument("name", help="the model name clients will use")
+    sp.add_argument("path", help="local Hugging Face directory, or a hub id when online")
+    sp.set_defaults(func=cmd_models_add)
+
+    files = sub.add_parser("files", help="training files").add_subparsers(dest="files_cmd", required=True,
+                                                                          metavar="ACTION")
+    sp = remote(files.add_parser("upload", help="upload a JSONL file"))
+    sp.add_argument("path", help="the file to upload")
+    sp.add_argument("--purpose", default="fine-tune", help="file purpose (default fine-tune)")
+    sp.set_defaults(func=cmd_files_upload)
+
+    jobs = sub.add_parser("jobs", help="fine-tuning jobs").add_subparsers(dest="jobs_cmd", required=True,
+                                                                         metavar="ACTION")
+    sp = remote(jobs.add_parser("create", help="create a supervised fine-tuning job"))
+    sp.add_argument("training_file", help="file id of the uploaded training file")
+    sp.add_argument("--model", default="SmolLM2-135M-Instruct", help="base or ft: model")
+    sp.add_argument("--validation-file", help="file id of a validation file")
+    sp.add_argument("--suffix", help="suffix for the fine-tuned model name")
+    sp.add_argument("--seed", type=int, help="random seed")
+    sp.add_argument("--n-epochs", type=int, help="epochs (default auto)")
+    sp.add_argument("--batch-size", type=int, help="batch size (default auto)")
+    sp.add_argument("--learning-rate-multiplier", type=float, help="LR multiplier (default auto)")
+    sp.add_argument("--watch", action="store_true", help="watch the job after creating it")
+    sp.set_defaults(func=cmd_jobs_create)
+    sp = remote(jobs.add_parser("list", help="list jobs"))
+    sp.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    sp.set_defaults(func=cmd_jobs_list)
+    sp = remote(jobs.add_parser("watch", help="live progress bar with loss and ETA, then a summary"))
+    sp.add_argument("job", help="job id")
+    sp.set_defaults(func=cmd_jobs_watch)
+    for action in ("cancel", "pause", "resume"):
+        sp = remote(jobs.add_parser(action, help=f"{action} a job"))
+        sp.add_argument("job", help="job id")
+        sp.set_defaults(func=_job_action(action))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""End-to-end fixtures: a real `modelmill serve` on 127.0.0.1 driven by the official openai SDK."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from modelmill.demo import free_port, wait_until_up
+
+REPO = Path(__file__).resolve().parents[2]
+SMART_HOME = REPO / "examples" / "smart_home"
+
+
+class Server:
+    """A server subprocess (API, optionally with its in-process worker) plus helpers to run workers."""
+
+    def __init__(self, home: Path, worker: bool = True, env: dict | None = None):
+        self.home = home
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.env = dict(os.environ, MODELMILL_HOME=str(home), **(env or {}))
+        cmd = [sys.executable, "-m", "modelmill.cli", "serve", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd + ([] if worker else ["--no-worker"]), env=self.env)
+        wait_until_up(self.base_url, self.proc)
+        self.client = OpenAI(base_url=self.base_url, api_key="test-key", max_retries=0)
+
+    def start_worker(self) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "modelmill.cli", "worker"], env=self.env)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("home"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    return server.client
+
+
+@pytest.fixture(scope="session")
+def train_file(client):
+    with open(SMART_HOME / "train.jsonl", "rb") as f:
+        return client.files.create(file=f, purpose="fine-tune")
+
+
+@pytest.fixture(scope="session")
+def valid_file(client):
+    with open(SMART_HOME / "valid.jsonl", "rb") as f:
+        return client.files.create(file=f, purpose="fine-tune")
+
+
+def wait_for(client, job_id: str, statuses: set[str], timeout: float = 180.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout}s (wanted {statuses})")
+
+
+def tiny_job(client, training_file: str, n_epochs: int = 1, batch_size: int = 8, **kw):
+    return client.fine_tuning.jobs.create(
+        training_file=training_file, model="modelmill-tiny", seed=3,
+        method={"type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": n_epochs, "batch_size": batch_size, "learning_rate_multiplier": 2.0}}}, **kw)

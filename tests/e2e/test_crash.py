@@ -1,0 +1,54 @@
+"""SIGKILL the worker in the middle of training: the next worker resumes from the
+last checkpoint and the job succeeds, with no step recorded twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.e2e.conftest import SMART_HOME, Server, tiny_job, wait_for
+
+
+@pytest.fixture
+def split_server(tmp_path):
+    s = Server(tmp_path / "home", worker=False, env={"MODELMILL_LEASE_SECONDS": "3",
+                                                     "MODELMILL_HEARTBEAT_SECONDS": "0.5"})
+    yield s
+    s.stop()
+
+
+def test_sigkill_worker_resumes_from_checkpoint(split_server):
+    client = split_server.client
+    with open(SMART_HOME / "train.jsonl", "rb") as f:
+        train = client.files.create(file=f, purpose="fine-tune")
+    job = tiny_job(client, train.id, n_epochs=4, batch_size=2)
+    worker = split_server.start_worker()
+    try:
+        deadline = time.monotonic() + 120
+        while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
+            assert time.monotonic() < deadline, "no checkpoint before the deadline"
+            assert worker.poll() is None
+            time.sleep(0.05)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        killed_at = client.fine_tuning.jobs.retrieve(job.id)
+        assert killed_at.status == "running"
+        first_ckpt = min(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data)
+
+        worker = split_server.start_worker()
+        done = wait_for(client, job.id, {"succeeded", "failed"}, timeout=180)
+        assert done.status == "succeeded", done.error
+        events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+        assert any("resum" in e.message.lower() for e in events), [e.message for e in events]
+        metrics = [e.data for e in events if e.type == "metrics"]
+        steps = [m["step"] for m in metrics]
+        assert max(steps) == metrics[0]["total_steps"] == 4 * 53  # 106 examples / batch 2, 4 epochs
+        # The second worker started from the checkpoint, not from step 1: steps before the
+        # checkpoint were recorded once, by the first worker.
+        assert steps.count(1) == 1 and first_ckpt >= 53
+    finally:
+        worker.kill()
+        worker.wait()

@@ -1,0 +1,35 @@
+"""Dependencies point one way: nothing under modelmill.ml imports modelmill.service or the CLI."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ML = Path(__file__).resolve().parents[1] / "src" / "modelmill" / "ml"
+
+
+def imported_modules(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_ml_never_imports_service_or_cli():
+    files = sorted(ML.rglob("*.py"))
+    assert len(files) >= 5
+    for path in files:
+        bad = {m for m in imported_modules(path) if m.startswith(("modelmill.service", "modelmill.cli"))}
+        assert not bad, f"{path.relative_to(ML.parent)} imports {bad}"
+
+
+def test_errors_subclass_builtins():
+    from modelmill import errors
+
+    assert issubclass(errors.InvalidRequestError, ValueError)
+    assert issubclass(errors.NotFoundError, LookupError)
+    assert issubclass(errors.AuthenticationError, PermissionError)
+    assert errors.NotFoundError("x").to_dict()["error"]["type"] == "invalid_request_error"
