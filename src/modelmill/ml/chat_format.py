@@ -44,7 +44,9 @@ def normalize_messages(messages: list[dict]) -> list[dict]:
         if m.get("tool_calls"):
             calls = []
             for tc in m["tool_calls"]:
-                fn = tc.get("function", {})
+                if not isinstance(tc, dict):
+                    continue
+                fn = tc.get("function") or {}
                 args = fn.get("arguments", "{}")
                 try:
                     args = json.dumps(json.loads(args) if isinstance(args, str) else args, ensure_ascii=False)
@@ -75,9 +77,13 @@ def parse_tool_calls(text: str) -> tuple[str | None, list[dict]]:
         try:
             obj = json.loads(m.group(1))
             name = obj["name"]
-            args = obj.get("arguments", {})
-        except (ValueError, KeyError, TypeError):
+            args = obj.get("arguments")
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
+        if not isinstance(name, str) or not name:
+            continue  # not a call we could dispatch: keep the text
+        if args is None:
+            args = {}
         calls.append({
             "id": "call_" + uuid.uuid4().hex[:24],
             "type": "function",

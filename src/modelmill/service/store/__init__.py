@@ -1,0 +1,42 @@
+"""The store: one SQLite database (WAL) plus uploaded blobs, under settings.home.
+
+    store = open_store(settings)        # creates dirs, applies migrations
+    store.files / store.jobs / store.events / store.checkpoints / store.keys
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from modelmill.settings import Settings
+from modelmill.service.store.db import Database
+from modelmill.service.store.events import CheckpointRepo, EventRepo
+from modelmill.service.store.files import FileRepo
+from modelmill.service.store.jobs import JobRepo, NewJob
+from modelmill.service.store.keys import KeyRepo
+from modelmill.service.store.records import (ApiKeyRecord, CheckpointRecord, EventRecord, FileRecord,
+                                             JobRecord, Page)
+
+
+class Store:
+    def __init__(self, db_path: Path, files_dir: Path, *, clock=time.time):
+        self.db = Database(db_path)
+        self.clock = clock
+        self.files = FileRepo(self.db, files_dir)
+        self.jobs = JobRepo(self.db, clock)
+        self.events = EventRepo(self.db)
+        self.checkpoints = CheckpointRepo(self.db)
+        self.keys = KeyRepo(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_store(settings: Settings, *, clock=time.time) -> Store:
+    settings.ensure_dirs()
+    return Store(settings.db_path, settings.files_dir, clock=clock)
+
+
+__all__ = ["Store", "open_store", "NewJob", "Page", "FileRecord", "JobRecord", "EventRecord",
+           "CheckpointRecord", "ApiKeyRecord"]

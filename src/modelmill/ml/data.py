@@ -1,0 +1,451 @@
+"""Read and validate training files (JSONL), one line validator per fine-tuning method.
+
+This is the product's first line of defence: an uploaded file is checked here before any
+GPU/CPU time is spent, and every problem comes back as a LineProblem with a 1-based line
+number, a JSON path inside the line and a machine-readable code, e.g.
+`line 7: messages[2].role: unknown role 'bot'`.
+
+Why hand-written checks instead of running OpenAI's JSON schema (spec/openai-training-data-
+schemas.json, FineTuneChatRequestInput) through `jsonschema`: the schema's oneOf over message
+kinds turns one wrong field into a wall of "is not valid under any of the given schemas"
+errors with no usable path, and it cannot express the cross-field rules (tool messages answer
+an earlier tool call, arguments parse to an object, at least one trainable assistant turn).
+tests/ml/test_data.py checks that the two agree on valid lines.
+
+Reading (ml/jsonl.py) is streamed line by line with a per-line byte cap, so a hostile upload
+costs bounded memory; strict JSON (no NaN, no duplicate keys, bounded depth); binary files are
+reported once. Only the first MAX_PROBLEMS problems are kept (plus one summary problem with
+the count of the rest).
+
+Choices worth knowing:
+- Blank (whitespace-only) lines are skipped, not reported; line numbers still count them.
+- A UTF-8 byte-order mark at the start of the file is accepted and ignored.
+- Unknown top-level keys are allowed (as in OpenAI's schema); unknown keys inside a message
+  are rejected (`unknown_key`), so a typo such as "wieght" cannot silently change training.
+- Deprecated/unsupported OpenAI fields (`functions`, `function_call`, the `function` role,
+  audio, refusals, image/audio/file content parts) are rejected with a clear code rather than
+  silently dropped.
+- Problems are listed in file order; file-level problems (line 0) come last.
+
+Error codes (LineProblem.code). File-level ones have line 0, except binary/encoding ones,
+which name the line where the bytes were found:
+  empty_file, too_few_examples, too_many_problems, binary_file, unsupported_encoding,
+  line_too_long, invalid_utf8, invalid_json, non_finite_number, duplicate_key,
+  too_deeply_nested, invalid_unicode, not_an_object, missing_field, invalid_type, invalid_value, empty_array,
+  unknown_key, unsupported_field, unknown_role, unsupported_role, unsupported_content_part,
+  missing_content, invalid_weight, weight_not_allowed, no_assistant_target,
+  invalid_function_name, invalid_arguments, unknown_tool, duplicate_tool_name,
+  duplicate_tool_call_id, unknown_tool_call_id, parallel_tool_calls_disabled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from modelmill.errors import DataValidationError, InvalidRequestError
+from modelmill.ml.jsonl import JsonlReader, strict_json_loads, type_name
+from modelmill.ml.types import ChatExample, LineProblem, ValidationReport
+
+MAX_PROBLEMS = 100  # problems kept per file; the rest are counted in one "too_many_problems"
+MIN_EXAMPLES = 10  # OpenAI's minimum for a training file
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# Keys a message may carry, per role. Everything else is unknown_key / unsupported_field.
+MESSAGE_KEYS = {
+    "system": {"role", "content", "name"},
+    "developer": {"role", "content", "name"},
+    "user": {"role", "content", "name"},
+    "assistant": {"role", "content", "name", "tool_calls", "weight"},
+    "tool": {"role", "content", "tool_call_id"},
+}
+UNSUPPORTED_MESSAGE_KEYS = {
+    "function_call": "function_call is deprecated; use tool_calls",
+    "audio": "audio messages are not supported (text models only)",
+    "refusal": "refusal is not supported; put the text in content",
+}
+
+# A line validator turns one parsed JSON object into (example, problems). It must not raise
+# on bad content; problems carry the line number it was given.
+LineValidator = Callable[[dict, int], "tuple[Any | None, list[LineProblem]]"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def validate_file(path: Path, method: str = "supervised", *, min_examples: int = MIN_EXAMPLES,
+                  keep_examples: bool = True) -> ValidationReport:
+    """Check every line of a JSONL training file against `method`'s line format.
+
+    Never raises on bad content: every problem becomes a LineProblem in the report
+    (report.ok is False when there is any). Raises InvalidRequestError for an unknown method
+    and OSError when the file cannot be opened. `keep_examples=False` keeps memory bounded
+    for huge files (report.examples stays empty).
+    """
+    validator = _line_validator(method)
+    sink = _ProblemSink()
+    examples: list = []
+    n_candidates = 0  # non-blank lines: each one is meant to be an example
+    with open(path, "rb") as f:
+        reader = JsonlReader(f)
+        for line, obj, problem in reader:
+            n_candidates += 1
+            if problem is not None:
+                sink.add(problem)
+                continue
+            example, problems = validator(obj, line)
+            for p in problems:
+                sink.add(p)
+            if example is not None and not problems and keep_examples:
+                examples.append(example)
+    if reader.binary:
+        return ValidationReport(method=method, n_lines=0, examples=[], problems=sink.problems())
+    if n_candidates == 0:
+        sink.add_file(LineProblem(0, "", "empty_file", "file is empty: it contains no examples"))
+    elif n_candidates < min_examples:
+        sink.add_file(LineProblem(0, "", "too_few_examples",
+                                  f"file has {n_candidates} example{'s' * (n_candidates != 1)}; "
+                                  f"at least {min_examples} are required"))
+    return ValidationReport(method=method, n_lines=reader.lines_read, examples=examples, problems=sink.problems())
+
+
+def read_examples(path: Path, method: str = "supervised", *, min_examples: int = MIN_EXAMPLES) -> list:
+    """The examples of a valid file (ChatExample for "supervised", raw OpenAI message dicts).
+
+    Raises errors.DataValidationError (with .problems) when the file has any problem.
+    """
+    report = validate_file(path, method, min_examples=min_examples)
+    if not report.ok:
+        raise DataValidationError(f"invalid training file: {format_problems(report.problems)}",
+                                  report.problems, param="training_file")
+    return report.examples
+
+
+def format_problems(problems: list[LineProblem], limit: int = 5) -> str:
+    """A one-line summary: the first `limit` problems, then "and N more"."""
+    shown = "; ".join(str(p) for p in problems[:limit])
+    rest = len(problems) - limit
+    return shown + (f"; and {rest} more problem{'s' * (rest != 1)}" if rest > 0 else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Problems and line validators
+
+
+class _ProblemSink:
+    """Keeps the first MAX_PROBLEMS line problems and counts the rest; file problems always kept."""
+
+    def __init__(self):
+        self.kept: list[LineProblem] = []
+        self.dropped = 0
+        self.file: list[LineProblem] = []
+
+    def add(self, p: LineProblem) -> None:
+        if len(self.kept) < MAX_PROBLEMS:
+            self.kept.append(p)
+        else:
+            self.dropped += 1
+
+    def add_file(self, p: LineProblem) -> None:
+        self.file.append(p)
+
+    def problems(self) -> list[LineProblem]:
+        out = self.kept + self.file
+        if self.dropped:
+            out.append(LineProblem(0, "", "too_many_problems",
+                                   f"{self.dropped} more problem{'s' * (self.dropped != 1)} not shown "
+                                   f"(only the first {MAX_PROBLEMS} are listed)"))
+        return out
+
+
+class Checker:
+    """Collects problems for one line (validators for new methods build one per line); small
+    helpers keep the per-field checks one-liners."""
+
+    def __init__(self, line: int):
+        self.line = line
+        self.problems: list[LineProblem] = []
+
+    def add(self, field: str, code: str, message: str) -> None:
+        self.problems.append(LineProblem(self.line, field, code, message))
+
+    def type_is(self, value: Any, expected: type | tuple, field: str, what: str) -> bool:
+        ok = isinstance(value, expected) and not (isinstance(value, bool) and bool not in _as_tuple(expected))
+        if not ok:
+            self.add(field, "invalid_type", f"expected {what}, got {type_name(value)}")
+        return ok
+
+    def required(self, obj: dict, key: str, path: str) -> bool:
+        if key not in obj:
+            self.add(_join(path, key), "missing_field", f"missing required field '{key}'")
+            return False
+        return True
+
+
+def validate_supervised_line(obj: dict, line: int) -> tuple[ChatExample | None, list[LineProblem]]:
+    """One SFT line: {"messages": [...], "tools"?: [...], "parallel_tool_calls"?: bool}."""
+    c = Checker(line)
+    if "functions" in obj:
+        c.add("functions", "unsupported_field", "functions is deprecated; use tools")
+    tool_names = check_tools(obj["tools"], "tools", c) if "tools" in obj else None
+    parallel = obj.get("parallel_tool_calls")
+    if "parallel_tool_calls" in obj:
+        c.type_is(parallel, bool, "parallel_tool_calls", "a boolean")
+    if c.required(obj, "messages", ""):
+        check_messages(obj["messages"], "messages", c, tool_names=tool_names,
+                       allow_parallel=parallel is not False, require_target=True)
+    if c.problems:
+        return None, c.problems
+    return ChatExample(messages=obj["messages"], tools=obj.get("tools"),
+                       parallel_tool_calls=parallel if isinstance(parallel, bool) else None, line=line), []
+
+
+# Per-method line validators. "preference" (DPO) and "reinforcement" (RFT) plug in here with the
+# same signature, reusing check_messages/check_tools for their message lists.
+LINE_VALIDATORS: dict[str, LineValidator] = {
+    "supervised": validate_supervised_line,
+}
+
+
+def _line_validator(method: str) -> LineValidator:
+    try:
+        return LINE_VALIDATORS[method]
+    except KeyError:
+        known = ", ".join(sorted(LINE_VALIDATORS))
+        raise InvalidRequestError(f"no training-file validator for method {method!r} (known: {known})",
+                                  param="method") from None
+
+
+def check_messages(messages: Any, path: str, c: Checker, *, tool_names: set[str] | None,
+                   allow_parallel: bool = True, require_target: bool = True) -> None:
+    """Check an OpenAI message list at `path`; problems go to `c`.
+
+    tool_names: the functions declared in `tools` (None when the line has no tools, in which
+    case tool calls are not checked against a declaration). require_target: at least one
+    assistant message with weight != 0 must exist.
+    """
+    if not c.type_is(messages, list, path, "an array of messages"):
+        return
+    if not messages:
+        c.add(path, "empty_array", "messages must contain at least one message")
+        return
+    call_ids: set[str] = set()
+    has_target = False
+    undecidable = False  # a message whose role we could not read might have been the target
+    for i, m in enumerate(messages):
+        mpath = f"{path}[{i}]"
+        if not c.type_is(m, dict, mpath, "a message object"):
+            undecidable = True
+            continue
+        role = _check_role(m, mpath, c)
+        if role is None:
+            undecidable = True
+            continue
+        _check_message_keys(m, role, mpath, c)
+        if role == "assistant":
+            has_target |= _check_assistant(m, mpath, c, tool_names, allow_parallel, call_ids)
+        else:
+            _check_content(m, mpath, c, required=True)
+        if role == "tool" and c.required(m, "tool_call_id", mpath):
+            tcid = m["tool_call_id"]
+            if c.type_is(tcid, str, f"{mpath}.tool_call_id", "a string") and tcid not in call_ids:
+                c.add(f"{mpath}.tool_call_id", "unknown_tool_call_id",
+                      f"tool_call_id {_short(tcid)} does not match a tool call in an earlier assistant message")
+    if require_target and not has_target and not undecidable:
+        c.add(path, "no_assistant_target",
+              "no assistant message to learn from (need at least one assistant message with weight != 0)")
+
+
+def check_tools(tools: Any, path: str, c: Checker) -> set[str] | None:
+    """Check a `tools` array ({"type": "function", "function": {...}}); returns the declared
+    names, or None when `tools` is not an array (then calls are not checked against it)."""
+    names: set[str] = set()
+    if not c.type_is(tools, list, path, "an array of tools"):
+        return None
+    for i, t in enumerate(tools):
+        tpath = f"{path}[{i}]"
+        if not c.type_is(t, dict, tpath, "a tool object"):
+            continue
+        if c.required(t, "type", tpath) and t["type"] != "function":
+            c.add(f"{tpath}.type", "invalid_value", f"tool type must be 'function', got {_short(t['type'])}")
+        if not c.required(t, "function", tpath) or not c.type_is(t["function"], dict, f"{tpath}.function",
+                                                                 "a function object"):
+            continue
+        fn, fpath = t["function"], f"{tpath}.function"
+        name = _check_function_name(fn, fpath, c)
+        if name is not None:
+            if name in names:
+                c.add(f"{fpath}.name", "duplicate_tool_name", f"tool {name!r} is declared more than once")
+            names.add(name)
+        if "description" in fn:
+            c.type_is(fn["description"], str, f"{fpath}.description", "a string")
+        if "parameters" in fn:
+            c.type_is(fn["parameters"], dict, f"{fpath}.parameters", "a JSON schema object")
+        if "strict" in fn and fn["strict"] is not None:
+            c.type_is(fn["strict"], bool, f"{fpath}.strict", "a boolean")
+    return names
+
+
+def _check_role(m: dict, mpath: str, c: Checker) -> str | None:
+    if not c.required(m, "role", mpath):
+        return None
+    role = m["role"]
+    if not c.type_is(role, str, f"{mpath}.role", "a string"):
+        return None
+    if role == "function":
+        c.add(f"{mpath}.role", "unsupported_role", "role 'function' is deprecated; use 'tool' with tool_call_id")
+        return None
+    if role not in ROLES:
+        c.add(f"{mpath}.role", "unknown_role", f"unknown role {_short(role)} (expected one of {', '.join(ROLES)})")
+        return None
+    return role
+
+
+def _check_message_keys(m: dict, role: str, mpath: str, c: Checker) -> None:
+    for key in m:
+        if key in MESSAGE_KEYS[role]:
+            continue
+        kpath = _join(mpath, key)
+        if key in UNSUPPORTED_MESSAGE_KEYS:
+            c.add(kpath, "unsupported_field", UNSUPPORTED_MESSAGE_KEYS[key])
+        elif key == "weight":
+            c.add(kpath, "weight_not_allowed", f"weight is only allowed on assistant messages, not {role}")
+        elif key == "tool_calls":
+            c.add(kpath, "unknown_key", f"tool_calls is only allowed on assistant messages, not {role}")
+        else:
+            allowed = ", ".join(sorted(MESSAGE_KEYS[role]))
+            c.add(kpath, "unknown_key", f"unknown key {key!r} in a {role} message (allowed: {allowed})")
+    if "name" in m and "name" in MESSAGE_KEYS[role]:
+        c.type_is(m["name"], str, f"{mpath}.name", "a string")
+
+
+def _check_assistant(m: dict, mpath: str, c: Checker, tool_names: set[str] | None, allow_parallel: bool,
+                     call_ids: set[str]) -> bool:
+    """Checks content/tool_calls/weight; True when this message is a training target."""
+    has_calls = "tool_calls" in m and m["tool_calls"] is not None
+    has_content = m.get("content") is not None
+    if has_content:
+        _check_content(m, mpath, c, required=False)
+    if has_calls:
+        _check_tool_calls(m["tool_calls"], f"{mpath}.tool_calls", c, tool_names, allow_parallel, call_ids)
+    if not has_content and not has_calls:
+        c.add(f"{mpath}.content", "missing_content", "assistant message needs content or tool_calls")
+    weight = m.get("weight", 1)
+    if "weight" in m and (type(weight) is not int or weight not in (0, 1)):
+        c.add(f"{mpath}.weight", "invalid_weight", f"weight must be 0 or 1, got {_short(weight)}")
+        return True  # already reported; do not pile a no_assistant_target on top
+    return weight != 0
+
+
+def _check_content(m: dict, mpath: str, c: Checker, *, required: bool) -> None:
+    path = f"{mpath}.content"
+    if "content" not in m:
+        if required:
+            c.add(path, "missing_field", "missing required field 'content'")
+        return
+    content = m["content"]
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        what = "a string or an array of text parts" + ("" if required else " (or null)")
+        c.add(path, "invalid_type", f"expected {what}, got {type_name(content)}")
+        return
+    if not content:
+        c.add(path, "empty_array", "content parts array must not be empty")
+    for j, part in enumerate(content):
+        ppath = f"{path}[{j}]"
+        if not c.type_is(part, dict, ppath, "a content part object"):
+            continue
+        if not c.required(part, "type", ppath):
+            continue
+        if part["type"] != "text":
+            c.add(f"{ppath}.type", "unsupported_content_part",
+                  f"content part type {_short(part['type'])} is not supported (only 'text')")
+        elif c.required(part, "text", ppath):
+            c.type_is(part["text"], str, f"{ppath}.text", "a string")
+
+
+def _check_tool_calls(calls: Any, path: str, c: Checker, tool_names: set[str] | None, allow_parallel: bool,
+                      call_ids: set[str]) -> None:
+    if not c.type_is(calls, list, path, "an array of tool calls"):
+        return
+    if not calls:
+        c.add(path, "empty_array", "tool_calls must not be empty (omit it instead)")
+    if len(calls) > 1 and not allow_parallel:
+        c.add(path, "parallel_tool_calls_disabled",
+              f"{len(calls)} tool calls in one message but parallel_tool_calls is false")
+    for k, tc in enumerate(calls):
+        tpath = f"{path}[{k}]"
+        if not c.type_is(tc, dict, tpath, "a tool call object"):
+            continue
+        for key in tc:
+            if key not in ("id", "type", "function"):
+                c.add(_join(tpath, key), "unknown_key", f"unknown key {key!r} in a tool call")
+        if c.required(tc, "id", tpath) and c.type_is(tc["id"], str, f"{tpath}.id", "a string"):
+            if not tc["id"]:
+                c.add(f"{tpath}.id", "invalid_value", "tool call id must not be empty")
+            elif tc["id"] in call_ids:
+                c.add(f"{tpath}.id", "duplicate_tool_call_id", f"tool call id {_short(tc['id'])} is used twice")
+            call_ids.add(tc["id"])
+        if c.required(tc, "type", tpath) and tc["type"] != "function":
+            c.add(f"{tpath}.type", "invalid_value", f"tool call type must be 'function', got {_short(tc['type'])}")
+        if not c.required(tc, "function", tpath) or not c.type_is(tc["function"], dict, f"{tpath}.function",
+                                                                  "a function object"):
+            continue
+        fn, fpath = tc["function"], f"{tpath}.function"
+        name = _check_function_name(fn, fpath, c)
+        if name is not None and tool_names is not None and name not in tool_names:
+            c.add(f"{fpath}.name", "unknown_tool", f"function {name!r} is not declared in tools")
+        if c.required(fn, "arguments", fpath):
+            _check_arguments(fn["arguments"], f"{fpath}.arguments", c)
+
+
+def _check_function_name(fn: dict, fpath: str, c: Checker) -> str | None:
+    if not c.required(fn, "name", fpath) or not c.type_is(fn["name"], str, f"{fpath}.name", "a string"):
+        return None
+    if not FUNCTION_NAME_RE.match(fn["name"]):
+        c.add(f"{fpath}.name", "invalid_function_name",
+              f"function name {_short(fn['name'])} must be 1-64 characters of a-z, A-Z, 0-9, _ or -")
+        return None
+    return fn["name"]
+
+
+def _check_arguments(args: Any, path: str, c: Checker) -> None:
+    if not isinstance(args, str):
+        c.add(path, "invalid_type", f"arguments must be a JSON-encoded string, got {type_name(args)}")
+        return
+    try:
+        parsed = strict_json_loads(args)
+    except (ValueError, RecursionError) as e:
+        c.add(path, "invalid_arguments", f"arguments is not valid JSON: {e}")
+        return
+    if not isinstance(parsed, dict):
+        c.add(path, "invalid_arguments", f"arguments must encode a JSON object, got {type_name(parsed)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _as_tuple(t: type | tuple) -> tuple:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _short(v: Any, limit: int = 60) -> str:
+    """repr() for messages, cut so a hostile 4 MB value cannot bloat the error."""
+    r = repr(v) if isinstance(v, str) else json.dumps(v) if _json_scalar(v) else type_name(v)
+    return r if len(r) <= limit else r[:limit] + "..."
+
+
+def _json_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float))

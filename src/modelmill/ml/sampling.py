@@ -1,0 +1,533 @@
+"""Text generation for chat completions, evals and RFT rollouts.
+
+One Sampler holds an LRU cache of loaded (base model, LoRA adapter) pairs, so the second
+request for a model does not reload it. Prompts are rendered with the tokenizer's chat
+template after chat_format.normalize_messages / normalize_tools, exactly as training renders
+them, and generated `<tool_call>` blocks are parsed back with chat_format.parse_tool_calls.
+
+Semantics (OpenAI's, where they map):
+- temperature 0 (or top_p 0) is greedy decoding; n > 1 greedy choices are one decode copied n
+  times (they would be identical anyway).
+- seed makes sampling deterministic: torch.manual_seed(seed) inside torch.random.fork_rng, so
+  the process-wide RNG (e.g. a training run in the same process) is restored afterwards.
+- All generation in the process is serialised by one lock (_GENERATE_LOCK). The global torch RNG
+  and the Rust tokenizer's padding state are not thread-safe, and on a CPU box one generate()
+  already uses every core, so running two at once would not be faster.
+- stop: up to 4 strings; generation of a choice ends once one appears, the text is cut before
+  its first occurrence and finish_reason is "stop". EOS also gives "stop"; hitting the token
+  budget gives "length"; a parsed tool call gives "tool_calls".
+- tools / tool_choice: "auto" (default with tools) renders the tools and parses tool calls;
+  "none" neither renders the tools nor parses (so the model answers in text); "required" and
+  {"type": "function", "function": {"name": ...}} are honoured by prefilling the assistant turn
+  with the start of a `<tool_call>` block (with the name, for a named choice). The prefill counts
+  as prompt tokens and is part of Choice.text. A small model may still fail to finish valid JSON;
+  then the block stays in the content and finish_reason is "stop"/"length".
+- max_tokens None means min(512, context left after the prompt); a larger max_tokens is clamped
+  to the context left. A prompt that fills the context raises InvalidRequestError
+  (code "context_length_exceeded").
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from modelmill.errors import InvalidRequestError, NotFoundError
+from modelmill.ml import chat_format, models
+from modelmill.ml.types import ModelRef
+
+DEFAULT_MAX_TOKENS = 512  # completion budget when max_tokens is None (capped by the context left)
+MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_N = 128  # OpenAI's limit on choices per request
+TOOL_CALL_OPEN = "<tool_call>"
+
+# One lock for every generate() in the process; see the module docstring.
+_GENERATE_LOCK = threading.Lock()
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. Validated on construction (InvalidRequestError names the bad param)."""
+
+    temperature: float = 1.0  # 0..2; 0 means greedy
+    top_p: float = 1.0  # 0..1 nucleus mass; 1 disables, 0 means greedy
+    max_tokens: int | None = None  # completion tokens per choice; None = context left, capped at 512
+    n: int = 1  # choices per prompt, 1..128
+    seed: int | None = None  # None = nondeterministic; an int makes sampling repeatable
+    stop: list[str] | None = None  # up to 4 strings (a single str is accepted and wrapped)
+
+    def __post_init__(self):
+        _check_number(self.temperature, "temperature", 0.0, 2.0)
+        _check_number(self.top_p, "top_p", 0.0, 1.0)
+        if self.max_tokens is not None and (not _is_int(self.max_tokens) or self.max_tokens < 1):
+            raise InvalidRequestError("max_tokens must be a positive integer", param="max_tokens")
+        if not _is_int(self.n) or not 1 <= self.n <= MAX_N:
+            raise InvalidRequestError(f"n must be an integer from 1 to {MAX_N}", param="n")
+        if self.seed is not None and not _is_int(self.seed):
+            raise InvalidRequestError("seed must be an integer", param="seed")
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        if stop is not None:
+            if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+                raise InvalidRequestError("stop must be a string or an array of strings", param="stop")
+            if len(stop) > MAX_STOP_STRINGS:
+                raise InvalidRequestError(f"stop may hold at most {MAX_STOP_STRINGS} strings", param="stop")
+            stop = [s for s in stop if s] or None
+        object.__setattr__(self, "stop", stop)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_p == 0
+
+
+@dataclass(frozen=True)
+class Choice:
+    index: int
+    text: str  # the raw generated text (tool-choice prefill included), cut at a stop string
+    content: str | None  # text without parsed <tool_call> blocks; None when only tool calls remain
+    tool_calls: list[dict]  # OpenAI shape: {"id", "type": "function", "function": {"name", "arguments"}}
+    finish_reason: str  # "stop" | "length" | "tool_calls"
+    completion_tokens: int = 0  # tokens generated for this choice
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    choices: list[Choice]
+    prompt_tokens: int  # counted once per prompt, as OpenAI does (prefill included)
+    completion_tokens: int  # summed over choices
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def usage(self) -> dict:
+        return _usage(self.prompt_tokens, self.completion_tokens)
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One streamed piece. Each choice ends with an event whose finish_reason is set (carrying
+    its parsed tool_calls, if any); the last event of the stream also carries usage."""
+
+    delta: str = ""  # content text to append
+    index: int = 0  # which choice
+    finish_reason: str | None = None  # set on the choice's final event
+    tool_calls: list[dict] | None = None  # set on the final event when tool calls were parsed
+    usage: dict | None = None  # {"prompt_tokens", "completion_tokens", "total_tokens"} on the very last event
+
+
+Loader = Callable[[Path, "Path | None"], tuple[Any, Any]]  # (base_dir, adapter_dir) -> (model, tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _default_loader(base_dir: Path, adapter_dir: Path | None) -> tuple[Any, Any]:
+    return models.load_model(base_dir, adapter_dir)  # float32, safetensors only, no remote code
+
+
+@dataclass
+class _Loaded:
+    model: Any
+    tokenizer: Any
+    eos_ids: list[int] = field(default_factory=list)
+    context: int = 2048
+
+
+def _prepare(model, tokenizer) -> _Loaded:
+    if hasattr(model, "merge_and_unload"):  # a PeftModel: fold the LoRA into this private copy (faster decoding)
+        model = model.merge_and_unload()
+    model.eval()
+    tokenizer.padding_side = "left"  # batched decoding needs the prompts right-aligned
+    eos = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    eos_ids = sorted(i for i in eos if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    context = getattr(model.config, "max_position_embeddings", None) or 2048
+    return _Loaded(model, tokenizer, eos_ids, int(context))
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    text: str  # rendered chat template, ending with the assistant header (+ prefill)
+    prefill: str  # forced start of the completion (tool_choice required / named), "" otherwise
+    parse_tools: bool  # parse <tool_call> blocks out of the completion
+
+
+class Sampler:
+    """Generates chat completions; keeps up to `cache_size` loaded models (LRU), thread-safe.
+
+    `loader(base_dir, adapter_dir) -> (model, tokenizer)` is injectable (tests count calls);
+    it defaults to ml.models.load_model. A LoRA adapter is merged into the loaded copy.
+    """
+
+    def __init__(self, cache_size: int = 4, loader: Loader | None = None):
+        if cache_size < 1:
+            raise ValueError("cache_size must be at least 1")
+        self.cache_size = cache_size
+        self.load_count = 0  # how many times a model was actually loaded (cache misses)
+        self._loader = loader or _default_loader
+        self._lock = threading.Lock()
+        self._models: OrderedDict[tuple, _Loaded] = OrderedDict()
+        self._loading: dict[tuple, threading.Lock] = {}
+
+    # -- cache ---------------------------------------------------------------------------------
+
+    def cached(self) -> list[tuple[Path, Path | None]]:
+        """Keys of the loaded models, least recently used first."""
+        with self._lock:
+            return list(self._models)
+
+    def evict(self, ref: ModelRef) -> bool:
+        with self._lock:
+            return self._models.pop(_key(ref), None) is not None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+    def load(self, ref: ModelRef) -> tuple[Any, Any]:
+        """(model, tokenizer) for ref, loading it at most once while it stays cached."""
+        loaded = self._get(ref)
+        return loaded.model, loaded.tokenizer
+
+    def _get(self, ref: ModelRef) -> _Loaded:
+        key = _key(ref)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:  # two first requests for one model load it once; other models load in parallel
+            with self._lock:
+                if key in self._models:
+                    self._models.move_to_end(key)
+                    return self._models[key]
+            try:
+                if not (key[0] / "config.json").is_file():
+                    raise NotFoundError(f"model directory {key[0]} not found (no config.json)")
+                if key[1] is not None and not key[1].is_dir():
+                    raise NotFoundError(f"adapter directory {key[1]} not found")
+                model, tokenizer = self._loader(*key)
+                loaded = _prepare(model, tokenizer)
+            except BaseException:
+                with self._lock:
+                    self._loading.pop(key, None)
+                raise
+            with self._lock:  # publish and release in one step, so no third caller loads it again
+                self.load_count += 1
+                self._models[key] = loaded
+                self._loading.pop(key, None)
+                while len(self._models) > self.cache_size:
+                    self._models.popitem(last=False)  # in-flight users keep their reference
+            return loaded
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def generate(self, ref: ModelRef, messages: list[dict], tools: list[dict] | None = None,
+                 params: SamplingParams | None = None, tool_choice: Any = None) -> GenerationResult:
+        """Complete one conversation: params.n choices."""
+        return self.batch_generate(ref, [messages], params, tools=tools, tool_choice=tool_choice)[0]
+
+    def batch_generate(self, ref: ModelRef, conversations: list[list[dict]], params: SamplingParams | None = None,
+                       *, tools: list | None = None, tool_choice: Any = None) -> list[GenerationResult]:
+        """Complete many conversations in one left-padded batch (evals, RFT rollouts).
+
+        tools is either one tools list shared by all conversations or a list with one tools
+        list (or None) per conversation. One result per conversation, each with params.n choices.
+        """
+        params = params or SamplingParams()
+        if not conversations:
+            return []
+        loaded = self._get(ref)
+        per_item = _tools_per_conversation(tools, len(conversations))
+        prompts = [_render(loaded.tokenizer, msgs, t, tool_choice) for msgs, t in zip(conversations, per_item)]
+        with _GENERATE_LOCK:
+            enc = loaded.tokenizer([p.text for p in prompts], return_tensors="pt", padding=True,
+                                   add_special_tokens=False)
+            width = enc["input_ids"].shape[1]
+            prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+            budget = _budget(params, loaded.context, width)
+            copies = 1 if params.greedy else params.n
+            criteria = _StopCriteria(loaded.tokenizer, width, params.stop)
+            out = _run_generate(loaded, enc, params, budget, copies, criteria)
+            rows = [_finish_row(loaded, out[r, width:], prompts[r // copies], params, budget)
+                    for r in range(out.shape[0])]
+        results = []
+        for i, p_len in enumerate(prompt_lens):
+            mine = rows[i * copies:(i + 1) * copies]
+            if copies == 1:
+                mine = mine * params.n  # greedy: n identical choices from one decode
+            choices = [_with_index(c, j) for j, c in enumerate(mine)]
+            results.append(GenerationResult(choices, int(p_len), sum(c.completion_tokens for c in choices)))
+        return results
+
+    def stream(self, ref: ModelRef, messages: list[dict], tools: list[dict] | None = None,
+               params: SamplingParams | None = None, tool_choice: Any = None) -> Iterator[StreamEvent]:
+        """Yield content deltas as they are generated, then a final event with finish_reason/usage.
+
+        Text that could be the start of a stop string or of a `<tool_call>` block is held back
+        until it is decided, so a client never sees a stop string or raw tool-call markup; for
+        greedy decoding the concatenated deltas equal generate()'s text when no tool call is
+        parsed. n > 1 is served by one batched generate() emitted choice by choice.
+
+        Request errors (unknown model, bad tool_choice, prompt longer than the context) raise
+        here, before an iterator is returned, so a server can still answer with a 4xx.
+        """
+        params = params or SamplingParams()
+        if params.n > 1:
+            return self._stream_from_result(self.generate(ref, messages, tools, params, tool_choice))
+        loaded = self._get(ref)
+        prompt = _render(loaded.tokenizer, messages, tools, tool_choice)
+        with _GENERATE_LOCK:  # the Rust tokenizer is not safe to share across threads
+            enc = loaded.tokenizer([prompt.text], return_tensors="pt", add_special_tokens=False)
+        budget = _budget(params, loaded.context, enc["input_ids"].shape[1])
+        return self._stream_one(loaded, prompt, enc, budget, params)
+
+    def _stream_from_result(self, result: GenerationResult) -> Iterator[StreamEvent]:
+        last = len(result.choices) - 1
+        for c in result.choices:
+            if c.content:
+                yield StreamEvent(delta=c.content, index=c.index)
+            yield StreamEvent(index=c.index, finish_reason=c.finish_reason, tool_calls=c.tool_calls or None,
+                              usage=result.usage if c.index == last else None)
+
+    def _stream_one(self, loaded: _Loaded, prompt: _Prompt, enc, budget: int,
+                    params: SamplingParams) -> Iterator[StreamEvent]:
+        tok = loaded.tokenizer
+        width = enc["input_ids"].shape[1]
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+        box: dict[str, Any] = {}
+
+        def work():
+            try:
+                with _GENERATE_LOCK:
+                    criteria = _StopCriteria(tok, width, params.stop, cancel)
+                    out = _run_generate(loaded, enc, params, budget, 1, criteria, streamer=streamer)
+                    box["tokens"], box["hit_eos"] = _count_tokens(out[0, width:], loaded)
+            except BaseException as e:  # handed to the consumer; end() unblocks its iterator
+                box["error"] = e
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="modelmill-stream", daemon=True)
+        thread.start()
+        markers = (params.stop or []) + ([TOOL_CALL_OPEN] if prompt.parse_tools else [])
+        text, sent, stopped = "", 0, False
+        try:
+            for piece in streamer:
+                text += piece
+                cut = _first_stop(text, params.stop)
+                if cut is not None:
+                    text, stopped = text[:cut], True
+                    cancel.set()
+                    break
+                safe = _safe_prefix_len(text, markers, prompt)
+                if safe > sent:
+                    yield StreamEvent(delta=text[sent:safe])
+                    sent = safe
+            thread.join()
+        finally:
+            cancel.set()  # the consumer went away (or we stopped): end generation promptly
+            thread.join()
+        if "error" in box:
+            raise box["error"]
+        finish = "stop" if stopped or box["hit_eos"] else "length" if box["tokens"] >= budget else "stop"
+        calls: list[dict] = []
+        if prompt.parse_tools:
+            _, calls = chat_format.parse_tool_calls(prompt.prefill + text)
+        rest = "" if calls else prompt.prefill + text[sent:]  # sent is 0 whenever there is a prefill
+        yield StreamEvent(delta=rest, finish_reason="tool_calls" if calls else finish, tool_calls=calls or None,
+                          usage=_usage(width, box["tokens"]))
+        # (text after a parsed tool call is not streamed; generate()'s content would include it)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _finish_row(loaded: _Loaded, gen_ids, prompt: _Prompt, params: SamplingParams, budget: int) -> Choice:
+    """One generated row -> Choice: cut at the first stop string, parse tool calls, pick finish_reason."""
+    n_tokens, hit_eos = _count_tokens(gen_ids, loaded)
+    text = loaded.tokenizer.decode(gen_ids[:n_tokens], skip_special_tokens=True)
+    cut = _first_stop(text, params.stop)
+    if cut is not None:
+        text, finish = text[:cut], "stop"
+    else:
+        finish = "stop" if hit_eos or n_tokens < budget else "length"
+    full = prompt.prefill + text
+    if prompt.parse_tools:
+        content, calls = chat_format.parse_tool_calls(full)
+        if calls:
+            return Choice(0, full, content, calls, "tool_calls", n_tokens)
+    return Choice(0, full, full, [], finish, n_tokens)
+
+
+class _StopCriteria(StoppingCriteria):
+    """Per-row stop: a stop string appeared in the generated text, or the stream was cancelled."""
+
+    def __init__(self, tokenizer, prompt_width: int, stops: list[str] | None, cancel: threading.Event | None = None):
+        self.tokenizer, self.start, self.stops, self.cancel = tokenizer, prompt_width, stops or [], cancel
+        # A stop string of L characters spans at most about L tokens; decode a safe tail only.
+        self.window = 2 * max((len(s) for s in self.stops), default=0) + 8
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self.cancel is not None and self.cancel.is_set():
+            return done | True
+        if self.stops:
+            lo = max(self.start, input_ids.shape[1] - self.window)
+            for r in range(input_ids.shape[0]):
+                tail = self.tokenizer.decode(input_ids[r, lo:], skip_special_tokens=True)
+                done[r] = any(s in tail for s in self.stops)
+        return done
+
+
+def _run_generate(loaded: _Loaded, enc, params: SamplingParams, budget: int, copies: int,
+                  criteria: StoppingCriteria, streamer=None):
+    """model.generate under the caller's _GENERATE_LOCK; seeded runs restore the global RNG after."""
+    sample = not params.greedy
+    config = GenerationConfig(
+        max_new_tokens=budget, do_sample=sample, num_return_sequences=copies, num_beams=1,
+        repetition_penalty=1.0, no_repeat_ngram_size=0,
+        eos_token_id=loaded.eos_ids, pad_token_id=loaded.tokenizer.pad_token_id,
+        # OpenAI has no top_k and no repetition penalty: turn off whatever the model dir defaults to
+        **({"temperature": float(params.temperature), "top_p": float(params.top_p), "top_k": 0} if sample else {}),
+    )
+    with torch.inference_mode(), torch.random.fork_rng(devices=[], enabled=params.seed is not None):
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        return loaded.model.generate(**enc, generation_config=config,
+                                     stopping_criteria=StoppingCriteriaList([criteria]), streamer=streamer)
+
+
+def _render(tokenizer, messages: list[dict], tools: list[dict] | None, tool_choice: Any) -> _Prompt:
+    mode, forced_name = _tool_mode(tools, tool_choice)
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(
+            chat_format.normalize_messages(messages),
+            tools=chat_format.normalize_tools(tools) if mode != "none" else None,
+            add_generation_prompt=True, tokenize=False)
+    except (TemplateError, TypeError, AttributeError, KeyError) as e:
+        raise InvalidRequestError(f"could not render messages with the chat template: {e}", param="messages") from e
+    prefill = ""
+    if mode == "required":
+        prefill = TOOL_CALL_OPEN + "\n" + '{"name": ' + (json.dumps(forced_name, ensure_ascii=False) + ', "arguments": '
+                                                         if forced_name else '"')
+    return _Prompt(text + prefill, prefill, parse_tools=mode != "none")
+
+
+def _tool_mode(tools: list[dict] | None, tool_choice: Any) -> tuple[str, str | None]:
+    """("none" | "auto" | "required", forced function name or None)."""
+    names = [(t.get("function") or {}).get("name") for t in tools or [] if isinstance(t, dict)]
+    if tool_choice is None:
+        return ("auto" if names else "none"), None
+    if tool_choice in ("none", "auto"):
+        return ("none" if tool_choice == "none" or not names else "auto"), None
+    if tool_choice == "required":
+        if not names:
+            raise InvalidRequestError("tool_choice 'required' needs tools", param="tool_choice")
+        return "required", None
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+        name = (tool_choice.get("function") or {}).get("name")
+        if name not in names:
+            raise InvalidRequestError(f"tool_choice names function {name!r}, which is not in tools",
+                                      param="tool_choice")
+        return "required", name
+    raise InvalidRequestError("tool_choice must be 'none', 'auto', 'required' or "
+                              '{"type": "function", "function": {"name": ...}}', param="tool_choice")
+
+
+def _tools_per_conversation(tools: list | None, n: int) -> list[list[dict] | None]:
+    if tools and all(t is None or isinstance(t, list) for t in tools):
+        if len(tools) != n:
+            raise InvalidRequestError("per-conversation tools must have one entry per conversation", param="tools")
+        return list(tools)
+    return [tools] * n
+
+
+def _budget(params: SamplingParams, context: int, prompt_len: int) -> int:
+    left = context - prompt_len
+    if left <= 0:
+        raise InvalidRequestError(f"the prompt is {prompt_len} tokens; the model's context is {context}",
+                                  param="messages", code="context_length_exceeded")
+    return min(params.max_tokens or DEFAULT_MAX_TOKENS, left)
+
+
+def _count_tokens(gen_ids, loaded: _Loaded) -> tuple[int, bool]:
+    """(tokens generated up to and including the first EOS, whether an EOS was generated).
+
+    Rows that finished early are padded with pad_token_id (often the EOS id): stop there too."""
+    ends = set(loaded.eos_ids)
+    for i, t in enumerate(gen_ids.tolist()):
+        if t in ends:
+            return i + 1, True
+        if t == loaded.tokenizer.pad_token_id:
+            return i, False
+    return len(gen_ids), False
+
+
+def _first_stop(text: str, stops: list[str] | None) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops or []) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _safe_prefix_len(text: str, markers: list[str], prompt: _Prompt) -> int:
+    """How much of the streamed text can be sent: not a forced tool call, not past the first
+    `<tool_call>`, and not a trailing piece that may grow into a stop string or marker."""
+    if prompt.prefill:
+        return 0
+    limit = len(text)
+    if prompt.parse_tools:
+        t = text.find(TOOL_CALL_OPEN)
+        if t >= 0:
+            limit = t
+    for m in markers:
+        for k in range(min(len(m) - 1, len(text)), 0, -1):
+            if text.endswith(m[:k]):
+                limit = min(limit, len(text) - k)
+                break
+    return limit
+
+
+def _with_index(c: Choice, index: int) -> Choice:
+    return Choice(index, c.text, c.content, c.tool_calls, c.finish_reason, c.completion_tokens)
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _key(ref: ModelRef) -> tuple[Path, Path | None]:
+    return Path(ref.base_dir).resolve(), Path(ref.adapter_dir).resolve() if ref.adapter_dir else None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_number(v: Any, name: str, lo: float, hi: float) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise InvalidRequestError(f"{name} must be a number from {lo:g} to {hi:g}", param=name)

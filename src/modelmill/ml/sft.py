@@ -1,0 +1,421 @@
+"""Supervised fine-tuning (SFT) with LoRA: TRL's SFTTrainer + PEFT, reporting through a Reporter.
+
+The story of one run (`train_sft`):
+1. Read the training (and validation) file through ml.data and tokenize every conversation
+   with the model's chat template. Labels are the token ids of assistant turns and -100
+   everywhere else (see `tokenize_example`); over-long examples are cut to max_seq_len.
+2. Build an SFTTrainer on the pre-tokenized dataset, with a fresh LoRA adapter (or the
+   `init_adapter` of an earlier fine-tune, to continue training it).
+3. Resume from the newest complete checkpoint under output_dir/checkpoints, if any.
+4. Train. `_ReporterHooks` (a TrainerCallback) turns the trainer's logs into reporter.on_step metrics, runs the
+   validation evaluations, polls reporter.should_stop() every step, and moves each checkpoint
+   into place atomically.
+5. Save the final adapter to output_dir/adapter (atomically).
+
+Why pre-tokenize instead of handing TRL a "messages" dataset with assistant_only_loss=True:
+`datasets` unifies the Arrow schema of every row, so heterogeneous messages and tool JSON
+schemas come back padded with None-valued keys (a tool's parameters would render with
+properties it never had). Tokenizing ourselves with the same apply_chat_template call keeps
+each conversation exactly as written, and TRL takes an `input_ids` + `labels` dataset as is.
+
+Output directory layout:
+    output_dir/.staging/        the trainer writes checkpoint-<N> here; anything left here is
+                                half-written and is deleted at start
+    output_dir/checkpoints/step-<N>/   complete checkpoints (renamed from .staging): a PEFT adapter
+                                dir (adapter_model.safetensors + adapter_config.json) plus the
+                                optimizer, scheduler, RNG and trainer_state.json to resume from
+    output_dir/adapter/         the final adapter, present once the run succeeded (written as
+                                .adapter-<random> first, then renamed)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelmill.errors import InvalidRequestError, ModelMillError, TrainingError
+from modelmill.ml import chat_format, data, models
+from modelmill.ml.report import Reporter
+from modelmill.ml.types import ChatExample, TrainResult
+
+BASE_LEARNING_RATE = 2e-4  # LoRA learning rate at learning_rate_multiplier=1.0
+# "auto" rule constants (see resolve_sft_hyperparameters).
+TARGET_EPOCHS = 3
+MIN_TARGET_EXAMPLES = 100
+MAX_TARGET_EXAMPLES = 25_000
+MAX_AUTO_EPOCHS = 10
+EXAMPLES_PER_BATCH_ROW = 10
+MAX_AUTO_BATCH_SIZE = 4
+# The metrics reporter.on_step sends (OpenAI's names), in this order.
+METRIC_NAMES = ("train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                "full_valid_loss", "full_valid_mean_token_accuracy")
+# Accepted ranges for explicit values (OpenAI's limits).
+LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256), "learning_rate_multiplier": (1e-6, 10.0)}
+
+
+def resolve_sft_hyperparameters(requested: dict, n_train_examples: int) -> dict:
+    """Resolve "auto" (or missing) hyperparameters; explicit values are checked and kept.
+
+    The "auto" rule, for n = number of training examples:
+    - n_epochs: 3, raised so that n * n_epochs reaches at least 100 example-passes
+      (capped at 10 epochs, a CPU budget), lowered so it stays under 25,000 (at least 1).
+      This is OpenAI's published default rule with a lower epoch cap.
+    - batch_size: the largest power of two <= n / 10, between 1 and 4. Small datasets get
+      small batches (more optimizer steps). The cap is CPU memory: one step of 4 x 1024
+      tokens on SmolLM2-135M in fp32 peaks at about 14.5 GB (measured); 8 x 1024 would not
+      fit a 24 GB machine.
+    - learning_rate_multiplier: 1.0, i.e. a LoRA learning rate of BASE_LEARNING_RATE (2e-4).
+
+    Returns {"n_epochs": int, "batch_size": int, "learning_rate_multiplier": float}.
+    Raises InvalidRequestError for a value of the wrong type or out of range.
+    """
+    n = max(1, int(n_train_examples))
+    auto = {"n_epochs": _auto_epochs(n), "batch_size": _auto_batch_size(n), "learning_rate_multiplier": 1.0}
+    resolved = {}
+    for key, default in auto.items():
+        value = requested.get(key, "auto") if requested else "auto"
+        resolved[key] = default if value in ("auto", None) else _checked(key, value)
+    return resolved
+
+
+def _auto_epochs(n: int) -> int:
+    if n * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_AUTO_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / n))
+    if n * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(1, MAX_TARGET_EXAMPLES // n)
+    return TARGET_EPOCHS
+
+
+def _auto_batch_size(n: int) -> int:
+    rows = max(1, n // EXAMPLES_PER_BATCH_ROW)
+    return min(MAX_AUTO_BATCH_SIZE, 2 ** (rows.bit_length() - 1))
+
+
+def _checked(key: str, value) -> int | float:
+    lo, hi = LIMITS[key]
+    is_int = key != "learning_rate_multiplier"
+    ok_type = isinstance(value, int) if is_int else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not (lo <= value <= hi) or not math.isfinite(value):
+        kind = "an integer" if is_int else "a number"
+        raise InvalidRequestError(f"{key} must be 'auto' or {kind} between {lo:g} and {hi:g}, got {value!r}",
+                                  param=f"hyperparameters.{key}")
+    return int(value) if is_int else float(value)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """One SFT run. Build it once (the worker or a notebook) and pass it to train_sft."""
+
+    base_dir: Path  # base model HF dir, from models.ensure_base
+    train_path: Path  # training JSONL in OpenAI chat format
+    valid_path: Path | None  # validation JSONL; None = no valid_* / full_valid_* metrics
+    output_dir: Path  # where checkpoints/ and adapter/ go (the job's directory); created if missing
+    n_epochs: int  # passes over the training set (resolved, not "auto")
+    batch_size: int  # examples per optimizer step (resolved, not "auto")
+    learning_rate_multiplier: float  # LR = BASE_LEARNING_RATE * this
+    seed: int = 0  # seeds LoRA init, data order and dropout; same seed + data = same run
+    init_adapter: Path | None = None  # continue training this LoRA adapter (an ft: model); None = fresh LoRA
+    max_seq_len: int = 1024  # tokens per example; longer examples are truncated (one warn event)
+    lora_r: int = 8  # LoRA rank (ignored with init_adapter, which brings its own)
+    lora_alpha: int = 16  # LoRA scaling numerator (effective scale alpha / r)
+    lora_dropout: float = 0.0  # dropout on the LoRA path; 0 = none
+    eval_every_steps: int = 5  # valid_loss on one validation batch every N steps; 0 = only at epoch ends
+    keep_checkpoints: int = 3  # newest checkpoints kept in output_dir/checkpoints; older ones deleted
+    warmup_ratio: float = 0.0  # fraction of the steps with linear LR warm-up; then linear decay to 0
+    # CPU threads torch may use during the run (restored afterwards); None = leave torch's setting.
+    # 1 is several times faster whenever other processes share the cores (OpenMP threads stall).
+    torch_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    """One conversation as the trainer sees it."""
+
+    input_ids: list[int]  # the rendered conversation's tokens, at most max_seq_len of them
+    labels: list[int]  # input_ids on assistant target tokens, -100 elsewhere (no loss there)
+    truncated: bool  # the full rendering was longer than max_seq_len and was cut
+
+
+def tokenize_example(tokenizer, example: ChatExample, max_seq_len: int) -> TokenizedExample:
+    """Render one example with the tokenizer's chat template and mark the tokens to learn.
+
+    Our template wraps every assistant turn (its content, tool calls and closing <|im_end|>)
+    in {% generation %}, except turns with weight 0, so the assistant mask transformers returns
+    is exactly "the tokens this example trains on". Everything else (system, user, tool
+    results, the "<|im_start|>assistant\\n" header, weight-0 turns) gets label -100.
+    """
+    rendered = tokenizer.apply_chat_template(
+        chat_format.normalize_messages(example.messages), tools=chat_format.normalize_tools(example.tools),
+        tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = list(rendered["input_ids"]), rendered["assistant_masks"]
+    labels = [tok if keep else -100 for tok, keep in zip(ids, mask, strict=True)]
+    return TokenizedExample(ids[:max_seq_len], labels[:max_seq_len], truncated=len(ids) > max_seq_len)
+
+
+def train_sft(config: SFTConfig, reporter: Reporter) -> TrainResult:
+    """Train a LoRA adapter on config.train_path; see the module docstring for the story.
+
+    Returns TrainResult with status "succeeded" (adapter at output_dir/adapter), "cancelled"
+    or "paused" (a later call with the same config resumes from the pause checkpoint).
+    Raises DataValidationError for an invalid file, TrainingError when nothing is trainable.
+    """
+    from transformers import set_seed
+
+    output_dir = Path(config.output_dir)
+    model, tokenizer = models.load_model(config.base_dir, config.init_adapter, trainable=True)
+    train_ds = _load_dataset(config.train_path, "training", tokenizer, config, reporter)
+    valid_ds = _load_dataset(config.valid_path, "validation", tokenizer, config, reporter) \
+        if config.valid_path else None
+    resume_from = _prepare_output_dir(output_dir)
+    set_seed(config.seed)  # before the trainer wraps the model: LoRA init is random
+    callback = _reporter_callback(reporter, config, has_valid=valid_ds is not None)
+    trainer = _build_trainer(config, model, tokenizer, train_ds, valid_ds, callback)
+    if resume_from is not None:
+        reporter.on_event("info", f"Resuming from checkpoint at step {_step_of(resume_from)}",
+                          {"step": _step_of(resume_from)})
+    reporter.on_event("info", f"Training on {len(train_ds)} examples for {config.n_epochs} epoch(s), "
+                              f"batch size {config.batch_size}")
+    try:
+        with _torch_threads(config.torch_threads):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except ModelMillError:
+        raise
+    except Exception as e:  # OOM, NaNs, a broken checkpoint: the caller gets one typed error
+        raise TrainingError(f"training failed at step {trainer.state.global_step}: {e}") from e
+    shutil.rmtree(output_dir / ".staging", ignore_errors=True)  # every checkpoint in it has been published
+    state = trainer.state
+    tokens, steps = int(state.num_input_tokens_seen), int(state.global_step)
+    if callback.stop in ("cancel", "pause"):
+        status = "cancelled" if callback.stop == "cancel" else "paused"
+        return TrainResult(status=status, adapter_dir=None, trained_tokens=tokens, steps=steps)
+    adapter_dir = _save_adapter_atomically(trainer.model, output_dir)
+    return TrainResult(status="succeeded", adapter_dir=adapter_dir, trained_tokens=tokens, steps=steps)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _load_dataset(path: Path, label: str, tokenizer, config: SFTConfig, reporter: Reporter):
+    """Tokenize a JSONL file into a datasets.Dataset of input_ids + labels.
+
+    Examples with no target token left (e.g. truncation cut every assistant turn) are dropped;
+    truncation and drops are each reported as one warn event with the count.
+    """
+    from datasets import Dataset
+
+    # min_examples=1: the service enforces its own minimum at validation time.
+    examples = data.read_examples(Path(path), "supervised", min_examples=1)
+    rows = [tokenize_example(tokenizer, ex, config.max_seq_len) for ex in examples]
+    n_truncated = sum(r.truncated for r in rows)
+    kept = [r for r in rows if any(label != -100 for label in r.labels)]
+    if n_truncated:
+        reporter.on_event("warn", f"{n_truncated} of {len(rows)} {label} examples were longer than "
+                                  f"{config.max_seq_len} tokens and were truncated",
+                          {"file": label, "truncated_examples": n_truncated, "max_seq_len": config.max_seq_len})
+    if len(kept) < len(rows):
+        reporter.on_event("warn", f"{len(rows) - len(kept)} {label} examples have no assistant tokens to train on "
+                                  f"within {config.max_seq_len} tokens and were skipped",
+                          {"file": label, "skipped_examples": len(rows) - len(kept)})
+    if not kept:
+        raise TrainingError(f"no {label} example has assistant tokens to train on")
+    return Dataset.from_dict({"input_ids": [r.input_ids for r in kept], "labels": [r.labels for r in kept]})
+
+
+def _build_trainer(config: SFTConfig, model, tokenizer, train_ds, valid_ds, callback):
+    """TRL SFTTrainer over the pre-tokenized data; the trainer saves into output_dir/.staging."""
+    from peft import LoraConfig
+    from transformers import PrinterCallback
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    args = TRLSFTConfig(
+        output_dir=str(Path(config.output_dir) / ".staging"),
+        num_train_epochs=config.n_epochs, per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=BASE_LEARNING_RATE * config.learning_rate_multiplier,
+        lr_scheduler_type="linear", warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio
+        seed=config.seed, data_seed=config.seed,
+        max_length=config.max_seq_len, bf16=False, fp16=False,  # fp32: bf16 autocast is ~20x slower on CPU
+        activation_checkpointing=False,  # small models on CPU: memory is not the limit, speed is
+        logging_steps=1, save_strategy="no", eval_strategy="no",  # the callback decides when
+        include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=True,
+        dataloader_num_workers=0, dataloader_pin_memory=False, shuffle_dataset=False)
+    lora = None if config.init_adapter else LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
+    evals = None
+    if valid_ds is not None:
+        evals = {"valid": valid_ds.select(range(min(config.batch_size, len(valid_ds)))), "full_valid": valid_ds}
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=evals,
+                         processing_class=tokenizer, peft_config=lora, callbacks=[callback])
+    trainer.remove_callback(PrinterCallback)  # the reporter is our only output
+    callback.trainer = trainer
+    return trainer
+
+
+# ---------------------------------------------------------------- checkpoints on disk
+
+
+def _prepare_output_dir(output_dir: Path) -> Path | None:
+    """Delete half-written state and return the newest complete checkpoint, if any.
+
+    .staging only ever holds unfinished work. A step-<N> dir is complete by construction
+    (created by rename), but one missing its adapter or trainer state is removed too.
+    """
+    shutil.rmtree(output_dir / ".staging", ignore_errors=True)
+    leftovers = [*output_dir.glob(".adapter-*"), *output_dir.glob(".old-*"), *output_dir.glob("checkpoints/.old-*")]
+    for tmp in leftovers:  # an unfinished adapter save, or a replaced dir not yet deleted
+        shutil.rmtree(tmp, ignore_errors=True)
+    (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for path in _checkpoints(output_dir):
+        if not ((path / "trainer_state.json").is_file() and (path / "adapter_model.safetensors").is_file()):
+            shutil.rmtree(path, ignore_errors=True)
+    done = _checkpoints(output_dir)
+    return done[-1] if done else None
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints (step-<N> dirs, only ever created by rename), oldest first."""
+    found = [p for p in (output_dir / "checkpoints").glob("step-*")
+             if p.is_dir() and p.name.removeprefix("step-").isdigit()]
+    return sorted(found, key=_step_of)
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix("step-"))
+
+
+def _publish_checkpoint(output_dir: Path, step: int, keep: int) -> Path:
+    """Rename the trainer's finished .staging/checkpoint-<step> to checkpoints/step-<step>; prune old ones."""
+    src = output_dir / ".staging" / f"checkpoint-{step}"
+    dst = output_dir / "checkpoints" / f"step-{step}"
+    _rename_over(src, dst)
+    for old in _checkpoints(output_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
+def _save_adapter_atomically(model, output_dir: Path) -> Path:
+    tmp = output_dir / f".adapter-{uuid.uuid4().hex[:8]}"
+    model.save_pretrained(tmp, safe_serialization=True)
+    final = output_dir / "adapter"
+    _rename_over(tmp, final)
+    return final
+
+
+def _rename_over(src: Path, dst: Path) -> None:
+    """Atomically put src at dst; an existing dst (same step written again) is moved aside first."""
+    if dst.exists():
+        aside = dst.with_name(f".old-{dst.name}-{uuid.uuid4().hex[:8]}")
+        os.rename(dst, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    os.rename(src, dst)
+
+
+# ---------------------------------------------------------------- the trainer <-> reporter bridge
+
+
+def _epoch_complete(state) -> bool:
+    return state.epoch is not None and abs(state.epoch - round(state.epoch)) < 1e-9
+
+
+def _reporter_callback(reporter: Reporter, config: SFTConfig, has_valid: bool):
+    """A TrainerCallback running _ReporterHooks (transformers is imported lazily, so importing
+    this module stays cheap for the API process, which only resolves hyperparameters)."""
+    from transformers import TrainerCallback
+
+    class ReporterCallback(_ReporterHooks, TrainerCallback):
+        pass
+
+    return ReporterCallback(reporter, config, has_valid)
+
+
+class _ReporterHooks:
+    """Metrics, validation, stop requests and checkpoint publishing, hooked into the trainer.
+
+    Hook order within one optimizer step (transformers Trainer): on_step_end -> on_log (train
+    loss) -> save + on_save when asked; at an epoch's end: on_epoch_end -> save + on_save.
+    A step's metrics are collected in `pending` and sent as one reporter.on_step when the
+    next step begins, a checkpoint is saved, or the epoch ends (after full validation).
+    """
+
+    def __init__(self, reporter: Reporter, config: SFTConfig, has_valid: bool):
+        self.reporter, self.config, self.has_valid = reporter, config, has_valid
+        self.trainer = None  # set once the trainer exists (it evaluates for us)
+        self.stop: str | None = None  # "cancel" | "pause" once the reporter asked
+        self.pending: dict[str, float] = {}
+        self.pending_step: int | None = None
+        self.last_metrics: dict[str, float] = {}
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._flush(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.stop = self.reporter.should_stop()
+        if self.stop in ("cancel", "pause"):
+            control.should_training_stop = True
+            # A pause checkpoint is written now, unless the epoch just ended (on_epoch_end saves then).
+            control.should_save = self.stop == "pause" and not _epoch_complete(state)
+        every = self.config.eval_every_steps
+        if self.has_valid and every > 0 and state.global_step % every == 0 and self.stop != "cancel":
+            should_log = control.should_log  # evaluate() logs, which clears the flag for this step's train log
+            self._add(state, self._evaluate("valid"))
+            control.should_log = should_log
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self._add(state, {"train_loss": logs["loss"], "train_mean_token_accuracy": logs["mean_token_accuracy"]})
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stop == "cancel" or not _epoch_complete(state):
+            return
+        if self.has_valid:
+            self._add(state, self._evaluate("full_valid"))
+        self._flush(state)
+        control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self._flush(state)
+        path = _publish_checkpoint(Path(self.config.output_dir), state.global_step, self.config.keep_checkpoints)
+        self.reporter.on_checkpoint(state.global_step, path, dict(self.last_metrics))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._flush(state)
+
+    def _evaluate(self, name: str) -> dict[str, float]:
+        """Loss and token accuracy on eval set `name` ("valid" batch or "full_valid")."""
+        metrics = self.trainer.evaluate(eval_dataset=name, metric_key_prefix=name)
+        self.trainer.model.train()  # evaluate() leaves eval mode; the step's train log needs train mode
+        # TRL names its own metrics eval_* whatever the prefix (SFTTrainer.log); the loss follows the prefix.
+        return {f"{name}_loss": metrics[f"{name}_loss"],
+                f"{name}_mean_token_accuracy": metrics["eval_mean_token_accuracy"]}
+
+    def _add(self, state, metrics: dict[str, float]) -> None:
+        if self.pending_step not in (None, state.global_step):
+            self._flush(state)
+        self.pending_step = state.global_step
+        self.pending.update(metrics)
+
+    def _flush(self, state) -> None:
+        if self.pending_step is None:
+            return
+        metrics = {k: float(self.pending[k]) for k in METRIC_NAMES if k in self.pending}
+        self.reporter.on_step(self.pending_step, state.max_steps, metrics)
+        self.last_metrics = metrics
+        self.pending, self.pending_step = {}, None

@@ -1,0 +1,79 @@
+"""The HTTP application: create_app(settings) for tests and embedding, serve(settings) for the CLI.
+
+    app = create_app(settings, start_worker=True)   # a worker thread runs while the app is up
+    serve(settings)                                  # uvicorn on settings.host:settings.port
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from modelmill.settings import Settings
+from modelmill.service import auth
+from modelmill.service.api import deps, errors as api_errors
+from modelmill.service.api.routes import chat, files, jobs, models
+from modelmill.service.store import Store, open_store
+
+log = logging.getLogger("modelmill.api")
+
+# Seconds shutdown waits for the worker thread to checkpoint and hand its job back.
+WORKER_STOP_TIMEOUT_S = 60.0
+
+
+def create_app(settings: Settings, *, start_worker: bool = False, store: Store | None = None,
+               sampler=None) -> FastAPI:
+    """The ModelMill API. Raises errors.AuthenticationError when settings.host is not a
+    loopback address and the store holds no API key.
+
+    start_worker: run a training worker on a thread for as long as the app's lifespan.
+    store / sampler: injected instances (tests); by default the app opens its own store and
+    creates one ml.sampling.Sampler on the first chat request.
+    """
+    own_store = store is None
+    store = store or open_store(settings)
+    settings.ensure_dirs()
+    auth.check_bind(settings, store)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        store.files.sweep_partial_uploads()
+        stop = threading.Event()
+        thread = None
+        if start_worker:
+            from modelmill.service.worker import run_worker
+
+            thread = threading.Thread(target=run_worker, args=(settings, stop), name="modelmill-worker",
+                                      daemon=True)
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join(timeout=WORKER_STOP_TIMEOUT_S)
+            if own_store:
+                store.close()
+
+    app = FastAPI(title="ModelMill", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible fine-tuning service")
+    app.state.settings = settings
+    app.state.store = store
+    app.state.sampler = sampler
+    api_errors.install(app)
+    secured = [Depends(deps.require_api_key)]
+    for module in (files, jobs, chat, models):
+        app.include_router(module.router, prefix="/v1", dependencies=secured)
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run the API with uvicorn (plus the in-process worker when settings.run_worker)."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings, start_worker=settings.run_worker)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)

@@ -1,0 +1,37 @@
+"""What routes get from the app: settings, the store, the shared sampler, the auth check."""
+
+from __future__ import annotations
+
+import threading
+
+from fastapi import Request
+
+from modelmill.settings import Settings
+from modelmill.service import auth
+from modelmill.service.store import Store
+
+_sampler_lock = threading.Lock()
+
+
+def settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def sampler(request: Request):
+    """The app's one ml.sampling.Sampler (created on first use: importing torch is slow)."""
+    state = request.app.state
+    if getattr(state, "sampler", None) is None:
+        with _sampler_lock:
+            if getattr(state, "sampler", None) is None:
+                from modelmill.ml.sampling import Sampler
+
+                state.sampler = Sampler(cache_size=state.settings.model_cache_size)
+    return state.sampler
+
+
+def require_api_key(request: Request) -> None:
+    auth.authenticate(request.app.state.settings, request.app.state.store, request.headers.get("authorization"))

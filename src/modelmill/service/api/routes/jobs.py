@@ -1,0 +1,77 @@
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, pause, resume, events, checkpoints."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from modelmill import errors
+from modelmill.settings import Settings
+from modelmill.service.api import deps
+from modelmill.service.fine_tuning import create_job
+from modelmill.service.schemas.jobs import CheckpointList, CreateJobRequest, EventList, JobList, JobObject
+from modelmill.service.store import Store
+
+router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
+
+
+def _job(job, settings: Settings) -> dict:
+    return JobObject.of(job, settings.owner).model_dump()
+
+
+@router.post("")
+def create(body: CreateJobRequest, store: Store = Depends(deps.store),
+           settings: Settings = Depends(deps.settings)) -> dict:
+    return _job(create_job(store, settings, body), settings)
+
+
+@router.get("")
+def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=10_000),
+              store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings)) -> dict:
+    page = store.jobs.list(after=after, limit=limit, metadata=_metadata_filter(request))
+    return JobList(data=[JobObject.of(j, settings.owner) for j in page.items], has_more=page.has_more).model_dump()
+
+
+@router.get("/{job_id}")
+def retrieve(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings)) -> dict:
+    return _job(store.jobs.get(job_id), settings)
+
+
+@router.post("/{job_id}/cancel")
+def cancel(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings)) -> dict:
+    return _job(store.jobs.cancel(job_id), settings)
+
+
+@router.post("/{job_id}/pause")
+def pause(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings)) -> dict:
+    return _job(store.jobs.pause(job_id), settings)
+
+
+@router.post("/{job_id}/resume")
+def resume(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings)) -> dict:
+    return _job(store.jobs.resume(job_id), settings)
+
+
+@router.get("/{job_id}/events")
+def events(job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=10_000),
+           store: Store = Depends(deps.store)) -> dict:
+    store.jobs.get(job_id)
+    return EventList.of(store.events.list(job_id, after=after, limit=limit)).model_dump()
+
+
+@router.get("/{job_id}/checkpoints")
+def checkpoints(job_id: str, after: str | None = None, limit: int = Query(10, ge=1, le=10_000),
+                store: Store = Depends(deps.store)) -> dict:
+    store.jobs.get(job_id)
+    return CheckpointList.of(store.checkpoints.list(job_id, after=after, limit=limit)).model_dump()
+
+
+def _metadata_filter(request: Request) -> dict[str, str]:
+    """metadata[key]=value query parameters (how the openai SDK sends `metadata={...}`)."""
+    out = {}
+    for name, value in request.query_params.multi_items():
+        if name.startswith("metadata[") and name.endswith("]"):
+            key = name[len("metadata["):-1]
+            if not key:
+                raise errors.InvalidRequestError("metadata filter needs a key: metadata[key]=value", param="metadata")
+            out[key] = value
+    return out

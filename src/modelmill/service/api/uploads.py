@@ -1,0 +1,148 @@
+"""Streaming multipart upload with a size cap that holds while the body arrives.
+
+Starlette's request.form() spools a whole file before we could check its size, so the
+body is parsed here with python-multipart's streaming parser and written straight into a
+temp blob that refuses to grow past settings.max_upload_bytes. Content-Length, when
+sent, lets an oversized upload be refused before anything is written; without it (chunked
+transfer) the byte count is what stops it. Either way nothing is kept on disk.
+
+After refusing, the rest of the body is read and dropped (up to DRAIN_LIMIT_BYTES) so the
+client, which is still sending, gets the 413 instead of a reset connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from modelmill import errors
+from modelmill.service.store.files import BlobWriter, FileRepo
+
+MAX_FIELD_BYTES = 64 * 1024  # a non-file form field (purpose, expires_after...)
+FORM_OVERHEAD_BYTES = 64 * 1024  # boundaries, part headers and small fields around the file
+DRAIN_LIMIT_BYTES = 256 * 1024 * 1024  # most bytes read and dropped after a 413 before giving up
+
+
+@dataclass
+class Upload:
+    blob: BlobWriter | None = None
+    filename: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+class _Parts:
+    """python-multipart callbacks: the `file` part streams into a BlobWriter, others into fields."""
+
+    def __init__(self, files: FileRepo, max_bytes: int):
+        self.files, self.max_bytes = files, max_bytes
+        self.upload = Upload()
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._name: str | None = None
+        self._field = bytearray()
+        self._to_blob = False
+
+    def callbacks(self) -> dict:
+        return {"on_part_begin": self.part_begin, "on_header_field": self.header_field,
+                "on_header_value": self.header_value, "on_header_end": self.header_end,
+                "on_headers_finished": self.headers_finished, "on_part_data": self.part_data,
+                "on_part_end": self.part_end}
+
+    def part_begin(self):
+        self._headers, self._name, self._field, self._to_blob = {}, None, bytearray(), False
+
+    def header_field(self, data, start, end):
+        self._header_field += data[start:end]
+
+    def header_value(self, data, start, end):
+        self._header_value += data[start:end]
+
+    def header_end(self):
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field, self._header_value = b"", b""
+
+    def headers_finished(self):
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = params.get(b"name", b"").decode("utf-8", "replace")
+        if self._name == "file":
+            if self.upload.blob is not None:
+                raise errors.InvalidRequestError("Send exactly one 'file' part", param="file")
+            self.upload.filename = params.get(b"filename", b"file").decode("utf-8", "replace")
+            self.upload.blob = self.files.writer(self.max_bytes)
+            self._to_blob = True
+
+    def part_data(self, data, start, end):
+        if self._to_blob:
+            self.upload.blob.write(data[start:end])  # raises PayloadTooLargeError past the cap
+            return
+        self._field += data[start:end]
+        if len(self._field) > MAX_FIELD_BYTES:
+            raise errors.InvalidRequestError(f"Form field '{self._name}' is too long", param=self._name)
+
+    def part_end(self):
+        if not self._to_blob and self._name:
+            self.upload.fields[self._name] = self._field.decode("utf-8", "replace")
+        self._to_blob = False
+
+
+async def receive_upload(request: Request, files: FileRepo, max_bytes: int) -> Upload:
+    """Parse a multipart/form-data body; the `file` part lands in a temp blob (caller commits or discards)."""
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or not params.get(b"boundary"):
+        await _drain(request)
+        raise errors.InvalidRequestError("Upload a file as multipart/form-data with a 'file' part and a "
+                                         "'purpose' field", param="file", code="invalid_content_type")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD_BYTES:
+        await _drain(request)
+        raise errors.PayloadTooLargeError(
+            f"File is larger than the maximum upload size of {max_bytes} bytes", param="file")
+    parts = _Parts(files, max_bytes)
+    parser = MultipartParser(params[b"boundary"], parts.callbacks())
+    stream = request.stream()
+    try:
+        async for chunk in stream:
+            parser.write(chunk)
+        parser.finalize()
+    except errors.ModelMillError:
+        _discard(parts.upload)
+        await _drain_iter(stream)
+        raise
+    except MultipartParseError as e:
+        _discard(parts.upload)
+        await _drain_iter(stream)
+        raise errors.InvalidRequestError(f"Malformed multipart body: {e}", param="file",
+                                         code="invalid_multipart") from None
+    except ClientDisconnect:
+        _discard(parts.upload)
+        raise errors.InvalidRequestError("The client disconnected during the upload", param="file") from None
+    except BaseException:
+        _discard(parts.upload)
+        raise
+    if parts.upload.blob is not None:
+        parts.upload.blob.close()
+    return parts.upload
+
+
+def _discard(upload: Upload) -> None:
+    if upload.blob is not None:
+        upload.blob.discard()
+
+
+async def _drain(request: Request) -> None:
+    await _drain_iter(request.stream())
+
+
+async def _drain_iter(stream) -> None:
+    seen = 0
+    try:
+        async for chunk in stream:
+            seen += len(chunk)
+            if seen > DRAIN_LIMIT_BYTES:
+                return
+    except (ClientDisconnect, RuntimeError):
+        return

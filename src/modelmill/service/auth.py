@@ -1,0 +1,59 @@
+"""Who may call the API.
+
+- When the store holds API keys, every request needs `Authorization: Bearer <key>` with
+  one of them (checked by hash, in constant time).
+- With no keys, any request is accepted, but only while the server binds a loopback
+  address; create_app refuses to start on any other address without keys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from modelmill import errors
+from modelmill.settings import Settings
+from modelmill.service.store import Store
+
+
+def create_key(store: Store, name: str) -> str:
+    """Create an API key labelled `name`; return its plaintext (shown once, stored hashed)."""
+    return store.keys.create(name)[1]
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Settings, store: Store) -> None:
+    """Refuse to serve a non-loopback address when no API key exists."""
+    if not is_loopback(settings.host) and not store.keys.any():
+        raise errors.AuthenticationError(
+            f"Refusing to listen on {settings.host} without API keys: anyone who can reach it could use it. "
+            "Create a key with `modelmill keys create`, or bind 127.0.0.1.", code="no_api_keys")
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def authenticate(settings: Settings, store: Store, authorization: str | None) -> None:
+    """Raise AuthenticationError (401) unless this request may proceed."""
+    if store.keys.any():
+        token = bearer_token(authorization)
+        if token is None:
+            raise errors.AuthenticationError(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+                code="missing_api_key")
+        if store.keys.verify(token) is None:
+            raise errors.AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
+    elif not is_loopback(settings.host):
+        raise errors.AuthenticationError("This server has no API keys and is not bound to loopback.",
+                                         code="no_api_keys")

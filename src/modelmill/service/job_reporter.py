@@ -1,0 +1,91 @@
+"""The worker's ml.report.Reporter: a training run's progress becomes store rows.
+
+Every write goes through the queue's fenced methods, so a run that lost its lease (another
+worker reclaimed the job, or the API took it over) raises FencedOutError on its next
+write and stops; should_stop() also answers "cancel" as soon as the lease is known lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from modelmill import errors
+from modelmill.service.model_registry import checkpoint_model_name
+from modelmill.service.queue import JobQueue, Lease
+from modelmill.service.schemas.common import finite_numbers
+
+log = logging.getLogger(__name__)
+
+
+class StoreReporter:
+    def __init__(self, queue: JobQueue, lease: Lease, ft_name: str, shutdown: threading.Event,
+                 clock=time.time):
+        self.queue = queue
+        self.lease = lease
+        self.ft_name = ft_name
+        self.shutdown = shutdown
+        self.clock = clock
+        self.lost = threading.Event()  # set by the heartbeat or a refused write
+        self.stop_reason: str | None = None  # why should_stop() last said stop: "cancel" | "pause" | "shutdown"
+        self._first_step: tuple[int, float] | None = None  # (step, time) of this attempt's first step
+
+    # -- ml.report.Reporter ------------------------------------------------------------
+
+    def on_event(self, level: str, message: str, data: dict | None = None) -> None:
+        self._fenced(self.queue.add_event, self.lease, level, message, data=data)
+
+    def on_step(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
+        data = {"step": step, "total_steps": total_steps, **finite_numbers(metrics)}
+        shown = ", ".join(f"{k.replace('_mean_token_accuracy', ' accuracy').replace('_', ' ')}={v:.4f}"
+                          for k, v in finite_numbers(metrics).items())
+        message = f"Step {step}/{total_steps}" + (f": {shown}" if shown else "")
+        self._fenced(self.queue.record_step, self.lease, step, total_steps, message, data,
+                     self._estimated_finish(step, total_steps))
+
+    def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
+        metrics = {"step": step, **finite_numbers(metrics)}
+        self._fenced(self.queue.add_checkpoint, self.lease, step, Path(path), metrics,
+                     checkpoint_model_name(self.ft_name, step))
+
+    def should_stop(self) -> str | None:
+        if self.lost.is_set():
+            self.stop_reason = "cancel"
+            return "cancel"
+        try:
+            action = self.queue.requested_action(self.lease)
+        except errors.FencedOutError:
+            self.lost.set()
+            self.stop_reason = "cancel"
+            return "cancel"
+        if action in ("cancel", "pause"):
+            self.stop_reason = action
+            return action
+        if self.shutdown.is_set():
+            # The worker is stopping: checkpoint now (a pause) so the next worker resumes here.
+            self.stop_reason = "shutdown"
+            return "pause"
+        return None
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _fenced(self, write, *args, **kwargs) -> None:
+        try:
+            write(*args, **kwargs)
+        except errors.FencedOutError:
+            self.lost.set()
+            raise
+
+    def _estimated_finish(self, step: int, total_steps: int) -> float | None:
+        """Now plus the remaining steps at this attempt's average step time."""
+        now = self.clock()
+        if self._first_step is None:
+            self._first_step = (step, now)
+            return None
+        first_step, first_time = self._first_step
+        done = step - first_step
+        if done <= 0:
+            return None
+        return now + (now - first_time) / done * max(total_steps - step, 0)

@@ -1,0 +1,163 @@
+"""Wire models for /v1/fine_tuning/jobs: the create request, the job, its events and checkpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, field_validator
+
+from modelmill.service.schemas.common import OpenAIRequest, WireModel, finite_numbers, unix
+from modelmill.service.store.records import CheckpointRecord, EventRecord, JobRecord, Page
+
+Auto = Literal["auto"]
+
+
+class Hyperparameters(OpenAIRequest):
+    """OpenAI's FineTuneSupervisedHyperparameters: each value is "auto" or a number in range."""
+
+    n_epochs: Union[Auto, Annotated[int, Field(ge=1, le=50, strict=True)]] = "auto"
+    batch_size: Union[Auto, Annotated[int, Field(ge=1, le=256, strict=True)]] = "auto"
+    learning_rate_multiplier: Union[Auto, Annotated[float, Field(gt=0)]] = "auto"
+
+
+class SupervisedMethod(OpenAIRequest):
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(OpenAIRequest):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class CreateJobRequest(OpenAIRequest):
+    model: str = Field(min_length=1)
+    training_file: str = Field(min_length=1)
+    validation_file: str | None = None
+    suffix: str | None = Field(default=None, min_length=1, max_length=64)
+    seed: int | None = Field(default=None, ge=0, le=2147483647)
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+    hyperparameters: Hyperparameters | None = None  # legacy; `method` wins when both are given
+    method: Method | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, v):
+        if v is None:
+            return v
+        if len(v) > 16:
+            raise ValueError("metadata may have at most 16 keys")
+        for key, value in v.items():
+            if len(key) > 64 or len(value) > 512:
+                raise ValueError("metadata keys are at most 64 characters and values at most 512")
+        return v
+
+
+# -- responses -------------------------------------------------------------------------
+
+
+class JobError(WireModel):
+    code: str
+    message: str
+    param: str | None
+
+
+class JobObject(WireModel):
+    """OpenAI's FineTuningJob. `status` may also be "paused" (ModelMill's documented extension)."""
+
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: dict[str, Any]
+    model: str
+    organization_id: str
+    result_files: list[str]
+    status: str
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    integrations: list[dict[str, Any]] | None
+    seed: int
+    estimated_finish: int | None
+    method: dict[str, Any]
+    metadata: dict[str, str] | None
+
+    @classmethod
+    def of(cls, job: JobRecord, organization_id: str) -> "JobObject":
+        hp = dict(job.hyperparameters)
+        return cls(
+            id=job.id, created_at=unix(job.created_at),
+            error=JobError(**job.error) if job.error else None,
+            fine_tuned_model=job.fine_tuned_model, finished_at=unix(job.finished_at), hyperparameters=hp,
+            model=job.model, organization_id=organization_id, result_files=list(job.result_files),
+            status=job.status, trained_tokens=job.trained_tokens, training_file=job.training_file,
+            validation_file=job.validation_file, integrations=job.integrations, seed=job.seed,
+            estimated_finish=unix(job.estimated_finish) if job.status == "running" else None,
+            method={"type": job.method_type, job.method_type: {"hyperparameters": hp}},
+            metadata=job.metadata)
+
+
+class JobList(WireModel):
+    object: Literal["list"] = "list"
+    data: list[JobObject]
+    has_more: bool
+
+
+class EventObject(WireModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, e: EventRecord) -> "EventObject":
+        return cls(id=e.id, created_at=unix(e.created_at), level=e.level, message=e.message, type=e.type,
+                   data=e.data or {})
+
+
+class EventList(WireModel):
+    object: Literal["list"] = "list"
+    data: list[EventObject]
+    has_more: bool
+
+    @classmethod
+    def of(cls, page: Page[EventRecord]) -> "EventList":
+        return cls(data=[EventObject.of(e) for e in page.items], has_more=page.has_more)
+
+
+class CheckpointObject(WireModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, float]
+    step_number: int
+
+    @classmethod
+    def of(cls, c: CheckpointRecord) -> "CheckpointObject":
+        metrics = {"step": c.step_number, **finite_numbers(c.metrics)}
+        return cls(id=c.id, created_at=unix(c.created_at), fine_tuned_model_checkpoint=c.fine_tuned_model_checkpoint,
+                   fine_tuning_job_id=c.job_id, metrics=metrics, step_number=c.step_number)
+
+
+class CheckpointList(WireModel):
+    object: Literal["list"] = "list"
+    data: list[CheckpointObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+    @classmethod
+    def of(cls, page: Page[CheckpointRecord]) -> "CheckpointList":
+        data = [CheckpointObject.of(c) for c in page.items]
+        return cls(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
+                   has_more=page.has_more)

@@ -1,0 +1,30 @@
+"""Wire models for /v1/models (OpenAI's Model, ListModelsResponse, DeleteModelResponse)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from modelmill.service.model_registry import ServedModel
+from modelmill.service.schemas.common import WireModel
+
+
+class ModelObject(WireModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+    @classmethod
+    def of(cls, m: ServedModel) -> "ModelObject":
+        return cls(id=m.id, created=m.created, owned_by=m.owned_by)
+
+
+class ModelList(WireModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+class ModelDeleted(WireModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool = True

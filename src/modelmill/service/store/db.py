@@ -1,0 +1,120 @@
+"""The SQLite database: WAL mode, one connection per thread, ordered named migrations.
+
+Every thread that touches the store (request threads, the worker, its heartbeat) gets
+its own connection, so no connection is ever shared across threads. Writers take the
+database lock up front (`BEGIN IMMEDIATE`) so a read-then-write transaction can't be
+overtaken by another process between its read and its write.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from modelmill.service.store.migrations import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+# Milliseconds a connection waits for another writer before raising "database is locked".
+BUSY_TIMEOUT_MS = 30_000
+
+
+class Database:
+    """A handle on one SQLite file. Cheap to share; connections are per thread."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self.migrate()
+
+    # -- connections -------------------------------------------------------------------
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            # isolation_level=None: autocommit; transactions are explicit (see transaction()).
+            c = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                check_same_thread=False)
+            c.row_factory = sqlite3.Row
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("PRAGMA foreign_keys=ON")
+            c.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._local.conn = c
+            with self._all_lock:
+                self._all.append(c)
+        return c
+
+    def close(self) -> None:
+        """Close every connection this Database opened (call once, at shutdown)."""
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for c in conns:
+            try:
+                c.close()
+            except sqlite3.ProgrammingError:  # closed from another thread already
+                pass
+        self._local = threading.local()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding the database lock from its first statement."""
+        c = self.conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        else:
+            c.execute("COMMIT")
+
+    def execute(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
+        return self.conn().execute(sql, params)
+
+    def one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
+        return self.conn().execute(sql, params).fetchone()
+
+    def all(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+        return self.conn().execute(sql, params).fetchall()
+
+    # -- migrations --------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        """Apply, in order, every migration not yet recorded. Returns the names applied.
+
+        Runs under the write lock, so two processes starting at once apply each migration once.
+        """
+        applied_now = []
+        with self.transaction() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                      " name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+            done = {r["name"] for r in c.execute("SELECT name FROM schema_migrations")}
+            for name, sql in MIGRATIONS:
+                if name in done:
+                    continue
+                for statement in _split_sql(sql):
+                    c.execute(statement)
+                c.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                          (name, time.time()))
+                applied_now.append(name)
+        if applied_now:
+            log.info("applied migrations: %s", ", ".join(applied_now))
+        return applied_now
+
+    def applied_migrations(self) -> list[str]:
+        return [r["name"] for r in self.all("SELECT name FROM schema_migrations ORDER BY rowid")]
+
+
+def _split_sql(script: str) -> list[str]:
+    # executescript() would COMMIT our transaction, so statements run one by one.
+    return [s.strip() for s in script.split(";") if s.strip()]

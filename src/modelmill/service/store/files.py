@@ -1,0 +1,118 @@
+"""Uploaded files: a `files` row plus a blob at files_dir/<file id>.
+
+The client's filename is metadata only; blobs are named by server id, so no client
+string ever becomes a path. Uploads spool into a temp blob in the same directory and
+are renamed into place once complete, so a blob is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+from modelmill import errors
+from modelmill.service.ids import new_id
+from modelmill.service.store.db import Database
+from modelmill.service.store.pagination import page_rows
+from modelmill.service.store.records import FileRecord, Page, from_row
+
+# Purposes accepted on upload (OpenAI's CreateFileRequest enum) plus the ones the server writes.
+UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+SERVER_PURPOSES = ("fine-tune-results",)
+MAX_FILENAME_CHARS = 255
+
+
+class BlobWriter:
+    """A temp blob being written; refuses to grow past max_bytes (nothing is kept then)."""
+
+    def __init__(self, files_dir: Path, max_bytes: int):
+        files_dir.mkdir(parents=True, exist_ok=True)
+        self.path = files_dir / f".upload-{uuid.uuid4().hex}.part"
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._f = open(self.path, "wb")
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            self.discard()
+            raise errors.PayloadTooLargeError(
+                f"File is larger than the maximum upload size of {self.max_bytes} bytes", param="file")
+        self._f.write(data)
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+class FileRepo:
+    def __init__(self, db: Database, files_dir: Path):
+        self.db = db
+        self.files_dir = Path(files_dir)
+
+    def blob_path(self, file_id: str) -> Path:
+        return self.files_dir / file_id
+
+    def writer(self, max_bytes: int) -> BlobWriter:
+        return BlobWriter(self.files_dir, max_bytes)
+
+    def add(self, blob: BlobWriter, filename: str, purpose: str) -> FileRecord:
+        """Move a completed temp blob into place and record it."""
+        blob.close()
+        file_id = new_id("file-")
+        os.replace(blob.path, self.blob_path(file_id))
+        try:
+            return self._insert(file_id, filename, purpose, blob.size)
+        except BaseException:
+            self.blob_path(file_id).unlink(missing_ok=True)
+            raise
+
+    def add_bytes(self, data: bytes, filename: str, purpose: str) -> FileRecord:
+        """Store server-made content (e.g. a job's results file)."""
+        blob = self.writer(max_bytes=len(data))
+        blob.write(data)
+        return self.add(blob, filename, purpose)
+
+    def _insert(self, file_id: str, filename: str, purpose: str, size: int) -> FileRecord:
+        filename = (filename or "file")[:MAX_FILENAME_CHARS]
+        self.db.execute("INSERT INTO files (id, filename, purpose, bytes, status, created_at)"
+                        " VALUES (?, ?, ?, ?, 'processed', ?)", (file_id, filename, purpose, size, time.time()))
+        return self.get(file_id)
+
+    def get(self, file_id: str, *, param: str = "file_id") -> FileRecord:
+        row = self.db.one("SELECT * FROM files WHERE id = ?", (file_id,))
+        if row is None:
+            raise errors.NotFoundError(f"No such File object: {file_id}", param=param)
+        return from_row(FileRecord, row)
+
+    def list(self, *, purpose: str | None = None, after: str | None = None, limit: int = 10_000,
+             order: str = "desc") -> Page[FileRecord]:
+        if order not in ("asc", "desc"):
+            raise errors.InvalidRequestError("order must be 'asc' or 'desc'", param="order")
+        where, params = ([], []) if purpose is None else (["purpose = ?"], [purpose])
+        rows, more = page_rows(self.db, "files", where, params, after=after, limit=limit,
+                               descending=order == "desc")
+        return Page([from_row(FileRecord, r) for r in rows], more)
+
+    def delete(self, file_id: str) -> None:
+        self.get(file_id)
+        self.db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+        self.blob_path(file_id).unlink(missing_ok=True)
+
+    def sweep_partial_uploads(self, older_than_s: float = 3600) -> int:
+        """Remove temp blobs left by a crash mid-upload. Returns how many were removed."""
+        n, cutoff = 0, time.time() - older_than_s
+        for p in self.files_dir.glob(".upload-*.part"):
+            try:
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    n += 1
+            except FileNotFoundError:
+                pass
+        return n

@@ -1,0 +1,276 @@
+"""The training worker: claim a job -> validate its files -> prepare the base model ->
+resolve hyperparameters -> train -> record the outcome.
+
+Run it as its own process (`modelmill worker`, which calls run_worker) or as a thread of
+`modelmill serve`. Any number of workers may share one MODELMILL_HOME: jobs are claimed
+under a lease (service/queue.py). Training runs on the worker's own thread while a
+heartbeat thread keeps the lease alive, so a long training step never lets it expire.
+If a worker dies, the next one reclaims the job after the lease expires and train_sft
+resumes from the newest checkpoint in the job's output directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from modelmill import errors
+from modelmill.settings import Settings
+from modelmill.service.job_reporter import StoreReporter
+from modelmill.service.queue import JobQueue, Lease
+from modelmill.service.store import JobRecord, Store, open_store
+
+log = logging.getLogger(__name__)
+
+# Problems quoted in a failed job's error message (all of them become error events, up to EVENT_PROBLEMS).
+MESSAGE_PROBLEMS = 5
+EVENT_PROBLEMS = 20
+# A job whose worker died this many times mid-run (OOM kill, crash) is failed, not retried again.
+MAX_RECLAIMS = 3
+
+
+class JobFailed(Exception):
+    """Ends a job as failed with OpenAI's error object {code, message, param}."""
+
+    def __init__(self, code: str, message: str, param: str | None = None, details: list[str] | None = None):
+        super().__init__(message)
+        self.error = {"code": code, "message": message, "param": param}
+        self.details = details or []  # one line per problem, each written as an error event
+
+
+class Worker:
+    def __init__(self, settings: Settings, store: Store | None = None, *, worker_id: str | None = None,
+                 stop_event: threading.Event | None = None, clock=time.time):
+        self.settings = settings
+        self.store = store or open_store(settings)
+        self.queue = JobQueue(self.store, settings.lease_seconds, clock=clock)
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stop_event = stop_event or threading.Event()
+        self.clock = clock
+
+    def run(self) -> None:
+        """Process jobs until stop_event is set."""
+        log.info("worker %s polling %s", self.id, self.settings.db_path)
+        while not self.stop_event.is_set():
+            try:
+                did = self.run_once()
+            except Exception:  # a bug in one job must not kill the worker
+                log.exception("worker %s: unexpected error", self.id)
+                did = None
+            if did is None:
+                self.stop_event.wait(self.settings.poll_seconds)
+
+    def run_once(self) -> str | None:
+        """Claim and process one job; return its id, or None if nothing was runnable."""
+        lease = self.queue.claim(self.id)
+        if lease is None:
+            return None
+        log.info("worker %s claimed %s (attempt %d)", self.id, lease.job_id, lease.attempt)
+        reporter = StoreReporter(self.queue, lease, self.store.jobs.get(lease.job_id).ft_name, self.stop_event,
+                                 clock=self.clock)
+        heartbeat = _Heartbeat(self.queue, lease, self.settings.heartbeat_seconds, lost=reporter.lost)
+        heartbeat.start()
+        try:
+            self._process(lease, reporter)
+        except errors.FencedOutError:
+            log.warning("worker %s lost job %s to another claim; its result was discarded", self.id, lease.job_id)
+        finally:
+            heartbeat.stop()
+        return lease.job_id
+
+    # -- one job ------------------------------------------------------------------------
+
+    def _process(self, lease: Lease, reporter: StoreReporter) -> None:
+        job = self.store.jobs.get(lease.job_id)
+        if job.requested_action == "cancel":
+            return self.queue.finish(lease, "cancelled", message="Job cancelled")
+        if job.requested_action == "pause":
+            return self.queue.finish(lease, "paused", message="Job paused")
+        if job.reclaims > MAX_RECLAIMS:
+            return self._fail(lease, {"code": "worker_lost", "param": None, "message":
+                                      f"The job's worker stopped unexpectedly {job.reclaims} times (out of memory?);"
+                                      " giving up"})
+        if lease.claimed_status == "running":
+            self.queue.add_event(lease, "info", f"Resuming job after its previous worker stopped (attempt "
+                                                f"{lease.attempt}); training continues from the newest checkpoint")
+        try:
+            config = self._prepare(lease, job, reporter)
+            if reporter.should_stop():
+                return self._stopped(lease, reporter)
+            self._train(lease, job, config, reporter)
+        except JobFailed as e:
+            self._fail(lease, e.error, e.details)
+        except errors.FencedOutError:
+            raise
+        except errors.DataValidationError as e:
+            self._fail(lease, {"code": e.code or "invalid_training_file", "message": e.message,
+                               "param": e.param or "training_file"})
+        except Exception as e:  # noqa: BLE001 - any training failure becomes the job's error
+            if reporter.lost.is_set():
+                raise errors.FencedOutError(str(e)) from e
+            log.exception("job %s failed", lease.job_id)
+            code = e.code if isinstance(e, errors.ModelMillError) and e.code else "training_error"
+            self._fail(lease, {"code": code, "message": f"{type(e).__name__}: {e}".strip(), "param": None})
+
+    def _prepare(self, lease: Lease, job: JobRecord, reporter: StoreReporter):
+        """Validate files, resolve hyperparameters and the base model; return the SFTConfig."""
+        from modelmill.ml import models, sft
+
+        if job.method_type != "supervised":
+            raise JobFailed("unsupported_method", f"Method '{job.method_type}' is not supported yet", "method")
+        if lease.claimed_status == "validating_files":
+            self.queue.add_event(lease, "info", "Validating training file: " + job.training_file)
+        train_path, n_examples = self._validate(job.training_file, "training_file")
+        valid_path = None
+        if job.validation_file:
+            valid_path, _ = self._validate(job.validation_file, "validation_file")
+        if lease.claimed_status == "validating_files":
+            self.queue.update(lease, status="queued")
+            self.queue.add_event(lease, "info", "Files validated, moving job to queued state")
+
+        hp = job.hyperparameters
+        if not job.hyperparameters_resolved:
+            hp = sft.resolve_sft_hyperparameters(job.hyperparameters, n_examples)
+            self.queue.update(lease, hyperparameters=hp, hyperparameters_resolved=1)
+        self.queue.add_event(lease, "info", f"Preparing base model {job.base_model}")
+        base_dir = models.ensure_base(self.settings.home, job.base_model,
+                                      progress=lambda msg: reporter.on_event("info", msg))
+        return sft.SFTConfig(
+            base_dir=base_dir, train_path=train_path, valid_path=valid_path,
+            output_dir=self.settings.jobs_dir / job.id,
+            n_epochs=int(hp["n_epochs"]), batch_size=int(hp["batch_size"]),
+            learning_rate_multiplier=float(hp["learning_rate_multiplier"]), seed=job.seed,
+            init_adapter=Path(job.init_adapter) if job.init_adapter else None)
+
+    def _validate(self, file_id: str, param: str) -> tuple[Path, int]:
+        """The file's blob path and its number of examples; JobFailed if it is missing or invalid."""
+        from modelmill.ml import data
+
+        kind = "Training" if param == "training_file" else "Validation"
+        path = self.store.files.blob_path(file_id)
+        if not path.exists():
+            raise JobFailed("file_not_found", f"{kind} file {file_id} no longer exists", param)
+        report = data.validate_file(path, "supervised", min_examples=10 if param == "training_file" else 1)
+        if not report.ok:
+            shown = "; ".join(str(p) for p in report.problems[:MESSAGE_PROBLEMS])
+            more = len(report.problems) - MESSAGE_PROBLEMS
+            message = f"{kind} file {file_id} is invalid: {shown}" + (f"; and {more} more" if more > 0 else "")
+            raise JobFailed(f"invalid_{param}", message, param, [str(p) for p in report.problems])
+        return path, len(report.examples)
+
+    def _train(self, lease: Lease, job: JobRecord, config, reporter: StoreReporter) -> None:
+        from modelmill.ml import sft
+
+        fields = {"status": "running"}
+        if job.started_at is None:
+            fields["started_at"] = self.clock()
+        self.queue.update(lease, **fields)
+        self.queue.add_event(lease, "info", "Fine-tuning job started")
+        result = sft.train_sft(config, reporter)
+        self.queue.forget_pruned_checkpoints(lease)
+        if result.status == "succeeded":
+            result_file = self._results_file(job)
+            self.queue.add_event(lease, "info", f"New fine-tuned model created: {job.ft_name}")
+            self.queue.finish(lease, "succeeded", fine_tuned_model=job.ft_name, adapter_dir=str(result.adapter_dir),
+                              trained_tokens=int(result.trained_tokens), result_files=[result_file],
+                              message="The job has successfully completed")
+        else:
+            self._stopped(lease, reporter, trained_tokens=int(result.trained_tokens))
+
+    def _stopped(self, lease: Lease, reporter: StoreReporter, **fields) -> None:
+        """Record how a run that stopped early ended: the reporter knows why it said stop."""
+        reason = reporter.stop_reason
+        if reporter.lost.is_set():
+            raise errors.FencedOutError(f"Lost the lease on job {lease.job_id}")
+        if reason == "pause":
+            self.queue.finish(lease, "paused", message="Job paused; resume it to continue from this checkpoint")
+        elif reason == "shutdown":
+            self.queue.finish(lease, "queued", message="Worker stopped; job re-queued to resume from its checkpoint")
+        else:
+            self.queue.finish(lease, "cancelled", message="Job cancelled", **fields)
+
+    def _fail(self, lease: Lease, error: dict, details: list[str] = ()) -> None:
+        for line in details[:EVENT_PROBLEMS]:
+            self.queue.add_event(lease, "error", line)
+        self.queue.add_event(lease, "error", error["message"])
+        self.queue.finish(lease, "failed", error=error)
+
+    def _results_file(self, job: JobRecord) -> str:
+        """Write the step metrics as a CSV file (purpose fine-tune-results), as OpenAI does."""
+        cols = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                "full_valid_loss", "full_valid_mean_token_accuracy"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        for event in self.store.events.all_for(job.id, type="metrics"):
+            writer.writerow(event.data or {})
+        return self.store.files.add_bytes(buf.getvalue().encode(), "step_metrics.csv", "fine-tune-results").id
+
+
+class _Heartbeat(threading.Thread):
+    """Renews a lease every `interval` seconds until stopped; sets `lost` if it can't."""
+
+    def __init__(self, queue: JobQueue, lease: Lease, interval: float, lost: threading.Event):
+        super().__init__(name=f"heartbeat-{lease.job_id}", daemon=True)
+        self.queue, self.lease, self.interval, self.lost = queue, lease, interval, lost
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            try:
+                self.queue.heartbeat(self.lease)
+            except errors.FencedOutError:
+                log.warning("lost the lease on %s", self.lease.job_id)
+                self.lost.set()
+                return
+            except Exception:  # a locked database etc.: try again next beat
+                log.exception("heartbeat for %s failed", self.lease.job_id)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+def run_worker(settings: Settings, stop_event: threading.Event | None = None) -> None:
+    """Run a worker until stop_event is set (or forever): the body of `modelmill worker`.
+
+    On the main thread, the first SIGTERM/SIGINT stops it gracefully: a running job is
+    checkpointed and re-queued for the next worker. A second signal exits at once.
+    """
+    settings.ensure_dirs()
+    stop_event = stop_event or threading.Event()
+    restore = _stop_on_signals(stop_event)
+    worker = Worker(settings, stop_event=stop_event)
+    try:
+        worker.run()
+    finally:
+        restore()
+        worker.store.close()
+
+
+def _stop_on_signals(stop_event: threading.Event):
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum, frame):
+        log.warning("stopping the worker; send the signal again to exit now")
+        for sig in previous:
+            signal.signal(sig, signal.SIG_DFL if sig == signal.SIGTERM else signal.default_int_handler)
+        stop_event.set()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore():
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+    return restore
