@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -53,16 +55,29 @@ def client(server):
     return server.client
 
 
+def short_dataset(n: int, seed: int = 0) -> bytes:
+    """Short chat examples (~30 tokens) so each tiny-model step takes a fraction of a second;
+    the smart-home examples carry ~470 tokens of tool schemas and belong in the demo."""
+    rng = random.Random(seed)
+    rooms = ["kitchen", "bedroom", "office", "garage", "hall", "attic"]
+    lines = []
+    for _ in range(n):
+        room, state = rng.choice(rooms), rng.choice(["on", "off"])
+        lines.append(json.dumps({"messages": [
+            {"role": "system", "content": "Reply with the room and the state."},
+            {"role": "user", "content": f"turn {state} the {room} lights"},
+            {"role": "assistant", "content": f"{room} {state}"}]}))
+    return ("\n".join(lines) + "\n").encode()
+
+
 @pytest.fixture(scope="session")
 def train_file(client):
-    with open(SMART_HOME / "train.jsonl", "rb") as f:
-        return client.files.create(file=f, purpose="fine-tune")
+    return client.files.create(file=("train.jsonl", short_dataset(48)), purpose="fine-tune")
 
 
 @pytest.fixture(scope="session")
 def valid_file(client):
-    with open(SMART_HOME / "valid.jsonl", "rb") as f:
-        return client.files.create(file=f, purpose="fine-tune")
+    return client.files.create(file=("valid.jsonl", short_dataset(12, seed=1)), purpose="fine-tune")
 
 
 def wait_for(client, job_id: str, statuses: set[str], timeout: float = 180.0):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import SMART_HOME, Server, tiny_job, wait_for
+from tests.e2e.conftest import Server, short_dataset, tiny_job, wait_for
 
 
 @pytest.fixture
@@ -22,9 +22,8 @@ def split_server(tmp_path):
 
 def test_sigkill_worker_resumes_from_checkpoint(split_server):
     client = split_server.client
-    with open(SMART_HOME / "train.jsonl", "rb") as f:
-        train = client.files.create(file=f, purpose="fine-tune")
-    job = tiny_job(client, train.id, n_epochs=4, batch_size=2)
+    train = client.files.create(file=("train.jsonl", short_dataset(48)), purpose="fine-tune")
+    job = tiny_job(client, train.id, n_epochs=4, batch_size=1)
     worker = split_server.start_worker()
     try:
         deadline = time.monotonic() + 120
@@ -45,10 +44,10 @@ def test_sigkill_worker_resumes_from_checkpoint(split_server):
         assert any("resum" in e.message.lower() for e in events), [e.message for e in events]
         metrics = [e.data for e in events if e.type == "metrics"]
         steps = [m["step"] for m in metrics]
-        assert max(steps) == metrics[0]["total_steps"] == 4 * 53  # 106 examples / batch 2, 4 epochs
+        assert max(steps) == metrics[0]["total_steps"] == 4 * 48  # 48 examples, batch 1, 4 epochs
         # The second worker started from the checkpoint, not from step 1: steps before the
         # checkpoint were recorded once, by the first worker.
-        assert steps.count(1) == 1 and first_ckpt >= 53
+        assert steps.count(1) == 1 and first_ckpt >= 48
     finally:
         worker.kill()
         worker.wait()

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.e2e.conftest import SMART_HOME, tiny_job, wait_for
+from tests.e2e.conftest import SMART_HOME, short_dataset, tiny_job, wait_for
 from tests.spec_check import assert_matches
 
 
@@ -29,7 +29,7 @@ def test_file_roundtrip(client, train_file):
     assert train_file.filename == "train.jsonl" and train_file.purpose == "fine-tune"
     assert train_file.id != "train.jsonl"  # the stored name is a server id
     content = client.files.content(train_file.id).read()
-    assert content == (SMART_HOME / "train.jsonl").read_bytes()
+    assert content == short_dataset(48)
     listed = client.files.with_raw_response.list(purpose="fine-tune").http_response.json()
     assert_matches(listed, "ListFilesResponse")
     assert train_file.id in {f["id"] for f in listed["data"]}
@@ -40,7 +40,7 @@ def test_sft_job_end_to_end(client, train_file, valid_file):
         training_file=train_file.id, validation_file=valid_file.id, model="modelmill-tiny",
         suffix="e2e", seed=1, metadata={"suite": "e2e"},
         method={"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 2, "batch_size": 16, "learning_rate_multiplier": "auto"}}})
+            "n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": "auto"}}})
     created = raw_json(raw)
     assert_matches(created, "FineTuningJob")
     assert created["status"] in ("validating_files", "queued")
@@ -49,7 +49,7 @@ def test_sft_job_end_to_end(client, train_file, valid_file):
     body = client.fine_tuning.jobs.with_raw_response.retrieve(job.id).http_response.json()
     assert_matches(body, "FineTuningJob")
     hp = body["method"]["supervised"]["hyperparameters"]
-    assert hp["n_epochs"] == 2 and hp["batch_size"] == 16
+    assert hp["n_epochs"] == 2 and hp["batch_size"] == 8
     assert isinstance(hp["learning_rate_multiplier"], (int, float))  # "auto" resolved and shown
     assert body["trained_tokens"] > 0 and body["finished_at"] >= body["created_at"]
     assert body["fine_tuned_model"].startswith("ft:modelmill-tiny:") and ":e2e:" in body["fine_tuned_model"]
@@ -101,7 +101,7 @@ def test_ft_model_continues_training(client, train_file):
     assert first.status == "succeeded", first.error
     second = client.fine_tuning.jobs.create(training_file=train_file.id, model=first.fine_tuned_model,
                                             method={"type": "supervised", "supervised": {
-                                                "hyperparameters": {"n_epochs": 1, "batch_size": 16}}})
+                                                "hyperparameters": {"n_epochs": 1, "batch_size": 8}}})
     second = wait_for(client, second.id, {"succeeded", "failed"})
     assert second.status == "succeeded", second.error
     assert second.fine_tuned_model.startswith("ft:modelmill-tiny:")

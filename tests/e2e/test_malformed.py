@@ -9,10 +9,10 @@ import zipfile
 import httpx
 import pytest
 
-from tests.e2e.conftest import SMART_HOME, tiny_job, wait_for
+from tests.e2e.conftest import short_dataset, tiny_job, wait_for
 from tests.spec_check import assert_matches
 
-GOOD = (SMART_HOME / "train.jsonl").read_text().splitlines()[:12]
+GOOD = short_dataset(12).decode().splitlines()
 
 
 def with_line(i: int, line: str) -> bytes:
@@ -30,7 +30,7 @@ def zipped() -> bytes:
 
 def bad_role() -> str:
     ex = json.loads(GOOD[4])
-    ex["messages"][0]["role"] = "bot"
+    ex["messages"][1]["role"] = "bot"
     return json.dumps(ex)
 
 
@@ -43,7 +43,7 @@ def no_assistant() -> str:
 # (name, file bytes, text the error message must contain)
 CASES = [
     ("non_json", with_line(6, "{this is not json"), "line 7"),
-    ("wrong_role", with_line(4, bad_role()), "line 5: messages[0].role"),
+    ("wrong_role", with_line(4, bad_role()), "line 5: messages[1].role"),
     ("no_assistant", with_line(2, no_assistant()), "line 3"),
     ("too_few", ("\n".join(GOOD[:5]) + "\n").encode(), "10"),
     ("empty", b"", "empty"),
