@@ -66,8 +66,8 @@ def all_cases(rng: random.Random) -> list[tuple[str, dict]]:
     for door, locked in itertools.product(["front", "back", "garage"], [True, False]):
         for phrase in LOCK_PHRASES[locked]:
             cases.append((phrase.format(door=door), _call("lock_door", {"door": door, "locked": locked})))
-    # 6 rooms x 14 temperatures x 5 phrasings explodes; sample 90 of them instead.
-    for _ in range(90):
+    # 6 rooms x 14 temperatures x 5 phrasings explodes; sample 48 of them instead.
+    for _ in range(48):
         room, c = rng.choice(ROOMS), rng.randint(15, 28)
         phrase = rng.choice(THERMO_PHRASES)
         cases.append((phrase.format(room=room, c=c), _call("set_thermostat", {"room": room, "celsius": c})))
@@ -97,7 +97,7 @@ def main(seed: int = 7) -> None:
     rng.shuffle(keys)
     test, valid, train = [], [], []
     for key in keys:  # whole argument combinations go to one split only
-        split = test if len(test) < 30 else valid if len(valid) < 20 else train
+        split = test if len(test) < 30 else valid if len(valid) < 12 else train
         split.extend(groups[key])
     for name, rows in (("train", train), ("valid", valid), ("test", test)):
         with open(HERE / f"{name}.jsonl", "w") as f:

@@ -29,7 +29,7 @@ def cmd_serve(args) -> int:
     from modelmill.service.api.app import serve
 
     settings = _settings(args).with_(run_worker=not args.no_worker)
-    serve(settings)
+    serve(settings, log_level=args.log_level)
     return 0
 
 
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", help="bind address (default 127.0.0.1; non-loopback needs an API key)")
     sp.add_argument("--port", type=int, help="port (default 8000)")
     sp.add_argument("--no-worker", action="store_true", help="serve the API only; run `modelmill worker` apart")
+    sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                    help="log level (default info)")
     sp.set_defaults(func=cmd_serve)
 
     sp = local(sub.add_parser("worker", help="run a training worker alone",
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="fine-tune SmolLM2 on smart-home function calling, before/after",
                         description="Start a server, upload examples/smart_home, measure, fine-tune, measure again.")
     sp.add_argument("--model", default="SmolLM2-135M-Instruct", help="base model (default SmolLM2-135M-Instruct)")
-    sp.add_argument("--n-epochs", type=int, default=2, help="training epochs (default 2)")
+    sp.add_argument("--n-epochs", type=int, default=1, help="training epochs (default 1)")
     sp.add_argument("--base-url", dest="base_url_opt", help="use a running server instead of starting one")
     sp.set_defaults(func=cmd_demo)
 
@@ -205,9 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from modelmill.errors import ModelMillError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
+    except ModelMillError as e:  # e.g. binding a public address with no API key
+        print(f"modelmill: {e.message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

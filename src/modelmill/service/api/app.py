@@ -70,10 +70,11 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
     return app
 
 
-def serve(settings: Settings) -> None:
-    """Run the API with uvicorn (plus the in-process worker when settings.run_worker)."""
+def serve(settings: Settings, log_level: str = "info") -> None:
+    """Run the API with uvicorn (plus the in-process worker when settings.run_worker).
+    log_level: uvicorn's and ModelMill's logging level ("debug", "info", "warning", ...)."""
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, start_worker=settings.run_worker)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=5)
