@@ -28,20 +28,28 @@ def _postfix(metrics: dict) -> dict:
 
 def watch_job(client, job_id: str, poll: float = 1.0, stop_on_pause: bool = True, out=sys.stderr):
     """Poll until the job ends (or pauses); show step/total, loss and ETA; return the final job."""
-    bar = tqdm(total=None, desc=job_id, unit="step", file=out, dynamic_ncols=True)
+    # A live bar on a terminal; in a log file or pipe, one plain line per new step instead.
+    live = hasattr(out, "isatty") and out.isatty()
+    bar = tqdm(total=None, desc=job_id, unit="step", file=out, dynamic_ncols=True, disable=not live)
     seen_messages: set[str] = set()
+    last_step, first = 0, None  # first: (time, step) when this watch first saw a step, for the ETA
     try:
         while True:
             job = client.fine_tuning.jobs.retrieve(job_id)
             for ev in reversed(client.fine_tuning.jobs.list_events(job_id, limit=50).data):
                 if getattr(ev, "type", "message") != "metrics" and ev.id not in seen_messages:
                     seen_messages.add(ev.id)
-                    bar.write(f"[{ev.level}] {ev.message}", file=out)
+                    tqdm.write(f"[{ev.level}] {ev.message}", file=out)
             metrics = latest_metrics(client, job_id)
             if metrics and metrics.get("total_steps"):
                 bar.total = int(metrics["total_steps"])
                 bar.n = int(metrics.get("step", 0))
                 bar.set_postfix(_postfix(metrics), refresh=False)
+                if not live and bar.n > last_step:
+                    first = first or (time.monotonic(), bar.n)
+                    print(f"step {bar.n}/{bar.total} {_eta(first, bar.n, bar.total)} "
+                          + " ".join(f"{k}={v}" for k, v in _postfix(metrics).items()), file=out, flush=True)
+                    last_step = bar.n
             bar.set_description(f"{job_id} {job.status}")
             bar.refresh()
             if job.status in TERMINAL or (stop_on_pause and job.status == "paused"):
@@ -51,6 +59,14 @@ def watch_job(client, job_id: str, poll: float = 1.0, stop_on_pause: bool = True
         bar.close()
     print(summary(job), file=out)
     return job
+
+
+def _eta(first: tuple[float, int], step: int, total: int) -> str:
+    t0, step0 = first
+    if step <= step0:
+        return "eta ?"
+    per_step = (time.monotonic() - t0) / (step - step0)
+    return f"eta {per_step * (total - step):.0f}s"
 
 
 def summary(job) -> str:
