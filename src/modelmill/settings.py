@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +16,55 @@ def _env_int(name: str, default: int) -> int:
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class JudgeEndpoint:
+    """An OpenAI-compatible chat-completions endpoint that answers one grader model name."""
+
+    # Base URL of the OpenAI-compatible API, e.g. "https://api.openai.com/v1".
+    base_url: str
+    # Name of the environment variable holding the API key, read at call time; None = no key.
+    api_key_env: str | None = None
+    # The API key itself (prefer api_key_env so keys stay out of config); used when api_key_env is None.
+    api_key: str | None = None
+    # Model name sent upstream; None means the grader's own model name.
+    model: str | None = None
+    # Seconds one judge request may take (connect + read) before it becomes a grader error.
+    timeout_s: float = 60.0
+
+    def resolved_api_key(self) -> str:
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env, "")
+        return self.api_key or ""
+
+
+def parse_judges(raw: str | None) -> dict[str, JudgeEndpoint]:
+    """MODELMILL_JUDGES: a JSON object mapping a grader model name to its endpoint, either
+    `[base_url, api_key_env_var]` or `{"base_url", "api_key_env"?, "api_key"?, "model"?, "timeout_s"?}`.
+    The name "*" is the fallback for any model name ModelMill does not serve and no entry names.
+    Raises ValueError naming the bad entry."""
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        table = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"MODELMILL_JUDGES is not valid JSON: {e}") from None
+    if not isinstance(table, dict):
+        raise ValueError("MODELMILL_JUDGES must be a JSON object: {model name: endpoint}")
+    out = {}
+    for name, spec in table.items():
+        if isinstance(spec, list) and len(spec) == 2 and all(isinstance(x, str) for x in spec):
+            out[name] = JudgeEndpoint(base_url=spec[0], api_key_env=spec[1] or None)
+        elif isinstance(spec, dict) and isinstance(spec.get("base_url"), str):
+            unknown = set(spec) - {"base_url", "api_key_env", "api_key", "model", "timeout_s"}
+            if unknown:
+                raise ValueError(f"MODELMILL_JUDGES[{name!r}]: unknown keys {sorted(unknown)}")
+            out[name] = JudgeEndpoint(**spec)
+        else:
+            raise ValueError(f"MODELMILL_JUDGES[{name!r}] must be [base_url, api_key_env] or an object with "
+                             "base_url")
+    return out
 
 
 @dataclass(frozen=True)
@@ -41,6 +91,9 @@ class Settings:
     run_worker: bool = True
     # Maximum number of loaded (base, adapter) pairs kept in the chat model cache.
     model_cache_size: int = 4
+    # Grader judge endpoints for model names ModelMill does not serve (MODELMILL_JUDGES, see
+    # parse_judges); empty means only served models (base, ft:, checkpoints) can judge.
+    judges: dict[str, JudgeEndpoint] = field(default_factory=dict)
 
     @property
     def db_path(self) -> Path:
@@ -77,6 +130,7 @@ class Settings:
             lease_seconds=_env_float("MODELMILL_LEASE_SECONDS", 30.0),
             heartbeat_seconds=_env_float("MODELMILL_HEARTBEAT_SECONDS", 5.0),
             owner=os.environ.get("MODELMILL_OWNER", "modelmill"),
+            judges=parse_judges(os.environ.get("MODELMILL_JUDGES")),
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "home" in overrides:

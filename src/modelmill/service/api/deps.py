@@ -11,6 +11,7 @@ from modelmill.service import auth
 from modelmill.service.store import Store
 
 _sampler_lock = threading.Lock()
+_context_lock = threading.Lock()
 
 
 def settings(request: Request) -> Settings:
@@ -23,7 +24,25 @@ def store(request: Request) -> Store:
 
 def sampler(request: Request):
     """The app's one ml.sampling.Sampler (created on first use: importing torch is slow)."""
+    return app_sampler(request.app)
+
+
+def grader_context(request: Request):
+    """The app's one ml.graders.GraderContext (its judge answers with the shared sampler)."""
     state = request.app.state
+    if getattr(state, "grader_context", None) is None:
+        with _context_lock:
+            if getattr(state, "grader_context", None) is None:
+                from modelmill.service import graders
+
+                app = request.app
+                state.grader_context = graders.build_context(state.settings, state.store, lambda: app_sampler(app))
+    return state.grader_context
+
+
+def app_sampler(app):
+    """The Sampler of `app` (for holders of the app rather than a request, e.g. the judge)."""
+    state = app.state
     if getattr(state, "sampler", None) is None:
         with _sampler_lock:
             if getattr(state, "sampler", None) is None:

@@ -1,0 +1,187 @@
+"""Runs INSIDE the python-grader sandbox (see sandbox.py); stdlib only, never imports modelmill.
+
+Started as `python -I -S -B sandbox_harness.py` with an empty environment. Protocol:
+
+stdin  one JSON object: {"source", "samples", "items", "first" (index of samples[0] in the batch),
+       "timeout" (seconds per grade() call and for loading the module), "limits" {rlimit name: value},
+       "path" [extra sys.path entries], "max_details" (chars of error text per sample)}.
+stdout JSON lines, in order: {"started": true} once the harness is up, {"ready": true} once the grader module loaded (or {"load_error": str}
+       and exit), then one line per sample: {"i": index, "score": float, "t": seconds} or {"i": index, "error": str,
+       "t": seconds},
+       then {"done": true}.
+
+The user's code never sees the result channel by name: fd 1 is re-pointed at /dev/null (prints are
+dropped) and results go to a private duplicate of the original stdout. Whatever it writes anyway is
+checked by the parent, which trusts nothing it reads.
+"""
+
+import json
+import math
+import numbers
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+import types
+
+EX_SOFTWARE = 70  # the harness itself failed: the parent reports a server error
+
+_RLIMITS = {
+    "as": resource.RLIMIT_AS,
+    "cpu": resource.RLIMIT_CPU,
+    "nproc": resource.RLIMIT_NPROC,
+    "fsize": resource.RLIMIT_FSIZE,
+    "nofile": resource.RLIMIT_NOFILE,
+    "core": resource.RLIMIT_CORE,
+    "memlock": resource.RLIMIT_MEMLOCK,
+    "msgqueue": resource.RLIMIT_MSGQUEUE,
+}
+
+# Thread pools in numpy/scipy/sklearn read these when they load: one thread each, so a grader
+# stays on its CPU budget and under RLIMIT_NPROC. Set here, not passed in, so the sandbox starts
+# with an empty environment.
+_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS")
+
+
+class GraderTimeout(BaseException):
+    """Raised by SIGALRM in the grader's frame; BaseException so `except Exception` lets it pass."""
+
+
+def _on_alarm(signum, frame):
+    raise GraderTimeout()
+
+
+def _apply_limits(limits):
+    for name, value in limits.items():
+        which = _RLIMITS[name]
+        value = int(value)
+        if name == "cpu":
+            # SIGXCPU at the soft limit, SIGKILL one second later.
+            resource.setrlimit(which, (value, value + 1))
+        else:
+            resource.setrlimit(which, (value, value))
+
+
+def _describe(exc, limit_chars):
+    """'Type: message' plus the grader's own frames of the traceback, at most limit_chars."""
+    try:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<grader>"]
+        lines = traceback.format_list(frames[-5:])
+        head = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        text = head + ("\n" + "".join(lines).rstrip() if lines else "")
+    except BaseException:  # a hostile __str__ / __repr__
+        text = type(exc).__name__
+    return text[:limit_chars]
+
+
+def _score(index, value):
+    """The result line for what grade() returned: a finite number, else an error. Runs under the timer
+    (float() may call the grader's own __float__)."""
+    if not isinstance(value, numbers.Real):
+        return {"i": index, "error": "grade() must return a number (int or float), got "
+                                     + type(value).__name__[:100]}
+    try:
+        score = float(value)
+    except OverflowError:
+        return {"i": index, "error": "grade() returned a number out of float range"}
+    if not math.isfinite(score):
+        return {"i": index, "error": f"grade() returned a non-finite score ({score!r})"}
+    return {"i": index, "score": score}
+
+
+def main():
+    raw = sys.stdin.buffer.read()
+    os.close(0)
+    request = json.loads(raw)
+    del raw
+
+    # Private result channel; fd 1 (print) goes to /dev/null from here on.
+    out_fd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    out = os.fdopen(out_fd, "w", encoding="utf-8", buffering=1)
+    sys.stdout = open(os.devnull, "w")
+
+    def emit(obj):
+        out.write(json.dumps(obj, allow_nan=False) + "\n")
+
+    for var in _THREAD_VARS:
+        os.environ[var] = "1"
+    for entry in request.get("path", []):
+        sys.path.append(entry)
+    os.chdir("/tmp" if os.path.isdir("/tmp") else "/")
+    _apply_limits(request.get("limits", {}))
+
+    emit({"started": True})
+    timeout = float(request["timeout"])
+    max_details = int(request.get("max_details", 2000))
+    samples, items, first = request["samples"], request["items"], int(request.get("first", 0))
+    signal.signal(signal.SIGALRM, _on_alarm)
+
+    # Load the grader module under the same time limit as one sample.
+    module = types.ModuleType("grader")
+    module.__file__ = "<grader>"
+    sys.modules["grader"] = module
+    error = None
+    started = time.monotonic()
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            exec(compile(request["source"], "<grader>", "exec"), module.__dict__)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except GraderTimeout:
+        error = f"timeout: loading the grader took longer than {timeout:g}s"
+    except BaseException as exc:  # noqa: BLE001 - anything the user's module-level code raises
+        error = "error loading the grader: " + _describe(exc, max_details)
+    if error is None and time.monotonic() - started > timeout:
+        error = f"timeout: loading the grader took longer than {timeout:g}s"
+    grade = module.__dict__.get("grade")
+    if error is None and not callable(grade):
+        error = "the grader source must define a function grade(sample, item)"
+    if error is not None:
+        emit({"load_error": error[:max_details]})
+        out.flush()
+        return
+    emit({"ready": True})
+
+    for offset, (sample, item) in enumerate(zip(samples, items)):
+        index = first + offset
+        started = time.monotonic()
+        try:
+            try:
+                # Re-armed every sample: the grader may have replaced the handler.
+                signal.signal(signal.SIGALRM, _on_alarm)
+                signal.setitimer(signal.ITIMER_REAL, timeout)
+                result = _score(index, grade(sample, item))
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except GraderTimeout:
+            result = None
+        except MemoryError as exc:
+            result = {"i": index, "error": "memory limit exceeded: " + _describe(exc, max_details)}
+        except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt: still the grader's
+            result = {"i": index, "error": _describe(exc, max_details)}
+        elapsed = time.monotonic() - started
+        if result is None or elapsed > timeout:
+            result = {"i": index, "error": f"timeout: grade() took longer than {timeout:g}s"}
+        result["t"] = round(elapsed, 6)
+        emit(result)
+    emit({"done": True})
+    out.flush()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BaseException:  # noqa: BLE001 - the harness itself broke: say so and exit with EX_SOFTWARE
+        try:
+            sys.stderr.write("sandbox harness failed:\n" + traceback.format_exc()[-4000:])
+            sys.stderr.flush()
+        finally:
+            os._exit(EX_SOFTWARE)
+    os._exit(0)
