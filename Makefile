@@ -36,3 +36,9 @@ serve: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+.PHONY: bench-graders
+# Python-grader sandbox throughput and graders/run latency, each against a baseline in the same run.
+bench-graders: $(STAMP)
+	$(PY) bench/bench_python_grader.py
+	$(PY) bench/bench_graders.py

@@ -13,7 +13,7 @@
     .venv/bin/python bench/bench_graders.py --no-write
 
 BENCHMARKS.md is shared with other benches: this one rewrites only the text between its own
-markers (BEGIN/END bench_graders) and appends the section when it is missing.
+markers (BEGIN/END bench_graders) and appends the section when it is missing (benchmarks_md.py).
 """
 
 from __future__ import annotations
@@ -31,10 +31,8 @@ import time
 from pathlib import Path
 
 import httpx
+from benchmarks_md import BENCHMARKS, write_section
 
-REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = REPO / "BENCHMARKS.md"
-BEGIN, END = "<!-- BEGIN bench_graders -->", "<!-- END bench_graders -->"
 P50_TARGET_MS = 20.0
 
 STRING_CHECK = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
@@ -110,7 +108,7 @@ def fuzzy_data(n: int, seed: int = 0) -> tuple[list[str], list[dict]]:
 
 
 def bench_fuzzy(n: int, repeats: int = 5) -> dict[str, list[float]]:
-    from rapidfuzz import fuzz
+    from rapidfuzz import fuzz, utils
 
     from modelmill.ml.graders import grade_batch
 
@@ -122,11 +120,13 @@ def bench_fuzzy(n: int, repeats: int = 5) -> dict[str, list[float]]:
         rewards_N = [r.reward for r in grade_batch(FUZZY, samples, items)]
         engine.append(n / (time.perf_counter() - t0))
         t0 = time.perf_counter()
-        bare_N = [fuzz.ratio(s, it["label"]) / 100.0 for s, it in zip(samples, items)]
+        # The engine's fuzzy_match: WRatio on default_process'ed strings, / 100.
+        bare_N = [fuzz.WRatio(s, it["label"], processor=utils.default_process) / 100.0
+                  for s, it in zip(samples, items)]
         bare.append(n / (time.perf_counter() - t0))
     worst = max(abs(a - b) for a, b in zip(rewards_N, bare_N))
     if worst > 1e-6:
-        print(f"note: engine fuzzy_match differs from fuzz.ratio/100 by up to {worst:.4f}", file=sys.stderr)
+        print(f"note: engine fuzzy_match differs from the bare loop by up to {worst:.4f}", file=sys.stderr)
     return {"grade_batch fuzzy_match": engine, "bare rapidfuzz loop": bare}
 
 
@@ -139,15 +139,16 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, {platform.system()}"
+    load = f", load average {os.getloadavg()[0]:.1f} at start" if hasattr(os, "getloadavg") else ""
+    return f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, {platform.system()}{load}"
 
 
-def render(lat: dict[str, list[float]], fz: dict[str, list[float]], n: int, n_fuzzy: int) -> str:
+def render(lat: dict[str, list[float]], fz: dict[str, list[float]], n: int, n_fuzzy: int, where: str) -> str:
     run_p50 = statistics.median(lat["graders/run (HTTP)"])
     floor_p50 = statistics.median(lat["graders/validate (HTTP floor)"])
     inproc_p50 = statistics.median(lat["grade() in-process"])
     lines = [
-        f"Measured {dt.date.today().isoformat()} on {machine()} by `bench/bench_graders.py`.",
+        f"Measured {dt.date.today().isoformat()} on {where} by `bench/bench_graders.py`.",
         "",
         f"**graders/run latency**, string_check, {n} sequential requests per row over one keep-alive "
         "connection to a live `modelmill serve --no-worker` (rows interleaved in 5 rounds):",
@@ -177,29 +178,19 @@ def render(lat: dict[str, list[float]], fz: dict[str, list[float]], n: int, n_fu
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    section = f"{BEGIN}\n## Graders\n\n{text}\n{END}"
-    doc = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + section + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + section + "\n"
-    BENCHMARKS.write_text(doc)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=500, help="requests per latency row")
     ap.add_argument("--fuzzy-samples", type=int, default=20000, help="samples per fuzzy_match repeat")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = ap.parse_args()
+    where = machine()  # before the run, so the load average is the background load
     lat = bench_latency(args.n)
     fz = bench_fuzzy(args.fuzzy_samples)
-    text = render(lat, fz, args.n, args.fuzzy_samples)
+    text = render(lat, fz, args.n, args.fuzzy_samples, where)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("bench_graders", "Graders", text)
         print(f"\nwrote the Graders section of {BENCHMARKS}")
 
 

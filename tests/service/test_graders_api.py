@@ -67,8 +67,8 @@ def test_multi_combines_sub_rewards(client):
 def test_python_grader_in_the_sandbox(client):
     from modelmill.ml.graders import sandbox
 
-    if not sandbox_available(sandbox):
-        pytest.skip("bubblewrap sandbox unavailable here")
+    if not sandbox.available():
+        pytest.skip(f"python grader sandbox unavailable here: {sandbox.unavailable_reason()}")
     assert run(client, PYTHON)["reward"] == 1.0
     assert run(client, PYTHON, sample="nope")["reward"] == 0.25
     crash = run(client, {**PYTHON, "source": "def grade(sample, item):\n    raise ValueError('boom')\n"})
@@ -133,16 +133,3 @@ def test_missing_fields_are_400s(client):
     assert r.status_code == 400 and r.json()["error"]["param"] == "model_sample"
     r = client.post(VALIDATE, json={})
     assert r.status_code == 400 and r.json()["error"]["param"] == "grader"
-
-
-def sandbox_available(sandbox) -> bool:
-    """Whether the sandbox's default backend can run here (bwrap needs user namespaces)."""
-    import shutil
-
-    check = getattr(sandbox, "available", None) or getattr(sandbox, "bwrap_available", None)
-    if callable(check):
-        try:
-            return bool(check())
-        except TypeError:
-            pass
-    return shutil.which("bwrap") is not None

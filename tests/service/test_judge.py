@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import uvicorn
@@ -15,6 +16,8 @@ from fastapi.testclient import TestClient
 
 from modelmill.demo import free_port
 from modelmill.ml.sampling import Choice, GenerationResult
+from modelmill.ml.types import ModelRef
+from modelmill.service import model_registry
 from modelmill.service.api.app import create_app
 from modelmill.service.judge import ServiceJudge
 from modelmill.settings import JudgeEndpoint, Settings, parse_judges
@@ -44,7 +47,8 @@ class FakeOpenAI:
 
         port = free_port()
         self.base_url = f"http://127.0.0.1:{port}/v1"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                    timeout_graceful_shutdown=0.1))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 10
@@ -70,7 +74,7 @@ class StubSampler:
 
 @pytest.fixture(scope="module")
 def fake():
-    f = FakeOpenAI(delay_s=2.0)
+    f = FakeOpenAI(delay_s=3.0)
     yield f
     f.stop()
 
@@ -84,7 +88,9 @@ def judge_settings(settings, fake, monkeypatch):
                                      timeout_s=0.5)})
 
 
-def test_routes_by_model_name(judge_settings, store, fake):
+def test_routes_by_model_name(judge_settings, store, fake, monkeypatch):
+    # The stub sampler needs no weights: skip building modelmill-tiny (the API test builds it).
+    monkeypatch.setattr(model_registry, "model_ref", lambda settings, served: ModelRef(Path("/nowhere"), None))
     sampler = StubSampler()
     judge = ServiceJudge(judge_settings, store, lambda: sampler)
     fake.requests.clear()
@@ -117,13 +123,13 @@ def test_routes_by_model_name(judge_settings, store, fake):
 
 
 def test_fallback_entry_and_timeout_become_errors(settings, store, fake):
-    wildcard = settings.with_(judges={"*": JudgeEndpoint(base_url=fake.base_url, timeout_s=0.3)})
+    wildcard = settings.with_(judges={"*": JudgeEndpoint(base_url=fake.base_url, timeout_s=0.2)})
     judge = ServiceJudge(wildcard, store, StubSampler)
     assert judge.complete_batch("anything", [CONV], {})[0].text == "0.75"
     start = time.monotonic()
     slow = judge.complete_batch("anything", [[{"role": "user", "content": "slow"}]], {})
     assert slow[0].error and "Timeout" in slow[0].error
-    assert time.monotonic() - start < 1.9  # one retry of a 0.3 s timeout, not the 2 s reply
+    assert time.monotonic() - start < 2.0  # two tries of 0.2 s plus the SDK's retry pause, not the 3 s reply
 
     dead = settings.with_(judges={"gpt-dead": JudgeEndpoint(base_url=f"http://127.0.0.1:{free_port()}/v1")})
     reply = ServiceJudge(dead, store, StubSampler).complete_batch("gpt-dead", [CONV], {})[0]

@@ -44,7 +44,7 @@ class ServiceJudge:
         self.settings = settings
         self.store = store
         self.get_sampler = get_sampler  # the app's shared Sampler, created on first use
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[tuple, Any] = {}  # (endpoint, api key) -> openai.OpenAI
         self._lock = threading.Lock()
 
     def complete_batch(self, model: str, conversations: list[list[dict]],
@@ -110,7 +110,7 @@ class ServiceJudge:
                 usage = r.usage
                 prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
                 if getattr(msg, "refusal", None) and not msg.content:
-                    return _reply("", prompt, completion, f"refusal: {msg.refusal}", refusal=True)
+                    return _reply("", prompt, completion, None, refusal=True)
                 return _reply(msg.content or "", prompt, completion, None)
             except Exception as e:  # noqa: BLE001 - reported per conversation
                 return _reply("", 0, 0, f"{type(e).__name__}: {e}")
@@ -123,12 +123,13 @@ class ServiceJudge:
     def _client(self, endpoint: JudgeEndpoint):
         from openai import OpenAI
 
-        key = f"{endpoint.base_url}|{endpoint.api_key_env}|{endpoint.timeout_s}"
+        api_key = endpoint.resolved_api_key()  # read per call: a rotated key gets a fresh client
+        key = (endpoint, api_key)
         with self._lock:
             client = self._clients.get(key)
             if client is None:
                 # An empty key still needs a placeholder: the SDK refuses to start without one.
-                client = OpenAI(base_url=endpoint.base_url, api_key=endpoint.resolved_api_key() or "unused",
+                client = OpenAI(base_url=endpoint.base_url, api_key=api_key or "unused",
                                 timeout=endpoint.timeout_s, max_retries=EXTERNAL_RETRIES)
                 self._clients[key] = client
             return client
@@ -139,17 +140,8 @@ def _or(value, default):
 
 
 def _reply(text: str, prompt: int, completion: int, error: str | None, *, refusal: bool = False) -> JudgeReply:
-    reply = JudgeReply(text=text, prompt_tokens=int(prompt or 0), completion_tokens=int(completion or 0),
-                       error=error)
-    if refusal and hasattr(reply, "refusal"):
-        reply = _with(reply, refusal=True)
-    return reply
-
-
-def _with(reply: JudgeReply, **changes) -> JudgeReply:
-    from dataclasses import is_dataclass, replace
-
-    return replace(reply, **changes) if is_dataclass(reply) else reply
+    return JudgeReply(text=text, prompt_tokens=int(prompt or 0), completion_tokens=int(completion or 0),
+                      error=error, refusal=refusal)
 
 
 def _all_failed(conversations: list, error: str) -> list[JudgeReply]:
@@ -163,18 +155,19 @@ def _parts_text(content) -> str:
         return content
     if isinstance(content, dict):  # EvalItem allows one content object as well as a list
         content = [content]
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") in TEXT_PARTS)
+    return "".join(p if isinstance(p, str) else p.get("text", "") for p in content
+                   if isinstance(p, str) or (isinstance(p, dict) and p.get("type") in TEXT_PARTS))
 
 
 def _local_messages(conv: list[dict]) -> list[dict]:
     """Eval-item messages -> plain chat messages for ml.sampling (text parts only: local models
-    read text; images and audio are dropped)."""
+    read text; images and audio are dropped). chat_format maps developer to system."""
     return [{"role": m.get("role", "user"), "content": _parts_text(m.get("content"))} for m in conv]
 
 
 def _external_messages(conv: list[dict]) -> list[dict]:
     """Eval-item messages -> Chat Completions messages: text parts become "text" parts, input
-    images become "image_url" parts; a text-only message is sent as one string."""
+    images become "image_url" parts (audio is dropped); a text-only message is sent as one string."""
     out = []
     for m in conv:
         content = m.get("content")
@@ -183,9 +176,11 @@ def _external_messages(conv: list[dict]) -> list[dict]:
         if isinstance(content, list):
             parts = []
             for p in content:
-                if not isinstance(p, dict):
+                if isinstance(p, str):
+                    parts.append({"type": "text", "text": p})
+                elif not isinstance(p, dict):
                     continue
-                if p.get("type") in TEXT_PARTS:
+                elif p.get("type") in TEXT_PARTS:
                     parts.append({"type": "text", "text": p.get("text", "")})
                 elif p.get("type") == "input_image" and p.get("image_url"):
                     parts.append({"type": "image_url", "image_url": {"url": p["image_url"],

@@ -49,7 +49,9 @@ class GradeResult:
     errors: dict = field(default_factory=empty_errors)  # every ERROR_KEYS key, always present
     name: str = ""
     type: str = ""
-    execution_time: float = 0.0  # seconds; batch graders report the batch's wall time per sample
+    # Seconds spent grading this sample; graders that grade a batch at once (text_similarity,
+    # model graders, multi) report the batch's wall time, python graders grade()'s own time.
+    execution_time: float = 0.0
     scores: dict = field(default_factory=dict)  # grader-specific detail, e.g. {"rouge_l": 0.8}
     sub_rewards: dict = field(default_factory=dict)  # multi: sub-grader name -> reward
     token_usage: int | None = None  # judge tokens (prompt + completion); None when no judge was asked
@@ -113,6 +115,9 @@ class GraderContext:
     # Threads grading samples (and a multi grader's sub-graders) in parallel; 1 = serial.
     max_workers: int = 8
 
+
+# Types whose results always say passed / not passed (others only with a pass_threshold).
+PASS_FAIL_TYPES = {"string_check", "label_model"}
 
 BatchGradeFn = Callable[[dict, list, list, GraderContext], list]
 SampleGradeFn = Callable[[dict, dict, dict, GraderContext], GradeResult]
@@ -229,9 +234,12 @@ def run_grader(spec: dict, samples: list[dict], items: list[dict], context: Grad
         results = [error_result(spec, "other_error") for _ in samples]
         for r in results:
             r.execution_time = elapsed
+    has_pass = spec["type"] in PASS_FAIL_TYPES or spec.get("pass_threshold") is not None
     for r in results:
         r.name = r.name or spec.get("name", "")
         r.type = r.type or spec["type"]
+        if has_pass and r.passed is None and r.has_error:
+            r.passed = False  # a sample that could not be graded did not pass
     return results
 
 

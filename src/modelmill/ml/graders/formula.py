@@ -49,7 +49,8 @@ _COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.
             ast.Eq: operator.eq, ast.NotEq: operator.ne}
 # name -> (function, least args, most args)
 FUNCTIONS = {
-    "min": (lambda *a: min(a), 1, 64), "max": (lambda *a: max(a), 1, 64), "abs": (abs, 1, 1), "floor": (math.floor, 1, 1),
+    "min": (lambda *a: min(a), 1, 64), "max": (lambda *a: max(a), 1, 64), "abs": (abs, 1, 1),
+    "floor": (math.floor, 1, 1),
     "ceil": (math.ceil, 1, 1), "exp": (math.exp, 1, 1), "sqrt": (math.sqrt, 1, 1), "log": (_log, 1, 2),
     "clip": (_clip, 3, 3),
 }

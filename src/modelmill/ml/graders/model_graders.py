@@ -149,8 +149,6 @@ def _from_reply(spec: dict, reply: JudgeReply, parse) -> GradeResult:
             result = parse(spec, reply.text)
         except ValueError:
             result = error_result(spec, "model_grader_parse_error")
-        if spec.get("pass_threshold") is not None and result.passed is None:
-            result.passed = False
     prompt, completion = int(reply.prompt_tokens or 0), int(reply.completion_tokens or 0)
     result.token_usage = prompt + completion
     result.model_grader_token_usage_per_model = {spec["model"]: {

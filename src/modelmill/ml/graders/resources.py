@@ -73,7 +73,8 @@ def default_embedder() -> MiniLMEmbedder:
     global _embedder
     with _lock:
         if _embedder is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: the model is a local dir
+            # local_files_only keeps this load off the network without setting HF_HUB_OFFLINE for
+            # the whole process (users adding hub models in the same process still need the hub).
             _embedder = MiniLMEmbedder()
         return _embedder
 

@@ -5,16 +5,18 @@ Started as `python -I -S -B sandbox_harness.py` with an empty environment. Proto
 stdin  one JSON object: {"source", "samples", "items", "first" (index of samples[0] in the batch),
        "timeout" (seconds per grade() call and for loading the module), "limits" {rlimit name: value},
        "path" [extra sys.path entries], "max_details" (chars of error text per sample)}.
-stdout JSON lines, in order: {"started": true} once the harness is up, {"ready": true} once the grader module loaded (or {"load_error": str}
-       and exit), then one line per sample: {"i": index, "score": float, "t": seconds} or {"i": index, "error": str,
-       "t": seconds},
+stdout JSON lines, in order: {"started": true} once the harness is up; {"ready": true} once the
+       grader module has loaded (or {"load_error": str}, and the harness exits); one line per sample,
+       {"i": index, "score": float, "t": seconds} or {"i": index, "error": str, "t": seconds};
        then {"done": true}.
 
 The user's code never sees the result channel by name: fd 1 is re-pointed at /dev/null (prints are
 dropped) and results go to a private duplicate of the original stdout. Whatever it writes anyway is
-checked by the parent, which trusts nothing it reads.
+checked by the parent, which trusts nothing it reads. stderr is /dev/null for the grader too; the
+harness keeps a private duplicate to report its own failure (exit status EX_SOFTWARE).
 """
 
+import fcntl
 import json
 import math
 import numbers
@@ -44,6 +46,9 @@ _RLIMITS = {
 # with an empty environment.
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS")
+
+
+_error_channel = 2  # where the harness reports its own failure (a private dup of stderr once set up)
 
 
 class GraderTimeout(BaseException):
@@ -98,19 +103,24 @@ def main():
     request = json.loads(raw)
     del raw
 
-    # Private result channel; fd 1 (print) goes to /dev/null from here on.
-    out_fd = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
+    # Private result and error channels (fds >= 3, close-on-exec); fds 0, 1 and 2 are /dev/null from
+    # here on, so whatever the grader prints is dropped (the parent never has to drain it).
+    global _error_channel
+    out_fd = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+    _error_channel = fcntl.fcntl(2, fcntl.F_DUPFD_CLOEXEC, 3)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
     os.close(devnull)
     out = os.fdopen(out_fd, "w", encoding="utf-8", buffering=1)
-    sys.stdout = open(os.devnull, "w")
+    sys.stdout = sys.stderr = open(os.devnull, "w")
 
     def emit(obj):
         out.write(json.dumps(obj, allow_nan=False) + "\n")
 
     for var in _THREAD_VARS:
         os.environ[var] = "1"
+    os.environ["HOME"] = "/tmp"  # some packages (nltk) need a home; there is no passwd entry
     for entry in request.get("path", []):
         sys.path.append(entry)
     os.chdir("/tmp" if os.path.isdir("/tmp") else "/")
@@ -180,8 +190,8 @@ if __name__ == "__main__":
         main()
     except BaseException:  # noqa: BLE001 - the harness itself broke: say so and exit with EX_SOFTWARE
         try:
-            sys.stderr.write("sandbox harness failed:\n" + traceback.format_exc()[-4000:])
-            sys.stderr.flush()
+            message = "sandbox harness failed:\n" + traceback.format_exc()[-4000:]
+            os.write(_error_channel, message.encode("utf-8", "replace"))
         finally:
             os._exit(EX_SOFTWARE)
     os._exit(0)
