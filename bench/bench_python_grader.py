@@ -135,12 +135,36 @@ def main() -> int:
     print(f"  one-sample batch latency p50: sandboxed {ls:.1f} ms, bare {lb:.1f} ms (+{ls - lb:.1f} ms per sandbox)")
     verdict = "PASS" if s["median"] >= TARGET else "FAIL"
     print(f"  target >= {TARGET:.0f} samples/s sandboxed: {verdict}")
+    write_markdown(args, cores, config, s, b, ls, lb, verdict)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"samples": args.samples, "reps": args.reps, "cores": cores, "sandboxed": s, "bare": b,
                        "ratio": s["median"] / b["median"], "latency_ms_p50": {"sandboxed": ls, "bare": lb},
                        "raw": rates, "latency_raw_ms": latency}, f, indent=2)
     return 0 if verdict == "PASS" else 1
+
+
+def write_markdown(args, cores, config, s, b, ls, lb, verdict) -> None:
+    """Rewrite this bench's own section of BENCHMARKS.md with the figures just measured."""
+    import platform
+    import time
+
+    from benchmarks_md import write_section
+
+    rows = "\n".join(f"| {name} | {st['median']:,.0f} | {st['min']:,.0f} | {st['max']:,.0f} | {st['spread_pct']:.1f}% |"
+                     for name, st in (("sandboxed (bwrap)", s), ("bare `python -I -S`", b)))
+    body = f"""Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {cores} CPUs available, sandbox pinned to
+{config.cpus} CPU, load average {os.getloadavg()[0]:.1f} at the end, by `bench/bench_python_grader.py`.
+A stdlib grader (token F1 + difflib), {args.samples} samples per batch, {args.reps} repetitions, sandboxed and
+bare runs alternating; the bare baseline runs the same harness in an unsandboxed `python -I -S`.
+
+| what | median samples/s | min | max | spread |
+|---|---:|---:|---:|---:|
+{rows}
+
+Sandboxed / bare (medians): {s['median'] / b['median']:.2f}. One-sample batch p50: sandboxed {ls:.1f} ms, bare
+{lb:.1f} ms (+{ls - lb:.1f} ms to create a sandbox). Target >= {TARGET:.0f} samples/s sandboxed: {verdict}."""
+    write_section("bench_python_grader", "Python grader sandbox", body)
 
 
 if __name__ == "__main__":
