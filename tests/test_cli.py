@@ -47,7 +47,8 @@ def test_keys_create_then_public_bind_needs_it(tmp_path, capsys, monkeypatch):
         authenticate(settings, open_store(settings), "Bearer wrong")
 
 
-def test_models_list_shows_builtins(tmp_path, capsys):
+def test_models_list_shows_builtins(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MODELMILL_HOME", str(tmp_path))  # restored after the test; the CLI exports --home
     assert cli.main(["models", "list", "--home", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "SmolLM2-135M-Instruct" in out and "modelmill-tiny" in out
