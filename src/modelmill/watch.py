@@ -20,9 +20,10 @@ def latest_metrics(client, job_id: str) -> dict | None:
 
 def _postfix(metrics: dict) -> dict:
     shown = {}
-    for key in ("train_loss", "valid_loss", "full_valid_loss", "train_mean_token_accuracy"):
+    for key in ("train_loss", "valid_loss", "full_valid_loss", "train_mean_token_accuracy",
+                "train_reward_margin", "train_reward_accuracy"):  # the last two: DPO jobs
         if metrics.get(key) is not None:
-            shown[key.replace("_mean_token_accuracy", "_acc")] = f"{metrics[key]:.4f}"
+            shown[key.replace("_mean_token_accuracy", "_acc").replace("_reward_", "_")] = f"{metrics[key]:.4f}"
     return shown
 
 

@@ -70,6 +70,22 @@ def short_dataset(n: int, seed: int = 0) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def short_preference_dataset(n: int, seed: int = 0) -> bytes:
+    """Short DPO lines in the style of short_dataset: the right state preferred over the wrong one."""
+    rng = random.Random(seed)
+    rooms = ["kitchen", "bedroom", "office", "garage", "hall", "attic"]
+    lines = []
+    for _ in range(n):
+        room, state = rng.choice(rooms), rng.choice(["on", "off"])
+        wrong = "off" if state == "on" else "on"
+        lines.append(json.dumps({
+            "input": {"messages": [{"role": "system", "content": "Reply with the room and the state."},
+                                   {"role": "user", "content": f"turn {state} the {room} lights"}]},
+            "preferred_output": [{"role": "assistant", "content": f"{room} {state}"}],
+            "non_preferred_output": [{"role": "assistant", "content": f"{room} {wrong}"}]}))
+    return ("\n".join(lines) + "\n").encode()
+
+
 @pytest.fixture(scope="session")
 def train_file(client):
     return client.files.create(file=("train.jsonl", short_dataset(48)), purpose="fine-tune")

@@ -66,3 +66,15 @@ def create_job(client, file_id: str, **extra) -> dict:
     r = client.post("/v1/fine_tuning/jobs", json=body)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def preference_line(i: int) -> str:
+    """One DPO line: a short prompt, the right answer preferred over a wrong one."""
+    return json.dumps({"input": {"messages": [{"role": "system", "content": "You are terse."},
+                                              {"role": "user", "content": f"What is {i} plus {i}?"}]},
+                       "preferred_output": [{"role": "assistant", "content": f"{2 * i}."}],
+                       "non_preferred_output": [{"role": "assistant", "content": f"{2 * i + 1}."}]})
+
+
+def preference_jsonl(n: int = 12) -> bytes:
+    return ("\n".join(preference_line(i) for i in range(n)) + "\n").encode()

@@ -35,7 +35,9 @@ which name the line where the bytes were found:
   unknown_key, unsupported_field, unknown_role, unsupported_role, unsupported_content_part,
   missing_content, invalid_weight, weight_not_allowed, no_assistant_target,
   invalid_function_name, invalid_arguments, unknown_tool, duplicate_tool_name,
-  duplicate_tool_call_id, unknown_tool_call_id, parallel_tool_calls_disabled.
+  duplicate_tool_call_id, unknown_tool_call_id, parallel_tool_calls_disabled,
+  and for preference (DPO) lines: conflicting_fields, invalid_last_role, empty_output,
+  identical_outputs (see validate_preference_line).
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from modelmill.errors import DataValidationError, InvalidRequestError
+from modelmill.ml.chat_format import content_text
 from modelmill.ml.jsonl import JsonlReader, strict_json_loads, type_name
-from modelmill.ml.types import ChatExample, LineProblem, ValidationReport
+from modelmill.ml.types import ChatExample, LineProblem, PreferencePair, ValidationReport
 
 MAX_PROBLEMS = 100  # problems kept per file; the rest are counted in one "too_many_problems"
 MIN_EXAMPLES = 10  # OpenAI's minimum for a training file
@@ -116,7 +119,8 @@ def validate_file(path: Path, method: str = "supervised", *, min_examples: int =
 
 
 def read_examples(path: Path, method: str = "supervised", *, min_examples: int = MIN_EXAMPLES) -> list:
-    """The examples of a valid file (ChatExample for "supervised", raw OpenAI message dicts).
+    """The examples of a valid file: ChatExample for "supervised", PreferencePair for "preference"
+    (alias "dpo"); messages stay raw OpenAI dicts.
 
     Raises errors.DataValidationError (with .problems) when the file has any problem.
     """
@@ -206,16 +210,111 @@ def validate_supervised_line(obj: dict, line: int) -> tuple[ChatExample | None, 
                        parallel_tool_calls=parallel if isinstance(parallel, bool) else None, line=line), []
 
 
-# Per-method line validators. "preference" (DPO) and "reinforcement" (RFT) plug in here with the
-# same signature, reusing check_messages/check_tools for their message lists.
+# The two spellings of each preference output (OpenAI's guide says *_output, its schema *_completion).
+PREFERENCE_OUTPUTS = (("preferred_output", "preferred_completion"),
+                      ("non_preferred_output", "non_preferred_completion"))
+# Roles the last input message of a preference line may have: the outputs answer it.
+PREFERENCE_LAST_ROLES = ("user", "tool")
+
+
+def validate_preference_line(obj: dict, line: int) -> tuple[PreferencePair | None, list[LineProblem]]:
+    """One DPO line: {"input": {"messages", "tools"?, "parallel_tool_calls"?},
+    "preferred_output": [assistant message], "non_preferred_output": [assistant message]}.
+
+    `preferred_completion` / `non_preferred_completion` (OpenAI's schema names) are accepted
+    too; giving both spellings of one output is `conflicting_fields`. Rules beyond the
+    per-message checks SFT also makes:
+    - input.messages may hold any earlier turns but must end with a user (or tool-result)
+      message, since both outputs answer it (`invalid_last_role`); it needs no assistant turn.
+    - each output is an array of exactly one assistant message, without `weight`
+      (`weight_not_allowed`), with non-blank content or tool calls (`empty_output`).
+    - the two outputs must differ (`identical_outputs`): a pair with nothing to prefer
+      teaches nothing and makes the DPO margin 0 by construction.
+    """
+    c = Checker(line)
+    inp = obj.get("input")
+    tools, parallel, messages = None, None, None
+    if c.required(obj, "input", "") and c.type_is(inp, dict, "input", "an object"):
+        tool_names = check_tools(inp["tools"], "input.tools", c) if "tools" in inp else None
+        tools = inp.get("tools")
+        parallel = inp.get("parallel_tool_calls")
+        if "parallel_tool_calls" in inp:
+            c.type_is(parallel, bool, "input.parallel_tool_calls", "a boolean")
+        if c.required(inp, "messages", "input"):
+            messages = inp["messages"]
+            n_before = len(c.problems)
+            check_messages(messages, "input.messages", c, tool_names=tool_names,
+                           allow_parallel=parallel is not False, require_target=False)
+            if len(c.problems) == n_before:
+                last = messages[-1]["role"]
+                if last not in PREFERENCE_LAST_ROLES:
+                    c.add(f"input.messages[{len(messages) - 1}].role", "invalid_last_role",
+                          f"the last input message must be a user (or tool) message, got {last!r}: "
+                          f"the preferred and non-preferred outputs answer it")
+    else:
+        tool_names = None
+    outputs = [_check_preference_output(obj, names, c, tool_names, parallel is not False)
+               for names in PREFERENCE_OUTPUTS]
+    if all(o is not None for o in outputs) and _output_key(outputs[0][1]) == _output_key(outputs[1][1]):
+        c.add(outputs[1][0], "identical_outputs", "the preferred and non-preferred outputs are identical")
+    if c.problems:
+        return None, c.problems
+    return PreferencePair(input_messages=messages, tools=tools, chosen=outputs[0][1], rejected=outputs[1][1],
+                          line=line, parallel_tool_calls=parallel if isinstance(parallel, bool) else None), []
+
+
+def _check_preference_output(obj: dict, names: tuple[str, str], c: Checker, tool_names: set[str] | None,
+                             allow_parallel: bool) -> tuple[str, dict] | None:
+    """Check one output (either spelling); returns (field name, the assistant message) when valid."""
+    present = [n for n in names if n in obj]
+    if not present:
+        c.add(names[0], "missing_field", f"missing required field '{names[0]}' (or '{names[1]}')")
+        return None
+    if len(present) == 2:
+        c.add(names[1], "conflicting_fields", f"give either '{names[0]}' or '{names[1]}', not both")
+        return None
+    key, value = present[0], obj[present[0]]
+    if not c.type_is(value, list, key, "an array with one assistant message"):
+        return None
+    if len(value) != 1:
+        c.add(key, "invalid_value", f"expected exactly one assistant message, got {len(value)}")
+        return None
+    n_before = len(c.problems)
+    msg, mpath = value[0], f"{key}[0]"
+    if isinstance(msg, dict) and "role" in msg and msg["role"] != "assistant":
+        c.add(f"{mpath}.role", "invalid_value", f"an output message must have role 'assistant', got {_short(msg['role'])}")
+        return None
+    if isinstance(msg, dict) and "weight" in msg:
+        c.add(f"{mpath}.weight", "weight_not_allowed", "weight is not allowed in a preference output")
+        return None
+    check_messages(value, key, c, tool_names=tool_names, allow_parallel=allow_parallel, require_target=True)
+    if len(c.problems) > n_before:
+        return None
+    if not content_text(msg.get("content")).strip() and not msg.get("tool_calls"):
+        c.add(f"{mpath}.content", "empty_output", "the output is empty: give it text or tool calls")
+        return None
+    return key, msg
+
+
+def _output_key(msg: dict) -> str:
+    """What decides whether two outputs are the same answer: their text and their tool calls."""
+    calls = [(tc["function"]["name"], json.loads(tc["function"]["arguments"])) for tc in msg.get("tool_calls") or []]
+    return json.dumps([content_text(msg.get("content")).strip(), calls], sort_keys=True)
+
+
+# Per-method line validators. "reinforcement" (RFT) plugs in here with the same signature,
+# reusing check_messages/check_tools for its message lists.
 LINE_VALIDATORS: dict[str, LineValidator] = {
     "supervised": validate_supervised_line,
+    "preference": validate_preference_line,
 }
+# Other names a method goes by (the fine-tuning job's method.type).
+METHOD_ALIASES = {"sft": "supervised", "dpo": "preference"}
 
 
 def _line_validator(method: str) -> LineValidator:
     try:
-        return LINE_VALIDATORS[method]
+        return LINE_VALIDATORS[METHOD_ALIASES.get(method, method)]
     except KeyError:
         known = ", ".join(sorted(LINE_VALIDATORS))
         raise InvalidRequestError(f"no training-file validator for method {method!r} (known: {known})",

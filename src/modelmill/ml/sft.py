@@ -18,29 +18,18 @@ schemas come back padded with None-valued keys (a tool's parameters would render
 properties it never had). Tokenizing ourselves with the same apply_chat_template call keeps
 each conversation exactly as written, and TRL takes an `input_ids` + `labels` dataset as is.
 
-Output directory layout:
-    output_dir/.staging/        the trainer writes checkpoint-<N> here; anything left here is
-                                half-written and is deleted at start
-    output_dir/checkpoints/step-<N>/   complete checkpoints (renamed from .staging): a PEFT adapter
-                                dir (adapter_model.safetensors + adapter_config.json) plus the
-                                optimizer, scheduler, RNG and trainer_state.json to resume from
-    output_dir/adapter/         the final adapter, present once the run succeeded (written as
-                                .adapter-<random> first, then renamed)
+Output directory layout, checkpoints, resume and pause/cancel: see ml/trainer_common.py (shared with DPO).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelmill.errors import InvalidRequestError, ModelMillError, TrainingError
+from modelmill.errors import InvalidRequestError, TrainingError
 from modelmill.ml import chat_format, data, models
+from modelmill.ml import trainer_common as common
 from modelmill.ml.report import Reporter
 from modelmill.ml.types import ChatExample, TrainResult
 
@@ -172,43 +161,13 @@ def train_sft(config: SFTConfig, reporter: Reporter) -> TrainResult:
     train_ds = _load_dataset(config.train_path, "training", tokenizer, config, reporter)
     valid_ds = _load_dataset(config.valid_path, "validation", tokenizer, config, reporter) \
         if config.valid_path else None
-    resume_from = _prepare_output_dir(output_dir)
+    resume_from = common.prepare_output_dir(output_dir)
     set_seed(config.seed)  # before the trainer wraps the model: LoRA init is random
     callback = _reporter_callback(reporter, config, has_valid=valid_ds is not None)
     trainer = _build_trainer(config, model, tokenizer, train_ds, valid_ds, callback)
-    if resume_from is not None:
-        reporter.on_event("info", f"Resuming from checkpoint at step {_step_of(resume_from)}",
-                          {"step": _step_of(resume_from)})
     reporter.on_event("info", f"Training on {len(train_ds)} examples for {config.n_epochs} epoch(s), "
                               f"batch size {config.batch_size}")
-    try:
-        with _torch_threads(config.torch_threads):
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except ModelMillError:
-        raise
-    except Exception as e:  # OOM, NaNs, a broken checkpoint: the caller gets one typed error
-        raise TrainingError(f"training failed at step {trainer.state.global_step}: {e}") from e
-    shutil.rmtree(output_dir / ".staging", ignore_errors=True)  # every checkpoint in it has been published
-    state = trainer.state
-    tokens, steps = int(state.num_input_tokens_seen), int(state.global_step)
-    if callback.stop in ("cancel", "pause"):
-        status = "cancelled" if callback.stop == "cancel" else "paused"
-        return TrainResult(status=status, adapter_dir=None, trained_tokens=tokens, steps=steps)
-    adapter_dir = _save_adapter_atomically(trainer.model, output_dir)
-    return TrainResult(status="succeeded", adapter_dir=adapter_dir, trained_tokens=tokens, steps=steps)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return common.run_trainer(trainer, callback, output_dir, reporter, resume_from, config.torch_threads)
 
 
 def _load_dataset(path: Path, label: str, tokenizer, config: SFTConfig, reporter: Reporter):
@@ -269,153 +228,22 @@ def _build_trainer(config: SFTConfig, model, tokenizer, train_ds, valid_ds, call
     return trainer
 
 
-# ---------------------------------------------------------------- checkpoints on disk
-
-
-def _prepare_output_dir(output_dir: Path) -> Path | None:
-    """Delete half-written state and return the newest complete checkpoint, if any.
-
-    .staging only ever holds unfinished work. A step-<N> dir is complete by construction
-    (created by rename), but one missing its adapter or trainer state is removed too.
-    """
-    shutil.rmtree(output_dir / ".staging", ignore_errors=True)
-    leftovers = [*output_dir.glob(".adapter-*"), *output_dir.glob(".old-*"), *output_dir.glob("checkpoints/.old-*")]
-    for tmp in leftovers:  # an unfinished adapter save, or a replaced dir not yet deleted
-        shutil.rmtree(tmp, ignore_errors=True)
-    (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    for path in _checkpoints(output_dir):
-        if not ((path / "trainer_state.json").is_file() and (path / "adapter_model.safetensors").is_file()):
-            shutil.rmtree(path, ignore_errors=True)
-    done = _checkpoints(output_dir)
-    return done[-1] if done else None
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints (step-<N> dirs, only ever created by rename), oldest first."""
-    found = [p for p in (output_dir / "checkpoints").glob("step-*")
-             if p.is_dir() and p.name.removeprefix("step-").isdigit()]
-    return sorted(found, key=_step_of)
-
-
-def _step_of(checkpoint: Path) -> int:
-    return int(checkpoint.name.removeprefix("step-"))
-
-
-def _publish_checkpoint(output_dir: Path, step: int, keep: int) -> Path:
-    """Rename the trainer's finished .staging/checkpoint-<step> to checkpoints/step-<step>; prune old ones."""
-    src = output_dir / ".staging" / f"checkpoint-{step}"
-    dst = output_dir / "checkpoints" / f"step-{step}"
-    _rename_over(src, dst)
-    for old in _checkpoints(output_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return dst
-
-
-def _save_adapter_atomically(model, output_dir: Path) -> Path:
-    tmp = output_dir / f".adapter-{uuid.uuid4().hex[:8]}"
-    model.save_pretrained(tmp, safe_serialization=True)
-    final = output_dir / "adapter"
-    _rename_over(tmp, final)
-    return final
-
-
-def _rename_over(src: Path, dst: Path) -> None:
-    """Atomically put src at dst; an existing dst (same step written again) is moved aside first."""
-    if dst.exists():
-        aside = dst.with_name(f".old-{dst.name}-{uuid.uuid4().hex[:8]}")
-        os.rename(dst, aside)
-        shutil.rmtree(aside, ignore_errors=True)
-    os.rename(src, dst)
-
-
 # ---------------------------------------------------------------- the trainer <-> reporter bridge
 
 
-def _epoch_complete(state) -> bool:
-    return state.epoch is not None and abs(state.epoch - round(state.epoch)) < 1e-9
-
-
 def _reporter_callback(reporter: Reporter, config: SFTConfig, has_valid: bool):
-    """A TrainerCallback running _ReporterHooks (transformers is imported lazily, so importing
-    this module stays cheap for the API process, which only resolves hyperparameters)."""
-    from transformers import TrainerCallback
-
-    class ReporterCallback(_ReporterHooks, TrainerCallback):
-        pass
-
-    return ReporterCallback(reporter, config, has_valid)
+    return common.reporter_callback(_SFTHooks, reporter, config, has_valid)
 
 
-class _ReporterHooks:
-    """Metrics, validation, stop requests and checkpoint publishing, hooked into the trainer.
+class _SFTHooks(common.ReporterHooks):
+    """SFT's metrics: loss and mean token accuracy (train, valid batch, full valid set)."""
 
-    Hook order within one optimizer step (transformers Trainer): on_step_end -> on_log (train
-    loss) -> save + on_save when asked; at an epoch's end: on_epoch_end -> save + on_save.
-    A step's metrics are collected in `pending` and sent as one reporter.on_step when the
-    next step begins, a checkpoint is saved, or the epoch ends (after full validation).
-    """
+    METRIC_NAMES = METRIC_NAMES
 
-    def __init__(self, reporter: Reporter, config: SFTConfig, has_valid: bool):
-        self.reporter, self.config, self.has_valid = reporter, config, has_valid
-        self.trainer = None  # set once the trainer exists (it evaluates for us)
-        self.stop: str | None = None  # "cancel" | "pause" once the reporter asked
-        self.pending: dict[str, float] = {}
-        self.pending_step: int | None = None
-        self.last_metrics: dict[str, float] = {}
+    def train_metrics(self, logs: dict) -> dict[str, float]:
+        return {"train_loss": logs["loss"], "train_mean_token_accuracy": logs["mean_token_accuracy"]}
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._flush(state)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.stop = self.reporter.should_stop()
-        if self.stop in ("cancel", "pause"):
-            control.should_training_stop = True
-            # A pause checkpoint is written now, unless the epoch just ended (on_epoch_end saves then).
-            control.should_save = self.stop == "pause" and not _epoch_complete(state)
-        every = self.config.eval_every_steps
-        if self.has_valid and every > 0 and state.global_step % every == 0 and self.stop != "cancel":
-            should_log = control.should_log  # evaluate() logs, which clears the flag for this step's train log
-            self._add(state, self._evaluate("valid"))
-            control.should_log = should_log
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self._add(state, {"train_loss": logs["loss"], "train_mean_token_accuracy": logs["mean_token_accuracy"]})
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        if self.stop == "cancel" or not _epoch_complete(state):
-            return
-        if self.has_valid:
-            self._add(state, self._evaluate("full_valid"))
-        self._flush(state)
-        control.should_save = True
-
-    def on_save(self, args, state, control, **kwargs):
-        self._flush(state)
-        path = _publish_checkpoint(Path(self.config.output_dir), state.global_step, self.config.keep_checkpoints)
-        self.reporter.on_checkpoint(state.global_step, path, dict(self.last_metrics))
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self._flush(state)
-
-    def _evaluate(self, name: str) -> dict[str, float]:
-        """Loss and token accuracy on eval set `name` ("valid" batch or "full_valid")."""
-        metrics = self.trainer.evaluate(eval_dataset=name, metric_key_prefix=name)
-        self.trainer.model.train()  # evaluate() leaves eval mode; the step's train log needs train mode
+    def eval_metrics(self, name: str, metrics: dict) -> dict[str, float]:
         # TRL names its own metrics eval_* whatever the prefix (SFTTrainer.log); the loss follows the prefix.
         return {f"{name}_loss": metrics[f"{name}_loss"],
                 f"{name}_mean_token_accuracy": metrics["eval_mean_token_accuracy"]}
-
-    def _add(self, state, metrics: dict[str, float]) -> None:
-        if self.pending_step not in (None, state.global_step):
-            self._flush(state)
-        self.pending_step = state.global_step
-        self.pending.update(metrics)
-
-    def _flush(self, state) -> None:
-        if self.pending_step is None:
-            return
-        metrics = {k: float(self.pending[k]) for k in METRIC_NAMES if k in self.pending}
-        self.reporter.on_step(self.pending_step, state.max_steps, metrics)
-        self.last_metrics = metrics
-        self.pending, self.pending_step = {}, None

@@ -60,3 +60,16 @@ class TrainResult:
     adapter_dir: Path | None  # final adapter (None unless succeeded)
     trained_tokens: int  # tokens seen by the model across all epochs (prompt + completion)
     steps: int  # optimizer steps completed
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One DPO line: a prompt (raw OpenAI input messages + optional tools) and two assistant
+    answers to it, the preferred one (`chosen`) and the non-preferred one (`rejected`)."""
+
+    input_messages: list[dict]
+    tools: list[dict] | None
+    chosen: dict  # the preferred assistant message (raw OpenAI dict)
+    rejected: dict  # the non-preferred assistant message
+    line: int = 0  # 1-based line number in the source file
+    parallel_tool_calls: bool | None = None

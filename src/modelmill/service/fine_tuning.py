@@ -1,8 +1,9 @@
 """Creating a fine-tuning job: check the request against the store, then queue it.
 
 Only what can be checked at once is checked here (the model exists, the files exist and
-are fine-tune files, the method is supported). Reading every line of the files is the
-worker's first step, so a large upload never holds up the request.
+are fine-tune files, the method is one in service/methods.py, its hyperparameters are in
+range). Reading every line of the files is the worker's first step, so a large upload
+never holds up the request.
 """
 
 from __future__ import annotations
@@ -11,16 +12,14 @@ import secrets
 
 from modelmill import errors
 from modelmill.settings import Settings
-from modelmill.service import model_registry
+from modelmill.service import methods, model_registry
 from modelmill.service.ids import new_id
 from modelmill.service.schemas.jobs import CreateJobRequest
 from modelmill.service.store import JobRecord, NewJob, Store
 
-SUPPORTED_METHODS = ("supervised",)
-
 
 def create_job(store: Store, settings: Settings, req: CreateJobRequest) -> JobRecord:
-    method_type, hyperparameters = _method(req)
+    method_type, hyperparameters, hp_where = _method(req)
     base_model, init_adapter = _training_model(store, settings, req.model)
     _check_file(store, req.training_file, "training_file")
     if req.validation_file:
@@ -28,7 +27,7 @@ def create_job(store: Store, settings: Settings, req: CreateJobRequest) -> JobRe
     if req.suffix is not None and not set(req.suffix) <= model_registry.SUFFIX_CHARS:
         raise errors.InvalidRequestError("suffix may contain only letters, digits, '-', '_' and '.'",
                                          param="suffix", code="invalid_suffix")
-    _check_hyperparameters(hyperparameters)
+    _check_hyperparameters(method_type, hyperparameters, hp_where)
     job_id = new_id("ftjob-")
     return store.jobs.create(NewJob(
         id=job_id, model=req.model, base_model=base_model, init_adapter=init_adapter,
@@ -39,32 +38,35 @@ def create_job(store: Store, settings: Settings, req: CreateJobRequest) -> JobRe
         ft_name=model_registry.fine_tuned_model_name(base_model, settings.owner, req.suffix, job_id)))
 
 
-def _method(req: CreateJobRequest) -> tuple[str, dict]:
-    """(method type, requested hyperparameters). `method` wins over the legacy top-level field."""
+def _method(req: CreateJobRequest) -> tuple[str, dict, str]:
+    """(method type, requested hyperparameters, where they came from in the request).
+    `method` wins over the legacy top-level field, which still fills in the keys a method
+    shares with supervised when method gives none."""
+    where = "hyperparameters"
     if req.method is None:
-        hp = req.hyperparameters
-        return "supervised", (hp.model_dump(include={"n_epochs", "batch_size", "learning_rate_multiplier"})
-                              if hp else _auto())
-    if req.method.type not in SUPPORTED_METHODS:
-        raise errors.InvalidRequestError(
-            f"Fine-tuning method '{req.method.type}' is not yet supported; use 'supervised'",
-            param="method.type", code="unsupported_method")
-    hp = req.method.supervised.hyperparameters if req.method.supervised else None
-    hp = hp or req.hyperparameters
-    return req.method.type, (hp.model_dump(include={"n_epochs", "batch_size", "learning_rate_multiplier"})
-                             if hp else _auto())
+        method, given = methods.get("supervised"), None
+    else:
+        method = methods.get(req.method.type)
+        section = getattr(req.method, method.name, None)
+        given = section.hyperparameters if section is not None else None
+        if given is not None:
+            where = f"method.{method.name}.hyperparameters"
+    hp = given or req.hyperparameters
+    requested = hp.model_dump() if hp else {}
+    return method.name, {k: requested.get(k, "auto") for k in method.hyperparameter_keys}, where
 
 
-def _check_hyperparameters(requested: dict) -> None:
+def _check_hyperparameters(method_type: str, requested: dict, where: str) -> None:
     """Explicit values must be ones training accepts; "auto" is resolved later, once the
-    worker has counted the examples (sft.resolve_sft_hyperparameters is cheap to import)."""
-    from modelmill.ml import sft
-
-    sft.resolve_sft_hyperparameters(requested, n_train_examples=100)
-
-
-def _auto() -> dict:
-    return {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    worker has counted the examples (resolving is cheap; only the import is not).
+    The error names the field as the request spelled it, e.g. method.dpo.hyperparameters.beta."""
+    try:
+        methods.get(method_type).resolve_hyperparameters(requested, n_train_examples=100)
+    except errors.InvalidRequestError as e:
+        key = (e.param or "").rsplit(".", 1)[-1]
+        if key in requested:
+            e.param = f"{where}.{key}"
+        raise
 
 
 def _training_model(store: Store, settings: Settings, name: str) -> tuple[str, str | None]:

@@ -5,7 +5,8 @@ Run it as its own process (`modelmill worker`, which calls run_worker) or as a t
 `modelmill serve`. Any number of workers may share one MODELMILL_HOME: jobs are claimed
 under a lease (service/queue.py). Training runs on the worker's own thread while a
 heartbeat thread keeps the lease alive, so a long training step never lets it expire.
-If a worker dies, the next one reclaims the job after the lease expires and train_sft
+The method (supervised, dpo) picks the ml functions through service/methods.py.
+If a worker dies, the next one reclaims the job after the lease expires and training
 resumes from the newest checkpoint in the job's output directory.
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from modelmill import errors
 from modelmill.settings import Settings
+from modelmill.service import methods
 from modelmill.service.job_reporter import StoreReporter
 from modelmill.service.queue import JobQueue, Lease
 from modelmill.service.store import JobRecord, Store, open_store
@@ -35,6 +37,9 @@ MESSAGE_PROBLEMS = 5
 EVENT_PROBLEMS = 20
 # A job whose worker died this many times mid-run (OOM kill, crash) is failed, not retried again.
 MAX_RECLAIMS = 3
+# step_metrics.csv always has OpenAI's columns, in OpenAI's order.
+RESULT_COLUMNS = ("step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                  "full_valid_loss", "full_valid_mean_token_accuracy")
 
 
 class JobFailed(Exception):
@@ -121,36 +126,41 @@ class Worker:
             self._fail(lease, {"code": code, "message": f"{type(e).__name__}: {e}".strip(), "param": None})
 
     def _prepare(self, lease: Lease, job: JobRecord, reporter: StoreReporter):
-        """Validate files, resolve hyperparameters and the base model; return the SFTConfig."""
-        from modelmill.ml import models, sft
+        """Validate files, resolve hyperparameters and the base model; return the method's config."""
+        from modelmill.ml import models
 
-        if job.method_type != "supervised":
-            raise JobFailed("unsupported_method", f"Method '{job.method_type}' is not supported yet", "method")
+        method = self._method(job)
         if lease.claimed_status == "validating_files":
             self.queue.add_event(lease, "info", "Validating training file: " + job.training_file)
-        train_path, n_examples = self._validate(job.training_file, "training_file")
+        train_path, n_examples = self._validate(job.training_file, "training_file", method.data_format)
         valid_path = None
         if job.validation_file:
-            valid_path, _ = self._validate(job.validation_file, "validation_file")
+            valid_path, _ = self._validate(job.validation_file, "validation_file", method.data_format)
         if lease.claimed_status == "validating_files":
             self.queue.update(lease, status="queued")
             self.queue.add_event(lease, "info", "Files validated, moving job to queued state")
 
         hp = job.hyperparameters
         if not job.hyperparameters_resolved:
-            hp = sft.resolve_sft_hyperparameters(job.hyperparameters, n_examples)
+            hp = method.resolve_hyperparameters(job.hyperparameters, n_examples)
             self.queue.update(lease, hyperparameters=hp, hyperparameters_resolved=1)
         self.queue.add_event(lease, "info", f"Preparing base model {job.base_model}")
         base_dir = models.ensure_base(self.settings.home, job.base_model,
                                       progress=lambda msg: reporter.on_event("info", msg))
-        return sft.SFTConfig(
-            base_dir=base_dir, train_path=train_path, valid_path=valid_path,
-            output_dir=self.settings.jobs_dir / job.id,
-            n_epochs=int(hp["n_epochs"]), batch_size=int(hp["batch_size"]),
-            learning_rate_multiplier=float(hp["learning_rate_multiplier"]), seed=job.seed,
+        return method.build_config(
+            hp, base_dir=base_dir, train_path=train_path, valid_path=valid_path,
+            output_dir=self.settings.jobs_dir / job.id, seed=job.seed,
             init_adapter=Path(job.init_adapter) if job.init_adapter else None)
 
-    def _validate(self, file_id: str, param: str) -> tuple[Path, int]:
+    @staticmethod
+    def _method(job: JobRecord) -> methods.Method:
+        try:
+            return methods.get(job.method_type)
+        except errors.InvalidRequestError:
+            raise JobFailed("unsupported_method", f"Method '{job.method_type}' is not supported yet",
+                            "method") from None
+
+    def _validate(self, file_id: str, param: str, data_format: str) -> tuple[Path, int]:
         """The file's blob path and its number of examples; JobFailed if it is missing or invalid."""
         from modelmill.ml import data
 
@@ -158,7 +168,7 @@ class Worker:
         path = self.store.files.blob_path(file_id)
         if not path.exists():
             raise JobFailed("file_not_found", f"{kind} file {file_id} no longer exists", param)
-        report = data.validate_file(path, "supervised", min_examples=10 if param == "training_file" else 1)
+        report = data.validate_file(path, data_format, min_examples=10 if param == "training_file" else 1)
         if not report.ok:
             shown = "; ".join(str(p) for p in report.problems[:MESSAGE_PROBLEMS])
             more = len(report.problems) - MESSAGE_PROBLEMS
@@ -167,14 +177,12 @@ class Worker:
         return path, len(report.examples)
 
     def _train(self, lease: Lease, job: JobRecord, config, reporter: StoreReporter) -> None:
-        from modelmill.ml import sft
-
         fields = {"status": "running"}
         if job.started_at is None:
             fields["started_at"] = self.clock()
         self.queue.update(lease, **fields)
         self.queue.add_event(lease, "info", "Fine-tuning job started")
-        result = sft.train_sft(config, reporter)
+        result = self._method(job).run(config, reporter)
         self.queue.forget_pruned_checkpoints(lease)
         if result.status == "succeeded":
             result_file = self._results_file(job)
@@ -204,14 +212,17 @@ class Worker:
         self.queue.finish(lease, "failed", error=error)
 
     def _results_file(self, job: JobRecord) -> str:
-        """Write the step metrics as a CSV file (purpose fine-tune-results), as OpenAI does."""
-        cols = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
-                "full_valid_loss", "full_valid_mean_token_accuracy"]
+        """Write the step metrics as a CSV file (purpose fine-tune-results), as OpenAI does:
+        OpenAI's supervised columns first, then any other metric the method reports (DPO's reward
+        margin/accuracy, chosen/rejected log-probs), in the order they first appear."""
+        rows = [e.data or {} for e in self.store.events.all_for(job.id, type="metrics")]
+        cols = list(RESULT_COLUMNS)
+        for row in rows:
+            cols += [k for k in row if k not in cols and k != "total_steps"]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
-        for event in self.store.events.all_for(job.id, type="metrics"):
-            writer.writerow(event.data or {})
+        writer.writerows(rows)
         return self.store.files.add_bytes(buf.getvalue().encode(), "step_metrics.csv", "fine-tune-results").id
 
 

@@ -24,10 +24,20 @@ class SupervisedMethod(OpenAIRequest):
     hyperparameters: Hyperparameters | None = None
 
 
+class DPOHyperparameters(Hyperparameters):
+    """OpenAI's FineTuneDPOHyperparameters: the supervised ones plus beta in (0, 2]."""
+
+    beta: Union[Auto, Annotated[float, Field(gt=0, le=2)]] = "auto"
+
+
+class DPOMethod(OpenAIRequest):
+    hyperparameters: DPOHyperparameters | None = None
+
+
 class Method(OpenAIRequest):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DPOMethod | None = None
     reinforcement: dict[str, Any] | None = None
 
 
@@ -90,10 +100,12 @@ class JobObject(WireModel):
     @classmethod
     def of(cls, job: JobRecord, organization_id: str) -> "JobObject":
         hp = dict(job.hyperparameters)
+        # The top-level field is OpenAI's legacy (supervised) shape: it carries the shared keys only.
+        legacy = {k: hp[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier") if k in hp}
         return cls(
             id=job.id, created_at=unix(job.created_at),
             error=JobError(**job.error) if job.error else None,
-            fine_tuned_model=job.fine_tuned_model, finished_at=unix(job.finished_at), hyperparameters=hp,
+            fine_tuned_model=job.fine_tuned_model, finished_at=unix(job.finished_at), hyperparameters=legacy,
             model=job.model, organization_id=organization_id, result_files=list(job.result_files),
             status=job.status, trained_tokens=job.trained_tokens, training_file=job.training_file,
             validation_file=job.validation_file, integrations=job.integrations, seed=job.seed,

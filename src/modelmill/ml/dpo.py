@@ -1,0 +1,226 @@
+"""Direct preference optimisation (DPO) with LoRA: TRL's DPOTrainer + PEFT, reporting through a Reporter.
+
+The story of one run (`train_dpo`):
+1. Read the preference file through ml.data ("preference" lines -> PreferencePair) and render
+   each pair as three strings (see `render_pair`): the prompt with our chat template and a
+   generation prompt, and each answer as the template renders an assistant turn (content,
+   then <tool_call> blocks) closed by <|im_end|>. TRL tokenizes prompt+answer itself.
+2. Build a DPOTrainer with a fresh LoRA adapter, or the `init_adapter` of an earlier fine-tune
+   loaded trainable, and ref_model=None (see "The reference model").
+3. Resume, train, report, checkpoint, pause and cancel exactly as SFT does
+   (ml/trainer_common.py holds that machinery and the output directory layout).
+4. Save the trained adapter alone to output_dir/adapter: one PEFT adapter dir for the base
+   model, loaded by the sampler like any SFT adapter.
+
+The reference model. DPO's loss compares the policy's log-probs with a frozen reference's.
+No second copy of the model is ever loaded (TRL does this when ref_model is None and the
+policy is a PeftModel):
+- fresh LoRA: the reference is the base model, i.e. the policy with its adapter disabled.
+- init_adapter (continuing an ft: model, usually an SFT one): the reference is that starting
+  model, as in OpenAI's and TRL's practice (SFT, then DPO against the SFT model). TRL adds a
+  frozen copy of the starting adapter named "ref" (a LoRA's worth of memory, not a model's)
+  and computes reference log-probs with it active; training keeps updating the same adapter,
+  so the result is still one adapter over the base model. Only that adapter is saved.
+
+Metrics (reporter.on_step), OpenAI's names where they exist: train_loss, valid_loss,
+full_valid_loss (epoch end), plus <prefix>_reward_margin (mean beta * (policy-minus-reference
+log-ratio of chosen - that of rejected)), <prefix>_reward_accuracy (share of pairs with a
+positive margin), <prefix>_chosen_logps and <prefix>_rejected_logps (mean summed log-prob of
+each answer under the policy), for prefix train / valid / full_valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelmill.errors import InvalidRequestError, TrainingError
+from modelmill.ml import chat_format, data, models, sft
+from modelmill.ml import trainer_common as common
+from modelmill.ml.report import Reporter
+from modelmill.ml.types import PreferencePair, TrainResult
+
+# LoRA learning rate at learning_rate_multiplier=1.0: half of SFT's, since DPO moves a model
+# that already answers well and a large step collapses both answers' log-probs together.
+BASE_LEARNING_RATE = 1e-4
+AUTO_BETA = 0.1  # the DPO paper's and TRL's default strength of the pull towards the reference
+BETA_LIMITS = (1e-3, 2.0)  # OpenAI's accepted range for beta
+# TRL's logged metric -> our metric suffix (the prefix is train_ / valid_ / full_valid_).
+TRL_METRICS = {"rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
+               "logps/chosen": "chosen_logps", "logps/rejected": "rejected_logps"}
+METRIC_NAMES = tuple(f"{prefix}_{name}" for prefix in ("train", "valid", "full_valid")
+                     for name in ("loss", *TRL_METRICS.values()))
+
+
+def resolve_dpo_hyperparameters(requested: dict, n_train_examples: int) -> dict:
+    """Resolve "auto" (or missing) DPO hyperparameters; explicit values are checked and kept.
+
+    The "auto" rule: n_epochs, batch_size and learning_rate_multiplier follow SFT's rule
+    (sft.resolve_sft_hyperparameters: about 100 example-passes at least, 3 epochs typically;
+    batch the largest power of two <= n/10 capped at 4; multiplier 1.0, here meaning a LoRA
+    learning rate of BASE_LEARNING_RATE = 1e-4). beta: 0.1.
+
+    Returns {"n_epochs", "batch_size", "learning_rate_multiplier", "beta"}.
+    Raises InvalidRequestError (param "hyperparameters.<key>") for a bad explicit value.
+    """
+    requested = requested or {}
+    resolved = sft.resolve_sft_hyperparameters({k: v for k, v in requested.items() if k != "beta"},
+                                               n_train_examples)
+    beta = requested.get("beta", "auto")
+    if beta in ("auto", None):
+        resolved["beta"] = AUTO_BETA
+        return resolved
+    lo, hi = BETA_LIMITS
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (lo <= beta <= hi):
+        raise InvalidRequestError(f"beta must be 'auto' or a number between {lo:g} and {hi:g}, got {beta!r}",
+                                  param="hyperparameters.beta")
+    resolved["beta"] = float(beta)
+    return resolved
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """One DPO run. Build it once (the worker or a notebook) and pass it to train_dpo."""
+
+    base_dir: Path  # base model HF dir, from models.ensure_base
+    train_path: Path  # training JSONL of preference lines (data.validate_preference_line)
+    valid_path: Path | None  # validation JSONL; None = no valid_* / full_valid_* metrics
+    output_dir: Path  # where checkpoints/ and adapter/ go (the job's directory); created if missing
+    n_epochs: int  # passes over the training pairs (resolved, not "auto")
+    batch_size: int  # preference pairs per optimizer step (resolved, not "auto")
+    learning_rate_multiplier: float  # LR = BASE_LEARNING_RATE * this
+    seed: int = 0  # seeds LoRA init, data order and dropout; same seed + data = same run
+    # continue training this LoRA adapter (an ft: model); it is also the DPO reference. None = fresh LoRA,
+    # reference = the base model
+    init_adapter: Path | None = None
+    max_seq_len: int = 1024  # tokens of prompt + one answer; longer pairs are cut at the end (one warn event)
+    lora_r: int = 8  # LoRA rank (ignored with init_adapter, which brings its own)
+    lora_alpha: int = 16  # LoRA scaling numerator (effective scale alpha / r)
+    lora_dropout: float = 0.0  # dropout on the LoRA path; 0 = none
+    eval_every_steps: int = 5  # valid_* on one validation batch every N steps; 0 = only at epoch ends
+    keep_checkpoints: int = 3  # newest checkpoints kept in output_dir/checkpoints; older ones deleted
+    warmup_ratio: float = 0.0  # fraction of the steps with linear LR warm-up; then linear decay to 0
+    torch_threads: int | None = None  # CPU threads torch may use during the run; None = torch's setting
+    beta: float = AUTO_BETA  # DPO temperature: higher keeps the policy closer to the reference
+
+
+def render_pair(tokenizer, pair: PreferencePair) -> dict[str, str]:
+    """{"prompt", "chosen", "rejected"} strings for TRL.
+
+    The prompt is the input rendered with our chat template plus the "<|im_start|>assistant\\n"
+    generation prompt, exactly what sampling feeds the model. Each answer is the rest of the
+    template's rendering of input + that assistant message, so content and tool calls come out
+    as the template writes them; it ends with <|im_end|> (the tokenizer's EOS, so TRL adds none).
+    """
+    tools = chat_format.normalize_tools(pair.tools)
+    prompt = tokenizer.apply_chat_template(chat_format.normalize_messages(pair.input_messages), tools=tools,
+                                           add_generation_prompt=True, tokenize=False)
+    out = {"prompt": prompt}
+    for key, answer in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+        full = tokenizer.apply_chat_template(chat_format.normalize_messages([*pair.input_messages, answer]),
+                                             tools=tools, tokenize=False)
+        if not full.startswith(prompt):
+            raise TrainingError(f"line {pair.line}: the chat template renders the prompt differently "
+                                f"with and without an answer; cannot split the {key} answer")
+        out[key] = full[len(prompt):].rstrip("\n")
+    return out
+
+
+def train_dpo(config: DPOConfig, reporter: Reporter) -> TrainResult:
+    """Train a LoRA adapter with DPO on config.train_path; see the module docstring for the story.
+
+    Returns TrainResult with status "succeeded" (adapter at output_dir/adapter), "cancelled"
+    or "paused" (a later call with the same config resumes from the pause checkpoint).
+    Raises DataValidationError for an invalid file, TrainingError when training fails.
+    """
+    from transformers import set_seed
+
+    output_dir = Path(config.output_dir)
+    model, tokenizer = models.load_model(config.base_dir, config.init_adapter, trainable=True)
+    train_ds = _load_dataset(config.train_path, "training", tokenizer, config, reporter)
+    valid_ds = _load_dataset(config.valid_path, "validation", tokenizer, config, reporter) \
+        if config.valid_path else None
+    resume_from = common.prepare_output_dir(output_dir)
+    set_seed(config.seed)  # before the trainer wraps the model: LoRA init is random
+    callback = common.reporter_callback(_DPOHooks, reporter, config, has_valid=valid_ds is not None)
+    trainer = _build_trainer(config, model, tokenizer, train_ds, valid_ds, callback)
+    reference = "the starting adapter" if config.init_adapter else "the base model"
+    reporter.on_event("info", f"Training on {len(train_ds)} preference pairs for {config.n_epochs} epoch(s), "
+                              f"batch size {config.batch_size}, beta {config.beta:g}; reference: {reference}")
+    return common.run_trainer(trainer, callback, output_dir, reporter, resume_from, config.torch_threads)
+
+
+def _load_dataset(path: Path, label: str, tokenizer, config: DPOConfig, reporter: Reporter):
+    """Render a preference JSONL into a datasets.Dataset of prompt / chosen / rejected strings.
+
+    Pairs where prompt + an answer exceed max_seq_len are kept (TRL cuts the end of the
+    sequence; a pair whose prompt alone fills max_seq_len is dropped by TRL) and counted
+    in one warn event.
+    """
+    from datasets import Dataset
+
+    # min_examples=1: the service enforces its own minimum at validation time.
+    pairs = data.read_examples(Path(path), "preference", min_examples=1)
+    rows = [render_pair(tokenizer, p) for p in pairs]
+
+    def n_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    too_long = sum(max(n_tokens(r["prompt"] + r["chosen"]), n_tokens(r["prompt"] + r["rejected"]))
+                   > config.max_seq_len for r in rows)
+    if too_long:
+        reporter.on_event("warn", f"{too_long} of {len(rows)} {label} pairs are longer than {config.max_seq_len} "
+                                  f"tokens and were truncated",
+                          {"file": label, "truncated_examples": too_long, "max_seq_len": config.max_seq_len})
+    return Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")})
+
+
+def _build_trainer(config: DPOConfig, model, tokenizer, train_ds, valid_ds, callback):
+    """TRL DPOTrainer over the rendered pairs; the trainer saves into output_dir/.staging."""
+    from peft import LoraConfig
+    from transformers import PrinterCallback
+    from trl import DPOConfig as TRLDPOConfig
+    from trl import DPOTrainer
+
+    args = TRLDPOConfig(
+        output_dir=str(Path(config.output_dir) / ".staging"),
+        num_train_epochs=config.n_epochs, per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=BASE_LEARNING_RATE * config.learning_rate_multiplier,
+        lr_scheduler_type="linear", warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio
+        seed=config.seed, data_seed=config.seed, beta=config.beta,
+        max_length=config.max_seq_len, truncation_mode="keep_start",
+        bf16=False, fp16=False,  # fp32: bf16 autocast is ~20x slower on CPU
+        activation_checkpointing=False,  # small models on CPU: memory is not the limit, speed is
+        logging_steps=1, save_strategy="no", eval_strategy="no",  # the callback decides when
+        include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=True,
+        dataloader_num_workers=0, dataloader_pin_memory=False)
+    lora = None if config.init_adapter else LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
+    evals = None
+    if valid_ds is not None:
+        evals = {"valid": valid_ds.select(range(min(config.batch_size, len(valid_ds)))), "full_valid": valid_ds}
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=evals,
+                         processing_class=tokenizer, peft_config=lora, callbacks=[callback])
+    trainer.remove_callback(PrinterCallback)  # the reporter is our only output
+    callback.trainer = trainer
+    return trainer
+
+
+class _DPOHooks(common.ReporterHooks):
+    """DPO's metrics: loss, reward margin/accuracy and answer log-probs (train, valid batch, full valid)."""
+
+    METRIC_NAMES = METRIC_NAMES
+
+    def train_metrics(self, logs: dict) -> dict[str, float]:
+        out = {"train_loss": logs["loss"]}
+        out.update({f"train_{ours}": logs[trl] for trl, ours in TRL_METRICS.items() if trl in logs})
+        return out
+
+    def eval_metrics(self, name: str, metrics: dict) -> dict[str, float]:
+        # TRL names its own metrics eval_* whatever the prefix (DPOTrainer.log); the loss follows the prefix.
+        out = {f"{name}_loss": metrics[f"{name}_loss"]}
+        out.update({f"{name}_{ours}": metrics[f"eval_{trl}"] for trl, ours in TRL_METRICS.items()
+                    if f"eval_{trl}" in metrics})
+        return out

@@ -1,0 +1,235 @@
+"""What every LoRA training method shares: the checkpoint layout on disk, the trainer <-> reporter
+bridge (metrics, validation, stop requests, atomic checkpoint publishing) and the run/finish story.
+
+sft.py and dpo.py each build their TRL trainer and a `ReporterHooks` subclass that says which
+metrics to send and how to read them from the trainer's logs; `run_trainer` does the rest.
+
+Output directory layout (the same for every method):
+    output_dir/.staging/        the trainer writes checkpoint-<N> here; anything left here is
+                                half-written and is deleted at start
+    output_dir/checkpoints/step-<N>/   complete checkpoints (renamed from .staging): a PEFT adapter
+                                dir (adapter_model.safetensors + adapter_config.json) plus the
+                                optimizer, scheduler, RNG and trainer_state.json to resume from
+    output_dir/adapter/         the final adapter, present once the run succeeded (written as
+                                .adapter-<random> first, then renamed)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from modelmill.errors import ModelMillError, TrainingError
+from modelmill.ml.report import Reporter
+from modelmill.ml.types import TrainResult
+
+# The PEFT adapter a run trains (PEFT's default name). TRL's DPOTrainer may add a frozen "ref"
+# copy next to it; only this one is ever saved as the run's result.
+TRAINED_ADAPTER = "default"
+
+
+def run_trainer(trainer, callback: ReporterHooks, output_dir: Path, reporter: Reporter,
+                resume_from: Path | None, torch_threads: int | None) -> TrainResult:
+    """Train (resuming from `resume_from`), then return the TrainResult; see sft.train_sft."""
+    if resume_from is not None:
+        reporter.on_event("info", f"Resuming from checkpoint at step {step_of(resume_from)}",
+                          {"step": step_of(resume_from)})
+    try:
+        with torch_threads_set(torch_threads):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except ModelMillError:
+        raise
+    except Exception as e:  # OOM, NaNs, a broken checkpoint: the caller gets one typed error
+        raise TrainingError(f"training failed at step {trainer.state.global_step}: {e}") from e
+    shutil.rmtree(output_dir / ".staging", ignore_errors=True)  # every checkpoint in it has been published
+    state = trainer.state
+    tokens, steps = int(state.num_input_tokens_seen), int(state.global_step)
+    if callback.stop in ("cancel", "pause"):
+        status = "cancelled" if callback.stop == "cancel" else "paused"
+        return TrainResult(status=status, adapter_dir=None, trained_tokens=tokens, steps=steps)
+    adapter_dir = save_adapter_atomically(trainer.model, output_dir)
+    return TrainResult(status="succeeded", adapter_dir=adapter_dir, trained_tokens=tokens, steps=steps)
+
+
+@contextlib.contextmanager
+def torch_threads_set(n: int | None) -> Iterator[None]:
+    """Use n torch CPU threads inside the block (None = leave torch's setting)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- checkpoints on disk
+
+
+def prepare_output_dir(output_dir: Path) -> Path | None:
+    """Delete half-written state and return the newest complete checkpoint, if any.
+
+    .staging only ever holds unfinished work. A step-<N> dir is complete by construction
+    (created by rename), but one missing its adapter or trainer state is removed too.
+    """
+    shutil.rmtree(output_dir / ".staging", ignore_errors=True)
+    leftovers = [*output_dir.glob(".adapter-*"), *output_dir.glob(".old-*"), *output_dir.glob("checkpoints/.old-*")]
+    for tmp in leftovers:  # an unfinished adapter save, or a replaced dir not yet deleted
+        shutil.rmtree(tmp, ignore_errors=True)
+    (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for path in checkpoints(output_dir):
+        if not ((path / "trainer_state.json").is_file() and (path / "adapter_model.safetensors").is_file()):
+            shutil.rmtree(path, ignore_errors=True)
+    done = checkpoints(output_dir)
+    return done[-1] if done else None
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints (step-<N> dirs, only ever created by rename), oldest first."""
+    found = [p for p in (output_dir / "checkpoints").glob("step-*")
+             if p.is_dir() and p.name.removeprefix("step-").isdigit()]
+    return sorted(found, key=step_of)
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix("step-"))
+
+
+def publish_checkpoint(output_dir: Path, step: int, keep: int) -> Path:
+    """Rename the trainer's finished .staging/checkpoint-<step> to checkpoints/step-<step>; prune old ones."""
+    src = output_dir / ".staging" / f"checkpoint-{step}"
+    dst = output_dir / "checkpoints" / f"step-{step}"
+    rename_over(src, dst)
+    for old in checkpoints(output_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
+def save_adapter_atomically(model, output_dir: Path) -> Path:
+    """Save the trained adapter alone (never DPO's frozen "ref" copy) to output_dir/adapter."""
+    tmp = output_dir / f".adapter-{uuid.uuid4().hex[:8]}"
+    model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[TRAINED_ADAPTER])
+    final = output_dir / "adapter"
+    rename_over(tmp, final)
+    return final
+
+
+def rename_over(src: Path, dst: Path) -> None:
+    """Atomically put src at dst; an existing dst (same step written again) is moved aside first."""
+    if dst.exists():
+        aside = dst.with_name(f".old-{dst.name}-{uuid.uuid4().hex[:8]}")
+        os.rename(dst, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    os.rename(src, dst)
+
+
+# ---------------------------------------------------------------- the trainer <-> reporter bridge
+
+
+def epoch_complete(state) -> bool:
+    return state.epoch is not None and abs(state.epoch - round(state.epoch)) < 1e-9
+
+
+def reporter_callback(hooks_cls: type[ReporterHooks], reporter: Reporter, config, has_valid: bool):
+    """A TrainerCallback running `hooks_cls` (transformers is imported lazily, so importing
+    this module stays cheap for the API process, which only resolves hyperparameters).
+
+    `config` needs output_dir, eval_every_steps and keep_checkpoints.
+    """
+    from transformers import TrainerCallback
+
+    class ReporterCallback(hooks_cls, TrainerCallback):
+        pass
+
+    return ReporterCallback(reporter, config, has_valid)
+
+
+class ReporterHooks:
+    """Metrics, validation, stop requests and checkpoint publishing, hooked into the trainer.
+
+    A method subclasses this and sets METRIC_NAMES (the reporter's metric names, in order),
+    train_metrics (a train log -> metrics) and eval_metrics (evaluate()'s result -> metrics).
+
+    Hook order within one optimizer step (transformers Trainer): on_step_end -> on_log (train
+    loss) -> save + on_save when asked; at an epoch's end: on_epoch_end -> save + on_save.
+    A step's metrics are collected in `pending` and sent as one reporter.on_step when the
+    next step begins, a checkpoint is saved, or the epoch ends (after full validation).
+    """
+
+    METRIC_NAMES: tuple[str, ...] = ()
+
+    def train_metrics(self, logs: dict) -> dict[str, float]:
+        """The train_* metrics in one trainer log that has a "loss"."""
+        raise NotImplementedError
+
+    def eval_metrics(self, name: str, metrics: dict) -> dict[str, float]:
+        """The `name`_* metrics ("valid" or "full_valid") from trainer.evaluate(metric_key_prefix=name)."""
+        raise NotImplementedError
+
+    def __init__(self, reporter: Reporter, config, has_valid: bool):
+        self.reporter, self.config, self.has_valid = reporter, config, has_valid
+        self.trainer = None  # set once the trainer exists (it evaluates for us)
+        self.stop: str | None = None  # "cancel" | "pause" once the reporter asked
+        self.pending: dict[str, float] = {}
+        self.pending_step: int | None = None
+        self.last_metrics: dict[str, float] = {}
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._flush(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.stop = self.reporter.should_stop()
+        if self.stop in ("cancel", "pause"):
+            control.should_training_stop = True
+            # A pause checkpoint is written now, unless the epoch just ended (on_epoch_end saves then).
+            control.should_save = self.stop == "pause" and not epoch_complete(state)
+        every = self.config.eval_every_steps
+        if self.has_valid and every > 0 and state.global_step % every == 0 and self.stop != "cancel":
+            should_log = control.should_log  # evaluate() logs, which clears the flag for this step's train log
+            self._add(state, self._evaluate("valid"))
+            control.should_log = should_log
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self._add(state, self.train_metrics(logs))
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stop == "cancel" or not epoch_complete(state):
+            return
+        if self.has_valid:
+            self._add(state, self._evaluate("full_valid"))
+        self._flush(state)
+        control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self._flush(state)
+        path = publish_checkpoint(Path(self.config.output_dir), state.global_step, self.config.keep_checkpoints)
+        self.reporter.on_checkpoint(state.global_step, path, dict(self.last_metrics))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._flush(state)
+
+    def _evaluate(self, name: str) -> dict[str, float]:
+        metrics = self.trainer.evaluate(eval_dataset=name, metric_key_prefix=name)
+        self.trainer.model.train()  # evaluate() leaves eval mode; the step's train log needs train mode
+        return self.eval_metrics(name, metrics)
+
+    def _add(self, state, metrics: dict[str, float]) -> None:
+        if self.pending_step not in (None, state.global_step):
+            self._flush(state)
+        self.pending_step = state.global_step
+        self.pending.update(metrics)
+
+    def _flush(self, state) -> None:
+        if self.pending_step is None:
+            return
+        metrics = {k: float(self.pending[k]) for k in self.METRIC_NAMES if k in self.pending}
+        self.reporter.on_step(self.pending_step, state.max_steps, metrics)
+        self.last_metrics = metrics
+        self.pending, self.pending_step = {}, None
