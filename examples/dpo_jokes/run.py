@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-HYPERPARAMETERS = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 1.0, "beta": 0.1}
+HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 3.0, "beta": 0.1}
 
 
 def pair_logps(model_dir: Path, adapter_dir: Path | None, path: Path) -> list[tuple[float, float]]:
