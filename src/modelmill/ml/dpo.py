@@ -176,36 +176,17 @@ def _load_dataset(path: Path, label: str, tokenizer, config: DPOConfig, reporter
 
 
 def _build_trainer(config: DPOConfig, model, tokenizer, train_ds, valid_ds, callback):
-    """TRL DPOTrainer over the rendered pairs; the trainer saves into output_dir/.staging."""
-    from peft import LoraConfig
-    from transformers import PrinterCallback
+    """TRL DPOTrainer over the rendered pairs; the trainer saves into output_dir/.staging.
+    ref_model=None: TRL uses the policy with its adapter disabled as the reference."""
     from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
-    args = TRLDPOConfig(
-        output_dir=str(Path(config.output_dir) / ".staging"),
-        num_train_epochs=config.n_epochs, per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        learning_rate=BASE_LEARNING_RATE * config.learning_rate_multiplier,
-        lr_scheduler_type="linear", warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio
-        seed=config.seed, data_seed=config.seed, beta=config.beta,
-        max_length=config.max_seq_len, truncation_mode="keep_start",
-        bf16=False, fp16=False,  # fp32: bf16 autocast is ~20x slower on CPU
-        activation_checkpointing=False,  # small models on CPU: memory is not the limit, speed is
-        logging_steps=1, save_strategy="no", eval_strategy="no",  # the callback decides when
-        include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=True,
-        dataloader_num_workers=0, dataloader_pin_memory=False)
-    lora = None if config.init_adapter else LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
-    evals = None
-    if valid_ds is not None:
-        evals = {"valid": valid_ds.select(range(min(config.batch_size, len(valid_ds)))), "full_valid": valid_ds}
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=evals,
-                         processing_class=tokenizer, peft_config=lora, callbacks=[callback])
-    trainer.remove_callback(PrinterCallback)  # the reporter is our only output
-    callback.trainer = trainer
-    return trainer
+    args = TRLDPOConfig(**common.trainer_args(config, BASE_LEARNING_RATE), beta=config.beta,
+                        truncation_mode="keep_start")
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds,
+                         eval_dataset=common.eval_datasets(config, valid_ds), processing_class=tokenizer,
+                         peft_config=common.lora_config(config), callbacks=[callback])
+    return common.finish_trainer_setup(trainer, callback)
 
 
 class _DPOHooks(common.ReporterHooks):

@@ -32,6 +32,49 @@ from modelmill.ml.types import TrainResult
 TRAINED_ADAPTER = "default"
 
 
+def trainer_args(config, base_learning_rate: float) -> dict:
+    """The TRL config arguments SFT and DPO share: our schedule, fp32, and no saving or logging
+    of TRL's own (the reporter callback decides when to evaluate and checkpoint)."""
+    return dict(
+        output_dir=str(Path(config.output_dir) / ".staging"),
+        num_train_epochs=config.n_epochs, per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=base_learning_rate * config.learning_rate_multiplier,
+        lr_scheduler_type="linear", warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio
+        seed=config.seed, data_seed=config.seed, max_length=config.max_seq_len,
+        bf16=False, fp16=False,  # fp32: bf16 autocast is ~20x slower on CPU
+        activation_checkpointing=False,  # small models on CPU: memory is not the limit, speed is
+        logging_steps=1, save_strategy="no", eval_strategy="no",  # the callback decides when
+        include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=True,
+        dataloader_num_workers=0, dataloader_pin_memory=False)
+
+
+def lora_config(config):
+    """A fresh LoRA adapter on every linear layer, or None when continuing an existing adapter."""
+    from peft import LoraConfig
+
+    if config.init_adapter:
+        return None
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
+
+
+def eval_datasets(config, valid_ds) -> dict | None:
+    """"valid" is one batch (the cheap every-N-steps signal); "full_valid" is the whole file."""
+    if valid_ds is None:
+        return None
+    return {"valid": valid_ds.select(range(min(config.batch_size, len(valid_ds)))), "full_valid": valid_ds}
+
+
+def finish_trainer_setup(trainer, callback):
+    """The reporter is the trainer's only output; the callback needs the trainer to evaluate."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    callback.trainer = trainer
+    return trainer
+
+
 def run_trainer(trainer, callback: ReporterHooks, output_dir: Path, reporter: Reporter,
                 resume_from: Path | None, torch_threads: int | None) -> TrainResult:
     """Train (resuming from `resume_from`), then return the TrainResult; see sft.train_sft."""
