@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,27 +12,7 @@ from safetensors.torch import load_file
 from modelmill.errors import InvalidRequestError
 from modelmill.ml import models, sft
 from modelmill.ml.types import ChatExample
-
-
-class ListReporter:
-    """Records everything; answers should_stop with `action` on poll number `stop_on_poll` (1-based)."""
-
-    def __init__(self, action: str | None = None, stop_on_poll: int = 0):
-        self.events, self.steps, self.checkpoints = [], [], []
-        self.action, self.stop_on_poll, self.polls = action, stop_on_poll, 0
-
-    def on_event(self, level, message, data=None):
-        self.events.append((level, message, data))
-
-    def on_step(self, step, total_steps, metrics):
-        self.steps.append((step, total_steps, metrics))
-
-    def on_checkpoint(self, step, path, metrics):
-        self.checkpoints.append((step, Path(path), metrics))
-
-    def should_stop(self):
-        self.polls += 1
-        return self.action if self.polls == self.stop_on_poll else None
+from tests.ml.reporters import ListReporter
 
 
 def _line(question: str, answer: str) -> str:
@@ -147,7 +126,8 @@ def test_trainer_keeps_our_labels(setup):
     model = models.load_model(setup.base_dir, trainable=True)[0]
     train_ds = sft._load_dataset(setup.train_path, "training", tok, setup, reporter)
     trainer = sft._build_trainer(replace(setup, output_dir=setup.output_dir.parent / "labels"), model, tok,
-                                 train_ds, None, sft._reporter_callback(reporter, setup, has_valid=False))
+                                 train_ds, None, sft.common.reporter_callback(sft._SFTHooks, reporter, setup,
+                                                                               has_valid=False))
     assert trainer.train_dataset["labels"] == train_ds["labels"]
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(train_ds))])
     assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelmill.errors import InvalidRequestError, TrainingError
-from modelmill.ml import chat_format, data, models, sft
+from modelmill.ml import chat_format, data, sft
 from modelmill.ml import trainer_common as common
 from modelmill.ml.report import Reporter
 from modelmill.ml.types import PreferencePair, TrainResult
@@ -133,21 +133,12 @@ def train_dpo(config: DPOConfig, reporter: Reporter) -> TrainResult:
     or "paused" (a later call with the same config resumes from the pause checkpoint).
     Raises DataValidationError for an invalid file, TrainingError when training fails.
     """
-    from transformers import set_seed
-
-    output_dir = Path(config.output_dir)
-    model, tokenizer = models.load_model(config.base_dir, config.init_adapter, trainable=True)
-    train_ds = _load_dataset(config.train_path, "training", tokenizer, config, reporter)
-    valid_ds = _load_dataset(config.valid_path, "validation", tokenizer, config, reporter) \
-        if config.valid_path else None
-    resume_from = common.prepare_output_dir(output_dir)
-    set_seed(config.seed)  # before the trainer wraps the model: LoRA init is random
-    callback = common.reporter_callback(_DPOHooks, reporter, config, has_valid=valid_ds is not None)
-    trainer = _build_trainer(config, model, tokenizer, train_ds, valid_ds, callback)
     reference = "the starting adapter" if config.init_adapter else "the base model"
-    reporter.on_event("info", f"Training on {len(train_ds)} preference pairs for {config.n_epochs} epoch(s), "
-                              f"batch size {config.batch_size}, beta {config.beta:g}; reference: {reference}")
-    return common.run_trainer(trainer, callback, output_dir, reporter, resume_from, config.torch_threads)
+    return common.train(config, reporter, load_dataset=_load_dataset, hooks_cls=_DPOHooks,
+                        build_trainer=_build_trainer,
+                        describe=lambda ds: f"Training on {len(ds)} preference pairs for {config.n_epochs} "
+                                            f"epoch(s), batch size {config.batch_size}, beta {config.beta:g}; "
+                                            f"reference: {reference}")
 
 
 def _load_dataset(path: Path, label: str, tokenizer, config: DPOConfig, reporter: Reporter):

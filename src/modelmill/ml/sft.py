@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelmill.errors import InvalidRequestError, TrainingError
-from modelmill.ml import chat_format, data, models
+from modelmill.ml import chat_format, data
 from modelmill.ml import trainer_common as common
 from modelmill.ml.report import Reporter
 from modelmill.ml.types import ChatExample, TrainResult
@@ -154,20 +154,10 @@ def train_sft(config: SFTConfig, reporter: Reporter) -> TrainResult:
     or "paused" (a later call with the same config resumes from the pause checkpoint).
     Raises DataValidationError for an invalid file, TrainingError when nothing is trainable.
     """
-    from transformers import set_seed
-
-    output_dir = Path(config.output_dir)
-    model, tokenizer = models.load_model(config.base_dir, config.init_adapter, trainable=True)
-    train_ds = _load_dataset(config.train_path, "training", tokenizer, config, reporter)
-    valid_ds = _load_dataset(config.valid_path, "validation", tokenizer, config, reporter) \
-        if config.valid_path else None
-    resume_from = common.prepare_output_dir(output_dir)
-    set_seed(config.seed)  # before the trainer wraps the model: LoRA init is random
-    callback = _reporter_callback(reporter, config, has_valid=valid_ds is not None)
-    trainer = _build_trainer(config, model, tokenizer, train_ds, valid_ds, callback)
-    reporter.on_event("info", f"Training on {len(train_ds)} examples for {config.n_epochs} epoch(s), "
-                              f"batch size {config.batch_size}")
-    return common.run_trainer(trainer, callback, output_dir, reporter, resume_from, config.torch_threads)
+    return common.train(config, reporter, load_dataset=_load_dataset, hooks_cls=_SFTHooks,
+                        build_trainer=_build_trainer,
+                        describe=lambda ds: f"Training on {len(ds)} examples for {config.n_epochs} epoch(s), "
+                                            f"batch size {config.batch_size}")
 
 
 def _load_dataset(path: Path, label: str, tokenizer, config: SFTConfig, reporter: Reporter):
@@ -209,10 +199,6 @@ def _build_trainer(config: SFTConfig, model, tokenizer, train_ds, valid_ds, call
 
 
 # ---------------------------------------------------------------- the trainer <-> reporter bridge
-
-
-def _reporter_callback(reporter: Reporter, config: SFTConfig, has_valid: bool):
-    return common.reporter_callback(_SFTHooks, reporter, config, has_valid)
 
 
 class _SFTHooks(common.ReporterHooks):

@@ -75,6 +75,32 @@ def finish_trainer_setup(trainer, callback):
     return trainer
 
 
+def train(config, reporter: Reporter, *, load_dataset, hooks_cls: type[ReporterHooks], build_trainer,
+          describe) -> TrainResult:
+    """The story every method shares: load the model (plus init_adapter) and the data, find the
+    checkpoint to resume from, seed, build the method's TRL trainer, train.
+
+    load_dataset(path, label, tokenizer, config, reporter) -> Dataset;
+    build_trainer(config, model, tokenizer, train_ds, valid_ds, callback) -> trainer;
+    describe(train_ds) -> the "Training on ..." event message.
+    """
+    from transformers import set_seed
+
+    from modelmill.ml import models
+
+    output_dir = Path(config.output_dir)
+    model, tokenizer = models.load_model(config.base_dir, config.init_adapter, trainable=True)
+    train_ds = load_dataset(config.train_path, "training", tokenizer, config, reporter)
+    valid_ds = load_dataset(config.valid_path, "validation", tokenizer, config, reporter) \
+        if config.valid_path else None
+    resume_from = prepare_output_dir(output_dir)
+    set_seed(config.seed)  # before the trainer wraps the model: LoRA init is random
+    callback = reporter_callback(hooks_cls, reporter, config, has_valid=valid_ds is not None)
+    trainer = build_trainer(config, model, tokenizer, train_ds, valid_ds, callback)
+    reporter.on_event("info", describe(train_ds))
+    return run_trainer(trainer, callback, output_dir, reporter, resume_from, config.torch_threads)
+
+
 def run_trainer(trainer, callback: ReporterHooks, output_dir: Path, reporter: Reporter,
                 resume_from: Path | None, torch_threads: int | None) -> TrainResult:
     """Train (resuming from `resume_from`), then return the TrainResult; see sft.train_sft."""
