@@ -39,6 +39,7 @@ class NewJob:
     method_type: str
     hyperparameters: dict  # as requested; "auto" allowed
     ft_name: str  # the fine_tuned_model name the job gets on success
+    grader: dict | None = None  # method.reinforcement.grader (validated); None for other methods
 
 
 class JobRepo:
@@ -52,10 +53,10 @@ class JobRepo:
             c.execute(
                 "INSERT INTO jobs (id, created_at, model, base_model, init_adapter, training_file,"
                 " validation_file, suffix, seed, metadata, integrations, method_type, hyperparameters,"
-                " ft_name, status, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,'validating_files',?)",
+                " ft_name, grader, status, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'validating_files',?)",
                 (new.id, now, new.model, new.base_model, new.init_adapter, new.training_file,
                  new.validation_file, new.suffix, new.seed, to_json(new.metadata), to_json(new.integrations),
-                 new.method_type, to_json(new.hyperparameters), new.ft_name, now))
+                 new.method_type, to_json(new.hyperparameters), new.ft_name, to_json(new.grader), now))
             insert_event(c, new.id, "info", f"Created fine-tuning job: {new.id}")
             if new.integrations:
                 insert_event(c, new.id, "warn", "Integrations are not supported by ModelMill and were ignored")

@@ -101,4 +101,8 @@ MIGRATIONS: list[tuple[str, str]] = [
         -- a job that keeps killing its workers is failed instead of being retried forever
         ALTER TABLE jobs ADD COLUMN reclaims INTEGER NOT NULL DEFAULT 0;
     """),
+    ("0007_jobs_grader", """
+        -- the reinforcement method's grader (JSON object, validated at create time), NULL for other methods
+        ALTER TABLE jobs ADD COLUMN grader TEXT;
+    """),
 ]

@@ -65,6 +65,7 @@ class JobRecord:
     step: int | None
     estimated_finish: float | None
     result_files: list[str] = field(default_factory=list)
+    grader: dict | None = None  # the reinforcement method's grader; None for other methods
     lease_owner: str | None = None
     lease_token: int = 0
     lease_expires_at: float | None = None
@@ -107,7 +108,7 @@ class ApiKeyRecord:
     last_used_at: float | None
 
 
-_JSON_COLUMNS = {"metadata", "integrations", "hyperparameters", "error", "data", "metrics", "result_files"}
+_JSON_COLUMNS = {"metadata", "integrations", "hyperparameters", "error", "data", "metrics", "result_files", "grader"}
 _BOOL_COLUMNS = {"hyperparameters_resolved"}
 
 
