@@ -21,6 +21,10 @@ $(STAMP): $(PY) pyproject.toml
 	command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap); } || \
 	  echo "warning: bubblewrap (bwrap) is not installed; python graders will refuse to run"
+	# The dashboard's browser tests drive Debian's chromium through playwright (never its own download).
+	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium); } || \
+	  echo "warning: chromium is not installed; tests/browser will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,3 +46,19 @@ clean:
 bench-graders: $(STAMP)
 	$(PY) bench/bench_python_grader.py
 	$(PY) bench/bench_graders.py
+
+.PHONY: vendor-uplot
+# The dashboard's chart library is vendored (committed) so a fresh clone needs no npm; this refreshes it.
+UPLOT_VERSION ?= 1.6.32
+UPLOT_DIR := src/modelmill/service/dashboard/static/vendor/uplot
+vendor-uplot:
+	rm -rf .uplot-tmp && mkdir .uplot-tmp
+	cd .uplot-tmp && npm pack --silent uplot@$(UPLOT_VERSION) && tar xzf uplot-$(UPLOT_VERSION).tgz
+	cp .uplot-tmp/package/dist/uPlot.iife.min.js .uplot-tmp/package/dist/uPlot.min.css .uplot-tmp/package/LICENSE $(UPLOT_DIR)/
+	echo $(UPLOT_VERSION) > $(UPLOT_DIR)/VERSION
+	rm -rf .uplot-tmp
+
+.PHONY: bench-rollouts
+# RFT rollout throughput: one batched generate() per prompt group vs one call per completion.
+bench-rollouts: $(STAMP)
+	$(PY) bench/bench_rollouts.py

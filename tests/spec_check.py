@@ -4,7 +4,7 @@
     assert_matches(job_json, "FineTuningJob")
 
 The spec mixes OpenAPI 3.1 with 3.0-style `nullable: true`; both are honoured. References
-resolve inside the spec's components. Documented ModelMill extensions (EXTENSIONS below)
+resolve inside the spec's components. Documented ModelMill extensions (EXTENSIONS, NULLABLE below)
 are merged into a copy of the spec; nothing else is relaxed.
 """
 
@@ -29,6 +29,13 @@ EXTENSIONS = {
     # A paused job (POST /fine_tuning/jobs/{id}/pause) reports status "paused" until resumed.
     ("FineTuningJob", "status"): ["paused"],
 }
+# Fields OpenAI returns as null when there is nothing to report (its own examples show
+# `"error": null`) though its schema types them as objects: (schema, property path).
+NULLABLE = [("EvalRun", ("error",)), ("EvalRunOutputItem", ("sample", "error"))]
+# The spec types a multi grader's `graders` as ONE grader, but OpenAI's RFT guide and API take a map of
+# name -> grader (the names are calculate_output's variables). ModelMill accepts both and echoes what it
+# was given, so a map of the spec's own grader shapes is allowed too: (schema, property).
+MAP_OF_SELF = [("GraderMulti", "graders")]
 
 
 def _nullable_to_31(node):
@@ -50,6 +57,15 @@ def _spec() -> dict:
     schemas = spec["components"]["schemas"]
     for (name, prop), extra in EXTENSIONS.items():
         schemas[name]["properties"][prop]["enum"] += extra
+    for name, path in NULLABLE:
+        node = schemas[name]
+        for prop in path[:-1]:
+            node = node["properties"][prop]
+        node["properties"][path[-1]] = {"anyOf": [node["properties"][path[-1]], {"type": "null"}]}
+    for name, prop in MAP_OF_SELF:
+        one = schemas[name]["properties"][prop]
+        schemas[name]["properties"][prop] = {"anyOf": [one, {"type": "object", "minProperties": 1,
+                                                             "additionalProperties": one}]}
     spec["components"] = _nullable_to_31(spec["components"])
     return spec
 

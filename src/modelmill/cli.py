@@ -66,15 +66,31 @@ def cmd_demo(args) -> int:
 def cmd_models_list(args) -> int:
     from modelmill.ml.models import list_models
 
-    for m in list_models(_settings(args).home):
+    found = list_models(_settings(args).home)
+    if args.json:
+        return _print_json([{"id": m.name, "created": m.created, "source": m.source} for m in found])
+    for m in found:
         print(f"{m.name:<40} {m.source}")
+    return 0
+
+
+def cmd_models_prepare(args) -> int:
+    from modelmill.ml.models import ensure_base
+    from modelmill.progress import step_progress
+
+    with step_progress(f"preparing {args.name}") as say:
+        path = ensure_base(_settings(args).ensure_dirs().home, args.name, progress=say)
+    print(path)
     return 0
 
 
 def cmd_models_add(args) -> int:
     from modelmill.ml.models import add_model
 
-    info = add_model(_settings(args).ensure_dirs().home, args.name, args.path)
+    from modelmill.progress import step_progress
+
+    with step_progress(f"adding {args.name}") as say:
+        info = add_model(_settings(args).ensure_dirs().home, args.name, args.path, progress=say)
     print(f"added {info.name} from {info.source}")
     return 0
 
@@ -82,9 +98,20 @@ def cmd_models_add(args) -> int:
 # --- files and jobs (over the API, with the official SDK) --------------------------------
 
 def cmd_files_upload(args) -> int:
-    with open(args.path, "rb") as f:
+    from modelmill.progress import upload_progress
+
+    with upload_progress(args.path) as f:  # a bytes progress bar on a terminal
         obj = _client(args).files.create(file=f, purpose=args.purpose)
     print(json.dumps(obj.to_dict(), indent=2))
+    return 0
+
+
+def cmd_files_list(args) -> int:
+    files = _client(args).files.list(**({"purpose": args.purpose} if args.purpose else {})).data
+    if args.json:
+        return _print_json([f.to_dict() for f in files])
+    for f in files:
+        print(f"{f.id}  {f.purpose:<18} {f.bytes:>12}  {f.filename}")
     return 0
 
 
@@ -104,8 +131,49 @@ def cmd_jobs_create(args) -> int:
 
 
 def cmd_jobs_list(args) -> int:
-    for job in _client(args).fine_tuning.jobs.list(limit=args.limit).data:
+    jobs = _client(args).fine_tuning.jobs.list(limit=args.limit).data
+    if args.json:
+        return _print_json([job.to_dict() for job in jobs])
+    for job in jobs:
         print(f"{job.id}  {job.status:<16} {job.model:<28} {job.fine_tuned_model or ''}")
+    return 0
+
+
+def cmd_jobs_get(args) -> int:
+    job = _client(args).fine_tuning.jobs.retrieve(args.job)
+    if args.json:
+        return _print_json(job.to_dict())
+    from modelmill.watch import summary
+
+    print(summary(job))
+    return 0
+
+
+def _print_json(obj) -> int:
+    """--json output for scripts: the API's own objects, one JSON document on stdout."""
+    print(json.dumps(obj, indent=2))
+    return 0
+
+
+def cmd_jobs_report(args) -> int:
+    """The job's before/after eval table: the newest event whose data has "eval_comparison"."""
+    from modelmill.service.job_evals import comparison_table
+
+    client = _client(args)
+    found = next((e.data["eval_comparison"] for e in client.fine_tuning.jobs.list_events(args.job, limit=100)
+                  if isinstance(e.data, dict) and "eval_comparison" in e.data), None)
+    if found is None:
+        print(f"modelmill: job {args.job} has no before/after eval report (yet): give the job a validation file"
+              " or metadata eval=true", file=sys.stderr)
+        return 1
+    server = args.base_url.rstrip("/").removesuffix("/v1")  # report pages live outside /v1
+    for row in found["rows"]:
+        row["report_url"] = f"{server}/evals/{row['eval_id']}/runs/{row['run_id']}"
+    if args.json:
+        return _print_json(found)
+    print(comparison_table(found["criteria"], found["rows"]))
+    for row in found["rows"]:
+        print(f"{row['label']}: {row['report_url']}")
     return 0
 
 
@@ -170,7 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="the base-model registry").add_subparsers(
         dest="models_cmd", required=True, metavar="ACTION")
-    local(models.add_parser("list", help="list base models")).set_defaults(func=cmd_models_list)
+    sp = local(models.add_parser("list", help="list base models"))
+    sp.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    sp.set_defaults(func=cmd_models_list)
+    sp = local(models.add_parser("prepare", help="build or convert a base model now, with progress",
+                                 description="Materialise a base model (SmolLM2's one-time GGUF conversion "
+                                             "takes about 25 s); jobs and chat otherwise do it on first use."))
+    sp.add_argument("name", help="base model name, e.g. SmolLM2-135M-Instruct")
+    sp.set_defaults(func=cmd_models_prepare)
     sp = local(models.add_parser("add", help="register a local HF directory (safetensors) or a hub id"))
     sp.add_argument("name", help="the model name clients will use")
     sp.add_argument("path", help="local Hugging Face directory, or a hub id when online")
@@ -182,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("path", help="the file to upload")
     sp.add_argument("--purpose", default="fine-tune", help="file purpose (default fine-tune)")
     sp.set_defaults(func=cmd_files_upload)
+    sp = remote(files.add_parser("list", help="list uploaded files"))
+    sp.add_argument("--purpose", help="only files with this purpose, e.g. fine-tune")
+    sp.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    sp.set_defaults(func=cmd_files_list)
 
     jobs = sub.add_parser("jobs", help="fine-tuning jobs").add_subparsers(dest="jobs_cmd", required=True,
                                                                          metavar="ACTION")
@@ -198,7 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_jobs_create)
     sp = remote(jobs.add_parser("list", help="list jobs"))
     sp.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    sp.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     sp.set_defaults(func=cmd_jobs_list)
+    sp = remote(jobs.add_parser("get", help="show one job"))
+    sp.add_argument("job", help="job id")
+    sp.add_argument("--json", action="store_true", help="print the job object as JSON (for scripts)")
+    sp.set_defaults(func=cmd_jobs_get)
+    sp = remote(jobs.add_parser("report", help="the job's before/after eval table",
+                                description="Print the before/after eval comparison of a job that had a validation "
+                                            "file or metadata eval=true (base, checkpoints, final model)."))
+    sp.add_argument("job", help="job id")
+    sp.add_argument("--json", action="store_true", help="print the eval_comparison object as JSON")
+    sp.set_defaults(func=cmd_jobs_report)
     sp = remote(jobs.add_parser("watch", help="live progress bar with loss and ETA, then a summary"))
     sp.add_argument("job", help="job id")
     sp.set_defaults(func=cmd_jobs_watch)

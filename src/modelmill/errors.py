@@ -75,3 +75,11 @@ class TrainingError(ModelMillError, RuntimeError):
     status = 500
     type = "server_error"
     code = "training_error"
+
+
+class GraderFailedError(TrainingError):
+    """Reinforcement fine-tuning: the grader failed (some error flag set) on more than the allowed
+    share of a step's samples, or on (nearly) every base-model sample before training. The message
+    quotes one failing sample and its error flags and details."""
+
+    code = "grader_error"

@@ -1,4 +1,10 @@
-"""`modelmill jobs watch`: a live progress bar for a fine-tuning job, over the public API."""
+"""`modelmill jobs watch`: a live progress bar for a fine-tuning job, over the public API.
+
+On a terminal: one tqdm bar (step/total, the current loss or reward, an ETA) with the job's
+messages printed above it. In a log file or pipe: one plain line per new step instead. Either
+way the watch ends with a summary: status, steps, tokens, wall time, the last metrics and the
+best checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -9,48 +15,68 @@ from tqdm import tqdm
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
+# Metrics shown next to the bar, in order, with their short labels (SFT, DPO, RFT names).
+SHOWN_METRICS = (
+    ("train_loss", "loss"), ("valid_loss", "valid_loss"), ("full_valid_loss", "full_valid_loss"),
+    ("train_mean_token_accuracy", "acc"),
+    ("train_reward_margin", "margin"), ("train_reward_accuracy", "reward_acc"),  # DPO
+    ("train_reward_mean", "reward"), ("valid_reward_mean", "valid_reward"),  # RFT
+)
+BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 
-def latest_metrics(client, job_id: str) -> dict | None:
+
+def latest_metrics(client, job_id: str, limit: int = 20) -> dict | None:
     """The newest metrics event's data (events are listed newest first, as on OpenAI)."""
-    for ev in client.fine_tuning.jobs.list_events(job_id, limit=20).data:
+    for ev in client.fine_tuning.jobs.list_events(job_id, limit=limit).data:
         if getattr(ev, "type", None) == "metrics" and ev.data:
             return dict(ev.data)
     return None
 
 
+def last_values(client, job_id: str, limit: int = 200) -> dict:
+    """The newest value of every metric among the last `limit` events (valid_* arrive every few steps)."""
+    out: dict = {}
+    for ev in client.fine_tuning.jobs.list_events(job_id, limit=limit).data:
+        if getattr(ev, "type", None) == "metrics" and ev.data:
+            for k, v in dict(ev.data).items():
+                out.setdefault(k, v)
+    return out
+
+
 def _postfix(metrics: dict) -> dict:
-    shown = {}
-    for key in ("train_loss", "valid_loss", "full_valid_loss", "train_mean_token_accuracy",
-                "train_reward_margin", "train_reward_accuracy"):  # the last two: DPO jobs
-        if metrics.get(key) is not None:
-            shown[key.replace("_mean_token_accuracy", "_acc").replace("_reward_", "_")] = f"{metrics[key]:.4f}"
-    return shown
+    return {label: f"{metrics[key]:.4f}" for key, label in SHOWN_METRICS
+            if isinstance(metrics.get(key), (int, float))}
 
 
 def watch_job(client, job_id: str, poll: float = 1.0, stop_on_pause: bool = True, out=sys.stderr):
-    """Poll until the job ends (or pauses); show step/total, loss and ETA; return the final job."""
-    # A live bar on a terminal; in a log file or pipe, one plain line per new step instead.
+    """Poll until the job ends (or pauses); show step/total, loss or reward and ETA; print a
+    summary; return the final job."""
     live = hasattr(out, "isatty") and out.isatty()
-    bar = tqdm(total=None, desc=job_id, unit="step", file=out, dynamic_ncols=True, disable=not live)
+    bar = tqdm(total=None, desc=job_id, unit="step", file=out, dynamic_ncols=True, disable=not live,
+               bar_format=BAR_FORMAT)
     seen_messages: set[str] = set()
     last_step, first = 0, None  # first: (time, step) when this watch first saw a step, for the ETA
     try:
         while True:
             job = client.fine_tuning.jobs.retrieve(job_id)
-            for ev in reversed(client.fine_tuning.jobs.list_events(job_id, limit=50).data):
+            events = client.fine_tuning.jobs.list_events(job_id, limit=50).data
+            for ev in reversed(events):
                 if getattr(ev, "type", "message") != "metrics" and ev.id not in seen_messages:
                     seen_messages.add(ev.id)
                     tqdm.write(f"[{ev.level}] {ev.message}", file=out)
-            metrics = latest_metrics(client, job_id)
+            metrics = next((dict(ev.data) for ev in events if getattr(ev, "type", None) == "metrics" and ev.data),
+                           None)
             if metrics and metrics.get("total_steps"):
-                bar.total = int(metrics["total_steps"])
-                bar.n = int(metrics.get("step", 0))
-                bar.set_postfix(_postfix(metrics), refresh=False)
-                if not live and bar.n > last_step:
-                    first = first or (time.monotonic(), bar.n)
-                    print(f"step {bar.n}/{bar.total} {_eta(first, bar.n, bar.total)} "
+                step, total = int(metrics.get("step", 0)), int(metrics["total_steps"])
+                if first is None or step < first[1]:
+                    first = (time.monotonic(), step)
+                eta = eta_text(job, first, step, total)
+                bar.total, bar.n = total, step
+                bar.set_postfix({**_postfix(metrics), "eta": eta}, refresh=False)
+                if not live and step > last_step:
+                    print(f"step {step}/{total} eta {eta} "
                           + " ".join(f"{k}={v}" for k, v in _postfix(metrics).items()), file=out, flush=True)
-                    last_step = bar.n
+                    last_step = step
             bar.set_description(f"{job_id} {job.status}")
             bar.refresh()
             if job.status in TERMINAL or (stop_on_pause and job.status == "paused"):
@@ -58,26 +84,73 @@ def watch_job(client, job_id: str, poll: float = 1.0, stop_on_pause: bool = True
             time.sleep(poll)
     finally:
         bar.close()
-    print(summary(job), file=out)
+    print(summary(job, last_values(client, job_id), _checkpoints(client, job_id)), file=out)
     return job
 
 
-def _eta(first: tuple[float, int], step: int, total: int) -> str:
+def eta_text(job, first: tuple[float, int] | None, step: int, total: int, now: float | None = None) -> str:
+    """Seconds left: the server's estimated_finish while running, else this watch's own step rate."""
+    if step >= total:
+        return "0s"
+    if job.status in TERMINAL or job.status == "paused":
+        return "-"
+    wall = time.time() if now is None else now
+    finish = getattr(job, "estimated_finish", None)
+    if job.status == "running" and finish:
+        return _seconds(max(0.0, finish - wall))
+    if first is None or step <= first[1]:
+        return "?"
     t0, step0 = first
-    if step <= step0:
-        return "eta ?"
     per_step = (time.monotonic() - t0) / (step - step0)
-    return f"eta {per_step * (total - step):.0f}s"
+    return _seconds(per_step * (total - step))
 
 
-def summary(job) -> str:
+def _seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def _checkpoints(client, job_id: str) -> list:
+    try:
+        return list(client.fine_tuning.jobs.checkpoints.list(job_id, limit=100).data)
+    except Exception:  # noqa: BLE001 - the summary goes without checkpoints rather than failing the watch
+        return []
+
+
+def summary(job, metrics: dict | None = None, checkpoints: list | None = None) -> str:
+    """A few lines on how the job ended: status, model, steps, tokens, wall time, last metrics,
+    the best checkpoint (lowest validation loss, or highest validation reward for RFT) and any error."""
+    from modelmill.service.dashboard.jobs_view import best_index
+
+    metrics = metrics or {}
     lines = [f"job {job.id}: {job.status}"]
     if job.fine_tuned_model:
         lines.append(f"  fine_tuned_model: {job.fine_tuned_model}")
+    if metrics.get("step") is not None and metrics.get("total_steps"):
+        lines.append(f"  steps:            {metrics['step']}/{metrics['total_steps']}")
     if job.trained_tokens:
         lines.append(f"  trained_tokens:   {job.trained_tokens}")
     if job.created_at and job.finished_at:
-        lines.append(f"  wall time:        {job.finished_at - job.created_at} s")
+        lines.append(f"  wall time:        {_seconds(job.finished_at - job.created_at)}")
+    shown = _postfix(metrics)
+    if shown:
+        lines.append("  last metrics:     " + "  ".join(f"{k}={v}" for k, v in shown.items()))
+    if checkpoints:
+        method = getattr(getattr(job, "method", None), "type", None) or "supervised"
+        scored = [(c.step_number, _as_dict(c.metrics)) for c in checkpoints]
+        index, by = best_index(method, scored)
+        if index is not None:
+            name = checkpoints[index].fine_tuned_model_checkpoint
+            lines.append(f"  best checkpoint:  {name} ({by}={scored[index][1][by]:.4f})")
     if job.error and getattr(job.error, "message", None):
         lines.append(f"  error:            {job.error.code}: {job.error.message}")
     return "\n".join(lines)
+
+
+def _as_dict(obj) -> dict:
+    """An SDK object (or a plain dict) as a dict without unset fields."""
+    if obj is None:
+        return {}
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return dict(obj)

@@ -381,15 +381,15 @@ def test_problem_count_is_capped(tmp_path, monkeypatch):
 def test_unknown_method_raises_and_registry_plugs_in(tmp_path, monkeypatch):
     path = write(tmp_path, good_lines(12))
     with pytest.raises(InvalidRequestError) as ei:
-        data.validate_file(path, "reinforcement")
+        data.validate_file(path, "distillation")
     assert ei.value.param == "method"
 
     def pref(obj, line):
         return (obj, []) if "input" in obj else (None, [LineProblem(line, "input", "missing_field", "no input")])
 
-    monkeypatch.setitem(data.LINE_VALIDATORS, "reinforcement", pref)
-    report = data.validate_file(path, "reinforcement")
-    assert report.method == "reinforcement" and len(report.problems) == 12 and report.problems[0].field == "input"
+    monkeypatch.setitem(data.LINE_VALIDATORS, "distillation", pref)
+    report = data.validate_file(path, "distillation")
+    assert report.method == "distillation" and len(report.problems) == 12 and report.problems[0].field == "input"
 
 
 def test_missing_file_raises_oserror(tmp_path):

@@ -147,3 +147,17 @@ def test_smollm2_converts_once_then_loads_fast(home):
                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0][prompt["input_ids"].shape[1]:])
+
+
+def test_concurrent_loads_in_one_process_all_get_real_weights(tiny_model_dir):
+    """transformers' from_pretrained is not thread-safe (a tied lm_head could stay on the meta
+    device); load_model serialises loads, so threads loading at once each get a whole model."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load(_):
+        model, _tok = models.load_model(tiny_model_dir)
+        return [name for name, p in model.named_parameters() if p.is_meta]
+
+    for _ in range(3):
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(load, range(4))) == [[]] * 4

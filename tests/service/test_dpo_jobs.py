@@ -59,7 +59,7 @@ def test_create_echoes_dpo_hyperparameters(client):
     (dpo(batch_size=0), "method.dpo.hyperparameters.batch_size"),
     (dpo(learning_rate_multiplier=50), "method.dpo.hyperparameters.learning_rate_multiplier"),
     (dpo(beta=0.0001), "method.dpo.hyperparameters.beta"),  # under the trainer's lower limit
-    ({"type": "reinforcement"}, "method.type"),
+    ({"type": "reinforcement"}, "method.reinforcement.grader"),  # RFT needs its grader
 ])
 def test_bad_dpo_requests_are_400_naming_the_param(client, method, param):
     f = upload(client, preference_jsonl())
@@ -69,7 +69,7 @@ def test_bad_dpo_requests_are_400_naming_the_param(client, method, param):
     assert_matches(r.json(), "ErrorResponse")
     assert r.json()["error"]["param"] == param, r.json()
     if method["type"] == "reinforcement":
-        assert r.json()["error"]["code"] == "unsupported_method"
+        assert r.json()["error"]["code"] == "missing_required_parameter"
 
 
 def test_dpo_job_trains_with_reward_metrics_and_serves(client, store, settings):

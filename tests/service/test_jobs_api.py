@@ -40,7 +40,7 @@ def test_legacy_hyperparameters_and_defaults(client, train_file):
     ({"model": "gpt-17"}, 400, "model"),
     ({"training_file": "file-nope"}, 400, "training_file"),
     ({"validation_file": "file-nope"}, 400, "validation_file"),
-    ({"method": {"type": "reinforcement"}}, 400, "method.type"),
+    ({"method": {"type": "reinforcement"}}, 400, "method.reinforcement.grader"),
     ({"method": {"type": "bogus"}}, 400, "method.type"),
     ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": -3}}}}, 400,
      "method.supervised.hyperparameters.n_epochs"),

@@ -37,7 +37,8 @@ which name the line where the bytes were found:
   invalid_function_name, invalid_arguments, unknown_tool, duplicate_tool_name,
   duplicate_tool_call_id, unknown_tool_call_id, parallel_tool_calls_disabled,
   and for preference (DPO) lines: conflicting_fields, invalid_last_role, empty_output,
-  identical_outputs (see validate_preference_line).
+  identical_outputs (see validate_preference_line); reinforcement (RFT) lines use
+  invalid_last_role and weight_not_allowed (see validate_reinforcement_line).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from typing import Any
 from modelmill.errors import DataValidationError, InvalidRequestError
 from modelmill.ml.chat_format import content_text
 from modelmill.ml.jsonl import JsonlReader, strict_json_loads, type_name
-from modelmill.ml.types import ChatExample, LineProblem, PreferencePair, ValidationReport
+from modelmill.ml.types import ChatExample, LineProblem, PreferencePair, PromptExample, ValidationReport
 
 MAX_PROBLEMS = 100  # problems kept per file; the rest are counted in one "too_many_problems"
 MIN_EXAMPLES = 10  # OpenAI's minimum for a training file
@@ -120,7 +121,7 @@ def validate_file(path: Path, method: str = "supervised", *, min_examples: int =
 
 def read_examples(path: Path, method: str = "supervised", *, min_examples: int = MIN_EXAMPLES) -> list:
     """The examples of a valid file: ChatExample for "supervised", PreferencePair for "preference"
-    (alias "dpo"); messages stay raw OpenAI dicts.
+    (alias "dpo"), PromptExample for "reinforcement" (alias "rft"); messages stay raw OpenAI dicts.
 
     Raises errors.DataValidationError (with .problems) when the file has any problem.
     """
@@ -302,14 +303,50 @@ def _output_key(msg: dict) -> str:
     return json.dumps([content_text(msg.get("content")).strip(), calls], sort_keys=True)
 
 
-# Per-method line validators. "reinforcement" (RFT) plugs in here with the same signature,
-# reusing check_messages/check_tools for its message lists.
+# The keys of a reinforcement line that are not grading data (OpenAI's reserved keywords).
+REINFORCEMENT_RESERVED = ("messages", "tools")
+
+
+def validate_reinforcement_line(obj: dict, line: int) -> tuple[PromptExample | None, list[LineProblem]]:
+    """One RFT line: {"messages": [...], "tools"?: [...], <any other fields>}.
+
+    The messages are the prompt the policy answers, so beyond the per-message checks SFT makes:
+    - the last message must be a user message (`invalid_last_role`); earlier turns may be of
+      any role (system/developer instructions, assistant turns, tool results). No assistant
+      target is needed.
+    - assistant turns are context, not targets: `weight` is rejected (`weight_not_allowed`).
+    Every other top-level field (any JSON value, e.g. "reference_answer") is kept as the
+    example's `item`, which graders read as {{item.<field>}}; only messages and tools are reserved.
+    """
+    c = Checker(line)
+    tool_names = check_tools(obj["tools"], "tools", c) if "tools" in obj else None
+    if c.required(obj, "messages", ""):
+        messages = obj["messages"]
+        n_before = len(c.problems)
+        check_messages(messages, "messages", c, tool_names=tool_names, require_target=False)
+        if len(c.problems) == n_before:
+            for i, m in enumerate(messages):
+                if m["role"] == "assistant" and "weight" in m:
+                    c.add(f"messages[{i}].weight", "weight_not_allowed",
+                          "weight is not used in reinforcement lines: assistant turns are context, not targets")
+            last = messages[-1]["role"]
+            if last != "user":
+                c.add(f"messages[{len(messages) - 1}].role", "invalid_last_role",
+                      f"the last message must be a user message, got {last!r}: the model answers it")
+    if c.problems:
+        return None, c.problems
+    item = {k: v for k, v in obj.items() if k not in REINFORCEMENT_RESERVED}
+    return PromptExample(messages=obj["messages"], tools=obj.get("tools"), item=item, line=line), []
+
+
+# Per-method line validators (all share check_messages/check_tools for their message lists).
 LINE_VALIDATORS: dict[str, LineValidator] = {
     "supervised": validate_supervised_line,
     "preference": validate_preference_line,
+    "reinforcement": validate_reinforcement_line,
 }
 # Other names a method goes by (the fine-tuning job's method.type).
-METHOD_ALIASES = {"sft": "supervised", "dpo": "preference"}
+METHOD_ALIASES = {"sft": "supervised", "dpo": "preference", "rft": "reinforcement"}
 
 
 def _line_validator(method: str) -> LineValidator:

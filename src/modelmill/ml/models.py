@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -117,6 +118,12 @@ def ensure_base(home: Path, name: str, progress: Progress | None = None) -> Path
     raise NotFoundError(f"unknown base model {name!r}", param="model")
 
 
+# transformers' from_pretrained is not thread-safe: two loads at once in one process can leave a
+# tied weight (lm_head) on the meta device ("Cannot copy out of meta tensor"). Loads take ~1-2 s
+# and happen once per cached model, so one process-wide lock costs little.
+_LOAD_LOCK = threading.Lock()
+
+
 def load_model(model_dir: Path, adapter_dir: Path | None = None, *, trainable: bool = False):
     """(model, tokenizer) in float32 from a base HF dir, with a LoRA adapter on top if given.
 
@@ -125,6 +132,11 @@ def load_model(model_dir: Path, adapter_dir: Path | None = None, *, trainable: b
     gets this package's chat template even if the directory holds an older copy, so training
     and sampling always render the same format.
     """
+    with _LOAD_LOCK:
+        return _load_model(model_dir, adapter_dir, trainable)
+
+
+def _load_model(model_dir: Path, adapter_dir: Path | None, trainable: bool):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -170,13 +170,17 @@ def step_of(checkpoint: Path) -> int:
     return int(checkpoint.name.removeprefix("step-"))
 
 
-def publish_checkpoint(output_dir: Path, step: int, keep: int) -> Path:
-    """Rename the trainer's finished .staging/checkpoint-<step> to checkpoints/step-<step>; prune old ones."""
+def publish_checkpoint(output_dir: Path, step: int, keep: int, protect: tuple[int, ...] = ()) -> Path:
+    """Rename the trainer's finished .staging/checkpoint-<step> to checkpoints/step-<step>; prune old ones.
+
+    The newest `keep` are kept, plus the steps in `protect` (RFT keeps its best-validated checkpoint).
+    """
     src = output_dir / ".staging" / f"checkpoint-{step}"
     dst = output_dir / "checkpoints" / f"step-{step}"
     rename_over(src, dst)
     for old in checkpoints(output_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if step_of(old) not in protect:
+            shutil.rmtree(old, ignore_errors=True)
     return dst
 
 

@@ -73,3 +73,15 @@ class PreferencePair:
     rejected: dict  # the non-preferred assistant message
     line: int = 0  # 1-based line number in the source file
     parallel_tool_calls: bool | None = None
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    """One reinforcement (RFT) line: the prompt the policy answers (raw OpenAI messages ending with
+    a user message, plus optional tools) and `item`, every other field of the line, which graders
+    see as {{item.*}} (python graders as their `item` argument)."""
+
+    messages: list[dict]
+    tools: list[dict] | None
+    item: dict  # the line's fields other than the reserved "messages" and "tools"
+    line: int = 0  # 1-based line number in the source file

@@ -1,7 +1,8 @@
 """Who may call the API.
 
 - When the store holds API keys, every request needs `Authorization: Bearer <key>` with
-  one of them (checked by hash, in constant time).
+  one of them (checked by hash, in constant time), or the dashboard's session cookie
+  (SESSION_COOKIE) holding one.
 - With no keys, any request is accepted, but only while the server binds a loopback
   address; create_app refuses to start on any other address without keys.
 """
@@ -13,6 +14,9 @@ import ipaddress
 from modelmill import errors
 from modelmill.settings import Settings
 from modelmill.service.store import Store
+
+# The dashboard's session cookie: it holds an API key and counts as one (HttpOnly, SameSite=Strict).
+SESSION_COOKIE = "modelmill_key"
 
 
 def create_key(store: Store, name: str) -> str:

@@ -20,6 +20,7 @@ from modelmill.service.store import JobRecord, NewJob, Store
 
 def create_job(store: Store, settings: Settings, req: CreateJobRequest) -> JobRecord:
     method_type, hyperparameters, hp_where = _method(req)
+    grader = _grader(req) if methods.get(method_type).needs_grader else None
     base_model, init_adapter = _training_model(store, settings, req.model)
     _check_file(store, req.training_file, "training_file")
     if req.validation_file:
@@ -34,7 +35,7 @@ def create_job(store: Store, settings: Settings, req: CreateJobRequest) -> JobRe
         training_file=req.training_file, validation_file=req.validation_file, suffix=req.suffix,
         seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
         metadata=req.metadata, integrations=req.integrations, method_type=method_type,
-        hyperparameters=hyperparameters,
+        hyperparameters=hyperparameters, grader=grader,
         ft_name=model_registry.fine_tuned_model_name(base_model, settings.owner, req.suffix, job_id)))
 
 
@@ -54,6 +55,23 @@ def _method(req: CreateJobRequest) -> tuple[str, dict, str]:
     hp = given or req.hyperparameters
     requested = hp.model_dump() if hp else {}
     return method.name, {k: requested.get(k, "auto") for k in method.hyperparameter_keys}, where
+
+
+def _grader(req: CreateJobRequest) -> dict:
+    """method.reinforcement.grader, validated and normalised. As in OpenAI's API, a label_model
+    grader (a label, not a reward) is allowed only inside a multi grader. Errors name the field,
+    e.g. method.reinforcement.grader.graders.a.operation."""
+    from modelmill.service import graders
+
+    section = req.method.reinforcement if req.method else None
+    if section is None:
+        raise errors.InvalidRequestError("method.reinforcement.grader is required for reinforcement fine-tuning",
+                                         param="method.reinforcement.grader", code="missing_required_parameter")
+    try:
+        return graders.validate_top_level(section.grader)
+    except errors.InvalidRequestError as e:
+        e.param = "method.reinforcement." + (e.param or "grader")
+        raise
 
 
 def _check_hyperparameters(method_type: str, requested: dict, where: str) -> None:

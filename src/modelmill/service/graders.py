@@ -32,7 +32,7 @@ def build_context(settings: Settings, store: Store, get_sampler: Callable[[], An
 
 def validate(grader: dict) -> dict:
     """ValidateGraderResponse: the grader, normalised. InvalidRequestError names the bad field."""
-    return ValidateGraderResponse(grader=_validated(grader)).model_dump()
+    return ValidateGraderResponse(grader=validate_top_level(grader)).model_dump()
 
 
 def run(context, grader: dict, model_sample: str, item: dict | None) -> dict:
@@ -40,11 +40,13 @@ def run(context, grader: dict, model_sample: str, item: dict | None) -> dict:
     (OpenAI does the same); only a malformed grader is an error response."""
     from modelmill.ml.graders import grade
 
-    result = grade(_validated(grader), model_sample, item or {}, context=context)
+    result = grade(validate_top_level(grader), model_sample, item or {}, context=context)
     return RunGraderResponse.model_validate(result.to_run_grader_response()).model_dump()
 
 
-def _validated(grader: dict) -> dict:
+def validate_top_level(grader: dict) -> dict:
+    """A grader that may stand at the top of graders/run or an RFT job, normalised; the
+    InvalidRequestError's param is the field path under "grader"."""
     from modelmill.ml.graders import validate_grader
 
     if grader.get("type") == "label_model":

@@ -26,6 +26,7 @@ class Method:
     resolve: str  # (requested: dict, n_train_examples: int) -> dict of resolved values
     config: str  # frozen dataclass: SFTConfig fields (+ the method's own, e.g. beta)
     train: str  # (config, reporter) -> TrainResult
+    needs_grader: bool = False  # the request carries method.<name>.grader; the config gets grader + grader_context
 
     def module(self):
         return importlib.import_module(f"modelmill.ml.{self.ml_module}")
@@ -35,7 +36,7 @@ class Method:
 
     def build_config(self, hp: dict, **common: Any):
         """The method's config from resolved hyperparameters plus the SFTConfig fields in `common`."""
-        extra = {k: float(hp[k]) for k in self.hyperparameter_keys if k not in SFT_KEYS}
+        extra = {k: hp[k] for k in self.hyperparameter_keys if k not in SFT_KEYS}  # already typed by resolve
         return getattr(self.module(), self.config)(
             n_epochs=int(hp["n_epochs"]), batch_size=int(hp["batch_size"]),
             learning_rate_multiplier=float(hp["learning_rate_multiplier"]), **extra, **common)
@@ -50,6 +51,9 @@ METHODS: dict[str, Method] = {
                          "resolve_sft_hyperparameters", "SFTConfig", "train_sft"),
     "dpo": Method("dpo", "preference", (*SFT_KEYS, "beta"), "dpo",
                   "resolve_dpo_hyperparameters", "DPOConfig", "train_dpo"),
+    "reinforcement": Method("reinforcement", "reinforcement",
+                            (*SFT_KEYS, "reasoning_effort", "compute_multiplier", "eval_interval", "eval_samples"),
+                            "rft", "resolve_rft_hyperparameters", "RFTConfig", "train_rft", needs_grader=True),
 }
 
 

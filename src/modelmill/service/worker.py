@@ -25,7 +25,7 @@ from pathlib import Path
 
 from modelmill import errors
 from modelmill.settings import Settings
-from modelmill.service import methods
+from modelmill.service import job_evals, methods
 from modelmill.service.job_reporter import StoreReporter
 from modelmill.service.queue import JobQueue, Lease
 from modelmill.service.store import JobRecord, Store, open_store
@@ -60,6 +60,7 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_event = stop_event or threading.Event()
         self.clock = clock
+        self._sampler = None  # for model graders (score_model / label_model judges) of RFT jobs
 
     def run(self) -> None:
         """Process jobs until stop_event is set."""
@@ -76,8 +77,10 @@ class Worker:
     def run_once(self) -> str | None:
         """Claim and process one job; return its id, or None if nothing was runnable."""
         lease = self.queue.claim(self.id)
-        if lease is None:
-            return None
+        if lease is None:  # no training job: an eval run, if any (service/evals/runner.py)
+            from modelmill.service.evals.runner import run_next_eval
+
+            return run_next_eval(self.settings, self.store, self.id, self.stop_event)
         log.info("worker %s claimed %s (attempt %d)", self.id, lease.job_id, lease.attempt)
         reporter = StoreReporter(self.queue, lease, self.store.jobs.get(lease.job_id).ft_name, self.stop_event,
                                  clock=self.clock)
@@ -147,10 +150,26 @@ class Worker:
         self.queue.add_event(lease, "info", f"Preparing base model {job.base_model}")
         base_dir = models.ensure_base(self.settings.home, job.base_model,
                                       progress=lambda msg: reporter.on_event("info", msg))
+        extra = {"grader": job.grader, "grader_context": self._grader_context()} if method.needs_grader else {}
         return method.build_config(
             hp, base_dir=base_dir, train_path=train_path, valid_path=valid_path,
             output_dir=self.settings.jobs_dir / job.id, seed=job.seed,
-            init_adapter=Path(job.init_adapter) if job.init_adapter else None)
+            init_adapter=Path(job.init_adapter) if job.init_adapter else None, **extra)
+
+    def _grader_context(self):
+        """How RFT graders run in this worker: the service judge (ModelMill's own models through the
+        worker's own Sampler, created on a judge's first call, or MODELMILL_JUDGES endpoints), the
+        engine's default sandbox and embedder."""
+        from modelmill.service import graders
+
+        def get_sampler():
+            if self._sampler is None:
+                from modelmill.ml.sampling import Sampler
+
+                self._sampler = Sampler()
+            return self._sampler
+
+        return graders.build_context(self.settings, self.store, get_sampler)
 
     @staticmethod
     def _method(job: JobRecord) -> methods.Method:
@@ -182,9 +201,12 @@ class Worker:
             fields["started_at"] = self.clock()
         self.queue.update(lease, **fields)
         self.queue.add_event(lease, "info", "Fine-tuning job started")
+        if job.started_at is None:  # first attempt: evaluate the starting model (service/job_evals.py)
+            job_evals.before_training(self, lease, job, reporter)
         result = self._method(job).run(config, reporter)
         self.queue.forget_pruned_checkpoints(lease)
         if result.status == "succeeded":
+            job_evals.after_training(self, lease, job, reporter)  # before/after report, if asked for
             result_file = self._results_file(job)
             self.queue.add_event(lease, "info", f"New fine-tuned model created: {job.ft_name}")
             self.queue.finish(lease, "succeeded", fine_tuned_model=job.ft_name, adapter_dir=str(result.adapter_dir),

@@ -53,4 +53,9 @@ def app_sampler(app):
 
 
 def require_api_key(request: Request) -> None:
-    auth.authenticate(request.app.state.settings, request.app.state.store, request.headers.get("authorization"))
+    """A bearer key, or else the dashboard's session cookie holding one (same constant-time check)."""
+    authorization = request.headers.get("authorization")
+    cookie = request.cookies.get(auth.SESSION_COOKIE)
+    if auth.bearer_token(authorization) is None and cookie:
+        authorization = f"Bearer {cookie}"
+    auth.authenticate(request.app.state.settings, request.app.state.store, authorization)

@@ -34,11 +34,27 @@ class DPOMethod(OpenAIRequest):
     hyperparameters: DPOHyperparameters | None = None
 
 
+class ReinforcementHyperparameters(Hyperparameters):
+    """OpenAI's FineTuneReinforcementHyperparameters: the supervised ones plus the RFT knobs
+    (ml/rft.py resolve_rft_hyperparameters says what each one does here)."""
+
+    reasoning_effort: Literal["default", "low", "medium", "high"] = "default"
+    compute_multiplier: Union[Auto, Annotated[float, Field(gt=1e-5, le=10)]] = "auto"
+    eval_interval: Union[Auto, Annotated[int, Field(ge=1, strict=True)]] = "auto"
+    eval_samples: Union[Auto, Annotated[int, Field(ge=1, strict=True)]] = "auto"
+
+
+class ReinforcementMethod(OpenAIRequest):
+    # Checked by ml.graders.validate_grader in fine_tuning.create_job, so its errors name the exact field.
+    grader: dict[str, Any]
+    hyperparameters: ReinforcementHyperparameters | None = None
+
+
 class Method(OpenAIRequest):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DPOMethod | None = None
-    reinforcement: dict[str, Any] | None = None
+    reinforcement: ReinforcementMethod | None = None
 
 
 class CreateJobRequest(OpenAIRequest):
@@ -110,7 +126,8 @@ class JobObject(WireModel):
             status=job.status, trained_tokens=job.trained_tokens, training_file=job.training_file,
             validation_file=job.validation_file, integrations=job.integrations, seed=job.seed,
             estimated_finish=unix(job.estimated_finish) if job.status == "running" else None,
-            method={"type": job.method_type, job.method_type: {"hyperparameters": hp}},
+            method={"type": job.method_type, job.method_type: {"hyperparameters": hp,
+                                                               **({"grader": job.grader} if job.grader else {})}},
             metadata=job.metadata)
 
 

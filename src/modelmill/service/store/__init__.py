@@ -1,7 +1,7 @@
 """The store: one SQLite database (WAL) plus uploaded blobs, under settings.home.
 
     store = open_store(settings)        # creates dirs, applies migrations
-    store.files / store.jobs / store.events / store.checkpoints / store.keys
+    store.files / store.jobs / store.events / store.checkpoints / store.keys / store.evals
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from modelmill.settings import Settings
 from modelmill.service.store.db import Database
+from modelmill.service.store.evals import EvalRepo
 from modelmill.service.store.events import CheckpointRepo, EventRepo
 from modelmill.service.store.files import FileRepo
 from modelmill.service.store.jobs import JobRepo, NewJob
@@ -28,6 +29,7 @@ class Store:
         self.events = EventRepo(self.db)
         self.checkpoints = CheckpointRepo(self.db)
         self.keys = KeyRepo(self.db)
+        self.evals = EvalRepo(self.db, clock)  # evals, their runs and output items
 
     def close(self) -> None:
         self.db.close()

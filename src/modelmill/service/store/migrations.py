@@ -105,4 +105,61 @@ MIGRATIONS: list[tuple[str, str]] = [
         -- the reinforcement method's grader (JSON object, validated at create time), NULL for other methods
         ALTER TABLE jobs ADD COLUMN grader TEXT;
     """),
+    ("0008_evals", """
+        CREATE TABLE evals (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            metadata TEXT,                    -- JSON object or NULL
+            data_source_config TEXT NOT NULL, -- JSON: {type: custom, item_schema, include_sample_schema}
+            testing_criteria TEXT NOT NULL    -- JSON list of validated graders (names unique)
+        );
+        CREATE TABLE eval_runs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            eval_id TEXT NOT NULL REFERENCES evals (id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            metadata TEXT,
+            model TEXT,                       -- the sampled model (completions), NULL for jsonl
+            data_source TEXT NOT NULL,        -- JSON, as requested (inline content kept)
+            status TEXT NOT NULL,             -- queued | in_progress | completed | failed | canceled
+            requested_action TEXT,            -- NULL | 'cancel': asked of the lease holder
+            error TEXT,                       -- JSON {code, message} or NULL
+            total_items INTEGER,              -- items in the data source, once the worker has read it
+            result_counts TEXT NOT NULL,      -- JSON {total, errored, failed, passed}
+            per_testing_criteria_results TEXT NOT NULL,  -- JSON [{testing_criteria, passed, failed}]
+            per_model_usage TEXT NOT NULL,    -- JSON [{model_name, invocation_count, ...tokens}]
+            job_id TEXT,                      -- the fine-tuning job whose before/after report made it
+            job_label TEXT,                   -- base | final | step N (job runs only)
+            started_at REAL,
+            finished_at REAL,
+            updated_at REAL NOT NULL,
+            -- the lease, as on jobs: owner, fencing token, expiry
+            lease_owner TEXT,
+            lease_token INTEGER NOT NULL DEFAULT 0,
+            lease_expires_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            reclaims INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX eval_runs_eval ON eval_runs (eval_id, seq);
+        CREATE INDEX eval_runs_claim ON eval_runs (status, seq);
+        CREATE INDEX eval_runs_job ON eval_runs (job_id);
+        CREATE TABLE eval_output_items (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            run_id TEXT NOT NULL REFERENCES eval_runs (id) ON DELETE CASCADE,
+            eval_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            datasource_item_id INTEGER NOT NULL,  -- 0-based index of the item in the data source
+            status TEXT NOT NULL,                 -- pass | fail | error
+            datasource_item TEXT NOT NULL,        -- JSON object
+            results TEXT NOT NULL,                -- JSON list of EvalRunOutputItemResult
+            sample TEXT NOT NULL,                 -- JSON: the sample object of EvalRunOutputItem
+            UNIQUE (run_id, datasource_item_id)
+        );
+        CREATE INDEX eval_output_items_run ON eval_output_items (run_id, seq);
+    """),
 ]

@@ -1,0 +1,209 @@
+"""What a run reads: its data-source items, checked against the eval's item schema, and the
+prompt each item becomes (input_messages).
+
+A data-source row is (item, sample | None). Inline content is OpenAI's
+`[{"item": {...}, "sample"?: {...}}]`. A JSONL file holds one such object per line; a line
+that is not of that shape (keys other than item / sample) is taken as the item itself, which
+is how many eval files in the wild are written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from modelmill import errors
+from modelmill.service.store import Store
+
+Row = tuple[dict, "dict | None"]  # (item, sample)
+ROLES = ("user", "assistant", "system", "developer")
+TEXT_PARTS = ("input_text", "output_text", "text")
+# Problems quoted in one error message about a data source.
+MAX_PROBLEMS = 3
+
+
+class DataSourceError(errors.InvalidRequestError):
+    """A data source that cannot be used; `param` is the request field it came from."""
+
+    code = "invalid_data_source"
+
+
+def load_rows(store: Store, source: dict, param: str) -> list[Row]:
+    """The rows of a jsonl source ({type: file_content, content} or {type: file_id, id})."""
+    kind = source.get("type")
+    if kind == "file_content":
+        content = source.get("content")
+        if not isinstance(content, list):
+            raise DataSourceError(f"{param}.content must be a list of {{item, sample?}} objects",
+                                  param=f"{param}.content")
+        return [_row(entry, f"{param}.content[{i}]", wrapped_only=True) for i, entry in enumerate(content)]
+    if kind == "file_id":
+        file_id = source.get("id")
+        if not isinstance(file_id, str) or not file_id:
+            raise DataSourceError(f"{param}.id must be a file id", param=f"{param}.id")
+        try:
+            store.files.get(file_id)
+        except errors.NotFoundError:
+            raise DataSourceError(f"{param}.id: file {file_id} does not exist", param=f"{param}.id",
+                                  code="file_not_found") from None
+        return read_jsonl(store.files.blob_path(file_id), f"{param}.id", file_id)
+    raise DataSourceError(f"{param}.type must be 'file_content' or 'file_id'; got {kind!r}", param=f"{param}.type",
+                          code="unsupported_value")
+
+
+def read_jsonl(path: Path, param: str, name: str) -> list[Row]:
+    rows, problems = [], []
+    try:
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    rows.append(_row(json.loads(raw), f"line {n}", wrapped_only=False))
+                except (ValueError, UnicodeDecodeError) as e:
+                    message = e.message if isinstance(e, DataSourceError) else f"line {n}: not valid JSON"
+                    problems.append(message)
+                    if len(problems) >= MAX_PROBLEMS:
+                        break
+    except FileNotFoundError:
+        raise DataSourceError(f"{param}: file {name} no longer exists", param=param, code="file_not_found") from None
+    if problems:
+        raise DataSourceError(f"{param}: file {name} is invalid: " + "; ".join(problems), param=param)
+    return rows
+
+
+def _row(entry, where: str, *, wrapped_only: bool) -> Row:
+    if not isinstance(entry, dict):
+        raise DataSourceError(f"{where} must be a JSON object", param=where)
+    wrapped = "item" in entry and set(entry) <= {"item", "sample"}
+    if not wrapped:
+        if wrapped_only:
+            raise DataSourceError(f"{where} must be an object with 'item' (and optionally 'sample')",
+                                  param=f"{where}.item")
+        return entry, None
+    if not isinstance(entry["item"], dict):
+        raise DataSourceError(f"{where}.item must be an object", param=f"{where}.item")
+    sample = entry.get("sample")
+    if sample is not None and not isinstance(sample, dict):
+        raise DataSourceError(f"{where}.sample must be an object", param=f"{where}.sample")
+    return entry["item"], sample
+
+
+def check_items(rows: list[Row], item_schema: dict, where) -> None:
+    """Every item must match the eval's item_schema. `where(i)` names row i for the message and
+    param (e.g. "data_source.source.content[3].item" or "line 4")."""
+    import jsonschema
+
+    validator = jsonschema.validators.validator_for(item_schema)(item_schema)
+    for i, (item, _) in enumerate(rows):
+        err = jsonschema.exceptions.best_match(validator.iter_errors(item))
+        if err is not None:
+            at = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+            param, label = where(i)
+            raise DataSourceError(f"{label}{at} does not match the eval's item_schema: {err.message}", param=param,
+                                  code="invalid_item")
+
+
+# -- input_messages -------------------------------------------------------------------------------
+
+def check_input_messages(spec, param: str) -> None:
+    """The shape of a completions data source's input_messages (no data needed)."""
+    from modelmill.ml.graders import templating
+
+    if not isinstance(spec, dict):
+        raise DataSourceError(f"{param} is required: a template or an item_reference", param=param)
+    kind = spec.get("type")
+    if kind == "item_reference":
+        ref = spec.get("item_reference")
+        try:
+            if not isinstance(ref, str) or templating.parse_path(ref.strip("{} "))[0] != "item":
+                raise templating.InvalidVariable(str(ref), "must name a variable in the item namespace")
+        except templating.InvalidVariable as e:
+            raise DataSourceError(f"{param}.item_reference: {e}; e.g. 'item.messages'",
+                                  param=f"{param}.item_reference") from None
+    elif kind == "template":
+        template = spec.get("template")
+        if not isinstance(template, list) or not template:
+            raise DataSourceError(f"{param}.template must be a non-empty list of messages", param=f"{param}.template")
+        for j, message in enumerate(template):
+            _check_message(message, f"{param}.template[{j}]")
+    else:
+        raise DataSourceError(f"{param}.type must be 'template' or 'item_reference'; got {kind!r}",
+                              param=f"{param}.type")
+
+
+def _check_message(message, param: str) -> None:
+    from modelmill.ml.graders import templating
+
+    if not isinstance(message, dict) or message.get("role") not in ROLES:
+        raise DataSourceError(f"{param}.role must be one of {', '.join(ROLES)}", param=f"{param}.role")
+    for k, text in _texts(message.get("content"), f"{param}.content"):
+        try:
+            templating.check_template(text)
+            if any(templating.parse_path(v)[0] != "item" for v in templating.variables(text)):
+                raise templating.InvalidVariable(text, "input messages can only use the item namespace")
+        except templating.InvalidVariable as e:
+            raise DataSourceError(f"{k}: {e}", param=k) from None
+
+
+def _texts(content, param: str) -> list[tuple[str, str]]:
+    """(param, text) for each text in a message content (a string, a part or a list of parts)."""
+    if isinstance(content, str):
+        return [(param, content)]
+    parts = [content] if isinstance(content, dict) else content
+    if not isinstance(parts, list):
+        raise DataSourceError(f"{param} must be a string or a list of content parts", param=param)
+    out = []
+    for i, part in enumerate(parts):
+        where = f"{param}[{i}]" if isinstance(content, list) else param
+        if isinstance(part, str):
+            out.append((where, part))
+        elif isinstance(part, dict) and part.get("type") in TEXT_PARTS and isinstance(part.get("text"), str):
+            out.append((f"{where}.text", part["text"]))
+        elif not (isinstance(part, dict) and part.get("type") in ("input_image", "input_audio")):
+            raise DataSourceError(f"{where} must be a text part (input_text)", param=where)
+    return out
+
+
+def normalize_input_messages(spec: dict) -> dict:
+    """A template's messages in the EvalItem form OpenAI echoes back: {"type": "message", "role",
+    "content": {"type": "input_text" | "output_text", "text"}} for a string content (a bare string
+    fits both of the spec's message shapes, so an echoed run would match neither exactly)."""
+    if spec.get("type") != "template":
+        return spec
+    out = []
+    for m in spec["template"]:
+        content = m.get("content")
+        if isinstance(content, str):
+            part = "output_text" if m.get("role") == "assistant" else "input_text"
+            content = {"type": part, "text": content}
+        out.append({**m, "type": "message", "content": content})
+    return {**spec, "template": out}
+
+
+def render_input(spec: dict, item: dict) -> list[dict]:
+    """The chat messages sent to the model for `item`: the template rendered with {{item.*}}
+    (content parts flattened to text: local models read text), or the referenced item field
+    (a list of messages, or a string taken as one user message). Raises InvalidVariable or
+    DataSourceError when this item does not fit."""
+    from modelmill.ml.graders import templating
+
+    if spec["type"] == "item_reference":
+        value = templating.lookup(spec["item_reference"].strip("{} "), {}, item)
+        if isinstance(value, str):
+            return [{"role": "user", "content": value}]
+        if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m for m in value):
+            raise DataSourceError(f"{spec['item_reference']} must be a list of messages with role and content")
+        return [_plain(m) for m in value]
+    return [{"role": m["role"], "content": "".join(templating.render(t, {}, item)
+                                                   for _, t in _texts(m.get("content"), "content"))}
+            for m in spec["template"]]
+
+
+def _plain(message: dict) -> dict:
+    """A message for ml.sampling: text content; tool calls and tool results kept as they are."""
+    out = {k: v for k, v in message.items() if k in ("role", "content", "tool_calls", "tool_call_id", "name")}
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        out["content"] = "".join(t for _, t in _texts(content, "content"))
+    return out
