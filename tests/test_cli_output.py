@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -157,6 +158,119 @@ def test_eta_prefers_the_servers_estimate_while_running():
     assert watch.eta_text(Job(), None, 10, 10) == "0s"
     Job.status = "cancelled"
     assert watch.eta_text(Job(), (time.monotonic() - 10, 1), 3, 10) == "-"
+
+
+# -- evals -------------------------------------------------------------------------------
+
+EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.label}}",
+         "operation": "eq"}
+NONEMPTY = {"type": "string_check", "name": "nonempty", "input": "{{sample.output_text}}", "reference": "",
+            "operation": "ne"}
+
+
+def make_eval(sdk, name: str = "labels"):
+    return sdk.evals.create(name=name, data_source_config={"type": "custom", "item_schema": {"type": "object"},
+                                                           "include_sample_schema": True},
+                            testing_criteria=[EXACT, NONEMPTY])
+
+
+def labelled(n: int) -> list[dict]:
+    """n items whose sample is right for even i (exact passes) and never empty (nonempty passes)."""
+    return [{"item": {"label": str(i)}, "sample": {"output_text": str(i) if i % 2 == 0 else "no"}} for i in range(n)]
+
+
+def execute_next_run(tmp_path, store) -> str:
+    from modelmill.service.evals.runner import run_next_eval
+
+    return run_next_eval(Settings(home=tmp_path), store, "test-worker", threading.Event())
+
+
+def test_evals_list_runs_and_get(sdk, store, tmp_path, capsys):
+    ev = make_eval(sdk)
+    other = make_eval(sdk, name="other")
+    run = sdk.evals.runs.create(ev.id, name="given-samples",
+                                data_source={"type": "jsonl", "source": {"type": "file_content",
+                                                                         "content": labelled(4)}})
+    assert execute_next_run(tmp_path, store) == run.id
+
+    assert cli.main(["evals", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [e["id"] for e in listed] == [other.id, ev.id] and listed[1]["object"] == "eval"
+    assert cli.main(["evals", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"{ev.id}  labels" in out and "exact,nonempty" in out
+
+    assert cli.main(["evals", "runs", ev.id, "--json"]) == 0
+    (got,) = json.loads(capsys.readouterr().out)
+    assert got["id"] == run.id and got["status"] == "completed" and got["result_counts"]["passed"] == 2
+    assert cli.main(["evals", "runs", ev.id]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{run.id}  completed") and "2/4 passed  given-samples" in line
+
+    assert cli.main(["evals", "get", ev.id, run.id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["per_testing_criteria_results"] == [
+        {"testing_criteria": "exact", "passed": 2, "failed": 2}, {"testing_criteria": "nonempty", "passed": 4, "failed": 0}]
+    assert cli.main(["evals", "get", ev.id, run.id]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"eval run {run.id} (given-samples): completed")
+    assert "items:    4 (passed 2, failed 2, errored 0)" in text
+    assert "exact: 50.0% passed (2/4)" in text and "nonempty: 100.0% passed (4/4)" in text
+    assert f"report:   http://testserver/evals/{ev.id}/runs/{run.id}" in text
+
+
+def test_evals_watch_follows_a_run_to_its_summary(sdk, store, tmp_path, monkeypatch):
+    from modelmill.service.evals import runner
+
+    monkeypatch.setattr(runner, "EVAL_BATCH", 2)  # progress in steps of 2 items
+    ev = make_eval(sdk)
+    lines = "".join(json.dumps(row) + "\n" for row in labelled(6))
+    f = sdk.files.create(file=("items.jsonl", lines.encode()), purpose="evals")
+    run = sdk.evals.runs.create(ev.id, data_source={"type": "jsonl", "source": {"type": "file_id", "id": f.id}})
+    assert watch.eval_run_total(sdk, run) == 6  # counted from the file
+
+    worker = threading.Timer(0.2, execute_next_run, (tmp_path, store))
+    worker.start()
+    out = io.StringIO()  # not a terminal: a plain line per change
+    try:
+        done = watch.watch_eval_run(sdk, ev.id, run.id, poll=0.02, out=out)
+    finally:
+        worker.join()
+    text = out.getvalue()
+    assert done.status == "completed"
+    first = text.splitlines()[0]  # "queued 0/6 items ..." unless the machine is slow
+    assert first.split()[1].endswith("/6") and first.split()[2] == "items"
+    assert "completed 6/6 items passed=3 failed=3 errored=0" in text
+    summary = text[text.index(f"eval run {run.id}"):]
+    assert "exact: 50.0% passed (3/6)" in summary and "nonempty: 100.0% passed (6/6)" in summary
+    assert f"report:   http://testserver/evals/{ev.id}/runs/{run.id}" in summary
+
+    tty = TTY()  # a terminal: a bar of items graded out of the total
+    watch.watch_eval_run(sdk, ev.id, run.id, poll=0.01, out=tty)
+    assert "6/6" in tty.getvalue() and "passed=3" in tty.getvalue() and "100%" in tty.getvalue()
+    assert cli.main(["evals", "watch", ev.id, run.id]) == 0
+
+
+def test_evals_run_command_starts_a_jsonl_run(sdk, store, tmp_path, capsys):
+    ev = make_eval(sdk)
+    lines = "".join(json.dumps(row) + "\n" for row in labelled(2))
+    f = sdk.files.create(file=("items.jsonl", lines.encode()), purpose="evals")
+    assert cli.main(["evals", "run", ev.id, "--file", f.id, "--name", "cli"]) == 0
+    run_id = capsys.readouterr().out.split()[0].rstrip(":")
+    run = sdk.evals.runs.retrieve(run_id, eval_id=ev.id)
+    assert (run.name, run.status, run.data_source.type) == ("cli", "queued", "jsonl")
+    assert execute_next_run(tmp_path, store) == run_id
+    assert cli.main(["evals", "watch", ev.id, run_id]) == 0  # already done: straight to the summary
+    assert "exact: 50.0% passed (1/2)" in capsys.readouterr().err
+
+    # --model: a completions run sampling that model on each item's messages (left queued here).
+    prompts = "".join(json.dumps({"messages": [{"role": "user", "content": f"say {i}"}], "label": str(i)}) + "\n"
+                      for i in range(2))
+    f = sdk.files.create(file=("prompts.jsonl", prompts.encode()), purpose="evals")
+    assert cli.main(["evals", "run", ev.id, "--file", f.id, "--model", "modelmill-tiny"]) == 0
+    run_id = capsys.readouterr().out.split()[0].rstrip(":")
+    source = sdk.evals.runs.retrieve(run_id, eval_id=ev.id).data_source.to_dict()
+    assert source["type"] == "completions" and source["model"] == "modelmill-tiny"
+    assert source["input_messages"] == {"type": "item_reference", "item_reference": "item.messages"}
 
 
 # -- progress ----------------------------------------------------------------------------

@@ -19,29 +19,36 @@ import random
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-N_TRAIN, N_VALID = 200, 40
+N_TRAIN, N_VALID = 120, 40
 SEED = 1234
-# Easier than reasoning-gym's default (2-6 terms of up to 4 digits), where a 135M model scores ~0:
-# 2-3 terms of 1-2 digits leaves room both ways (see the README for the measured base reward).
-CONFIG = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}
+PER_ANSWER = 3  # validation lines per answer
+# The easiest setting of basic_arithmetic (reasoning-gym's default is 2-6 terms of up to 4 digits):
+# SmolLM2-135M-Instruct scores ~0.005 even here (see README.md), so anything harder leaves GRPO no signal.
+CONFIG = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
 
 
 def build(n_train: int = N_TRAIN, n_valid: int = N_VALID, seed: int = SEED) -> tuple[list[dict], list[dict]]:
     import reasoning_gym
 
-    pool = list(reasoning_gym.create_dataset("basic_arithmetic", size=6 * (n_train + n_valid), seed=seed, **CONFIG))
+    pool, seen = [], set()
+    for entry in reasoning_gym.create_dataset("basic_arithmetic", size=10 * (n_train + n_valid), seed=seed, **CONFIG):
+        if entry["question"] not in seen:  # the easiest setting repeats questions
+            seen.add(entry["question"])
+            pool.append(entry)
     answers = sorted({entry["answer"] for entry in pool})
     random.Random(seed).shuffle(answers)
-    # Put whole answers into validation until it has enough lines; everything else may train.
-    valid_answers, n = set(), 0
-    counts = {a: sum(e["answer"] == a for e in pool) for a in answers}
+    # Validation takes whole answers (at most PER_ANSWER lines of each, for variety) until it has
+    # n_valid lines; training takes only lines whose answer validation never uses.
+    valid, valid_answers = [], set()
     for a in answers:
-        if n >= n_valid:
+        if len(valid) >= n_valid:
             break
         valid_answers.add(a)
-        n += counts[a]
-    valid = [e for e in pool if e["answer"] in valid_answers][:n_valid]
-    train = [e for e in pool if e["answer"] not in valid_answers][:n_train]
+        valid += [e for e in pool if e["answer"] == a][:PER_ANSWER]
+    valid = valid[:n_valid]
+    train = [e for e in pool if e["answer"] not in valid_answers]
+    random.Random(seed + 1).shuffle(train)
+    train = train[:n_train]
     return [line(e) for e in train], [line(e) for e in valid]
 
 

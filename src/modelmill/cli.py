@@ -1,5 +1,5 @@
 """The `modelmill` command: a thin shell over the service (serve, worker, keys) and the
-public API (files, jobs), plus the local model registry (models)."""
+public API (files, jobs, evals), plus the local model registry (models)."""
 
 from __future__ import annotations
 
@@ -193,6 +193,62 @@ def _job_action(action: str):
     return run
 
 
+# --- evals (over the API, with the official SDK) ----------------------------------------
+
+def cmd_evals_list(args) -> int:
+    evals = _client(args).evals.list(limit=args.limit, order="desc").data
+    if args.json:
+        return _print_json([e.to_dict() for e in evals])
+    for e in evals:
+        criteria = ",".join(c.name for c in e.testing_criteria)
+        print(f"{e.id}  {e.name:<32} {criteria}")
+    return 0
+
+
+def cmd_evals_runs(args) -> int:
+    runs = _client(args).evals.runs.list(args.eval_id, limit=args.limit, order="desc").data
+    if args.json:
+        return _print_json([r.to_dict() for r in runs])
+    for r in runs:
+        counts = r.result_counts
+        print(f"{r.id}  {r.status:<12} {r.model or '-':<28} {counts.passed}/{counts.total} passed  {r.name}")
+    return 0
+
+
+def cmd_evals_get(args) -> int:
+    run = _client(args).evals.runs.retrieve(args.run_id, eval_id=args.eval_id)
+    if args.json:
+        return _print_json(run.to_dict())
+    from modelmill.watch import eval_summary
+
+    print(eval_summary(run))
+    return 0
+
+
+def cmd_evals_watch(args) -> int:
+    from modelmill.watch import watch_eval_run
+
+    run = watch_eval_run(_client(args), args.eval_id, args.run_id)
+    return 0 if run.status == "completed" else 1
+
+
+def cmd_evals_run(args) -> int:
+    """A run over an uploaded JSONL file: its items (and samples) as they are, or with --model,
+    that model sampled on each item's messages (`--input-messages`, an item reference)."""
+    source = {"type": "file_id", "id": args.file}
+    if args.model:
+        data_source = {"type": "completions", "model": args.model, "source": source,
+                       "input_messages": {"type": "item_reference", "item_reference": args.input_messages}}
+    else:
+        data_source = {"type": "jsonl", "source": source}
+    kwargs = {"data_source": data_source, **({"name": args.name} if args.name else {})}
+    run = _client(args).evals.runs.create(args.eval_id, **kwargs)
+    print(f"{run.id}: {run.status}  {run.report_url}")
+    if args.watch:
+        return cmd_evals_watch(argparse.Namespace(**{**vars(args), "run_id": run.id}))
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,6 +352,38 @@ def build_parser() -> argparse.ArgumentParser:
         sp = remote(jobs.add_parser(action, help=f"{action} a job"))
         sp.add_argument("job", help="job id")
         sp.set_defaults(func=_job_action(action))
+
+    evals = sub.add_parser("evals", help="evals and their runs").add_subparsers(dest="evals_cmd", required=True,
+                                                                             metavar="ACTION")
+    sp = remote(evals.add_parser("list", help="list evals, newest first"))
+    sp.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    sp.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    sp.set_defaults(func=cmd_evals_list)
+    sp = remote(evals.add_parser("runs", help="list an eval's runs, newest first"))
+    sp.add_argument("eval_id", help="eval id")
+    sp.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    sp.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    sp.set_defaults(func=cmd_evals_runs)
+    sp = remote(evals.add_parser("get", help="show one run: counts, pass rate per criterion, report URL"))
+    sp.add_argument("eval_id", help="eval id")
+    sp.add_argument("run_id", help="run id")
+    sp.add_argument("--json", action="store_true", help="print the run object as JSON (for scripts)")
+    sp.set_defaults(func=cmd_evals_get)
+    sp = remote(evals.add_parser("watch", help="live progress bar of items graded, then a summary"))
+    sp.add_argument("eval_id", help="eval id")
+    sp.add_argument("run_id", help="run id")
+    sp.set_defaults(func=cmd_evals_watch)
+    sp = remote(evals.add_parser("run", help="start a run over an uploaded JSONL file",
+                                 description="Start an eval run over an uploaded JSONL file: its items and samples "
+                                             "as they are, or, with --model, that model sampled on each item."))
+    sp.add_argument("eval_id", help="eval id")
+    sp.add_argument("--file", required=True, help="file id of the uploaded JSONL file (e.g. purpose evals)")
+    sp.add_argument("--model", help="sample this model (base, ft: or checkpoint) instead of the file's samples")
+    sp.add_argument("--input-messages", default="item.messages",
+                    help="with --model: the item field holding the messages (default item.messages)")
+    sp.add_argument("--name", help="the run's name")
+    sp.add_argument("--watch", action="store_true", help="watch the run after creating it")
+    sp.set_defaults(func=cmd_evals_run)
     return p
 
 

@@ -4,6 +4,9 @@ On a terminal: one tqdm bar (step/total, the current loss or reward, an ETA) wit
 messages printed above it. In a log file or pipe: one plain line per new step instead. Either
 way the watch ends with a summary: status, steps, tokens, wall time, the last metrics and the
 best checkpoint.
+
+`modelmill evals watch` works the same way for an eval run: a bar of items graded out of the
+total (or plain lines), then the pass rate of each testing criterion and the report page.
 """
 
 from __future__ import annotations
@@ -154,3 +157,86 @@ def _as_dict(obj) -> dict:
     if hasattr(obj, "to_dict"):
         return obj.to_dict()
     return dict(obj)
+
+
+# -- eval runs (`modelmill evals watch`) --------------------------------------------------
+
+EVAL_TERMINAL = {"completed", "failed", "canceled"}
+
+
+def eval_run_total(client, run) -> int | None:
+    """How many items the run will grade: its inline content's length, or the non-blank lines of
+    its JSONL file (read once through /v1/files); None when that cannot be told."""
+    source = (_as_dict(run.data_source) or {}).get("source") or {}
+    if source.get("type") == "file_content" and isinstance(source.get("content"), list):
+        return len(source["content"])
+    if source.get("type") == "file_id" and source.get("id"):
+        try:
+            return sum(1 for line in client.files.content(source["id"]).read().splitlines() if line.strip())
+        except Exception:  # noqa: BLE001 - a bar without a total rather than a failed watch
+            return None
+    return None
+
+
+def watch_eval_run(client, eval_id: str, run_id: str, poll: float = 1.0, out=None):
+    """Poll an eval run until it ends: a bar of items graded out of the total on a terminal, one
+    plain line per change otherwise; then the summary. Returns the final run. `out`: stderr."""
+    out = out or sys.stderr
+    live = hasattr(out, "isatty") and out.isatty()
+    run = client.evals.runs.retrieve(run_id, eval_id=eval_id)
+    total = eval_run_total(client, run)
+    bar = tqdm(total=total, desc=f"{run_id} {run.status}", unit="item", file=out, dynamic_ncols=True,
+               disable=not live, bar_format=BAR_FORMAT if total else "{desc} {n_fmt} items [{elapsed}{postfix}]")
+    last = None
+    try:
+        while True:
+            counts = _as_dict(run.result_counts)
+            graded = int(counts.get("total") or 0)
+            bar.n = graded
+            bar.set_postfix({k: counts.get(k, 0) for k in ("passed", "failed", "errored")}, refresh=False)
+            bar.set_description(f"{run_id} {run.status}")
+            bar.refresh()
+            state = (run.status, graded)
+            if not live and state != last:
+                print(f"{run.status} {graded}/{total if total is not None else '?'} items "
+                      f"passed={counts.get('passed', 0)} failed={counts.get('failed', 0)} "
+                      f"errored={counts.get('errored', 0)}", file=out, flush=True)
+            last = state
+            if run.status in EVAL_TERMINAL:
+                break
+            time.sleep(poll)
+            run = client.evals.runs.retrieve(run_id, eval_id=eval_id)
+    finally:
+        bar.close()
+    print(eval_summary(run), file=out)
+    return run
+
+
+def criteria_rates(run) -> list[tuple[str, int, int]]:
+    """(criterion, passed, graded) per testing criterion of a run."""
+    out = []
+    for c in run.per_testing_criteria_results or []:
+        c = _as_dict(c)
+        passed, failed = int(c.get("passed") or 0), int(c.get("failed") or 0)
+        out.append((c.get("testing_criteria", "?"), passed, passed + failed))
+    return out
+
+
+def eval_summary(run) -> str:
+    """A few lines on an eval run: status, model, counts, the pass rate of each criterion, the
+    report page and any error."""
+    counts = _as_dict(run.result_counts)
+    lines = [f"eval run {run.id} ({run.name}): {run.status}", f"  eval:     {run.eval_id}"]
+    if run.model:
+        lines.append(f"  model:    {run.model}")
+    lines.append(f"  items:    {counts.get('total', 0)} (passed {counts.get('passed', 0)}, "
+                 f"failed {counts.get('failed', 0)}, errored {counts.get('errored', 0)})")
+    for name, passed, graded in criteria_rates(run):
+        rate = f"{100 * passed / graded:.1f}%" if graded else "-"
+        lines.append(f"  {name}: {rate} passed ({passed}/{graded})")
+    if run.report_url:
+        lines.append(f"  report:   {run.report_url}")
+    error = _as_dict(run.error)
+    if error.get("message"):
+        lines.append(f"  error:    {error.get('code')}: {error['message']}")
+    return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The dashboard in a real browser (headless chromium) against a live server with real
 modelmill-tiny jobs: every page loads, the charts hold the job's metrics, the buttons drive
-the job, the playground answers with two models, and login keeps the key in a cookie.
+the job, the playground answers with two models, the Evals page lists a run and links its
+report, and login keeps the key in a cookie.
 
 Set MODELMILL_DASHBOARD_SCREENSHOT=docs/dashboard-job.png to save the job page's screenshot.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -132,6 +134,36 @@ def test_playground_answers_with_two_models_side_by_side(page, finished_job):
         text = answer.text_content()  # the tiny random model may answer with whitespace only
         assert text and text != "…" and not text.startswith("Error"), (side, text)
         assert "tokens" in page.locator(f"#meta-{side}").inner_text()
+
+
+def test_evals_page_lists_a_run_and_its_report_link_works(page, client):
+    exact = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+             "reference": "{{item.label}}", "operation": "eq"}
+    ev = client.evals.create(name="browser labels", testing_criteria=[exact], data_source_config={
+        "type": "custom", "item_schema": {"type": "object"}, "include_sample_schema": True})
+    rows = [{"item": {"label": str(i)}, "sample": {"output_text": str(i) if i < 3 else "no"}} for i in range(4)]
+    f = client.files.create(file=("items.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode()),
+                            purpose="evals")
+    run = client.evals.runs.create(ev.id, name="given samples",
+                                   data_source={"type": "jsonl", "source": {"type": "file_id", "id": f.id}})
+    deadline = time.monotonic() + 120  # the server's worker runs it (after any training job)
+    while (run := client.evals.runs.retrieve(run.id, eval_id=ev.id)).status not in ("completed", "failed", "canceled"):
+        assert time.monotonic() < deadline, f"eval run still {run.status}"
+        time.sleep(0.2)
+    assert run.status == "completed", run.error
+
+    page.goto("/")
+    page.click("header nav >> text=Evals")  # the nav links the page
+    page.wait_for_url("**/evals")
+    row = page.locator(f'tr[data-run-id="{run.id}"]')
+    assert row.get_attribute("data-status") == "completed"
+    assert page.locator(f'#eval-{ev.id} h2').inner_text().startswith("browser labels")
+    assert row.locator("td.passed").inner_text().startswith("3/4")
+    assert row.locator('td.rate[data-criterion="exact"]').inner_text().startswith("75.0%")
+    row.locator("a.report").click()
+    page.wait_for_url(f"**/evals/{ev.id}/runs/{run.id}")
+    assert page.locator("h1").inner_text() == "browser labels"
+    assert "Failing items (1)" in page.locator("body").inner_text()
 
 
 def test_pause_resume_and_cancel_buttons_drive_a_running_job(page, client, server, files, finished_job):

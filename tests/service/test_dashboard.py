@@ -8,18 +8,16 @@ import re
 import time
 
 import pytest
-from fastapi import APIRouter
-from fastapi.testclient import TestClient
+from fastapi import APIRouter, FastAPI
 
-from modelmill.service.api.app import create_app
 from modelmill.service.auth import SESSION_COOKIE, create_key
-from modelmill.service.dashboard import file_report, jobs_view
+from modelmill.service.dashboard import evals_view, file_report, jobs_view, views
 from modelmill.service.store import NewJob
 from modelmill.service.store.records import CheckpointRecord, EventRecord
 from modelmill.service.store.records import to_json
 from tests.service.conftest import preference_jsonl, training_jsonl, upload
 
-PAGES = ("/", "/files", "/models", "/playground")
+PAGES = ("/", "/files", "/models", "/playground", "/evals")
 
 
 def add_job(store, job_id: str, method: str = "supervised", training_file: str = "file-x", **fields) -> str:
@@ -71,19 +69,70 @@ def test_unknown_job_page_is_a_404_page(client):
     assert r.status_code == 404 and "No such fine-tuning job" in r.text
 
 
-def test_nav_links_evals_only_when_the_route_exists(settings, store):
-    app = create_app(settings, store=store)
-    with TestClient(app) as c:
-        assert 'href="/evals' not in c.get("/").text
+def test_nav_links_evals_only_when_the_route_exists(client):
+    assert '<a href="/evals" class="">Evals</a>' in client.get("/").text
+    assert '<a href="/evals" class="on">Evals</a>' in client.get("/evals").text
+    bare = FastAPI()
+    assert views.evals_url(bare) is None  # an app without an evals page: no link
     evals = APIRouter()
 
     @evals.get("/evals/runs")
     def runs():
         return {}
 
-    app.include_router(evals)
-    with TestClient(app) as c:
-        assert 'href="/evals/runs"' in c.get("/").text
+    @evals.get("/evals/{eval_id}/runs/{run_id}")  # path parameters: not a page to link
+    def report(eval_id: str, run_id: str):
+        return {}
+
+    bare.include_router(evals)
+    assert views.evals_url(bare) == "/evals/runs"
+
+
+EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.label}}",
+         "operation": "eq"}
+NONEMPTY = {"type": "string_check", "name": "nonempty", "input": "{{sample.output_text}}", "reference": "",
+            "operation": "ne"}
+
+
+def test_evals_page_lists_runs_with_pass_rates_and_report_links(client, store, settings):
+    from modelmill.service.worker import Worker
+
+    assert 'id="no-evals"' in client.get("/evals").text
+    r = client.post("/v1/evals", json={"name": "labels <b>", "data_source_config": {
+        "type": "custom", "item_schema": {"type": "object"}, "include_sample_schema": True},
+        "testing_criteria": [EXACT, NONEMPTY]})
+    assert r.status_code == 200, r.text
+    eval_id = r.json()["id"]
+    content = [{"item": {"label": str(i)}, "sample": {"output_text": str(i) if i % 4 == 0 else "no"}}
+               for i in range(4)]
+    r = client.post(f"/v1/evals/{eval_id}/runs", json={"name": "given", "data_source": {
+        "type": "jsonl", "source": {"type": "file_content", "content": content}}})
+    done_id = r.json()["id"]
+    assert Worker(settings, store).run_once() == done_id
+    queued_id = client.post(f"/v1/evals/{eval_id}/runs", json={"data_source": {
+        "type": "jsonl", "source": {"type": "file_content", "content": content[:1]}}}).json()["id"]
+
+    rows = {r["id"]: r for ev in evals_view.eval_rows(store) for r in ev["runs"]}
+    done = rows[done_id]
+    assert (done["status"], done["passed"], done["total"], done["active"]) == ("completed", 1, 4, False)
+    assert done["rates"] == {"exact": 0.25, "nonempty": 1.0}
+    assert rows[queued_id]["rates"] == {"exact": None, "nonempty": None} and rows[queued_id]["active"]
+
+    r = client.get("/evals")
+    assert r.status_code == 200 and r.headers["content-security-policy"].startswith("default-src 'self'")
+    page = r.text
+    assert "labels &lt;b&gt;" in page and eval_id in page  # autoescaped
+    assert page.index(queued_id) < page.index(done_id)  # newest run first
+    row = page[page.index(f'data-run-id="{done_id}"'):page.index("</tr>", page.index(f'data-run-id="{done_id}"'))]
+    assert f'href="/evals/{eval_id}/runs/{done_id}"' in row and 'class="status completed"' in row
+    assert ">1/4" in row and "25.0%" in row and "100.0%" in row
+    assert '<meta http-equiv="refresh"' in page  # a run is still queued
+    report = client.get(f"/evals/{eval_id}/runs/{done_id}")
+    assert report.status_code == 200 and "Testing criteria" in report.text
+
+    create_key(store, "dash")  # with keys: the page asks for one, like every dashboard page
+    r = client.get("/evals", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=%2Fevals"
 
 
 # -- JSON -------------------------------------------------------------------------------

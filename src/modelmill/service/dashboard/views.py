@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 from modelmill import errors
 from modelmill.service import auth, model_registry
 from modelmill.service.api import deps
-from modelmill.service.dashboard import TEMPLATES_DIR, api, state
+from modelmill.service.dashboard import TEMPLATES_DIR, api, evals_view, state
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=TEMPLATES_DIR)
@@ -62,8 +62,8 @@ def not_found(request: Request, message: str) -> HTMLResponse:
 
 
 def evals_url(app: FastAPI) -> str | None:
-    """Where the nav's "Evals" link goes: a GET page under /evals without path parameters, when
-    the evals feature has mounted one; None otherwise."""
+    """Where the nav's "Evals" link goes: a GET page under /evals without path parameters (the
+    dashboard's own /evals index, see evals_page), when the app has one; None otherwise."""
     pages = sorted(p for p in _get_paths(app.routes) if (p == "/evals" or p.startswith("/evals/")) and "{" not in p)
     return pages[0] if pages else None
 
@@ -124,6 +124,14 @@ def models_page(request: Request):
     settings, store = deps.settings(request), deps.store(request)
     rows = [api.model_row(m, settings) for m in model_registry.list_served(store, settings)]
     return render(request, "models.html", title="Models", models=rows)
+
+
+@router.get("/evals", dependencies=[Depends(page_auth)])
+def evals_page(request: Request):
+    """Every eval (newest first) with its runs, each linking to the run's report page."""
+    evals = evals_view.eval_rows(deps.store(request))
+    active = any(r["active"] for ev in evals for r in ev["runs"])
+    return render(request, "evals.html", title="Evals", evals=evals, active=active)
 
 
 @router.get("/playground", dependencies=[Depends(page_auth)])
