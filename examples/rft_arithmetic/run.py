@@ -69,6 +69,35 @@ def run(client, model: str) -> dict:
             "train_last": [m["train_reward_mean"] for m in metrics[-10:]], "best": best[-1] if best else None}
 
 
+def answer_diagnostic(client, model: str) -> dict:
+    """What the grader's score hides: on every validation line, greedy, with the job's reasoning
+    instruction as the system message (through chat completions), how often the LAST number in the
+    reply is the right answer, how often the right answer appears at all, and the reply length."""
+    import json
+    import re
+
+    from modelmill.ml.rft_grading import REASONING_INSTRUCTION
+
+    rows = [json.loads(line) for line in (HERE / "valid.jsonl").read_text().splitlines()]
+    last = contains = tokens = 0
+    for row in rows:
+        reply = client.chat.completions.create(
+            model=model, temperature=0, max_tokens=64,
+            messages=[{"role": "system", "content": REASONING_INSTRUCTION}, *row["messages"]])
+        text = reply.choices[0].message.content or ""
+        numbers = re.findall(r"-?\d+", text)
+        last += bool(numbers) and numbers[-1] == row["answer"]
+        contains += row["answer"] in text
+        tokens += reply.usage.completion_tokens
+    return {"model": model, "n": len(rows), "last_number_correct": last, "contains_answer": contains,
+            "mean_tokens": tokens / len(rows)}
+
+
+def print_diagnostic(d: dict) -> None:
+    print(f"  {d['model']}: last number correct {d['last_number_correct']}/{d['n']}, right answer anywhere "
+          f"{d['contains_answer']}/{d['n']}, mean reply {d['mean_tokens']:.0f} tokens")
+
+
 def report(r: dict) -> None:
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     print(f"\nfine-tuned model: {r['job'].fine_tuned_model}; job wall time {r['wall_s'] / 60:.1f} min")
@@ -91,6 +120,8 @@ def main() -> None:
     p.add_argument("--base-url", default=None, help="a running ModelMill server; default: start one")
     p.add_argument("--api-key", default=os.environ.get("MODELMILL_API_KEY", "none"))
     p.add_argument("--model", default="SmolLM2-135M-Instruct")
+    p.add_argument("--diagnose", metavar="FT_MODEL", default=None,
+                   help="skip training: only the answer diagnostic, for --model and this fine-tuned model")
     args = p.parse_args()
 
     from openai import OpenAI
@@ -99,8 +130,15 @@ def main() -> None:
 
     server = contextlib.nullcontext(args.base_url) if args.base_url else running_server()
     with server as base_url:
-        r = run(OpenAI(base_url=base_url, api_key=args.api_key, max_retries=2), args.model)
-    report(r)
+        client = OpenAI(base_url=base_url, api_key=args.api_key, max_retries=2)
+        r = None if args.diagnose else run(client, args.model)
+        tuned = args.diagnose or r["job"].fine_tuned_model
+        diagnostics = [answer_diagnostic(client, m) for m in (args.model, tuned)]
+    if r:
+        report(r)
+    print("answer diagnostic (greedy, chat completions, every validation line):")
+    for d in diagnostics:
+        print_diagnostic(d)
 
 
 if __name__ == "__main__":
