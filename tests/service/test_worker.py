@@ -226,3 +226,19 @@ def test_a_job_that_keeps_killing_its_workers_is_failed(client, store, settings)
     Worker(settings, store).run_once()  # the 4th reclaim of a job that was running when its worker died
     failed = job_json(client, job["id"])
     assert failed["status"] == "failed" and failed["error"]["code"] == "worker_lost"
+
+
+def test_rft_grader_context_judges_with_the_processes_one_worker_sampler(store, settings):
+    """A score_model grader in an RFT job asks the worker's judge, which answers with ModelMill's own
+    model through the one Sampler the worker process shares with eval runs (one model cache)."""
+    from modelmill.ml.graders import grade
+    from modelmill.service.evals.runner import shared_sampler
+
+    context = Worker(settings, store)._grader_context()
+    grader = {"type": "score_model", "name": "judge", "model": "modelmill-tiny", "range": [0, 1],
+              "input": [{"role": "user", "content": "Rate {{sample.output_text}} from 0 to 1."}],
+              "sampling_params": {"temperature": 0, "max_completions_tokens": 4}}
+    result = grade(grader, "an answer", {}, context=context)
+    assert list(result.model_grader_token_usage_per_model) == ["modelmill-tiny"]  # answered locally
+    assert result.token_usage and result.token_usage > 0
+    assert any(key[1] is None for key in shared_sampler(settings).cached())  # the base model, loaded there

@@ -60,7 +60,6 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_event = stop_event or threading.Event()
         self.clock = clock
-        self._sampler = None  # for model graders (score_model / label_model judges) of RFT jobs
 
     def run(self) -> None:
         """Process jobs until stop_event is set."""
@@ -158,18 +157,12 @@ class Worker:
 
     def _grader_context(self):
         """How RFT graders run in this worker: the service judge (ModelMill's own models through the
-        worker's own Sampler, created on a judge's first call, or MODELMILL_JUDGES endpoints), the
-        engine's default sandbox and embedder."""
+        process's one worker-side Sampler, shared with eval runs and created on a judge's first call,
+        or MODELMILL_JUDGES endpoints), the engine's default sandbox and embedder."""
         from modelmill.service import graders
+        from modelmill.service.evals.runner import shared_sampler
 
-        def get_sampler():
-            if self._sampler is None:
-                from modelmill.ml.sampling import Sampler
-
-                self._sampler = Sampler()
-            return self._sampler
-
-        return graders.build_context(self.settings, self.store, get_sampler)
+        return graders.build_context(self.settings, self.store, lambda: shared_sampler(self.settings))
 
     @staticmethod
     def _method(job: JobRecord) -> methods.Method:
