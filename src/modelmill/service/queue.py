@@ -17,18 +17,22 @@ errors.FencedOutError is raised: a stale worker can never overwrite newer state.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from modelmill import errors
 from modelmill.service.ids import new_id
 from modelmill.service.store import Store
 from modelmill.service.store.events import insert_event
 from modelmill.service.store.records import ACTIVE_STATUSES, CheckpointRecord, JobRecord, from_row, to_json
+
+log = logging.getLogger(__name__)
 
 # Job columns a lease holder may write.
 _WRITABLE = {"status", "error", "fine_tuned_model", "adapter_dir", "finished_at", "started_at", "trained_tokens",
@@ -178,3 +182,30 @@ def _forget_pruned(c: sqlite3.Connection, job_id: str) -> None:
     for ckpt in (from_row(CheckpointRecord, r) for r in rows):
         if not Path(ckpt.path).exists():
             c.execute("DELETE FROM checkpoints WHERE id = ?", (ckpt.id,))
+
+
+class Heartbeat(threading.Thread):
+    """Calls `renew` (a queue's heartbeat for one lease) every `interval` seconds until stopped.
+    Used for training jobs (JobQueue) and eval runs (evals/run_queue.EvalRunQueue) alike: a
+    FencedOutError means the lease is gone, so `lost` is set and beating stops; any other error
+    (a locked database, ...) is logged and retried at the next beat."""
+
+    def __init__(self, renew: Callable[[], None], interval: float, lost: threading.Event, what: str):
+        super().__init__(name=f"heartbeat-{what}", daemon=True)
+        self.renew, self.interval, self.lost, self.what = renew, interval, lost, what
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            try:
+                self.renew()
+            except errors.FencedOutError:
+                log.warning("lost the lease on %s", self.what)
+                self.lost.set()
+                return
+            except Exception:  # a locked database etc.: try again next beat
+                log.exception("heartbeat for %s failed", self.what)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)

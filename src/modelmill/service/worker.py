@@ -27,7 +27,7 @@ from modelmill import errors
 from modelmill.settings import Settings
 from modelmill.service import job_evals, methods
 from modelmill.service.job_reporter import StoreReporter
-from modelmill.service.queue import JobQueue, Lease
+from modelmill.service.queue import Heartbeat, JobQueue, Lease
 from modelmill.service.store import JobRecord, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,8 @@ class Worker:
         log.info("worker %s claimed %s (attempt %d)", self.id, lease.job_id, lease.attempt)
         reporter = StoreReporter(self.queue, lease, self.store.jobs.get(lease.job_id).ft_name, self.stop_event,
                                  clock=self.clock)
-        heartbeat = _Heartbeat(self.queue, lease, self.settings.heartbeat_seconds, lost=reporter.lost)
+        heartbeat = Heartbeat(lambda: self.queue.heartbeat(lease), self.settings.heartbeat_seconds,
+                              reporter.lost, f"job {lease.job_id}")
         heartbeat.start()
         try:
             self._process(lease, reporter)
@@ -239,30 +240,6 @@ class Worker:
         writer.writeheader()
         writer.writerows(rows)
         return self.store.files.add_bytes(buf.getvalue().encode(), "step_metrics.csv", "fine-tune-results").id
-
-
-class _Heartbeat(threading.Thread):
-    """Renews a lease every `interval` seconds until stopped; sets `lost` if it can't."""
-
-    def __init__(self, queue: JobQueue, lease: Lease, interval: float, lost: threading.Event):
-        super().__init__(name=f"heartbeat-{lease.job_id}", daemon=True)
-        self.queue, self.lease, self.interval, self.lost = queue, lease, interval, lost
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.wait(self.interval):
-            try:
-                self.queue.heartbeat(self.lease)
-            except errors.FencedOutError:
-                log.warning("lost the lease on %s", self.lease.job_id)
-                self.lost.set()
-                return
-            except Exception:  # a locked database etc.: try again next beat
-                log.exception("heartbeat for %s failed", self.lease.job_id)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=5)
 
 
 def run_worker(settings: Settings, stop_event: threading.Event | None = None) -> None:

@@ -25,6 +25,7 @@ from modelmill.service import model_registry
 from modelmill.service.evals import data, requests
 from modelmill.service.evals.run_queue import EvalRunQueue, RunLease
 from modelmill.service.ids import new_id
+from modelmill.service.queue import Heartbeat
 from modelmill.service.store import Store
 from modelmill.service.store.evals import EvalRecord, EvalRunRecord
 
@@ -68,7 +69,7 @@ def execute(settings: Settings, store: Store, queue: EvalRunQueue, lease: RunLea
     """Run a claimed run to its end; returns the status it ended in, or "lost" (lease lost).
     should_stop: an extra stop signal ("cancel" ends the run canceled, "pause" hands it back)."""
     lost = threading.Event()
-    beat = _Heartbeat(queue, lease, settings.heartbeat_seconds, lost)
+    beat = Heartbeat(lambda: queue.heartbeat(lease), settings.heartbeat_seconds, lost, f"eval run {lease.run_id}")
     beat.start()
     try:
         return _Execution(settings, store, queue, lease, stop_event, should_stop, lost).run()
@@ -337,26 +338,3 @@ class _Totals:
 
     def usage_list(self) -> list[dict]:
         return list(self.usage.values())
-
-
-class _Heartbeat(threading.Thread):
-    """Renews a run's lease every `interval` seconds until stopped; sets `lost` if it can't."""
-
-    def __init__(self, queue: EvalRunQueue, lease: RunLease, interval: float, lost: threading.Event):
-        super().__init__(name=f"heartbeat-{lease.run_id}", daemon=True)
-        self.queue, self.lease, self.interval, self.lost = queue, lease, interval, lost
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        while not self._halt.wait(self.interval):
-            try:
-                self.queue.heartbeat(self.lease)
-            except errors.FencedOutError:
-                self.lost.set()
-                return
-            except Exception:  # a locked database etc.: try again next beat
-                log.exception("heartbeat for eval run %s failed", self.lease.run_id)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=5)
