@@ -62,3 +62,65 @@ vendor-uplot:
 # RFT rollout throughput: one batched generate() per prompt group vs one call per completion.
 bench-rollouts: $(STAMP)
 	$(PY) bench/bench_rollouts.py
+
+.PHONY: reliability
+# Bad input (RELIABILITY.md): every malformed file of tests/reliability/malformed.py through ml.data and
+# through the HTTP API, the huge inputs in fresh processes, then a longer, random schemathesis run.
+# `make test` runs the fast part (all files at the ml level, a sample over HTTP, 6 examples per operation).
+reliability: $(STAMP)
+	mkdir -p bench/out
+	$(PY) -m tests.reliability.figures --json bench/out/reliability_bad_input.json
+	MODELMILL_FUZZ_EXAMPLES=50 MODELMILL_FUZZ_STATS=bench/out/reliability_fuzz.json \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/reliability/test_schemathesis.py
+	# Crashes: SIGKILL at 20 points of an SFT, a DPO and an RFT job, plus a SIGSTOPped stale worker.
+	$(PY) -m tests.reliability.crash_suite
+	# Load: 50 clients x 200 mixed requests while a job trains; 4 workers racing for 12 jobs.
+	$(PY) -m tests.reliability.load_suite
+
+.PHONY: bench bench-first-step bench-gpu
+# Every issue-9 bench in sequence (under 30 min on 2 CPU cores), then BENCHMARKS.md's summary table.
+# JSON results go to bench/out/ (git-ignored); bench/run_all.py --only NAME,... runs a subset.
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+# From jobs.create to the first metrics event, modelmill-tiny and SmolLM2, against a plain TRL script.
+bench-first-step: $(STAMP)
+	$(PY) bench/bench_first_step.py --json bench/out/first_step.json
+
+# ModelMill vs plain TRL on a random 1B Llama in bf16 on a CUDA device (skips without one).
+bench-gpu: $(STAMP)
+	$(PY) bench/bench_gpu.py --json bench/out/gpu.json
+
+.PHONY: results
+# The learning-results suite (bench/results/): SFT function calling, DPO jokes, RFT arithmetic on
+# SmolLM2-135M-Instruct, base vs fine-tuned on held-out data; `make results STORY=sft` runs one.
+# Writes bench/out/results_<story>.json and BENCHMARKS.md's `results` section. About 1.5 h on 2 CPU cores.
+STORY ?= all
+BFCL_VERSION ?= 2026.3.23
+RESULTS_STAMP := $(VENV)/.results-installed
+# bfcl-eval is only BFCL's data and checker here: its declared deps (every provider SDK) are not needed.
+$(RESULTS_STAMP): $(STAMP)
+	$(PY) -c "import bfcl_eval" 2>/dev/null || $(PIP) install --no-deps "bfcl-eval==$(BFCL_VERSION)"
+	touch $(RESULTS_STAMP)
+
+results: $(RESULTS_STAMP)
+	$(PY) bench/results/run.py --story $(STORY)
+
+.PHONY: bench-overhead bench-efficiency bench-memory
+# An SFT job through the API (live server, openai SDK) vs a plain TRL script: wall time and training tokens/s.
+bench-overhead: $(STAMP)
+	$(PY) bench/bench_job_overhead.py --json bench/out/job_overhead.json
+
+# ModelMill's auto SFT configuration vs TRL's SFTConfig defaults on long-tailed chat data: tokens/s, valid loss.
+bench-efficiency: $(STAMP)
+	$(PY) bench/bench_sft_efficiency.py --json bench/out/sft_efficiency.json
+
+# Peak RSS of LoRA SFT (batch 8 x 128 tokens): train_sft vs a plain TRL script, each in its own process.
+bench-memory: $(STAMP)
+	$(PY) bench/bench_memory.py --json bench/out/memory.json
+
+.PHONY: bench-serving
+# Chat completions through a live server: an ft: LoRA model vs plain transformers, adapter switching,
+# 8 concurrent requests (batched) vs 8 one after another.
+bench-serving: $(STAMP)
+	$(PY) bench/bench_serving.py --json bench/out/serving.json

@@ -36,7 +36,12 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=48, help="completion budget per sequence")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--home", default=os.environ.get("MODELMILL_HOME", str(Path.home() / ".modelmill")))
+    p.add_argument("--json", help="also write the Bench JSON (docs/CONTRACTS.md) here")
     args = p.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from training_common import machine
+
+    machine_line = machine()
 
     import torch
 
@@ -84,7 +89,15 @@ def main() -> None:
         f"{verdict}). RFT training (TRL's GRPOTrainer, ml/rft.py) generates a whole step's groups in one call.",
     ])
     print(body)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if args.json:
+        from training_common import row, write_json
+
+        write_json(args.json, "rollouts", machine_line, [row(
+            f"RFT rollout throughput, {args.generations} generations per prompt", "one generate() per completion",
+            "tok/s", [one_tps], [bat_tps], higher_is_better=True, target=TARGET_RATIO,
+            target_text=f">= {TARGET_RATIO:g}x", ratio_meaning="batched tokens/s / one-by-one tokens/s")],
+            [f"{MODEL}, {args.prompts} prompts, up to {args.max_tokens} tokens per completion, one run of each arm."],
+            None)
     from benchmarks_md import write_section
 
     write_section("bench_rollouts", "RFT rollouts", body)

@@ -28,6 +28,9 @@ if not SPEC_PATH.exists():  # the spec also lives next to the repo in some check
 EXTENSIONS = {
     # A paused job (POST /fine_tuning/jobs/{id}/pause) reports status "paused" until resumed.
     ("FineTuningJob", "status"): ["paused"],
+    # OpenAI's own spec accepts purpose "evals" on upload (CreateFileRequest) but leaves it out of the
+    # file object's enum; the file object echoes the purpose it was uploaded with, as OpenAI's API does.
+    ("OpenAIFile", "purpose"): ["evals"],
 }
 # Fields OpenAI returns as null when there is nothing to report (its own examples show
 # `"error": null`) though its schema types them as objects: (schema, property path).

@@ -29,13 +29,16 @@ HYPERPARAMETERS = {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 4
                    "compute_multiplier": 2.0, "eval_interval": 15, "eval_samples": 2}
 
 
-def run(client, model: str) -> dict:
-    train = client.files.create(file=open(HERE / "train.jsonl", "rb"), purpose="fine-tune")
-    valid = client.files.create(file=open(HERE / "valid.jsonl", "rb"), purpose="fine-tune")
+def run(client, model: str, hyperparameters: dict | None = None, data_dir: Path = HERE) -> dict:
+    """Train and follow the job; hyperparameters and data_dir (train.jsonl, valid.jsonl) default to
+    this example's (bench/results' quick mode passes smaller ones)."""
+    train = client.files.create(file=open(data_dir / "train.jsonl", "rb"), purpose="fine-tune")
+    valid = client.files.create(file=open(data_dir / "valid.jsonl", "rb"), purpose="fine-tune")
     t0 = time.time()
     job = client.fine_tuning.jobs.create(
         model=model, training_file=train.id, validation_file=valid.id, suffix="arith", seed=7,
-        method={"type": "reinforcement", "reinforcement": {"grader": GRADER, "hyperparameters": HYPERPARAMETERS}})
+        method={"type": "reinforcement", "reinforcement": {"grader": GRADER,
+                                                           "hyperparameters": hyperparameters or HYPERPARAMETERS}})
     print(f"job {job.id} created", flush=True)
     seen = set()
     while True:

@@ -44,13 +44,32 @@ def cmd_worker(args) -> int:
 
 
 def cmd_keys_create(args) -> int:
-    from modelmill.service.auth import create_key
+    from modelmill.service.store import open_store
+    from modelmill.service.store.records import DEFAULT_PROJECT_ID
+
+    store = open_store(_settings(args).ensure_dirs())
+    project = store.projects.ensure(args.project) if args.project else store.projects.get(DEFAULT_PROJECT_ID)
+    key = store.keys.create(args.name, project.id)[1]
+    print(key)
+    print(f"A key for project {project.name} ({project.id}): it sees only that project's files, jobs, models and "
+          "evals.\nStore it now: only its hash is kept. The server now requires a key on every request.",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_projects_list(args) -> int:
     from modelmill.service.store import open_store
 
-    key = create_key(open_store(_settings(args).ensure_dirs()), args.name)
-    print(key)
-    print("Store it now: only its hash is kept. The server now requires a key on every request.",
-          file=sys.stderr)
+    store = open_store(_settings(args).ensure_dirs())
+    keys: dict[str, int] = {}
+    for k in store.keys.list():
+        keys[k.project_id] = keys.get(k.project_id, 0) + 1
+    rows = [{"id": p.id, "name": p.name, "created": int(p.created_at), "keys": keys.get(p.id, 0)}
+            for p in store.projects.list()]
+    if args.json:
+        return _print_json(rows)
+    for r in rows:
+        print(f"{r['id']:<30} {r['name']:<24} {r['keys']} key(s)")
     return 0
 
 
@@ -290,7 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
     sp = local(keys.add_parser("create", help="create an API key and print it once"))
     sp.add_argument("--name", default="default", help="a label for the key")
+    sp.add_argument("--project", help="the project the key acts in, created if new (default: the default project)")
     sp.set_defaults(func=cmd_keys_create)
+
+    projects = sub.add_parser("projects", help="projects (what API keys are scoped to)").add_subparsers(
+        dest="projects_cmd", required=True, metavar="ACTION")
+    sp = local(projects.add_parser("list", help="list projects with their ids (to share models between them)"))
+    sp.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    sp.set_defaults(func=cmd_projects_list)
 
     models = sub.add_parser("models", help="the base-model registry").add_subparsers(
         dest="models_cmd", required=True, metavar="ACTION")

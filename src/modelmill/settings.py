@@ -81,6 +81,10 @@ class Settings:
     lease_seconds: float = 30.0
     # Seconds between worker heartbeats (must be well under lease_seconds).
     heartbeat_seconds: float = 5.0
+    # A job whose worker dies more than this many times in a row without a new checkpoint fails
+    # (code worker_lost): a job that OOM-kills every worker must not loop forever. A checkpoint
+    # resets the count. The crash suite raises it, since it kills workers on purpose.
+    max_worker_losses: int = 3
     # Seconds an idle worker sleeps between polls of the queue.
     poll_seconds: float = 0.5
     # Organisation name written into fine-tuned model ids: ft:<base>:<owner>:<suffix>:<id>.
@@ -129,6 +133,7 @@ class Settings:
             max_upload_bytes=_env_int("MODELMILL_MAX_UPLOAD_BYTES", 512 * 1024 * 1024),
             lease_seconds=_env_float("MODELMILL_LEASE_SECONDS", 30.0),
             heartbeat_seconds=_env_float("MODELMILL_HEARTBEAT_SECONDS", 5.0),
+            max_worker_losses=_env_int("MODELMILL_MAX_WORKER_LOSSES", 3),
             owner=os.environ.get("MODELMILL_OWNER", "modelmill"),
             judges=parse_judges(os.environ.get("MODELMILL_JUDGES")),
         )

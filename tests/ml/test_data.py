@@ -54,7 +54,7 @@ def valid_examples() -> list[dict]:
         {"tools": TOOLS, "parallel_tool_calls": False, "messages": [
             {"role": "user", "content": "Temperature?", "name": "alice"},
             {"role": "assistant", "content": "Checking.", "tool_calls": [call("t1", "get_temp", "{}")]}]},
-        {"messages": [{"role": "user", "content": "héllo ✓ 😀"}, {"role": "assistant", "content": ""}],
+        {"messages": [{"role": "user", "content": "héllo ✓ 😀"}, {"role": "assistant", "content": "ok"}],
          "metadata": {"source": "unit"}},  # unknown top-level keys are allowed, as in OpenAI's schema
         {"messages": [{"role": "user", "content": "no tools declared"},
                       {"role": "assistant", "tool_calls": [call("x", "anything_goes", '{"a": [1, 2.5]}')]}]},
@@ -130,7 +130,10 @@ def test_tools_not_a_list_does_not_flag_every_call(tmp_path):
 
 def test_keep_examples_false(tmp_path):
     report = data.validate_file(write(tmp_path, good_lines(12)), keep_examples=False)
-    assert report.ok and report.examples == []
+    assert report.ok and report.examples == [] and report.n_examples == 12
+    lines = good_lines(12)
+    lines[3] = "{oops"
+    assert data.validate_file(write(tmp_path, lines), keep_examples=False).n_examples == 11
 
 
 # ------------------------------------------------------------------------------------ bad lines
@@ -174,7 +177,8 @@ BAD_LINES = [
      ("", "duplicate_key")),
     ("deep_nesting_recursion", "[" * 200_000 + "]" * 200_000, ("", "too_deeply_nested")),
     ("deep_nesting_scan", '{"x": ' + "[" * 70 + "]" * 70 + "}", ("", "too_deeply_nested")),
-    ("huge_integer", '{"x": ' + "1" * 5000 + "}", ("", "invalid_json")),
+    ("huge_integer", '{"x": ' + "1" * 5000 + "}", ("", "number_too_large")),
+    ("nul_byte_late", '{"x": "' + "a" * 9000 + '\x00"}', ("", "invalid_json")),
     ("lone_surrogate", '{"messages": [{"role": "user", "content": "\\ud800"}]}', ("", "invalid_unicode")),
     ("missing_messages", {"msgs": []}, ("messages", "missing_field")),
     ("messages_not_list", {"messages": {"role": "user"}}, ("messages", "invalid_type")),
@@ -207,6 +211,19 @@ BAD_LINES = [
      ("messages[0].content[0].text", "missing_field")),
     ("content_part_text_not_str", mutate(0, _set(["messages", 0, "content"], [{"type": "text", "text": 1}])),
      ("messages[0].content[0].text", "invalid_type")),
+    ("user_content_empty", mutate(0, _set(["messages", 0, "content"], "")), ("messages[0].content", "empty_content")),
+    ("user_content_blank_parts", mutate(0, _set(["messages", 0, "content"], [{"type": "text", "text": " "}])),
+     ("messages[0].content", "empty_content")),
+    ("assistant_content_blank", mutate(0, _set(["messages", 1, "content"], " \n")),
+     ("messages[1].content", "empty_content")),
+    ("arguments_too_deep", mutate(8, _set(["messages", 1, "tool_calls", 0, "function", "arguments"],
+                                          '{"a": ' + "[" * 80 + "]" * 80 + "}")),
+     ("messages[1].tool_calls[0].function.arguments", "invalid_arguments")),
+    ("arguments_recursion", mutate(8, _set(["messages", 1, "tool_calls", 0, "function", "arguments"], "[" * 100_000)),
+     ("messages[1].tool_calls[0].function.arguments", "invalid_arguments")),
+    ("arguments_lone_surrogate", mutate(8, _set(["messages", 1, "tool_calls", 0, "function", "arguments"],
+                                                '{"a": "\\udc00"}')),
+     ("messages[1].tool_calls[0].function.arguments", "invalid_arguments")),
     ("assistant_empty", mutate(0, _set(["messages", 1], {"role": "assistant"})),
      ("messages[1].content", "missing_content")),
     ("assistant_null_no_calls", mutate(0, _set(["messages", 1, "content"], None)),

@@ -58,6 +58,23 @@ def test_job_with_validation_file_gets_a_before_after_table(client, store, setti
     assert sample["temperature"] == 0 and sample["max_completion_tokens"] == len("0.") + 2
 
 
+def test_the_base_eval_runs_after_training_unless_asked_first(client, store, settings):
+    train = upload(client, training_jsonl(12))
+    valid = upload(client, training_jsonl(4), filename="valid.jsonl")
+    orders = {}
+    for first in (False, True):
+        job = create_job(client, train["id"], validation_file=valid["id"], seed=1, method=TINY,
+                         metadata={"eval_base_first": "true"} if first else None)
+        assert Worker(settings, store).run_once() == job["id"]
+        events = store.events.all_for(job["id"])  # oldest first
+        step1 = next(i for i, e in enumerate(events) if e.type == "metrics")
+        base = next(i for i, e in enumerate(events) if e.message.startswith("Evaluating the base model"))
+        orders[first] = base < step1
+        assert [r["label"] for r in comparison_events(client, job["id"])[0]["data"]["eval_comparison"]["rows"]] \
+            == ["base", "final"]
+    assert orders == {False: False, True: True}
+
+
 def test_metadata_eval_id_runs_that_evals_criteria(client, store, settings):
     criterion = {"type": "string_check", "name": "has_digit", "input": "{{sample.output_text}}",
                  "reference": "1", "operation": "like"}
@@ -79,7 +96,8 @@ def test_metadata_eval_id_runs_that_evals_criteria(client, store, settings):
 def test_cancel_during_the_base_eval_cancels_job_and_run(client, store, settings, monkeypatch):
     train = upload(client, training_jsonl(12))
     valid = upload(client, training_jsonl(4), filename="valid.jsonl")
-    job = create_job(client, train["id"], validation_file=valid["id"], method=TINY)
+    job = create_job(client, train["id"], validation_file=valid["id"], method=TINY,
+                     metadata={"eval_base_first": "true"})
     original = EvalRunQueue.start
 
     def start_then_cancel(self, lease, total):
@@ -143,7 +161,8 @@ class WorkerDied(BaseException):
 def test_a_base_eval_cut_short_by_a_dead_worker_is_finished_after_training(client, store, settings, monkeypatch):
     train = upload(client, training_jsonl(12))
     valid = upload(client, training_jsonl(4), filename="valid.jsonl")
-    job = create_job(client, train["id"], validation_file=valid["id"], seed=1, method=TINY)
+    job = create_job(client, train["id"], validation_file=valid["id"], seed=1, method=TINY,
+                     metadata={"eval_base_first": "true"})
 
     def die(self, lease, *args):
         raise WorkerDied()

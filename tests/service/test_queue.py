@@ -122,3 +122,33 @@ def test_checkpoint_rows_follow_the_disk(store, queue, tmp_path):
     queue.forget_pruned_checkpoints(lease)
     assert [c.step_number for c in store.checkpoints.all_for("ftjob-a")] == [2]
     assert store.checkpoints.by_model_name("ft:x:ckpt-step-2").path == str(dirs[1])
+
+
+def test_a_checkpoint_resets_the_count_of_worker_losses(store, queue, clock, tmp_path):
+    """reclaims counts worker losses since the newest checkpoint: a job that keeps making progress
+    survives any number of crashes; one that crashes before every checkpoint is given up on."""
+    add_job(store, "ftjob-a")
+    lease = queue.claim("w1")
+    queue.update(lease, status="running")
+    for n in (1, 2):
+        clock.t += 11  # the worker died: its lease expires unrenewed
+        lease = queue.claim(f"w{n + 1}")
+        assert store.jobs.get("ftjob-a").reclaims == n
+    queue.add_checkpoint(lease, 4, tmp_path, {}, "ft:x:ckpt-step-4")
+    assert store.jobs.get("ftjob-a").reclaims == 0
+    clock.t += 11
+    queue.claim("w9")
+    assert store.jobs.get("ftjob-a").reclaims == 1
+
+
+def test_worker_gives_up_after_max_worker_losses_in_a_row(store, settings):
+    from dataclasses import replace
+
+    from modelmill.service.worker import Worker
+
+    add_job(store, "ftjob-z")
+    store.db.execute("UPDATE jobs SET status = 'running', reclaims = 2 WHERE id = 'ftjob-z'")
+    Worker(replace(settings, max_worker_losses=2), store).run_once()  # this claim is the 3rd loss in a row
+    job = store.jobs.get("ftjob-z")
+    assert job.status == "failed" and job.error["code"] == "worker_lost"
+    assert "3 times in a row without saving a checkpoint" in job.error["message"]

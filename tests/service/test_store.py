@@ -61,7 +61,7 @@ def test_blob_writer_cap_discards_partial_file(store):
 def test_api_keys_are_stored_hashed_and_verified(store):
     assert not store.keys.any()
     key = create_key(store, "ci")
-    assert key.startswith("mm-") and len(key) > 40
+    assert key.startswith("sk-") and len(key) > 40
     stored = store.db.one("SELECT * FROM api_keys")
     assert key not in tuple(stored) and stored["key_hash"] != key
     assert store.keys.verify(key).name == "ci"

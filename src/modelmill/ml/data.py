@@ -26,14 +26,25 @@ Choices worth knowing:
   audio, refusals, image/audio/file content parts) are rejected with a clear code rather than
   silently dropped.
 - Problems are listed in file order; file-level problems (line 0) come last.
+- `field` is the JSON path of the offending value inside the line. It is "" when the problem
+  is the line as a whole (not JSON, not UTF-8, too long, too deep, not an object) or the file
+  as a whole (line 0: empty_file, too_few_examples, too_many_problems; and binary_file /
+  unsupported_encoding, which name the line where the bytes were found): there is no field
+  to point at, and the code says what is wrong.
+- Empty content is a problem (`empty_content`): a system, developer or user message, or an
+  assistant message without tool_calls, whose content is "" or only whitespace teaches
+  nothing (OpenAI's data-checking recipe counts it as missing content). Tool results may be
+  empty. Preference outputs report it as `empty_output`.
+- One line reports at most MAX_PROBLEMS problems (then one `too_many_problems` on that line),
+  so a 4 MB line of a hundred thousand bad messages costs no more than a short one.
 
 Error codes (LineProblem.code). File-level ones have line 0, except binary/encoding ones,
 which name the line where the bytes were found:
   empty_file, too_few_examples, too_many_problems, binary_file, unsupported_encoding,
-  line_too_long, invalid_utf8, invalid_json, non_finite_number, duplicate_key,
+  line_too_long, invalid_utf8, invalid_json, non_finite_number, number_too_large, duplicate_key,
   too_deeply_nested, invalid_unicode, not_an_object, missing_field, invalid_type, invalid_value, empty_array,
   unknown_key, unsupported_field, unknown_role, unsupported_role, unsupported_content_part,
-  missing_content, invalid_weight, weight_not_allowed, no_assistant_target,
+  missing_content, empty_content, invalid_weight, weight_not_allowed, no_assistant_target,
   invalid_function_name, invalid_arguments, unknown_tool, duplicate_tool_name,
   duplicate_tool_call_id, unknown_tool_call_id, parallel_tool_calls_disabled,
   and for preference (DPO) lines: conflicting_fields, invalid_last_role, empty_output,
@@ -51,7 +62,7 @@ from typing import Any
 
 from modelmill.errors import DataValidationError, InvalidRequestError
 from modelmill.ml.chat_format import content_text
-from modelmill.ml.jsonl import JsonlReader, strict_json_loads, type_name
+from modelmill.ml.jsonl import MAX_DEPTH, JsonlReader, scan_value, strict_json_loads, type_name
 from modelmill.ml.types import ChatExample, LineProblem, PreferencePair, PromptExample, ValidationReport
 
 MAX_PROBLEMS = 100  # problems kept per file; the rest are counted in one "too_many_problems"
@@ -90,11 +101,12 @@ def validate_file(path: Path, method: str = "supervised", *, min_examples: int =
     Never raises on bad content: every problem becomes a LineProblem in the report
     (report.ok is False when there is any). Raises InvalidRequestError for an unknown method
     and OSError when the file cannot be opened. `keep_examples=False` keeps memory bounded
-    for huge files (report.examples stays empty).
+    for huge files (report.examples stays empty; report.n_examples still counts them).
     """
     validator = _line_validator(method)
     sink = _ProblemSink()
     examples: list = []
+    n_valid = 0
     n_candidates = 0  # non-blank lines: each one is meant to be an example
     with open(path, "rb") as f:
         reader = JsonlReader(f)
@@ -106,8 +118,10 @@ def validate_file(path: Path, method: str = "supervised", *, min_examples: int =
             example, problems = validator(obj, line)
             for p in problems:
                 sink.add(p)
-            if example is not None and not problems and keep_examples:
-                examples.append(example)
+            if example is not None and not problems:
+                n_valid += 1
+                if keep_examples:
+                    examples.append(example)
     if reader.binary:
         return ValidationReport(method=method, n_lines=0, examples=[], problems=sink.problems())
     if n_candidates == 0:
@@ -116,7 +130,8 @@ def validate_file(path: Path, method: str = "supervised", *, min_examples: int =
         sink.add_file(LineProblem(0, "", "too_few_examples",
                                   f"file has {n_candidates} example{'s' * (n_candidates != 1)}; "
                                   f"at least {min_examples} are required"))
-    return ValidationReport(method=method, n_lines=reader.lines_read, examples=examples, problems=sink.problems())
+    return ValidationReport(method=method, n_lines=reader.lines_read, examples=examples, problems=sink.problems(),
+                            n_examples=n_valid)
 
 
 def read_examples(path: Path, method: str = "supervised", *, min_examples: int = MIN_EXAMPLES) -> list:
@@ -175,10 +190,18 @@ class Checker:
 
     def __init__(self, line: int):
         self.line = line
-        self.problems: list[LineProblem] = []
+        self.problems: list[LineProblem] = []  # at most MAX_PROBLEMS, then one too_many_problems
+        self.n = 0  # problems found so far, counting those past the cap: compare this, not len()
 
     def add(self, field: str, code: str, message: str) -> None:
-        self.problems.append(LineProblem(self.line, field, code, message))
+        self.n += 1
+        if self.n <= MAX_PROBLEMS:
+            self.problems.append(LineProblem(self.line, field, code, message))
+            return
+        rest = self.n - MAX_PROBLEMS
+        self.problems[MAX_PROBLEMS:] = [LineProblem(self.line, "", "too_many_problems",
+                                                    f"{rest} more problem{'s' * (rest != 1)} on this line not shown "
+                                                    f"(only the first {MAX_PROBLEMS} are listed)")]
 
     def type_is(self, value: Any, expected: type | tuple, field: str, what: str) -> bool:
         ok = isinstance(value, expected) and not (isinstance(value, bool) and bool not in _as_tuple(expected))
@@ -243,10 +266,10 @@ def validate_preference_line(obj: dict, line: int) -> tuple[PreferencePair | Non
             c.type_is(parallel, bool, "input.parallel_tool_calls", "a boolean")
         if c.required(inp, "messages", "input"):
             messages = inp["messages"]
-            n_before = len(c.problems)
+            n_before = c.n
             check_messages(messages, "input.messages", c, tool_names=tool_names,
                            allow_parallel=parallel is not False, require_target=False)
-            if len(c.problems) == n_before:
+            if c.n == n_before:
                 last = messages[-1]["role"]
                 if last not in PREFERENCE_LAST_ROLES:
                     c.add(f"input.messages[{len(messages) - 1}].role", "invalid_last_role",
@@ -280,7 +303,7 @@ def _check_preference_output(obj: dict, names: tuple[str, str], c: Checker, tool
     if len(value) != 1:
         c.add(key, "invalid_value", f"expected exactly one assistant message, got {len(value)}")
         return None
-    n_before = len(c.problems)
+    n_before = c.n
     msg, mpath = value[0], f"{key}[0]"
     if isinstance(msg, dict) and "role" in msg and msg["role"] != "assistant":
         c.add(f"{mpath}.role", "invalid_value", f"an output message must have role 'assistant', got {_short(msg['role'])}")
@@ -288,11 +311,9 @@ def _check_preference_output(obj: dict, names: tuple[str, str], c: Checker, tool
     if isinstance(msg, dict) and "weight" in msg:
         c.add(f"{mpath}.weight", "weight_not_allowed", "weight is not allowed in a preference output")
         return None
-    check_messages(value, key, c, tool_names=tool_names, allow_parallel=allow_parallel, require_target=True)
-    if len(c.problems) > n_before:
-        return None
-    if not content_text(msg.get("content")).strip() and not msg.get("tool_calls"):
-        c.add(f"{mpath}.content", "empty_output", "the output is empty: give it text or tool calls")
+    check_messages(value, key, c, tool_names=tool_names, allow_parallel=allow_parallel, require_target=True,
+                   empty_code="empty_output")  # blank content without tool calls
+    if c.n > n_before:
         return None
     return key, msg
 
@@ -322,9 +343,9 @@ def validate_reinforcement_line(obj: dict, line: int) -> tuple[PromptExample | N
     tool_names = check_tools(obj["tools"], "tools", c) if "tools" in obj else None
     if c.required(obj, "messages", ""):
         messages = obj["messages"]
-        n_before = len(c.problems)
+        n_before = c.n
         check_messages(messages, "messages", c, tool_names=tool_names, require_target=False)
-        if len(c.problems) == n_before:
+        if c.n == n_before:
             for i, m in enumerate(messages):
                 if m["role"] == "assistant" and "weight" in m:
                     c.add(f"messages[{i}].weight", "weight_not_allowed",
@@ -359,12 +380,14 @@ def _line_validator(method: str) -> LineValidator:
 
 
 def check_messages(messages: Any, path: str, c: Checker, *, tool_names: set[str] | None,
-                   allow_parallel: bool = True, require_target: bool = True) -> None:
+                   allow_parallel: bool = True, require_target: bool = True,
+                   empty_code: str = "empty_content") -> None:
     """Check an OpenAI message list at `path`; problems go to `c`.
 
     tool_names: the functions declared in `tools` (None when the line has no tools, in which
     case tool calls are not checked against a declaration). require_target: at least one
-    assistant message with weight != 0 must exist.
+    assistant message with weight != 0 must exist. empty_code: the code for blank content
+    (see the module docstring).
     """
     if not c.type_is(messages, list, path, "an array of messages"):
         return
@@ -385,9 +408,9 @@ def check_messages(messages: Any, path: str, c: Checker, *, tool_names: set[str]
             continue
         _check_message_keys(m, role, mpath, c)
         if role == "assistant":
-            has_target |= _check_assistant(m, mpath, c, tool_names, allow_parallel, call_ids)
-        else:
-            _check_content(m, mpath, c, required=True)
+            has_target |= _check_assistant(m, mpath, c, tool_names, allow_parallel, call_ids, empty_code)
+        elif _check_content(m, mpath, c, required=True) and role != "tool" and _blank(m["content"]):
+            c.add(f"{mpath}.content", empty_code, f"{role} message content is empty")
         if role == "tool" and c.required(m, "tool_call_id", mpath):
             tcid = m["tool_call_id"]
             if c.type_is(tcid, str, f"{mpath}.tool_call_id", "a string") and tcid not in call_ids:
@@ -462,12 +485,12 @@ def _check_message_keys(m: dict, role: str, mpath: str, c: Checker) -> None:
 
 
 def _check_assistant(m: dict, mpath: str, c: Checker, tool_names: set[str] | None, allow_parallel: bool,
-                     call_ids: set[str]) -> bool:
+                     call_ids: set[str], empty_code: str = "empty_content") -> bool:
     """Checks content/tool_calls/weight; True when this message is a training target."""
     has_calls = "tool_calls" in m and m["tool_calls"] is not None
     has_content = m.get("content") is not None
-    if has_content:
-        _check_content(m, mpath, c, required=False)
+    if has_content and _check_content(m, mpath, c, required=False) and not has_calls and _blank(m["content"]):
+        c.add(f"{mpath}.content", empty_code, "assistant message content is empty and it has no tool_calls")
     if has_calls:
         _check_tool_calls(m["tool_calls"], f"{mpath}.tool_calls", c, tool_names, allow_parallel, call_ids)
     if not has_content and not has_calls:
@@ -479,21 +502,24 @@ def _check_assistant(m: dict, mpath: str, c: Checker, tool_names: set[str] | Non
     return weight != 0
 
 
-def _check_content(m: dict, mpath: str, c: Checker, *, required: bool) -> None:
+def _check_content(m: dict, mpath: str, c: Checker, *, required: bool) -> bool:
+    """True when the message has content and it is well formed (a string or text parts)."""
     path = f"{mpath}.content"
     if "content" not in m:
         if required:
             c.add(path, "missing_field", "missing required field 'content'")
-        return
+        return False
     content = m["content"]
     if isinstance(content, str):
-        return
+        return True
     if not isinstance(content, list):
         what = "a string or an array of text parts" + ("" if required else " (or null)")
         c.add(path, "invalid_type", f"expected {what}, got {type_name(content)}")
-        return
+        return False
     if not content:
         c.add(path, "empty_array", "content parts array must not be empty")
+        return False
+    n_before = c.n
     for j, part in enumerate(content):
         ppath = f"{path}[{j}]"
         if not c.type_is(part, dict, ppath, "a content part object"):
@@ -505,6 +531,12 @@ def _check_content(m: dict, mpath: str, c: Checker, *, required: bool) -> None:
                   f"content part type {_short(part['type'])} is not supported (only 'text')")
         elif c.required(part, "text", ppath):
             c.type_is(part["text"], str, f"{ppath}.text", "a string")
+    return c.n == n_before
+
+
+def _blank(content: str | list) -> bool:
+    """Well-formed content (a string or text parts) with nothing but whitespace in it."""
+    return not content_text(content).strip()
 
 
 def _check_tool_calls(calls: Any, path: str, c: Checker, tool_names: set[str] | None, allow_parallel: bool,
@@ -558,8 +590,15 @@ def _check_arguments(args: Any, path: str, c: Checker) -> None:
         return
     try:
         parsed = strict_json_loads(args)
-    except (ValueError, RecursionError) as e:
-        c.add(path, "invalid_arguments", f"arguments is not valid JSON: {e}")
+    except RecursionError:
+        c.add(path, "invalid_arguments", f"arguments is nested deeper than {MAX_DEPTH} levels")
+        return
+    except ValueError as e:
+        c.add(path, "invalid_arguments", f"arguments is not valid JSON: {str(e)[:200]}")
+        return
+    problem = scan_value(parsed, args)  # the chat template re-serialises arguments: same limits as a line
+    if problem is not None:
+        c.add(path, "invalid_arguments", f"arguments: {problem[1]}")
         return
     if not isinstance(parsed, dict):
         c.add(path, "invalid_arguments", f"arguments must encode a JSON object, got {type_name(parsed)}")

@@ -2,10 +2,13 @@
 
 The standard library does the parsing; this module only adds what an upload service needs
 on top of `json.loads`, and why:
-- strictness: NaN/Infinity (and 1e999, which parses to inf) and duplicate keys are rejected,
-  lone UTF-16 surrogates are rejected (they crash the tokenizer later), nesting is bounded;
+- strictness: NaN/Infinity (and 1e999, which parses to inf), integers longer than Python
+  converts (4300 digits) and duplicate keys are rejected, lone UTF-16 surrogates are rejected
+  (they crash the tokenizer later), nesting is bounded;
 - bounded memory: lines are read with a byte cap (a 2 GB single line is skipped in chunks,
-  never held), so a hostile file costs at most MAX_LINE_BYTES at a time;
+  never held), so a hostile file costs at most MAX_LINE_BYTES at a time, plus what json.loads
+  builds from one line (RELIABILITY.md "Bad input" has the measured worst case); the depth
+  check after parsing holds one nesting level's containers at a time, not one entry per value;
 - binary sniffing: zip/gzip/PDF/... magic, NUL bytes and UTF-16/32 byte-order marks are
   reported once, instead of one garbage problem per "line" of a binary file.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -40,7 +44,11 @@ BINARY_MAGIC = {
 }
 UTF16_32_BOMS = (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff", b"\xff\xfe", b"\xfe\xff")
 UTF8_BOM = b"\xef\xbb\xbf"
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# A \uD800-\uDFFF escape in JSON text: the only way a parsed string can hold a lone surrogate
+# (raw surrogate bytes are invalid UTF-8). Lines without one skip the surrogate scan.
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
+# Python refuses to convert longer integer literals (sys.get_int_max_str_digits, CVE-2020-10735).
+MAX_INT_DIGITS = sys.get_int_max_str_digits() or 4300
 
 
 class JsonlReader:
@@ -123,10 +131,14 @@ def parse_line(raw: bytes, line: int) -> tuple[dict | None, LineProblem | None]:
     except RecursionError:
         return None, LineProblem(line, "", "too_deeply_nested", f"JSON is nested deeper than {MAX_DEPTH} levels")
     except json.JSONDecodeError as e:  # its own "line 1 column 5" would be confusing inside line 7
-        return None, LineProblem(line, "", "invalid_json", f"invalid JSON: {e.msg} at column {e.colno}")
-    except ValueError as e:  # e.g. an integer with more than 4300 digits
-        return None, LineProblem(line, "", "invalid_json", f"invalid JSON: {e}")
-    scan = _scan(obj)
+        if "\x00" in text:
+            return None, LineProblem(line, "", "invalid_json", "invalid JSON: the line contains a NUL byte "
+                                                               "(raw control characters are not allowed)")
+        msg = e.msg[:-3] if e.msg.endswith(" at") else e.msg  # "Invalid control character at"
+        return None, LineProblem(line, "", "invalid_json", f"invalid JSON: {msg} at column {e.colno}")
+    except ValueError as e:  # not expected from json.loads with these hooks; kept so nothing escapes
+        return None, LineProblem(line, "", "invalid_json", f"invalid JSON: {str(e)[:200]}")
+    scan = scan_value(obj, text)
     if scan is not None:
         return None, LineProblem(line, "", *scan)
     if not isinstance(obj, dict):
@@ -143,11 +155,13 @@ class StrictJSONError(ValueError):
 def strict_json_loads(text: str) -> Any:
     """json.loads that rejects NaN/Infinity (also 1e999) and duplicate object keys.
 
-    Raises StrictJSONError (a ValueError with .code) for those, ValueError for other bad JSON
-    and RecursionError for absurd nesting.
+    Raises StrictJSONError (a ValueError with .code) for those and for integers of more than
+    MAX_INT_DIGITS digits (code "number_too_large"), ValueError for other bad JSON and
+    RecursionError for absurd nesting. It does not bound depth or look for lone surrogates:
+    scan_value does that on the result.
     """
     return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant,
-                      parse_float=_finite_float)
+                      parse_float=_finite_float, parse_int=_bounded_int)
 
 
 def type_name(v: Any) -> str:
@@ -174,6 +188,13 @@ def _reject_constant(name: str) -> float:
     raise StrictJSONError("non_finite_number", f"{name} is not valid JSON (numbers must be finite)")
 
 
+def _bounded_int(s: str) -> int:
+    if len(s) > MAX_INT_DIGITS and len(s.lstrip("-")) > MAX_INT_DIGITS:
+        raise StrictJSONError("number_too_large", f"an integer has {len(s.lstrip('-'))} digits; "
+                                                  f"at most {MAX_INT_DIGITS} are allowed")
+    return int(s)
+
+
 def _finite_float(s: str) -> float:
     x = float(s)
     if not math.isfinite(x):
@@ -181,22 +202,28 @@ def _finite_float(s: str) -> float:
     return x
 
 
-def _scan(obj: Any) -> tuple[str, str] | None:
-    """(code, message) when the value nests deeper than MAX_DEPTH or holds a lone surrogate."""
-    stack = [(obj, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, str):
-            if _SURROGATE_RE.search(node):
-                return "invalid_unicode", "a string contains an unpaired UTF-16 surrogate escape (e.g. \\ud800)"
-            continue
-        if not isinstance(node, (dict, list)):
-            continue
+def scan_value(obj: Any, text: str | None = None) -> tuple[str, str] | None:
+    """(code, message) when a parsed value nests deeper than MAX_DEPTH or holds a lone surrogate.
+
+    `text`, the JSON it was parsed from, lets common lines skip both checks: without more than
+    MAX_DEPTH brackets it cannot be too deep, and without a \\uD8xx-\\uDFxx escape it cannot hold
+    a lone surrogate. The depth walk goes one level at a time and holds only references to the
+    next level's containers (a 4 MB line of a million `{}` costs a list of pointers); the
+    surrogate check is one C-speed encode of the re-serialised value.
+    """
+    check_depth = text is None or text.count("[") + text.count("{") > MAX_DEPTH
+    check_strings = text is None or _SURROGATE_ESCAPE_RE.search(text) is not None
+    level, depth = ([obj] if check_depth and isinstance(obj, (dict, list)) else []), 1
+    while level:
         if depth > MAX_DEPTH:
             return "too_deeply_nested", f"JSON is nested deeper than {MAX_DEPTH} levels"
-        if isinstance(node, dict):
-            stack.extend((k, depth) for k in node)
-            stack.extend((v, depth + 1) for v in node.values())
-        else:
-            stack.extend((v, depth + 1) for v in node)
+        below: list = []
+        for node in level:
+            below += [v for v in (node.values() if isinstance(node, dict) else node) if isinstance(v, (dict, list))]
+        level, depth = below, depth + 1
+    if check_strings:
+        try:  # a parsed string holds a surrogate code point only when its escape was unpaired
+            json.dumps(obj, ensure_ascii=False, check_circular=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return "invalid_unicode", "a string contains an unpaired UTF-16 surrogate escape (e.g. \\ud800)"
     return None

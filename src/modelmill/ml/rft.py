@@ -384,6 +384,9 @@ class _RFTHooks(common.ReporterHooks):
 
     def on_save(self, args, state, control, **kwargs):
         self._flush(state)
+        if self.reporter.should_stop() == "cancel":  # cancelled or lease lost: see common's on_save
+            self.stop = "cancel"
+            return
         step, out = state.global_step, Path(self.config.output_dir)
         reward = self.valid_by_step.get(step)
         if reward is not None:  # travels with the checkpoint, so a resumed run still knows the best

@@ -8,11 +8,17 @@ them, and generated `<tool_call>` blocks are parsed back with chat_format.parse_
 Semantics (OpenAI's, where they map):
 - temperature 0 (or top_p 0) is greedy decoding; n > 1 greedy choices are one decode copied n
   times (they would be identical anyway).
-- seed makes sampling deterministic: torch.manual_seed(seed) inside torch.random.fork_rng, so
-  the process-wide RNG (e.g. a training run in the same process) is restored afterwards.
-- All generation in the process is serialised by one lock (_GENERATE_LOCK). The global torch RNG
-  and the Rust tokenizer's padding state are not thread-safe, and on a CPU box one generate()
-  already uses every core, so running two at once would not be faster.
+- seed makes sampling deterministic: each request draws from its own torch.Generator seeded with
+  its seed (a request without one gets a seed drawn from the global torch RNG), never from the
+  global RNG, so a training run in the same process is not disturbed and a seeded request gives
+  the same tokens whether it was decoded alone or batched with others.
+- Concurrent requests are batched (ml/batching.py): calls that arrive while the model is busy,
+  or within a few ms of each other, are decoded together in one left-padded generate() and each
+  caller gets its own rows back, as soon as they are done. Every rule on this page holds per
+  request inside a batch (own budget, stop strings, seed, temperature / top_p, tool-call prefill
+  and parsing, usage); only requests for the same (base, adapter) pair share a batch. Generation
+  in the process still runs one generate() at a time (batching.GENERATE_LOCK): on a CPU box one
+  generate() already uses every core.
 - stop: up to 4 strings; generation of a choice ends once one appears, the text is cut before
   its first occurrence and finish_reason is "stop". EOS also gives "stop"; hitting the token
   budget gives "length"; a parsed tool call gives "tool_calls".
@@ -38,19 +44,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+# Straight from the submodule: transformers' lazy top-level __getattr__ is not thread-safe, and the
+# first chat requests may import this module while the worker thread is importing transformers too.
+from transformers.generation.streamers import TextIteratorStreamer
 
 from modelmill.errors import InvalidRequestError, NotFoundError
-from modelmill.ml import chat_format, models
+from modelmill.ml import batching, chat_format, models
 from modelmill.ml.types import ModelRef
 
 DEFAULT_MAX_TOKENS = 512  # completion budget when max_tokens is None (capped by the context left)
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_N = 128  # OpenAI's limit on choices per request
 TOOL_CALL_OPEN = "<tool_call>"
-
-# One lock for every generate() in the process; see the module docstring.
-_GENERATE_LOCK = threading.Lock()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +150,7 @@ class _Loaded:
     tokenizer: Any
     eos_ids: list[int] = field(default_factory=list)
     context: int = 2048
+    tok_lock: Any = field(default_factory=threading.RLock)  # every tokenizer call holds it (Rust, not thread-safe)
 
 
 def _prepare(model, tokenizer) -> _Loaded:
@@ -177,10 +183,13 @@ class Sampler:
     """Generates chat completions; keeps up to `cache_size` loaded models (LRU), thread-safe.
 
     `loader(base_dir, adapter_dir) -> (model, tokenizer)` is injectable (tests count calls);
-    it defaults to ml.models.load_model. A LoRA adapter is merged into the loaded copy.
+    it defaults to ml.models.load_model. A LoRA adapter is merged into the loaded copy, so each
+    (base, adapter) pair is its own model and its own batches (ml/batching.py says why PEFT's
+    mixed-adapter batches are not used).
     """
 
-    def __init__(self, cache_size: int = 4, loader: Loader | None = None):
+    def __init__(self, cache_size: int = 4, loader: Loader | None = None, *,
+                 batch_window_s: float = batching.DEFAULT_WINDOW_S, max_batch_rows: int = batching.DEFAULT_MAX_ROWS):
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
         self.cache_size = cache_size
@@ -189,6 +198,19 @@ class Sampler:
         self._lock = threading.Lock()
         self._models: OrderedDict[tuple, _Loaded] = OrderedDict()
         self._loading: dict[tuple, threading.Lock] = {}
+        # batch_window_s: how long an idle model waits for more requests (0 = start at once);
+        # max_batch_rows: rows (prompts x sampled choices) decoded together at most.
+        self._batcher = batching.Batcher(window_s=batch_window_s, max_rows=max_batch_rows)
+
+    @property
+    def batch_history(self) -> list[tuple[int, int]]:
+        """(requests, rows) of each recent batched generate(), oldest first."""
+        return list(self._batcher.history)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch right now (not counting the one being decoded)."""
+        return self._batcher.queued
 
     # -- cache ---------------------------------------------------------------------------------
 
@@ -254,6 +276,8 @@ class Sampler:
 
         tools is either one tools list shared by all conversations or a list with one tools
         list (or None) per conversation. One result per conversation, each with params.n choices.
+        The call is one request to the batcher: its conversations are never split across
+        batches, and other concurrent requests for the same model may join its batch.
         """
         params = params or SamplingParams()
         if not conversations:
@@ -261,25 +285,35 @@ class Sampler:
         loaded = self._get(ref)
         per_item = _tools_per_conversation(tools, len(conversations))
         prompts = [_render(loaded.tokenizer, msgs, t, tool_choice) for msgs, t in zip(conversations, per_item)]
-        with _GENERATE_LOCK:
-            enc = loaded.tokenizer([p.text for p in prompts], return_tensors="pt", padding=True,
-                                   add_special_tokens=False)
-            width = enc["input_ids"].shape[1]
-            prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
-            budget = _budget(params, loaded.context, width)
-            copies = 1 if params.greedy else params.n
-            criteria = _StopCriteria(loaded.tokenizer, width, params.stop)
-            out = _run_generate(loaded, enc, params, budget, copies, criteria)
-            rows = [_finish_row(loaded, out[r, width:], prompts[r // copies], params, budget)
-                    for r in range(out.shape[0])]
+        request = self._request(loaded, prompts, params)
+        rows = self._batcher.submit(request).wait()
+        copies = request.copies
         results = []
-        for i, p_len in enumerate(prompt_lens):
-            mine = rows[i * copies:(i + 1) * copies]
+        for i, (prompt, budget) in enumerate(zip(prompts, request.budgets)):
+            mine = [_choice(loaded, ids, hit_eos, prompt, params, budget)
+                    for ids, hit_eos in rows[i * copies:(i + 1) * copies]]
             if copies == 1:
                 mine = mine * params.n  # greedy: n identical choices from one decode
             choices = [_with_index(c, j) for j, c in enumerate(mine)]
-            results.append(GenerationResult(choices, int(p_len), sum(c.completion_tokens for c in choices)))
+            results.append(GenerationResult(choices, len(request.prompt_ids[i]),
+                                            sum(c.completion_tokens for c in choices)))
         return results
+
+    def _request(self, loaded: _Loaded, prompts: list[_Prompt], params: SamplingParams,
+                 sink=None, cancel: threading.Event | None = None) -> batching.BatchRequest:
+        """Tokenize and budget each prompt (request errors raise here, in the caller) -> a BatchRequest."""
+        with loaded.tok_lock:
+            prompt_ids = [loaded.tokenizer(p.text, add_special_tokens=False)["input_ids"] for p in prompts]
+        budgets = [_budget(params, loaded.context, len(ids)) for ids in prompt_ids]
+        # A request without a seed takes one from the global RNG, so torch.manual_seed still
+        # makes a single-threaded program repeatable.
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2 ** 62, ()).item())
+        settings = batching.DecodeSettings(greedy=params.greedy, temperature=params.temperature, top_p=params.top_p,
+                                           stop=params.stop, seed=seed)
+        return batching.BatchRequest(
+            key=loaded.model, model=loaded.model, tokenizer=loaded.tokenizer, tok_lock=loaded.tok_lock,
+            eos_ids=loaded.eos_ids, pad_id=loaded.tokenizer.pad_token_id, prompt_ids=prompt_ids, budgets=budgets,
+            copies=1 if params.greedy else params.n, settings=settings, sink=sink, cancel=cancel)
 
     def stream(self, ref: ModelRef, messages: list[dict], tools: list[dict] | None = None,
                params: SamplingParams | None = None, tool_choice: Any = None) -> Iterator[StreamEvent]:
@@ -288,7 +322,8 @@ class Sampler:
         Text that could be the start of a stop string or of a `<tool_call>` block is held back
         until it is decided, so a client never sees a stop string or raw tool-call markup; for
         greedy decoding the concatenated deltas equal generate()'s text when no tool call is
-        parsed. n > 1 is served by one batched generate() emitted choice by choice.
+        parsed. n > 1 is served by one batched generate() emitted choice by choice. A streamed
+        request (n = 1) is batched like any other: its tokens are handed to it step by step.
 
         Request errors (unknown model, bad tool_choice, prompt longer than the context) raise
         here, before an iterator is returned, so a server can still answer with a 4xx.
@@ -298,10 +333,9 @@ class Sampler:
             return self._stream_from_result(self.generate(ref, messages, tools, params, tool_choice))
         loaded = self._get(ref)
         prompt = _render(loaded.tokenizer, messages, tools, tool_choice)
-        with _GENERATE_LOCK:  # the Rust tokenizer is not safe to share across threads
-            enc = loaded.tokenizer([prompt.text], return_tensors="pt", add_special_tokens=False)
-        budget = _budget(params, loaded.context, enc["input_ids"].shape[1])
-        return self._stream_one(loaded, prompt, enc, budget, params)
+        streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=False, skip_special_tokens=True)
+        request = self._request(loaded, [prompt], params, sink=streamer, cancel=threading.Event())
+        return self._stream_one(loaded, prompt, request, params)
 
     def _stream_from_result(self, result: GenerationResult) -> Iterator[StreamEvent]:
         last = len(result.choices) - 1
@@ -311,53 +345,35 @@ class Sampler:
             yield StreamEvent(index=c.index, finish_reason=c.finish_reason, tool_calls=c.tool_calls or None,
                               usage=result.usage if c.index == last else None)
 
-    def _stream_one(self, loaded: _Loaded, prompt: _Prompt, enc, budget: int,
+    def _stream_one(self, loaded: _Loaded, prompt: _Prompt, request: batching.BatchRequest,
                     params: SamplingParams) -> Iterator[StreamEvent]:
-        tok = loaded.tokenizer
-        width = enc["input_ids"].shape[1]
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        cancel = threading.Event()
-        box: dict[str, Any] = {}
-
-        def work():
-            try:
-                with _GENERATE_LOCK:
-                    criteria = _StopCriteria(tok, width, params.stop, cancel)
-                    out = _run_generate(loaded, enc, params, budget, 1, criteria, streamer=streamer)
-                    box["tokens"], box["hit_eos"] = _count_tokens(out[0, width:], loaded)
-            except BaseException as e:  # handed to the consumer; end() unblocks its iterator
-                box["error"] = e
-                streamer.end()
-
-        thread = threading.Thread(target=work, name="modelmill-stream", daemon=True)
-        thread.start()
+        # Queued on the first next(), as a generator that is never iterated never started before.
+        self._batcher.submit(request)
         markers = (params.stop or []) + ([TOOL_CALL_OPEN] if prompt.parse_tools else [])
         text, sent, stopped = "", 0, False
         try:
-            for piece in streamer:
+            for piece in request.sink:
                 text += piece
                 cut = _first_stop(text, params.stop)
                 if cut is not None:
                     text, stopped = text[:cut], True
-                    cancel.set()
+                    request.cancel.set()
                     break
                 safe = _safe_prefix_len(text, markers, prompt)
                 if safe > sent:
                     yield StreamEvent(delta=text[sent:safe])
                     sent = safe
-            thread.join()
         finally:
-            cancel.set()  # the consumer went away (or we stopped): end generation promptly
-            thread.join()
-        if "error" in box:
-            raise box["error"]
-        finish = "stop" if stopped or box["hit_eos"] else "length" if box["tokens"] >= budget else "stop"
+            request.cancel.set()  # the consumer went away (or we stopped): end this row promptly
+        ((ids, hit_eos),) = request.wait()
+        budget = request.budgets[0]
+        finish = "stop" if stopped or hit_eos else "length" if len(ids) >= budget else "stop"
         calls: list[dict] = []
         if prompt.parse_tools:
             _, calls = chat_format.parse_tool_calls(prompt.prefill + text)
         rest = "" if calls else prompt.prefill + text[sent:]  # sent is 0 whenever there is a prefill
         yield StreamEvent(delta=rest, finish_reason="tool_calls" if calls else finish, tool_calls=calls or None,
-                          usage=_usage(width, box["tokens"]))
+                          usage=_usage(len(request.prompt_ids[0]), len(ids)))
         # (text after a parsed tool call is not streamed; generate()'s content would include it)
 
 
@@ -365,59 +381,22 @@ class Sampler:
 # Helpers
 
 
-def _finish_row(loaded: _Loaded, gen_ids, prompt: _Prompt, params: SamplingParams, budget: int) -> Choice:
+def _choice(loaded: _Loaded, ids: list[int], hit_eos: bool, prompt: _Prompt, params: SamplingParams,
+            budget: int) -> Choice:
     """One generated row -> Choice: cut at the first stop string, parse tool calls, pick finish_reason."""
-    n_tokens, hit_eos = _count_tokens(gen_ids, loaded)
-    text = loaded.tokenizer.decode(gen_ids[:n_tokens], skip_special_tokens=True)
+    with loaded.tok_lock:
+        text = loaded.tokenizer.decode(ids, skip_special_tokens=True)
     cut = _first_stop(text, params.stop)
     if cut is not None:
         text, finish = text[:cut], "stop"
     else:
-        finish = "stop" if hit_eos or n_tokens < budget else "length"
+        finish = "stop" if hit_eos or len(ids) < budget else "length"
     full = prompt.prefill + text
     if prompt.parse_tools:
         content, calls = chat_format.parse_tool_calls(full)
         if calls:
-            return Choice(0, full, content, calls, "tool_calls", n_tokens)
-    return Choice(0, full, full, [], finish, n_tokens)
-
-
-class _StopCriteria(StoppingCriteria):
-    """Per-row stop: a stop string appeared in the generated text, or the stream was cancelled."""
-
-    def __init__(self, tokenizer, prompt_width: int, stops: list[str] | None, cancel: threading.Event | None = None):
-        self.tokenizer, self.start, self.stops, self.cancel = tokenizer, prompt_width, stops or [], cancel
-        # A stop string of L characters spans at most about L tokens; decode a safe tail only.
-        self.window = 2 * max((len(s) for s in self.stops), default=0) + 8
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if self.cancel is not None and self.cancel.is_set():
-            return done | True
-        if self.stops:
-            lo = max(self.start, input_ids.shape[1] - self.window)
-            for r in range(input_ids.shape[0]):
-                tail = self.tokenizer.decode(input_ids[r, lo:], skip_special_tokens=True)
-                done[r] = any(s in tail for s in self.stops)
-        return done
-
-
-def _run_generate(loaded: _Loaded, enc, params: SamplingParams, budget: int, copies: int,
-                  criteria: StoppingCriteria, streamer=None):
-    """model.generate under the caller's _GENERATE_LOCK; seeded runs restore the global RNG after."""
-    sample = not params.greedy
-    config = GenerationConfig(
-        max_new_tokens=budget, do_sample=sample, num_return_sequences=copies, num_beams=1,
-        repetition_penalty=1.0, no_repeat_ngram_size=0,
-        eos_token_id=loaded.eos_ids, pad_token_id=loaded.tokenizer.pad_token_id,
-        # OpenAI has no top_k and no repetition penalty: turn off whatever the model dir defaults to
-        **({"temperature": float(params.temperature), "top_p": float(params.top_p), "top_k": 0} if sample else {}),
-    )
-    with torch.inference_mode(), torch.random.fork_rng(devices=[], enabled=params.seed is not None):
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        return loaded.model.generate(**enc, generation_config=config,
-                                     stopping_criteria=StoppingCriteriaList([criteria]), streamer=streamer)
+            return Choice(0, full, content, calls, "tool_calls", len(ids))
+    return Choice(0, full, full, [], finish, len(ids))
 
 
 def _render(tokenizer, messages: list[dict], tools: list[dict] | None, tool_choice: Any) -> _Prompt:
@@ -473,19 +452,6 @@ def _budget(params: SamplingParams, context: int, prompt_len: int) -> int:
         raise InvalidRequestError(f"the prompt is {prompt_len} tokens; the model's context is {context}",
                                   param="messages", code="context_length_exceeded")
     return min(params.max_tokens or DEFAULT_MAX_TOKENS, left)
-
-
-def _count_tokens(gen_ids, loaded: _Loaded) -> tuple[int, bool]:
-    """(tokens generated up to and including the first EOS, whether an EOS was generated).
-
-    Rows that finished early are padded with pad_token_id (often the EOS id): stop there too."""
-    ends = set(loaded.eos_ids)
-    for i, t in enumerate(gen_ids.tolist()):
-        if t in ends:
-            return i + 1, True
-        if t == loaded.tokenizer.pad_token_id:
-            return i, False
-    return len(gen_ids), False
 
 
 def _first_stop(text: str, stops: list[str] | None) -> int | None:

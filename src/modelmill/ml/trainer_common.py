@@ -17,6 +17,7 @@ Output directory layout (the same for every method):
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
@@ -24,12 +25,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from modelmill.errors import ModelMillError, TrainingError
+from modelmill.faults import crash_point
 from modelmill.ml.report import Reporter
 from modelmill.ml.types import TrainResult
 
 # The PEFT adapter a run trains (PEFT's default name). TRL's DPOTrainer may add a frozen "ref"
 # copy next to it; only this one is ever saved as the run's result.
 TRAINED_ADAPTER = "default"
+
+
+def cuda_bf16() -> bool:
+    """Train in bf16 mixed precision (fp32 weights, bf16 autocast) only on a CUDA GPU that supports it.
+    On CPU stay in fp32: bf16 autocast there is ~20x slower (docs: OFFLINE.md)."""
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 def trainer_args(config, base_learning_rate: float) -> dict:
@@ -42,7 +52,7 @@ def trainer_args(config, base_learning_rate: float) -> dict:
         learning_rate=base_learning_rate * config.learning_rate_multiplier,
         lr_scheduler_type="linear", warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio
         seed=config.seed, data_seed=config.seed, max_length=config.max_seq_len,
-        bf16=False, fp16=False,  # fp32: bf16 autocast is ~20x slower on CPU
+        bf16=cuda_bf16(), fp16=False,  # CPU: fp32 (bf16 autocast is ~20x slower there); CUDA: bf16 autocast
         activation_checkpointing=False,  # small models on CPU: memory is not the limit, speed is
         logging_steps=1, save_strategy="no", eval_strategy="no",  # the callback decides when
         include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=True,
@@ -113,15 +123,58 @@ def run_trainer(trainer, callback: ReporterHooks, output_dir: Path, reporter: Re
     except ModelMillError:
         raise
     except Exception as e:  # OOM, NaNs, a broken checkpoint: the caller gets one typed error
-        raise TrainingError(f"training failed at step {trainer.state.global_step}: {e}") from e
+        step = trainer.state.global_step
+        if disk_full(e, output_dir):
+            raise disk_full_error(output_dir, f"training (step {step})") from e
+        raise TrainingError(f"training failed at step {step}: {e}") from e
     shutil.rmtree(output_dir / ".staging", ignore_errors=True)  # every checkpoint in it has been published
     state = trainer.state
     tokens, steps = int(state.num_input_tokens_seen), int(state.global_step)
     if callback.stop in ("cancel", "pause"):
         status = "cancelled" if callback.stop == "cancel" else "paused"
         return TrainResult(status=status, adapter_dir=None, trained_tokens=tokens, steps=steps)
-    adapter_dir = save_adapter_atomically(trainer.model, output_dir)
+    try:
+        adapter_dir = save_adapter_atomically(trainer.model, output_dir)
+    except Exception as e:
+        if disk_full(e, output_dir):
+            raise disk_full_error(output_dir, "saving the final adapter") from e
+        raise
     return TrainResult(status="succeeded", adapter_dir=adapter_dir, trained_tokens=tokens, steps=steps)
+
+
+# Below this much free space on the output filesystem, a failed write is taken as "disk full":
+# torch.save reports ENOSPC as a bare RuntimeError ("file write failed") with no errno to test.
+DISK_FULL_FREE_BYTES = 1 << 20
+_DISK_FULL_TEXT = ("no space left on device", "storagefull", "disk quota exceeded")
+
+
+def disk_full(exc: BaseException, output_dir: Path) -> bool:
+    """True when `exc` (or an exception it chains) is ENOSPC/EDQUOT, or the output filesystem is
+    (nearly) full after the failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(seen).lower() for text in _DISK_FULL_TEXT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(output_dir).free < DISK_FULL_FREE_BYTES
+    except OSError:
+        return False
+
+
+def disk_full_error(output_dir: Path, during: str) -> TrainingError:
+    """Free the half-written save and say what is left: the checkpoints before it are complete
+    (each was published by rename), so the newest one stays usable."""
+    shutil.rmtree(output_dir / ".staging", ignore_errors=True)
+    for tmp in output_dir.glob(".adapter-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    done = checkpoints(output_dir)
+    kept = (f"The checkpoints saved before it are intact; the newest is step {step_of(done[-1])}."
+            if done else "No checkpoint had been saved yet.")
+    return TrainingError(f"No space left on device while {during}: the job's output disk is full. {kept} "
+                         "Free some space and start a new job.", code="disk_full")
 
 
 @contextlib.contextmanager
@@ -177,6 +230,7 @@ def publish_checkpoint(output_dir: Path, step: int, keep: int, protect: tuple[in
     """
     src = output_dir / ".staging" / f"checkpoint-{step}"
     dst = output_dir / "checkpoints" / f"step-{step}"
+    crash_point("checkpoint_publish")  # staged in full, not yet published
     rename_over(src, dst)
     for old in checkpoints(output_dir)[:-keep] if keep > 0 else []:
         if step_of(old) not in protect:
@@ -189,6 +243,7 @@ def save_adapter_atomically(model, output_dir: Path) -> Path:
     tmp = output_dir / f".adapter-{uuid.uuid4().hex[:8]}"
     model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[TRAINED_ADAPTER])
     final = output_dir / "adapter"
+    crash_point("adapter_publish")  # written in full, not yet renamed into place
     rename_over(tmp, final)
     return final
 
@@ -282,6 +337,12 @@ class ReporterHooks:
 
     def on_save(self, args, state, control, **kwargs):
         self._flush(state)
+        if self.reporter.should_stop() == "cancel":
+            # Cancelled, or (in the service) the lease was lost while this save ran: a worker that no
+            # longer owns the job must not publish into the directory the new owner resumes from.
+            # The staged save is left in .staging, which the next start deletes.
+            self.stop = "cancel"
+            return
         path = publish_checkpoint(Path(self.config.output_dir), state.global_step, self.config.keep_checkpoints)
         self.reporter.on_checkpoint(state.global_step, path, dict(self.last_metrics))
 

@@ -38,6 +38,7 @@ class ValidationReport:
     n_lines: int
     examples: list = field(default_factory=list)
     problems: list[LineProblem] = field(default_factory=list)
+    n_examples: int = 0  # valid lines found, also when validate_file(keep_examples=False) kept none
 
     @property
     def ok(self) -> bool:

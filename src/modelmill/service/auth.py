@@ -5,6 +5,10 @@
   (SESSION_COOKIE) holding one.
 - With no keys, any request is accepted, but only while the server binds a loopback
   address; create_app refuses to start on any other address without keys.
+
+Each key belongs to a project (store/projects.py); authenticate() returns it, and the request
+acts in it. Keyless loopback requests act in the default project.
+Key plaintext is never logged, stored or echoed: error messages name no key.
 """
 
 from __future__ import annotations
@@ -14,14 +18,17 @@ import ipaddress
 from modelmill import errors
 from modelmill.settings import Settings
 from modelmill.service.store import Store
+from modelmill.service.store.records import DEFAULT_PROJECT_ID
 
 # The dashboard's session cookie: it holds an API key and counts as one (HttpOnly, SameSite=Strict).
 SESSION_COOKIE = "modelmill_key"
 
 
-def create_key(store: Store, name: str) -> str:
-    """Create an API key labelled `name`; return its plaintext (shown once, stored hashed)."""
-    return store.keys.create(name)[1]
+def create_key(store: Store, name: str, project: str | None = None) -> str:
+    """Create an API key labelled `name` for the project called `project` (created if new; None:
+    the default project); return its plaintext (shown once, stored hashed)."""
+    project_id = store.projects.ensure(project).id if project else DEFAULT_PROJECT_ID
+    return store.keys.create(name, project_id)[1]
 
 
 def is_loopback(host: str) -> bool:
@@ -48,16 +55,19 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def authenticate(settings: Settings, store: Store, authorization: str | None) -> None:
-    """Raise AuthenticationError (401) unless this request may proceed."""
+def authenticate(settings: Settings, store: Store, authorization: str | None) -> str:
+    """The project id this request acts in; AuthenticationError (401) unless it may proceed."""
     if store.keys.any():
         token = bearer_token(authorization)
         if token is None:
             raise errors.AuthenticationError(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
                 code="missing_api_key")
-        if store.keys.verify(token) is None:
+        key = store.keys.verify(token)
+        if key is None:
             raise errors.AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
-    elif not is_loopback(settings.host):
+        return key.project_id
+    if not is_loopback(settings.host):
         raise errors.AuthenticationError("This server has no API keys and is not bound to loopback.",
                                          code="no_api_keys")
+    return DEFAULT_PROJECT_ID

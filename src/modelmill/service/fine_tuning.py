@@ -4,6 +4,10 @@ Only what can be checked at once is checked here (the model exists, the files ex
 are fine-tune files, the method is one in service/methods.py, its hyperparameters are in
 range). Reading every line of the files is the worker's first step, so a large upload
 never holds up the request.
+
+The job belongs to the caller's project: its files must be that project's, and its model a
+base model, one of the project's fine-tuned models, or one shared with it. Anything else is
+refused exactly as a missing file or model is.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ from modelmill.service.schemas.jobs import CreateJobRequest
 from modelmill.service.store import JobRecord, NewJob, Store
 
 
-def create_job(store: Store, settings: Settings, req: CreateJobRequest) -> JobRecord:
+def create_job(store: Store, settings: Settings, req: CreateJobRequest, *, project_id: str) -> JobRecord:
     method_type, hyperparameters, hp_where = _method(req)
     grader = _grader(req) if methods.get(method_type).needs_grader else None
-    base_model, init_adapter = _training_model(store, settings, req.model)
-    _check_file(store, req.training_file, "training_file")
+    base_model, init_adapter = _training_model(store, settings, req.model, project_id)
+    _check_file(store, req.training_file, "training_file", project_id)
     if req.validation_file:
-        _check_file(store, req.validation_file, "validation_file")
+        _check_file(store, req.validation_file, "validation_file", project_id)
     if req.suffix is not None and not set(req.suffix) <= model_registry.SUFFIX_CHARS:
         raise errors.InvalidRequestError("suffix may contain only letters, digits, '-', '_' and '.'",
                                          param="suffix", code="invalid_suffix")
@@ -35,7 +39,7 @@ def create_job(store: Store, settings: Settings, req: CreateJobRequest) -> JobRe
         training_file=req.training_file, validation_file=req.validation_file, suffix=req.suffix,
         seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
         metadata=req.metadata, integrations=req.integrations, method_type=method_type,
-        hyperparameters=hyperparameters, grader=grader,
+        hyperparameters=hyperparameters, grader=grader, project_id=project_id,
         ft_name=model_registry.fine_tuned_model_name(base_model, settings.owner, req.suffix, job_id)))
 
 
@@ -87,19 +91,19 @@ def _check_hyperparameters(method_type: str, requested: dict, where: str) -> Non
         raise
 
 
-def _training_model(store: Store, settings: Settings, name: str) -> tuple[str, str | None]:
+def _training_model(store: Store, settings: Settings, name: str, project_id: str) -> tuple[str, str | None]:
     """(base model, adapter to continue from). An ft: or checkpoint model continues its adapter."""
     try:
-        served = model_registry.resolve(store, settings, name)
+        served = model_registry.resolve(store, settings, name, project_id=project_id)
     except errors.NotFoundError:
         raise errors.InvalidRequestError(f"Model {name} is not available for fine-tuning or does not exist",
                                          param="model", code="model_not_available") from None
     return served.base_model, (str(served.adapter_dir) if served.adapter_dir else None)
 
 
-def _check_file(store: Store, file_id: str, param: str) -> None:
+def _check_file(store: Store, file_id: str, param: str, project_id: str) -> None:
     try:
-        f = store.files.get(file_id, param=param)
+        f = store.files.get(file_id, param=param, project_id=project_id)
     except errors.NotFoundError:
         raise errors.InvalidRequestError(f"invalid {param}: {file_id} does not exist", param=param,
                                          code="file_not_found") from None

@@ -21,13 +21,15 @@ from modelmill.service.store import Store
 TOP_LEVEL_TYPES = ("string_check", "text_similarity", "python", "score_model", "multi")
 
 
-def build_context(settings: Settings, store: Store, get_sampler: Callable[[], Any]):
+def build_context(settings: Settings, store: Store, get_sampler: Callable[[], Any], *,
+                  project_id: str | None = None):
     """The GraderContext the API grades with: the service judge (own models + MODELMILL_JUDGES
-    endpoints) and the engine's default sandbox and embedder."""
+    endpoints) and the engine's default sandbox and embedder. project_id: the project whose
+    models the judge may use (its own and those shared with it; None: every model)."""
     from modelmill.ml.graders import GraderContext
     from modelmill.service.judge import ServiceJudge
 
-    return GraderContext(judge=ServiceJudge(settings, store, get_sampler))
+    return GraderContext(judge=ServiceJudge(settings, store, get_sampler, project_id=project_id))
 
 
 def validate(grader: dict) -> dict:

@@ -3,7 +3,13 @@
 A job gets them when it has a validation file or metadata {"eval": "true"} (metadata
 {"eval": "false"} turns them off). The worker calls before_training() once, on the job's first
 attempt, right after it starts, and after_training() once training has succeeded, before the
-job is marked succeeded. Each phase ensures its runs exist and are complete:
+job is marked succeeded. Each phase ensures its runs exist and are complete.
+
+By default every run, the base one included, is made after training: the starting model does
+not change, so its score is the same, and the job's first step does not wait for it (the cost
+of waiting is measured in BENCHMARKS.md, "Time to first step"). Metadata {"eval_base_first": "true"}
+evaluates the base model before training instead, so its score is known while training runs.
+Runs:
 
 - "base": the job's starting model (`model` as requested: a base or an ft: model);
 - "step N": each kept checkpoint, with metadata {"eval_checkpoints": "true"};
@@ -29,6 +35,7 @@ byte-level token covers at least one byte, so a longer answer could not match an
 at the job's completion budget (ml/rft.py COMPLETION_TOKENS for its reasoning_effort). Metadata
 "eval_max_tokens" (1 to TOKENS_LIMIT) overrides all three.
 The comparison becomes one job event whose data has key "eval_comparison" (docs/CONTRACTS.md).
+The eval and its runs belong to the job's project; metadata eval_id must name one of that project's evals.
 A failure here never fails the job: it becomes a warn event.
 """
 
@@ -71,10 +78,15 @@ def enabled(job: JobRecord) -> bool:
     return bool(job.validation_file) or flag in TRUE
 
 
+def base_first(job: JobRecord) -> bool:
+    """Metadata {"eval_base_first": "true"}: evaluate the starting model before training."""
+    return str((job.metadata or {}).get("eval_base_first", "")).lower() in TRUE
+
+
 def before_training(worker, lease, job: JobRecord, reporter) -> None:
-    """Evaluate the starting model. A cancel, pause or shutdown stops it between batches (the
-    run is then finished after training, see after_training)."""
-    if not enabled(job):
+    """Evaluate the starting model, when the job asks for it first (base_first). A cancel, pause
+    or shutdown stops it between batches (the run is then finished after training, see after_training)."""
+    if not enabled(job) or not base_first(job):
         return
     with _Phase(worker, lease, job) as phase:
         plan = phase.plan()
@@ -83,8 +95,9 @@ def before_training(worker, lease, job: JobRecord, reporter) -> None:
 
 
 def after_training(worker, lease, job: JobRecord, reporter) -> None:
-    """Evaluate the final model (and checkpoints when asked), finish any earlier run, and record
-    the comparison. Only a cancel stops it: pausing a trained job makes no sense."""
+    """Evaluate the starting model (unless before_training did), the final model (and checkpoints
+    when asked), finish any earlier run, and record the comparison. Only a cancel stops it:
+    pausing a trained job makes no sense."""
     if not enabled(job):
         return
     with _Phase(worker, lease, job) as phase:
@@ -194,11 +207,11 @@ class _Phase:
         eval_id = (job.metadata or {}).get("eval_id")
         if eval_id:
             try:
-                return self.store.evals.get(eval_id)
+                return self.store.evals.get(eval_id, project_id=job.project_id)  # only the job's project's
             except errors.NotFoundError:
                 self.event("warn", f"Before/after eval skipped: metadata eval_id {eval_id} is not an eval")
                 return None
-        ev = self.store.evals.by_metadata("fine_tuning_job_id", job.id)
+        ev = self.store.evals.by_metadata("fine_tuning_job_id", job.id, project_id=job.project_id)
         if ev is not None:
             return ev
         if method == "reinforcement":
@@ -207,7 +220,8 @@ class _Phase:
         else:
             criteria, schema = [EXACT_MATCH], CHAT_ITEM_SCHEMA
         config = {"type": "custom", "item_schema": schema, "include_sample_schema": True}
-        return self.store.evals.create(f"{job.id} before/after", config, criteria, {"fine_tuning_job_id": job.id})
+        return self.store.evals.create(f"{job.id} before/after", config, criteria, {"fine_tuning_job_id": job.id},
+                                       job.project_id)
 
     # -- runs ------------------------------------------------------------------------------------
 

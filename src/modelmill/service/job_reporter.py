@@ -46,7 +46,10 @@ class StoreReporter:
                      self._estimated_finish(step, total_steps))
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
+        from modelmill.service import adapters
+
         metrics = {"step": step, **finite_numbers(metrics)}
+        adapters.record(self.queue.store, self.lease.job_id, Path(path))  # what a resume or a load may trust
         self._fenced(self.queue.add_checkpoint, self.lease, step, Path(path), metrics,
                      checkpoint_model_name(self.ft_name, step))
 

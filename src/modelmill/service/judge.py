@@ -2,8 +2,9 @@
 
 A grader names its judge by model name. ServiceJudge routes that name, in this order:
 1. an exact entry in settings.judges (MODELMILL_JUDGES) -> that OpenAI-compatible endpoint;
-2. a model ModelMill serves (base, ft:, checkpoint; model_registry.resolve, as chat does)
-   -> the app's shared ml.sampling.Sampler, all conversations in one batch_generate call;
+2. a model ModelMill serves (base, ft:, checkpoint; model_registry.resolve, as chat does, so only
+   models the judge's project may use) -> the app's shared ml.sampling.Sampler, all conversations
+   in one batch_generate call;
 3. the "*" entry of settings.judges, if any -> that endpoint;
 otherwise every reply is an error. A failure never raises: it becomes JudgeReply(error=...),
 which the engine reports as model_grader_server_error with the details.
@@ -40,10 +41,12 @@ TEXT_PARTS = ("input_text", "output_text", "text")
 class ServiceJudge:
     """Implements ml.graders' Judge protocol for the service (see the module docstring)."""
 
-    def __init__(self, settings: Settings, store: Store, get_sampler: Callable[[], Any]):
+    def __init__(self, settings: Settings, store: Store, get_sampler: Callable[[], Any], *,
+                 project_id: str | None = None):
         self.settings = settings
         self.store = store
         self.get_sampler = get_sampler  # the app's shared Sampler, created on first use
+        self.project_id = project_id  # whose models it may use (own + shared); None: every model
         self._clients: dict[tuple, Any] = {}  # (endpoint, api key) -> openai.OpenAI
         self._lock = threading.Lock()
 
@@ -73,7 +76,7 @@ class ServiceJudge:
         from modelmill import errors
 
         try:
-            return model_registry.resolve(self.store, self.settings, model)
+            return model_registry.resolve(self.store, self.settings, model, project_id=self.project_id)
         except errors.NotFoundError:
             return None
 

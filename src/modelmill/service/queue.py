@@ -130,6 +130,9 @@ class JobQueue:
             insert_event(c, lease.job_id, "info", f"Checkpoint created at step {step}",
                          data={"step": step, "fine_tuned_model_checkpoint": model_name})
             _forget_pruned(c, lease.job_id)
+            # Progress: `reclaims` counts worker losses since the newest checkpoint, so a long job
+            # that keeps checkpointing survives any number of crashes (see worker.max_worker_losses).
+            c.execute("UPDATE jobs SET reclaims = 0 WHERE id = ?", (lease.job_id,))
 
     def forget_pruned_checkpoints(self, lease: Lease) -> None:
         with self.fenced(lease) as c:
@@ -157,6 +160,13 @@ class JobQueue:
 
     def job(self, lease: Lease) -> JobRecord:
         return self.store.jobs.get(lease.job_id)
+
+    def data_version(self) -> int:
+        """SQLite's PRAGMA data_version on this thread's connection: it changes whenever another
+        connection (the API creating a job, another worker) commits. A read without a lock, so an
+        idle worker can check it every few milliseconds where a claim (a write transaction) would
+        contend with the API."""
+        return int(self.db.one("PRAGMA data_version")[0])
 
     def requested_action(self, lease: Lease) -> str | None:
         """What the user asked of this job ("cancel" / "pause"), or None.

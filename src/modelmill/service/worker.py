@@ -8,11 +8,15 @@ heartbeat thread keeps the lease alive, so a long training step never lets it ex
 The method (supervised, dpo) picks the ml functions through service/methods.py.
 If a worker dies, the next one reclaims the job after the lease expires and training
 resumes from the newest checkpoint in the job's output directory.
+A job's first step should come seconds after it is created (bench/bench_first_step.py): the
+worker imports the training stack when it starts, not on its first job (warm_up), and an idle
+worker claims a new job as soon as the database changes, not at its next poll (Worker._idle).
 """
 
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import logging
 import os
@@ -35,8 +39,9 @@ log = logging.getLogger(__name__)
 # Problems quoted in a failed job's error message (all of them become error events, up to EVENT_PROBLEMS).
 MESSAGE_PROBLEMS = 5
 EVENT_PROBLEMS = 20
-# A job whose worker died this many times mid-run (OOM kill, crash) is failed, not retried again.
-MAX_RECLAIMS = 3
+# Seconds between an idle worker's checks of whether the database changed (Worker._idle): a job the
+# API creates is claimed this soon, not up to Settings.poll_seconds later.
+CHANGE_CHECK_S = 0.02
 # step_metrics.csv always has OpenAI's columns, in OpenAI's order.
 RESULT_COLUMNS = ("step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
                   "full_valid_loss", "full_valid_mean_token_accuracy")
@@ -63,6 +68,7 @@ class Worker:
 
     def run(self) -> None:
         """Process jobs until stop_event is set."""
+        warm_up()
         log.info("worker %s polling %s", self.id, self.settings.db_path)
         while not self.stop_event.is_set():
             try:
@@ -71,7 +77,18 @@ class Worker:
                 log.exception("worker %s: unexpected error", self.id)
                 did = None
             if did is None:
-                self.stop_event.wait(self.settings.poll_seconds)
+                self._idle()
+
+    def _idle(self) -> None:
+        """Wait for work: until poll_seconds pass, stop_event is set, or the database changes.
+        Every CHANGE_CHECK_S it reads SQLite's data_version (no lock), which another connection's
+        commit changes (the API creating or resuming a job, in this process or another), so a new
+        job is claimed within milliseconds; the full claim still runs at least every poll_seconds."""
+        version = self.queue.data_version()
+        deadline = time.monotonic() + self.settings.poll_seconds
+        while not self.stop_event.wait(max(0.0, min(CHANGE_CHECK_S, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or self.queue.data_version() != version:
+                return
 
     def run_once(self) -> str | None:
         """Claim and process one job; return its id, or None if nothing was runnable."""
@@ -102,10 +119,10 @@ class Worker:
             return self.queue.finish(lease, "cancelled", message="Job cancelled")
         if job.requested_action == "pause":
             return self.queue.finish(lease, "paused", message="Job paused")
-        if job.reclaims > MAX_RECLAIMS:
+        if job.reclaims > self.settings.max_worker_losses:
             return self._fail(lease, {"code": "worker_lost", "param": None, "message":
-                                      f"The job's worker stopped unexpectedly {job.reclaims} times (out of memory?);"
-                                      " giving up"})
+                                      f"The job's worker stopped unexpectedly {job.reclaims} times in a row without "
+                                      "saving a checkpoint (out of memory?); giving up"})
         if lease.claimed_status == "running":
             self.queue.add_event(lease, "info", f"Resuming job after its previous worker stopped (attempt "
                                                 f"{lease.attempt}); training continues from the newest checkpoint")
@@ -150,20 +167,46 @@ class Worker:
         self.queue.add_event(lease, "info", f"Preparing base model {job.base_model}")
         base_dir = models.ensure_base(self.settings.home, job.base_model,
                                       progress=lambda msg: reporter.on_event("info", msg))
-        extra = {"grader": job.grader, "grader_context": self._grader_context()} if method.needs_grader else {}
+        extra = ({"grader": job.grader, "grader_context": self._grader_context(job.project_id)}
+                 if method.needs_grader else {})
+        init_adapter, output_dir = self._checked_adapters(job, reporter)
         return method.build_config(
             hp, base_dir=base_dir, train_path=train_path, valid_path=valid_path,
-            output_dir=self.settings.jobs_dir / job.id, seed=job.seed,
-            init_adapter=Path(job.init_adapter) if job.init_adapter else None, **extra)
+            output_dir=output_dir, seed=job.seed, init_adapter=init_adapter, **extra)
 
-    def _grader_context(self):
+    def _checked_adapters(self, job: JobRecord, reporter: StoreReporter) -> tuple[Path | None, Path]:
+        """(the adapter to continue from, the output dir), once both hold only what the platform wrote:
+        the starting ft: adapter and every checkpoint training could resume from (service/adapters.py).
+        The starting model must also still be the job's project's to use (not deleted, still shared)."""
+        from modelmill.service import adapters, model_registry
+
+        output_dir, init = self.settings.jobs_dir / job.id, None
+        try:
+            if job.init_adapter:
+                model_registry.resolve(self.store, self.settings, job.model, project_id=job.project_id, verify=False)
+                init = adapters.verify(self.store, self.settings, Path(job.init_adapter),
+                                       what=f"the adapter of model '{job.model}'")
+        except errors.NotFoundError:
+            raise JobFailed("model_not_available", f"Model {job.model} is no longer available to this job's project"
+                            " (deleted, or no longer shared with it)", "model") from None
+        except adapters.AdapterRefused as e:
+            raise JobFailed(e.code, e.message, "model") from None
+        try:
+            adapters.check_resumable(self.store, self.settings, output_dir, lambda m: reporter.on_event("warn", m))
+        except adapters.AdapterRefused as e:
+            raise JobFailed(e.code, e.message) from None
+        return init, output_dir
+
+    def _grader_context(self, project_id: str | None = None):
         """How RFT graders run in this worker: the service judge (ModelMill's own models through the
         process's one worker-side Sampler, shared with eval runs and created on a judge's first call,
-        or MODELMILL_JUDGES endpoints), the engine's default sandbox and embedder."""
+        or MODELMILL_JUDGES endpoints), the engine's default sandbox and embedder. project_id: the
+        job's project, whose models (own and shared) a model grader may use."""
         from modelmill.service import graders
         from modelmill.service.evals.runner import shared_sampler
 
-        return graders.build_context(self.settings, self.store, lambda: shared_sampler(self.settings))
+        return graders.build_context(self.settings, self.store, lambda: shared_sampler(self.settings),
+                                     project_id=project_id)
 
     @staticmethod
     def _method(job: JobRecord) -> methods.Method:
@@ -181,13 +224,15 @@ class Worker:
         path = self.store.files.blob_path(file_id)
         if not path.exists():
             raise JobFailed("file_not_found", f"{kind} file {file_id} no longer exists", param)
-        report = data.validate_file(path, data_format, min_examples=10 if param == "training_file" else 1)
+        # keep_examples=False: only the count is needed here, so a 512 MB upload is not held in memory
+        report = data.validate_file(path, data_format, min_examples=10 if param == "training_file" else 1,
+                                    keep_examples=False)
         if not report.ok:
             shown = "; ".join(str(p) for p in report.problems[:MESSAGE_PROBLEMS])
             more = len(report.problems) - MESSAGE_PROBLEMS
             message = f"{kind} file {file_id} is invalid: {shown}" + (f"; and {more} more" if more > 0 else "")
             raise JobFailed(f"invalid_{param}", message, param, [str(p) for p in report.problems])
-        return path, len(report.examples)
+        return path, report.n_examples
 
     def _train(self, lease: Lease, job: JobRecord, config, reporter: StoreReporter) -> None:
         fields = {"status": "running"}
@@ -195,11 +240,14 @@ class Worker:
             fields["started_at"] = self.clock()
         self.queue.update(lease, **fields)
         self.queue.add_event(lease, "info", "Fine-tuning job started")
-        if job.started_at is None:  # first attempt: evaluate the starting model (service/job_evals.py)
+        if job.started_at is None:  # first attempt: the base eval, if the job wants it first (job_evals.py)
             job_evals.before_training(self, lease, job, reporter)
         result = self._method(job).run(config, reporter)
         self.queue.forget_pruned_checkpoints(lease)
         if result.status == "succeeded":
+            from modelmill.service import adapters
+
+            adapters.record(self.store, job.id, Path(result.adapter_dir))  # what may be loaded as this model
             job_evals.after_training(self, lease, job, reporter)  # before/after report, if asked for
             result_file = self._results_file(job)
             self.queue.add_event(lease, "info", f"New fine-tuned model created: {job.ft_name}")
@@ -239,7 +287,34 @@ class Worker:
         writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        return self.store.files.add_bytes(buf.getvalue().encode(), "step_metrics.csv", "fine-tune-results").id
+        return self.store.files.add_bytes(buf.getvalue().encode(), "step_metrics.csv", "fine-tune-results",
+                                          job.project_id).id
+
+
+# What warm_up imports: the training stack (trl is a lazy module: its SFT trainer is named).
+WARM_MODULES = ("torch", "transformers", "peft", "datasets", "trl.trainer.sft_trainer", "modelmill.ml.models",
+                "modelmill.ml.sft")
+
+
+def warm_up() -> None:
+    """Import the training stack when a worker process starts (Worker.run calls this once), not
+    when its first job does: torch, transformers, peft, datasets and TRL's SFTTrainer take ~10 s
+    to import on a 2-core CPU, which would otherwise sit between the first job's creation and its
+    first step. A failed import is only logged: the job that needs the module reports the error.
+
+    Not done here, on purpose: gc.freeze() after the imports. It makes the full gc.collect() that
+    transformers' Trainer.train() runs before step 1 cheap (0.5-0.8 s saved per job on a loaded
+    2-core machine), but with the imported objects frozen CPython's full-collection heuristic
+    fires far more often during training: a tiny-model job of 48 steps reached its first
+    checkpoint in 109-126 s instead of 69-86 s (tests/e2e/test_crash.py's job, same machine).
+    """
+    started = time.monotonic()
+    try:
+        for module in WARM_MODULES:
+            importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - a broken install shows up as the first job's error instead
+        log.exception("worker warm-up: importing the training stack failed")
+    log.info("worker warmed up in %.1f s", time.monotonic() - started)
 
 
 def run_worker(settings: Settings, stop_event: threading.Event | None = None) -> None:

@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI
 from modelmill.settings import Settings
 from modelmill.service import auth
 from modelmill.service.api import deps, errors as api_errors
-from modelmill.service.api.routes import chat, evals, files, graders, jobs, models
+from modelmill.service.api.routes import chat, evals, files, graders, jobs, models, permissions
 from modelmill.service.store import Store, open_store
 
 log = logging.getLogger("modelmill.api")
@@ -65,7 +65,7 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
     app.state.sampler = sampler
     api_errors.install(app)
     secured = [Depends(deps.require_api_key)]
-    for module in (files, jobs, chat, models, graders, evals):
+    for module in (files, jobs, permissions, chat, models, graders, evals):
         app.include_router(module.router, prefix="/v1", dependencies=secured)
     app.include_router(evals.report_router, dependencies=secured)  # report_url pages, outside /v1
     from modelmill.service import dashboard

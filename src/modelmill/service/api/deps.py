@@ -1,4 +1,5 @@
-"""What routes get from the app: settings, the store, the shared sampler, the auth check."""
+"""What routes get from the app: settings, the store, the shared sampler, the auth check and the
+caller's project (every route scopes what it reads and writes to it)."""
 
 from __future__ import annotations
 
@@ -28,16 +29,20 @@ def sampler(request: Request):
 
 
 def grader_context(request: Request):
-    """The app's one ml.graders.GraderContext (its judge answers with the shared sampler)."""
-    state = request.app.state
-    if getattr(state, "grader_context", None) is None:
-        with _context_lock:
-            if getattr(state, "grader_context", None) is None:
-                from modelmill.service import graders
+    """The app's ml.graders.GraderContext for the caller's project (its judge answers with the shared
+    sampler, and only with models that project may use); one per project, made on first use."""
+    state, project_id = request.app.state, project(request)
+    with _context_lock:
+        contexts = getattr(state, "grader_contexts", None)
+        if contexts is None:
+            contexts = state.grader_contexts = {}
+        if project_id not in contexts:
+            from modelmill.service import graders
 
-                app = request.app
-                state.grader_context = graders.build_context(state.settings, state.store, lambda: app_sampler(app))
-    return state.grader_context
+            app = request.app
+            contexts[project_id] = graders.build_context(state.settings, state.store, lambda: app_sampler(app),
+                                                         project_id=project_id)
+        return contexts[project_id]
 
 
 def app_sampler(app):
@@ -53,9 +58,19 @@ def app_sampler(app):
 
 
 def require_api_key(request: Request) -> None:
-    """A bearer key, or else the dashboard's session cookie holding one (same constant-time check)."""
+    """A bearer key, or else the dashboard's session cookie holding one (same constant-time check).
+    Records the key's project on the request (see project())."""
     authorization = request.headers.get("authorization")
     cookie = request.cookies.get(auth.SESSION_COOKIE)
     if auth.bearer_token(authorization) is None and cookie:
         authorization = f"Bearer {cookie}"
-    auth.authenticate(request.app.state.settings, request.app.state.store, authorization)
+    request.state.project_id = auth.authenticate(request.app.state.settings, request.app.state.store, authorization)
+
+
+def project(request: Request) -> str:
+    """The id of the project the caller's key belongs to (authenticating now if no dependency has)."""
+    project_id = getattr(request.state, "project_id", None)
+    if project_id is None:
+        require_api_key(request)
+        project_id = request.state.project_id
+    return project_id

@@ -1,5 +1,11 @@
 """One place where failures become OpenAI's error envelope:
-{"error": {"message", "type", "param", "code"}} with the matching HTTP status."""
+{"error": {"message", "type", "param", "code"}} with the matching HTTP status.
+
+It is also where the OpenAPI document says so: FastAPI documents a 422 HTTPValidationError for
+every route with parameters, which this service never sends (bad parameters are a 400 in the
+envelope). document_errors() replaces that with 4XX / 5XX responses of OpenAI's ErrorResponse,
+so clients and schema-driven tests (tests/reliability/test_schemathesis.py) see what is sent.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +30,25 @@ def envelope(status: int, message: str, *, type: str = "invalid_request_error", 
                         content={"error": {"message": message, "type": type, "param": param, "code": code}})
 
 
+# OpenAI's ErrorResponse (../shared/spec/openai-api-subset.json, components Error / ErrorResponse).
+ERROR_SCHEMAS = {
+    "Error": {"type": "object", "required": ["type", "message", "param", "code"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"},
+        "param": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        "code": {"anyOf": [{"type": "string"}, {"type": "null"}]}}},
+    "ErrorResponse": {"type": "object", "required": ["error"],
+                      "properties": {"error": {"$ref": "#/components/schemas/Error"}}},
+}
+ERROR_RESPONSES = {
+    "4XX": "The request was refused (bad parameter, missing or wrong API key, unknown object, conflict, "
+           "too large); the body says why.",
+    "5XX": "The server failed; the body says so without internal details.",
+}
+
+
 def install(app: FastAPI) -> None:
+    document_errors(app)
+
     @app.exception_handler(errors.ModelMillError)
     async def modelmill_error(request: Request, exc: errors.ModelMillError):
         if exc.status >= 500:
@@ -76,3 +100,26 @@ def _param_path(loc: list[str]) -> str | None:
         else:
             out += ("." if out else "") + part
     return out or None
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make app.openapi() describe the error responses the handlers above send (see the module
+    docstring). Idempotent: FastAPI caches the document and this edits it in place."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        doc = generate()
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(ERROR_SCHEMAS)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        for path_item in doc.get("paths", {}).values():
+            for operation in path_item.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                for status, description in ERROR_RESPONSES.items():
+                    responses[status] = {"description": description, **error}
+        return doc
+
+    app.openapi = openapi

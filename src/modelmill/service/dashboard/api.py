@@ -1,7 +1,8 @@
 """/dashboard/api: the JSON the dashboard's pages poll, beyond what /v1 already serves.
 
-Same auth as /v1 (a bearer key, or the dashboard's session cookie). Plain `def` handlers:
-FastAPI runs them in its threadpool (file reports tokenize).
+Same auth as /v1 (a bearer key, or the dashboard's session cookie), and the same scoping: only
+the key's project's jobs, files and models. Plain `def` handlers: FastAPI runs them in its
+threadpool (file reports tokenize).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ router = APIRouter(prefix="/dashboard/api", tags=["dashboard"], dependencies=[De
 
 
 @router.get("/jobs")
-def jobs(request: Request, limit: int = Query(100, ge=1, le=1000), store: Store = Depends(deps.store)) -> dict:
+def jobs(request: Request, limit: int = Query(100, ge=1, le=1000), store: Store = Depends(deps.store),
+         project: str = Depends(deps.project)) -> dict:
     """The jobs table: newest first, with progress, elapsed seconds and tokens (estimated while running)."""
     reports, now = state.file_reports(request), time.time()
-    page = store.jobs.list(limit=limit)
+    page = store.jobs.list(limit=limit, project_id=project)
     for job in page.items:
         if job.status == "running" and job.trained_tokens is None:
             state.warmer(request).warm(job.training_file)  # for the token estimate on the next poll
@@ -35,10 +37,10 @@ def jobs(request: Request, limit: int = Query(100, ge=1, le=1000), store: Store 
 
 @router.get("/jobs/{job_id}")
 def job_detail(job_id: str, request: Request, store: Store = Depends(deps.store),
-               settings: Settings = Depends(deps.settings)) -> dict:
+               settings: Settings = Depends(deps.settings), project: str = Depends(deps.project)) -> dict:
     """Everything the job page shows: the job, its metric series and charts, checkpoints (best
     marked), the events log, resolved hyperparameters and the newest before/after eval table."""
-    job = store.jobs.get(job_id)
+    job = store.jobs.get(job_id, project_id=project)
     reports = state.file_reports(request)
     if job.trained_tokens is None and job.status == "running":
         state.warmer(request).warm(job.training_file)  # for the token estimate on the next poll
@@ -59,15 +61,17 @@ def job_detail(job_id: str, request: Request, store: Store = Depends(deps.store)
 @router.get("/files/{file_id}/report")
 def file_report(file_id: str, request: Request,
                 method: Literal["supervised", "preference", "reinforcement", "dpo"] | None = None,
-                model: str | None = None) -> dict:
+                model: str | None = None, project: str = Depends(deps.project)) -> dict:
     """ml.data's validation report plus token-length statistics (cached per file)."""
-    return state.file_reports(request).get(file_id, method=method, model=model)
+    return state.file_reports(request).get(file_id, method=method, model=model, project_id=project)
 
 
 @router.get("/models")
-def models(store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings)) -> dict:
+def models(store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
+           project: str = Depends(deps.project)) -> dict:
     """Base, fine-tuned and checkpoint models with their kind (/v1/models has no room for it)."""
-    return {"object": "list", "data": [model_row(m, settings) for m in model_registry.list_served(store, settings)]}
+    served = model_registry.list_served(store, settings, project_id=project)
+    return {"object": "list", "data": [model_row(m, settings) for m in served]}
 
 
 def model_row(m: model_registry.ServedModel, settings: Settings) -> dict:

@@ -10,10 +10,11 @@ EVALS_SHOWN = 100
 RUNS_SHOWN = 50
 
 
-def eval_rows(store: Store, limit: int = EVALS_SHOWN, runs_limit: int = RUNS_SHOWN) -> list[dict]:
-    """Evals newest first, each with its newest `runs_limit` runs."""
+def eval_rows(store: Store, project_id: str | None = None, limit: int = EVALS_SHOWN,
+              runs_limit: int = RUNS_SHOWN) -> list[dict]:
+    """Evals of project_id (None: every project) newest first, each with its newest `runs_limit` runs."""
     out = []
-    for ev in store.evals.list(limit=limit, order="desc").items:
+    for ev in store.evals.list(limit=limit, order="desc", project_id=project_id).items:
         page = store.evals.list_runs(ev.id, limit=runs_limit, order="desc")
         out.append(eval_row(ev, page.items, page.has_more))
     return out

@@ -1,6 +1,6 @@
 """A training file's report for the dashboard: ml.data's validation plus token-length statistics.
 
-    report = FileReports(settings, store).get(file_id, method=None, model=None)
+    report = FileReports(settings, store).get(file_id, method=None, model=None, project_id=None)
 
 - method: the query's, else the data format of the newest job that uses the file, else detected
   from the file's first object (preference / reinforcement / supervised).
@@ -36,8 +36,10 @@ class FileReports:
         self._lock = threading.Lock()
         self._tokenizers: dict[str, object] = {}
 
-    def get(self, file_id: str, method: str | None = None, model: str | None = None) -> dict:
-        record = self.store.files.get(file_id)
+    def get(self, file_id: str, method: str | None = None, model: str | None = None, *,
+            project_id: str | None = None) -> dict:
+        """The report of a file of project_id (None: any project); its tokenizer's model as that project sees it."""
+        record = self.store.files.get(file_id, project_id=project_id)
         out = {"file": {"id": record.id, "filename": record.filename, "purpose": record.purpose,
                         "bytes": record.bytes, "created_at": record.created_at}}
         if record.purpose != "fine-tune":
@@ -49,7 +51,7 @@ class FileReports:
         key = hashlib.sha256(json.dumps([REPORT_VERSION, file_id, method, model]).encode()).hexdigest()[:32]
         cached = self._memory.get(key) or self._read_disk(key)
         if cached is None:
-            cached = self._compute(file_id, method, model)
+            cached = self._compute(file_id, method, model, project_id)
             self._write_disk(key, cached)
         self._memory[key] = cached
         return {**out, "validated": True, **cached}
@@ -63,25 +65,25 @@ class FileReports:
 
     # -- computing ---------------------------------------------------------------------
 
-    def _compute(self, file_id: str, method: str, model: str) -> dict:
+    def _compute(self, file_id: str, method: str, model: str, project_id: str | None) -> dict:
         from modelmill.ml import data
 
         path = self._path(file_id)
         report = data.validate_file(path, method, keep_examples=False)
         bad_lines = {p.line for p in report.problems if p.line}
-        tokenizer, base = self._tokenizer(model)
+        tokenizer, base = self._tokenizer(model, project_id)
         lengths, sampled = token_lengths(path, tokenizer, skip_lines=bad_lines)
         return {"file_id": file_id, "method": method, "tokenizer_model": base, "n_lines": report.n_lines,
                 "ok": report.ok, "problems": [{"line": p.line, "field": p.field, "code": p.code,
                                                "message": p.message} for p in report.problems],
                 "tokens": length_stats(lengths, sampled=sampled)}
 
-    def _tokenizer(self, model: str):
+    def _tokenizer(self, model: str, project_id: str | None):
         """(tokenizer, base model name) for `model` (a base, ft: or checkpoint name); loaded once."""
         from modelmill.ml import models
         from modelmill.service import model_registry
 
-        base = model_registry.resolve(self.store, self.settings, model).base_model
+        base = model_registry.resolve(self.store, self.settings, model, project_id=project_id, verify=False).base_model
         with self._lock:
             if base not in self._tokenizers:
                 from transformers import AutoTokenizer

@@ -3,6 +3,8 @@
 Pages are server-rendered; the live ones (jobs, job detail, playground) load a small script
 that polls /dashboard/api or calls /v1. No inline scripts: the Content-Security-Policy allows
 only this server's own files, so the pages work (and are checked to work) fully offline.
+Every page shows only the signed-in key's project: another project's job or file is the same
+"not found" page as a missing one.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def jobs_page(request: Request):
 @router.get("/jobs/{job_id}", dependencies=[Depends(page_auth)])
 def job_page(job_id: str, request: Request):
     try:
-        job = deps.store(request).jobs.get(job_id)
+        job = deps.store(request).jobs.get(job_id, project_id=deps.project(request))
     except errors.NotFoundError as e:
         return not_found(request, e.message)
     return render(request, "job.html", title=job.id, job=job)
@@ -96,7 +98,7 @@ def job_page(job_id: str, request: Request):
 
 @router.get("/files", dependencies=[Depends(page_auth)])
 def files_page(request: Request):
-    files = deps.store(request).files.list(limit=1000).items
+    files = deps.store(request).files.list(limit=1000, project_id=deps.project(request)).items
     return render(request, "files.html", title="Files", files=files)
 
 
@@ -105,7 +107,8 @@ def file_page(file_id: str, request: Request, method: str | None = None, model: 
     if method not in (None, "", *FILE_METHODS):
         method = None
     try:
-        report = state.file_reports(request).get(file_id, method=method or None, model=model or None)
+        report = state.file_reports(request).get(file_id, method=method or None, model=model or None,
+                                                 project_id=deps.project(request))
         error = None
     except errors.NotFoundError as e:
         if e.param == "file_id":
@@ -113,7 +116,7 @@ def file_page(file_id: str, request: Request, method: str | None = None, model: 
         report, error = None, e.message
     except errors.ModelMillError as e:  # e.g. no validator for a method yet
         report, error = None, e.message
-    record = deps.store(request).files.get(file_id)
+    record = deps.store(request).files.get(file_id, project_id=deps.project(request))
     models = [m.id for m in model_registry.list_served(deps.store(request), deps.settings(request)) if m.kind == "base"]
     return render(request, "file.html", title=record.filename, file=record, report=report, error=error,
                   methods=FILE_METHODS, chosen_method=method, models=models, chosen_model=model)
@@ -122,14 +125,14 @@ def file_page(file_id: str, request: Request, method: str | None = None, model: 
 @router.get("/models", dependencies=[Depends(page_auth)])
 def models_page(request: Request):
     settings, store = deps.settings(request), deps.store(request)
-    rows = [api.model_row(m, settings) for m in model_registry.list_served(store, settings)]
+    rows = [api.model_row(m, settings) for m in model_registry.list_served(store, settings, deps.project(request))]
     return render(request, "models.html", title="Models", models=rows)
 
 
 @router.get("/evals", dependencies=[Depends(page_auth)])
 def evals_page(request: Request):
     """Every eval (newest first) with its runs, each linking to the run's report page."""
-    evals = evals_view.eval_rows(deps.store(request))
+    evals = evals_view.eval_rows(deps.store(request), deps.project(request))
     active = any(r["active"] for ev in evals for r in ev["runs"])
     return render(request, "evals.html", title="Evals", evals=evals, active=active)
 
@@ -137,7 +140,7 @@ def evals_page(request: Request):
 @router.get("/playground", dependencies=[Depends(page_auth)])
 def playground_page(request: Request, a: str | None = None, b: str | None = None):
     settings, store = deps.settings(request), deps.store(request)
-    models = [m.id for m in model_registry.list_served(store, settings)]
+    models = [m.id for m in model_registry.list_served(store, settings, deps.project(request))]
     fine_tuned = [m for m in models if m.startswith("ft:") and ":ckpt-step-" not in m]
     left = a if a in models else (settings.default_model if settings.default_model in models else models[0])
     right = b if b in models else (fine_tuned[-1] if fine_tuned else left)

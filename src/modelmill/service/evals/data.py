@@ -28,8 +28,9 @@ class DataSourceError(errors.InvalidRequestError):
     code = "invalid_data_source"
 
 
-def load_rows(store: Store, source: dict, param: str) -> list[Row]:
-    """The rows of a jsonl source ({type: file_content, content} or {type: file_id, id})."""
+def load_rows(store: Store, source: dict, param: str, *, project_id: str | None) -> list[Row]:
+    """The rows of a jsonl source ({type: file_content, content} or {type: file_id, id}); a file_id
+    must be project_id's file (another project's is "does not exist", as a missing one)."""
     kind = source.get("type")
     if kind == "file_content":
         content = source.get("content")
@@ -42,7 +43,7 @@ def load_rows(store: Store, source: dict, param: str) -> list[Row]:
         if not isinstance(file_id, str) or not file_id:
             raise DataSourceError(f"{param}.id must be a file id", param=f"{param}.id")
         try:
-            store.files.get(file_id)
+            store.files.get(file_id, project_id=project_id)
         except errors.NotFoundError:
             raise DataSourceError(f"{param}.id: file {file_id} does not exist", param=f"{param}.id",
                                   code="file_not_found") from None

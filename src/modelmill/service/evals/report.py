@@ -21,9 +21,10 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
 MAX_FAILING_SHOWN = 100
 
 
-def render(request: Request, store: Store, eval_id: str, run_id: str):
-    ev = store.evals.get(eval_id)
-    run = store.evals.get_run(eval_id, run_id)
+def render(request: Request, store: Store, eval_id: str, run_id: str, *, project_id: str):
+    """The report page of a run of `project_id` (another project's run is not found, like a missing one)."""
+    ev = store.evals.get(eval_id, project_id=project_id)
+    run = store.evals.get_run(eval_id, run_id, project_id=project_id)
     items = store.evals.all_items(run_id)
     failing = [i for i in items if i.status != "pass"]
     context = {

@@ -3,7 +3,9 @@
 `data_source.source.content[3].item.label`, `data_source.model`).
 
 Runs check their whole data source up front (every item against the eval's item_schema, every
-prompt rendered), so a bad item is the caller's 400, not a failed run later.
+prompt rendered), so a bad item is the caller's 400, not a failed run later. An eval belongs to the
+caller's project, and its runs may read only that project's files and sample only models it may
+use (its own, shared ones, base models): another project's are refused exactly like missing ones.
 """
 
 from __future__ import annotations
@@ -45,21 +47,22 @@ def check_metadata(metadata, param: str = "metadata") -> dict | None:
 
 # -- evals ----------------------------------------------------------------------------------------
 
-def create_eval(store: Store, body: dict[str, Any]) -> EvalRecord:
+def create_eval(store: Store, body: dict[str, Any], *, project_id: str) -> EvalRecord:
     config = check_data_source_config(body.get("data_source_config"))
     criteria = check_testing_criteria(body.get("testing_criteria"))
     name = body.get("name")
     if name is not None and not isinstance(name, str):
         raise _bad("name must be a string", "name")
-    return store.evals.create(name or "eval", config, criteria, check_metadata(body.get("metadata")))
+    return store.evals.create(name or "eval", config, criteria, check_metadata(body.get("metadata")), project_id)
 
 
-def update_eval(store: Store, eval_id: str, body: dict[str, Any]) -> EvalRecord:
+def update_eval(store: Store, eval_id: str, body: dict[str, Any], *, project_id: str) -> EvalRecord:
+    store.evals.get(eval_id, project_id=project_id)  # a missing (or another project's) eval: 404 before any 400
     name = body.get("name")
     if name is not None and (not isinstance(name, str) or not name):
         raise _bad("name must be a non-empty string", "name")
     return store.evals.update(eval_id, name=name, metadata=check_metadata(body.get("metadata")),
-                              set_metadata="metadata" in body)
+                              set_metadata="metadata" in body, project_id=project_id)
 
 
 def check_data_source_config(config) -> dict:
@@ -111,8 +114,9 @@ def check_testing_criteria(criteria, *, require_thresholds: bool = True) -> list
 
 # -- runs -----------------------------------------------------------------------------------------
 
-def create_run(store: Store, settings: Settings, eval_id: str, body: dict[str, Any]) -> EvalRunRecord:
-    ev = store.evals.get(eval_id)
+def create_run(store: Store, settings: Settings, eval_id: str, body: dict[str, Any], *,
+               project_id: str) -> EvalRunRecord:
+    ev = store.evals.get(eval_id, project_id=project_id)
     source = check_run_data_source(store, settings, ev, body.get("data_source"))
     name = body.get("name")
     if name is not None and not isinstance(name, str):
@@ -124,7 +128,8 @@ def create_run(store: Store, settings: Settings, eval_id: str, body: dict[str, A
 
 def check_run_data_source(store: Store, settings: Settings, ev: EvalRecord, source, *,
                           check_model: bool = True) -> dict:
-    """The run's data source, checked against the store and the eval; returned as stored."""
+    """The run's data source, checked against the store and the eval (files and models as the
+    eval's project sees them); returned as stored."""
     param = "data_source"
     if not isinstance(source, dict):
         raise _bad(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
@@ -139,12 +144,12 @@ def check_run_data_source(store: Store, settings: Settings, ev: EvalRecord, sour
     if src.get("type") == "stored_completions":
         raise _bad(f"{param}.source.type 'stored_completions' is not supported by ModelMill; use file_content or "
                    "file_id", f"{param}.source.type", "unsupported_value")
-    rows = data.load_rows(store, src, f"{param}.source")
+    rows = data.load_rows(store, src, f"{param}.source", project_id=ev.project_id)
     if not rows:
         raise _bad(f"{param}.source has no items", f"{param}.source")
     data.check_items(rows, ev.data_source_config["item_schema"], _row_namer(src, f"{param}.source"))
     if kind == "completions":
-        source = _check_completions(store, settings, source, rows, check_model)
+        source = _check_completions(store, settings, source, rows, check_model, ev.project_id)
     return source
 
 
@@ -154,7 +159,8 @@ def _row_namer(src: dict, param: str):
     return lambda i: (f"{param}.id", f"{param}.id: item {i + 1} of file {src.get('id')}")
 
 
-def _check_completions(store: Store, settings: Settings, source: dict, rows, check_model: bool) -> dict:
+def _check_completions(store: Store, settings: Settings, source: dict, rows, check_model: bool,
+                       project_id: str) -> dict:
     from modelmill.ml.graders import templating
 
     param = "data_source"
@@ -162,7 +168,8 @@ def _check_completions(store: Store, settings: Settings, source: dict, rows, che
     if not isinstance(model, str) or not model:
         raise _bad(f"Missing required parameter: '{param}.model'.", f"{param}.model", "missing_required_parameter")
     if check_model:
-        model_registry.resolve(store, settings, model, param=f"{param}.model")  # 404 model_not_found
+        model_registry.resolve(store, settings, model, param=f"{param}.model",  # 404 model_not_found
+                               project_id=project_id)
     data.check_input_messages(source.get("input_messages"), f"{param}.input_messages")
     source = {**source, "input_messages": data.normalize_input_messages(source["input_messages"])}
     sampling_params(source.get("sampling_params"))

@@ -106,12 +106,12 @@ class _Execution:
 
     def _run(self, run: EvalRunRecord, ev: EvalRecord) -> str:
         source = run.data_source
-        rows = data.load_rows(self.store, source["source"], "data_source.source")
+        rows = data.load_rows(self.store, source["source"], "data_source.source", project_id=run.project_id)
         data.check_items(rows, ev.data_source_config["item_schema"], lambda i: ("data_source", f"item {i}"))
         self.queue.start(self.lease, len(rows))
         sampler = _Sampling(self.settings, self.store, run) if source["type"] == "completions" else None
         totals = _Totals.of(run, ev.testing_criteria)
-        context = _grader_context(self.settings, self.store)
+        context = _grader_context(self.settings, self.store, run.project_id)
         done = self.queue.done_item_ids(run.id)
         todo = [i for i in range(len(rows)) if i not in done]
         for start in range(0, len(todo), EVAL_BATCH):
@@ -236,15 +236,20 @@ def _text(content) -> str:
 
 
 def _served(settings: Settings, store: Store, run: EvalRunRecord):
-    """The run's model. A job's before/after run may name the job's fine-tuned model before the
-    job is marked succeeded; then the job's final adapter on disk is that model."""
+    """The run's model, as the run's project sees it (its own, shared with it, or a base model).
+    A job's before/after run may name the job's fine-tuned model before the job is marked
+    succeeded; then the job's final adapter on disk (checked like any other) is that model."""
     try:
-        return model_registry.resolve(store, settings, run.model, param="data_source.model")
+        return model_registry.resolve(store, settings, run.model, param="data_source.model",
+                                      project_id=run.project_id)
     except errors.NotFoundError:
         if run.job_id:
-            job = store.jobs.get(run.job_id)
+            job = store.jobs.get(run.job_id, project_id=run.project_id)
             adapter = settings.jobs_dir / job.id / "adapter"
             if run.model == job.ft_name and adapter.is_dir():
+                from modelmill.service import adapters
+
+                adapter = adapters.verify(store, settings, adapter, what=f"the adapter of model '{job.ft_name}'")
                 return model_registry.ServedModel(job.ft_name, "fine_tuned", job.base_model, adapter, 0,
                                                   settings.owner, job.id)
         raise
@@ -252,10 +257,11 @@ def _served(settings: Settings, store: Store, run: EvalRunRecord):
 
 # -- grading --------------------------------------------------------------------------------------
 
-def _grader_context(settings: Settings, store: Store):
+def _grader_context(settings: Settings, store: Store, project_id: str):
+    """Graders of a run of `project_id`: model graders may use only the models that project may."""
     from modelmill.service import graders
 
-    return graders.build_context(settings, store, lambda: shared_sampler(settings))
+    return graders.build_context(settings, store, lambda: shared_sampler(settings), project_id=project_id)
 
 
 def passed(spec: dict, result) -> bool:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from modelmill.faults import crash_point
 from modelmill.service.store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Database:
             c.execute("ROLLBACK")
             raise
         else:
+            crash_point("store_commit")  # the reliability suite's "killed mid-write" point
             c.execute("COMMIT")
 
     def execute(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:

@@ -21,7 +21,7 @@ from modelmill import errors
 from modelmill.service.ids import new_id
 from modelmill.service.store.db import Database
 from modelmill.service.store.pagination import MAX_LIMIT
-from modelmill.service.store.records import Page, to_json
+from modelmill.service.store.records import DEFAULT_PROJECT_ID, Page, to_json
 
 RUN_STATUSES = ("queued", "in_progress", "completed", "failed", "canceled")
 RUN_TERMINAL = ("completed", "failed", "canceled")
@@ -39,6 +39,7 @@ class EvalRecord:
     metadata: dict | None
     data_source_config: dict  # {type: "custom", item_schema, include_sample_schema}
     testing_criteria: list[dict]  # validated graders, unique names
+    project_id: str = DEFAULT_PROJECT_ID
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class EvalRunRecord:
     lease_expires_at: float | None = None
     attempts: int = 0
     reclaims: int = 0
+    project_id: str = DEFAULT_PROJECT_ID  # always its eval's
 
     def lease_live(self, now: float) -> bool:
         return self.lease_owner is not None and (self.lease_expires_at or 0) >= now
@@ -115,37 +117,47 @@ class EvalRepo:
     # -- evals ---------------------------------------------------------------------------
 
     def create(self, name: str, data_source_config: dict, testing_criteria: list[dict],
-               metadata: dict | None) -> EvalRecord:
+               metadata: dict | None, project_id: str = DEFAULT_PROJECT_ID) -> EvalRecord:
         eval_id, now = new_id("eval_"), self.clock()
         self.db.execute("INSERT INTO evals (id, name, created_at, updated_at, metadata, data_source_config,"
-                        " testing_criteria) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        " testing_criteria, project_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (eval_id, name, now, now, to_json(metadata), to_json(data_source_config),
-                         to_json(testing_criteria)))
+                         to_json(testing_criteria), project_id))
         return self.get(eval_id)
 
-    def get(self, eval_id: str) -> EvalRecord:
-        row = self.db.one("SELECT * FROM evals WHERE id = ?", (eval_id,))
+    def get(self, eval_id: str, *, project_id: str | None = None) -> EvalRecord:
+        """The eval; with project_id, only if that project owns it (else the NotFoundError of a missing id)."""
+        sql, params = "SELECT * FROM evals WHERE id = ?", [eval_id]
+        if project_id is not None:
+            sql, params = sql + " AND project_id = ?", params + [project_id]
+        row = self.db.one(sql, params)
         if row is None:
             raise errors.NotFoundError(f"No such eval: {eval_id}", param="eval_id")
         return record(EvalRecord, row)
 
     def list(self, *, after: str | None = None, limit: int = 20, order: str = "asc",
-             order_by: str = "created_at") -> Page[EvalRecord]:
+             order_by: str = "created_at", project_id: str | None = None) -> Page[EvalRecord]:
         if order_by not in ("created_at", "updated_at"):
             raise errors.InvalidRequestError("order_by must be 'created_at' or 'updated_at'", param="order_by")
         key = "seq" if order_by == "created_at" else "updated_at"
-        rows, more = _page(self.db, "evals", [], [], after=after, limit=limit, order=order, key=key)
+        scope = ([], []) if project_id is None else (["project_id = ?"], [project_id])
+        rows, more = _page(self.db, "evals", *scope, after=after, limit=limit, order=order, key=key,
+                           cursor_where=scope)
         return Page([record(EvalRecord, r) for r in rows], more)
 
-    def by_metadata(self, key: str, value: str) -> EvalRecord | None:
-        """The oldest eval whose metadata[key] == value (e.g. a job's own before/after eval)."""
-        row = self.db.one("SELECT * FROM evals WHERE json_extract(metadata, ?) = ? ORDER BY seq LIMIT 1",
-                          ('$."' + key.replace('"', '""') + '"', value))
+    def by_metadata(self, key: str, value: str, *, project_id: str | None = None) -> EvalRecord | None:
+        """The oldest eval (of project_id, when given) whose metadata[key] == value (e.g. a job's own
+        before/after eval)."""
+        sql, params = "SELECT * FROM evals WHERE json_extract(metadata, ?) = ?", ['$."' + key.replace('"', '""') + '"',
+                                                                                 value]
+        if project_id is not None:
+            sql, params = sql + " AND project_id = ?", params + [project_id]
+        row = self.db.one(sql + " ORDER BY seq LIMIT 1", params)
         return None if row is None else record(EvalRecord, row)
 
     def update(self, eval_id: str, *, name: str | None = None, metadata: dict | None = None,
-               set_metadata: bool = False) -> EvalRecord:
-        self.get(eval_id)
+               set_metadata: bool = False, project_id: str | None = None) -> EvalRecord:
+        self.get(eval_id, project_id=project_id)
         fields = {}
         if name is not None:
             fields["name"] = name
@@ -157,28 +169,35 @@ class EvalRepo:
                             (*fields.values(), self.clock(), eval_id))
         return self.get(eval_id)
 
-    def delete(self, eval_id: str) -> None:
+    def delete(self, eval_id: str, *, project_id: str | None = None) -> None:
         """Delete an eval with its runs and their output items. A worker executing one of its runs
         loses its lease (the row is gone) and stops at its next write."""
-        self.get(eval_id)
+        self.get(eval_id, project_id=project_id)
         self.db.execute("DELETE FROM evals WHERE id = ?", (eval_id,))
 
     # -- runs ----------------------------------------------------------------------------
 
     def create_run(self, new: NewRun) -> EvalRunRecord:
+        """A queued run, in its eval's project."""
         run_id, now = new_id("evalrun_"), self.clock()
         self.db.execute(
             "INSERT INTO eval_runs (id, eval_id, name, created_at, metadata, model, data_source, status,"
-            " result_counts, per_testing_criteria_results, per_model_usage, job_id, job_label, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, '[]', '[]', ?, ?, ?)",
+            " result_counts, per_testing_criteria_results, per_model_usage, job_id, job_label, updated_at, project_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, '[]', '[]', ?, ?, ?,"
+            " (SELECT project_id FROM evals WHERE id = ?))",
             (run_id, new.eval_id, new.name, now, to_json(new.metadata), new.model, to_json(new.data_source),
-             to_json(EMPTY_COUNTS), new.job_id, new.job_label, now))
+             to_json(EMPTY_COUNTS), new.job_id, new.job_label, now, new.eval_id))
         return self.get_run(new.eval_id, run_id)
 
-    def get_run(self, eval_id: str, run_id: str) -> EvalRunRecord:
-        row = self.db.one("SELECT * FROM eval_runs WHERE id = ? AND eval_id = ?", (run_id, eval_id))
+    def get_run(self, eval_id: str, run_id: str, *, project_id: str | None = None) -> EvalRunRecord:
+        """The run of that eval; with project_id, only if that project owns them (a run of another
+        project's eval gets the eval's NotFoundError, as a missing eval does)."""
+        sql, params = "SELECT * FROM eval_runs WHERE id = ? AND eval_id = ?", [run_id, eval_id]
+        if project_id is not None:
+            sql, params = sql + " AND project_id = ?", params + [project_id]
+        row = self.db.one(sql, params)
         if row is None:
-            self.get(eval_id)
+            self.get(eval_id, project_id=project_id)
             raise errors.NotFoundError(f"No such run {run_id} in eval {eval_id}", param="run_id")
         return record(EvalRunRecord, row)
 
@@ -189,8 +208,8 @@ class EvalRepo:
         return record(EvalRunRecord, row)
 
     def list_runs(self, eval_id: str, *, after: str | None = None, limit: int = 20, order: str = "asc",
-                  status: str | None = None) -> Page[EvalRunRecord]:
-        self.get(eval_id)
+                  status: str | None = None, project_id: str | None = None) -> Page[EvalRunRecord]:
+        self.get(eval_id, project_id=project_id)
         where, params = ["eval_id = ?"], [eval_id]
         if status is not None:
             if status not in RUN_STATUSES:
@@ -198,14 +217,16 @@ class EvalRepo:
                                                  param="status")
             where.append("status = ?")
             params.append(status)
-        rows, more = _page(self.db, "eval_runs", where, params, after=after, limit=limit, order=order)
+        rows, more = _page(self.db, "eval_runs", where, params, after=after, limit=limit, order=order,
+                           cursor_where=(["eval_id = ?"], [eval_id]))
         return Page([record(EvalRunRecord, r) for r in rows], more)
 
     def runs_for_job(self, job_id: str) -> list[EvalRunRecord]:
         rows = self.db.all("SELECT * FROM eval_runs WHERE job_id = ? ORDER BY seq", (job_id,))
         return [record(EvalRunRecord, r) for r in rows]
 
-    def cancel_run(self, eval_id: str, run_id: str) -> EvalRunRecord:
+    def cancel_run(self, eval_id: str, run_id: str, *, project_id: str | None = None) -> EvalRunRecord:
+        self.get_run(eval_id, run_id, project_id=project_id)  # the NotFoundError a missing eval or run gets
         with self.db.transaction() as c:
             row = c.execute("SELECT * FROM eval_runs WHERE id = ? AND eval_id = ?", (run_id, eval_id)).fetchone()
             if row is None:
@@ -224,15 +245,16 @@ class EvalRepo:
                           " updated_at = ? WHERE id = ?", (now, now, run_id))
         return self.get_run(eval_id, run_id)
 
-    def delete_run(self, eval_id: str, run_id: str) -> None:
-        self.get_run(eval_id, run_id)
+    def delete_run(self, eval_id: str, run_id: str, *, project_id: str | None = None) -> None:
+        self.get_run(eval_id, run_id, project_id=project_id)
         self.db.execute("DELETE FROM eval_runs WHERE id = ?", (run_id,))
 
     # -- output items --------------------------------------------------------------------
 
     def list_items(self, eval_id: str, run_id: str, *, after: str | None = None, limit: int = 20,
-                   order: str = "asc", status: str | None = None) -> Page[OutputItemRecord]:
-        self.get_run(eval_id, run_id)
+                   order: str = "asc", status: str | None = None,
+                   project_id: str | None = None) -> Page[OutputItemRecord]:
+        self.get_run(eval_id, run_id, project_id=project_id)
         where, params = ["run_id = ?"], [run_id]
         if status == "pass":
             where.append("status = 'pass'")
@@ -240,13 +262,14 @@ class EvalRepo:
             where.append("status IN ('fail', 'error')")
         elif status is not None:
             raise errors.InvalidRequestError("status must be 'pass' or 'fail'", param="status")
-        rows, more = _page(self.db, "eval_output_items", where, params, after=after, limit=limit, order=order)
+        rows, more = _page(self.db, "eval_output_items", where, params, after=after, limit=limit, order=order,
+                           cursor_where=(["run_id = ?"], [run_id]))
         return Page([record(OutputItemRecord, r) for r in rows], more)
 
-    def get_item(self, eval_id: str, run_id: str, item_id: str) -> OutputItemRecord:
+    def get_item(self, eval_id: str, run_id: str, item_id: str, *, project_id: str | None = None) -> OutputItemRecord:
+        self.get_run(eval_id, run_id, project_id=project_id)  # the run must be this eval's (and project's)
         row = self.db.one("SELECT * FROM eval_output_items WHERE id = ? AND run_id = ?", (item_id, run_id))
         if row is None:
-            self.get_run(eval_id, run_id)
             raise errors.NotFoundError(f"No such output item {item_id} in run {run_id}", param="output_item_id")
         return record(OutputItemRecord, row)
 
@@ -257,9 +280,10 @@ class EvalRepo:
 
 
 def _page(db: Database, table: str, where: list[str], params: list, *, after: str | None, limit: int,
-          order: str, key: str = "seq") -> tuple[list, bool]:
+          order: str, key: str = "seq", cursor_where: tuple[list[str], list] = ([], [])) -> tuple[list, bool]:
     """OpenAI cursor pagination over `table` ordered by `key` (ties broken by seq); `after` is the
-    id of the last object already seen."""
+    id of the last object already seen, which must meet cursor_where too (the same eval, run or
+    project), so a cursor naming a row the caller may not see is refused like an unknown one."""
     if order not in ("asc", "desc"):
         raise errors.InvalidRequestError("order must be 'asc' or 'desc'", param="order")
     if not 1 <= limit <= MAX_LIMIT:
@@ -267,7 +291,8 @@ def _page(db: Database, table: str, where: list[str], params: list, *, after: st
     where, params = list(where), list(params)
     op = "<" if order == "desc" else ">"
     if after:
-        row = db.one(f"SELECT seq, {key} AS k FROM {table} WHERE id = ?", (after,))
+        row = db.one(f"SELECT seq, {key} AS k FROM {table} WHERE " + " AND ".join(["id = ?", *cursor_where[0]]),
+                     (after, *cursor_where[1]))
         if row is None:
             raise errors.InvalidRequestError(f"No object with id {after!r} to page after", param="after",
                                              code="invalid_cursor")

@@ -38,7 +38,7 @@ class EventRepo:
 
     def list(self, job_id: str, *, after: str | None = None, limit: int = 20) -> Page[EventRecord]:
         rows, more = page_rows(self.db, "events", ["job_id = ?"], [job_id], after=after, limit=limit,
-                               descending=True)
+                               descending=True, cursor_where=(["job_id = ?"], [job_id]))
         return Page([from_row(EventRecord, r) for r in rows], more)
 
     def all_for(self, job_id: str, *, type: str | None = None) -> list[EventRecord]:
@@ -55,7 +55,7 @@ class CheckpointRepo:
 
     def list(self, job_id: str, *, after: str | None = None, limit: int = 10) -> Page[CheckpointRecord]:
         rows, more = page_rows(self.db, "checkpoints", ["job_id = ?"], [job_id], after=after, limit=limit,
-                               descending=True)
+                               descending=True, cursor_where=(["job_id = ?"], [job_id]))
         return Page([from_row(CheckpointRecord, r) for r in rows], more)
 
     def all_for(self, job_id: str) -> list[CheckpointRecord]:

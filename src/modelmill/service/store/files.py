@@ -16,7 +16,7 @@ from modelmill import errors
 from modelmill.service.ids import new_id
 from modelmill.service.store.db import Database
 from modelmill.service.store.pagination import page_rows
-from modelmill.service.store.records import FileRecord, Page, from_row
+from modelmill.service.store.records import DEFAULT_PROJECT_ID, FileRecord, Page, from_row
 
 # Purposes accepted on upload (OpenAI's CreateFileRequest enum) plus the ones the server writes.
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -62,46 +62,53 @@ class FileRepo:
     def writer(self, max_bytes: int) -> BlobWriter:
         return BlobWriter(self.files_dir, max_bytes)
 
-    def add(self, blob: BlobWriter, filename: str, purpose: str) -> FileRecord:
-        """Move a completed temp blob into place and record it."""
+    def add(self, blob: BlobWriter, filename: str, purpose: str, project_id: str = DEFAULT_PROJECT_ID) -> FileRecord:
+        """Move a completed temp blob into place and record it as `project_id`'s."""
         blob.close()
         file_id = new_id("file-")
         os.replace(blob.path, self.blob_path(file_id))
         try:
-            return self._insert(file_id, filename, purpose, blob.size)
+            return self._insert(file_id, filename, purpose, blob.size, project_id)
         except BaseException:
             self.blob_path(file_id).unlink(missing_ok=True)
             raise
 
-    def add_bytes(self, data: bytes, filename: str, purpose: str) -> FileRecord:
-        """Store server-made content (e.g. a job's results file)."""
+    def add_bytes(self, data: bytes, filename: str, purpose: str, project_id: str = DEFAULT_PROJECT_ID) -> FileRecord:
+        """Store server-made content (e.g. a job's results file, in the job's project)."""
         blob = self.writer(max_bytes=len(data))
         blob.write(data)
-        return self.add(blob, filename, purpose)
+        return self.add(blob, filename, purpose, project_id)
 
-    def _insert(self, file_id: str, filename: str, purpose: str, size: int) -> FileRecord:
+    def _insert(self, file_id: str, filename: str, purpose: str, size: int, project_id: str) -> FileRecord:
         filename = (filename or "file")[:MAX_FILENAME_CHARS]
-        self.db.execute("INSERT INTO files (id, filename, purpose, bytes, status, created_at)"
-                        " VALUES (?, ?, ?, ?, 'processed', ?)", (file_id, filename, purpose, size, time.time()))
+        self.db.execute("INSERT INTO files (id, filename, purpose, bytes, status, created_at, project_id)"
+                        " VALUES (?, ?, ?, ?, 'processed', ?, ?)",
+                        (file_id, filename, purpose, size, time.time(), project_id))
         return self.get(file_id)
 
-    def get(self, file_id: str, *, param: str = "file_id") -> FileRecord:
-        row = self.db.one("SELECT * FROM files WHERE id = ?", (file_id,))
+    def get(self, file_id: str, *, param: str = "file_id", project_id: str | None = None) -> FileRecord:
+        """The file; with project_id, only if that project owns it (else the same NotFoundError
+        as a missing id, so ids of other projects cannot be probed)."""
+        sql, params = "SELECT * FROM files WHERE id = ?", [file_id]
+        if project_id is not None:
+            sql, params = sql + " AND project_id = ?", params + [project_id]
+        row = self.db.one(sql, params)
         if row is None:
             raise errors.NotFoundError(f"No such File object: {file_id}", param=param)
         return from_row(FileRecord, row)
 
     def list(self, *, purpose: str | None = None, after: str | None = None, limit: int = 10_000,
-             order: str = "desc") -> Page[FileRecord]:
+             order: str = "desc", project_id: str | None = None) -> Page[FileRecord]:
         if order not in ("asc", "desc"):
             raise errors.InvalidRequestError("order must be 'asc' or 'desc'", param="order")
         where, params = ([], []) if purpose is None else (["purpose = ?"], [purpose])
-        rows, more = page_rows(self.db, "files", where, params, after=after, limit=limit,
-                               descending=order == "desc")
+        scope = ([], []) if project_id is None else (["project_id = ?"], [project_id])
+        rows, more = page_rows(self.db, "files", where + scope[0], params + scope[1], after=after, limit=limit,
+                               descending=order == "desc", cursor_where=scope)
         return Page([from_row(FileRecord, r) for r in rows], more)
 
-    def delete(self, file_id: str) -> None:
-        self.get(file_id)
+    def delete(self, file_id: str, *, project_id: str | None = None) -> None:
+        self.get(file_id, project_id=project_id)
         self.db.execute("DELETE FROM files WHERE id = ?", (file_id,))
         self.blob_path(file_id).unlink(missing_ok=True)
 

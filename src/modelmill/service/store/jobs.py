@@ -18,8 +18,8 @@ from modelmill import errors
 from modelmill.service.store.db import Database
 from modelmill.service.store.events import insert_event
 from modelmill.service.store.pagination import page_rows
-from modelmill.service.store.records import (ACTIVE_STATUSES, TERMINAL_STATUSES, JobRecord, Page, from_row,
-                                             to_json)
+from modelmill.service.store.records import (ACTIVE_STATUSES, DEFAULT_PROJECT_ID, TERMINAL_STATUSES, JobRecord,
+                                             Page, from_row, to_json)
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class NewJob:
     hyperparameters: dict  # as requested; "auto" allowed
     ft_name: str  # the fine_tuned_model name the job gets on success
     grader: dict | None = None  # method.reinforcement.grader (validated); None for other methods
+    project_id: str = DEFAULT_PROJECT_ID  # the project that owns the job and everything it makes
 
 
 class JobRepo:
@@ -53,28 +54,30 @@ class JobRepo:
             c.execute(
                 "INSERT INTO jobs (id, created_at, model, base_model, init_adapter, training_file,"
                 " validation_file, suffix, seed, metadata, integrations, method_type, hyperparameters,"
-                " ft_name, grader, status, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'validating_files',?)",
+                " ft_name, grader, status, updated_at, project_id)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'validating_files',?,?)",
                 (new.id, now, new.model, new.base_model, new.init_adapter, new.training_file,
                  new.validation_file, new.suffix, new.seed, to_json(new.metadata), to_json(new.integrations),
-                 new.method_type, to_json(new.hyperparameters), new.ft_name, to_json(new.grader), now))
+                 new.method_type, to_json(new.hyperparameters), new.ft_name, to_json(new.grader), now,
+                 new.project_id))
             insert_event(c, new.id, "info", f"Created fine-tuning job: {new.id}")
             if new.integrations:
                 insert_event(c, new.id, "warn", "Integrations are not supported by ModelMill and were ignored")
         return self.get(new.id)
 
-    def get(self, job_id: str) -> JobRecord:
-        row = self.db.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        if row is None:
-            raise errors.NotFoundError(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
-        return from_row(JobRecord, row)
+    def get(self, job_id: str, *, project_id: str | None = None) -> JobRecord:
+        """The job; with project_id, only if that project owns it (else the NotFoundError of a missing id)."""
+        return self._locked_get(self.db.conn(), job_id, project_id)
 
     def list(self, *, after: str | None = None, limit: int = 20,
-             metadata: dict[str, str] | None = None) -> Page[JobRecord]:
+             metadata: dict[str, str] | None = None, project_id: str | None = None) -> Page[JobRecord]:
         where, params = [], []
         for key, value in (metadata or {}).items():
             where.append("json_extract(metadata, ?) = ?")
             params += ['$."' + key.replace('"', '""') + '"', value]
-        rows, more = page_rows(self.db, "jobs", where, params, after=after, limit=limit, descending=True)
+        scope = ([], []) if project_id is None else (["project_id = ?"], [project_id])
+        rows, more = page_rows(self.db, "jobs", where + scope[0], params + scope[1], after=after, limit=limit,
+                               descending=True, cursor_where=scope)
         return Page([from_row(JobRecord, r) for r in rows], more)
 
     def by_fine_tuned_model(self, name: str) -> JobRecord | None:
@@ -93,9 +96,9 @@ class JobRepo:
 
     # -- the user's state changes ------------------------------------------------------
 
-    def cancel(self, job_id: str) -> JobRecord:
+    def cancel(self, job_id: str, *, project_id: str | None = None) -> JobRecord:
         with self.db.transaction() as c:
-            job = self._locked_get(c, job_id)
+            job = self._locked_get(c, job_id, project_id)
             if job.status in TERMINAL_STATUSES:
                 raise errors.ConflictError(f"Job {job_id} has already {job.status}; it cannot be cancelled",
                                            param="fine_tuning_job_id")
@@ -108,9 +111,9 @@ class JobRepo:
                 insert_event(c, job_id, "info", "Job cancelled")
         return self.get(job_id)
 
-    def pause(self, job_id: str) -> JobRecord:
+    def pause(self, job_id: str, *, project_id: str | None = None) -> JobRecord:
         with self.db.transaction() as c:
-            job = self._locked_get(c, job_id)
+            job = self._locked_get(c, job_id, project_id)
             if job.status not in ACTIVE_STATUSES:
                 raise errors.ConflictError(f"Job {job_id} is {job.status}; only a queued or running job can be"
                                            " paused", param="fine_tuning_job_id")
@@ -125,9 +128,9 @@ class JobRepo:
                 insert_event(c, job_id, "info", "Job paused")
         return self.get(job_id)
 
-    def resume(self, job_id: str) -> JobRecord:
+    def resume(self, job_id: str, *, project_id: str | None = None) -> JobRecord:
         with self.db.transaction() as c:
-            job = self._locked_get(c, job_id)
+            job = self._locked_get(c, job_id, project_id)
             if job.status != "paused":
                 raise errors.ConflictError(f"Job {job_id} is {job.status}; only a paused job can be resumed",
                                            param="fine_tuning_job_id")
@@ -135,8 +138,11 @@ class JobRepo:
             insert_event(c, job_id, "info", "Job resumed; queued to continue from its last checkpoint")
         return self.get(job_id)
 
-    def _locked_get(self, c, job_id: str) -> JobRecord:
-        row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    def _locked_get(self, c, job_id: str, project_id: str | None = None) -> JobRecord:
+        sql, params = "SELECT * FROM jobs WHERE id = ?", [job_id]
+        if project_id is not None:
+            sql, params = sql + " AND project_id = ?", params + [project_id]
+        row = c.execute(sql, params).fetchone()
         if row is None:
             raise errors.NotFoundError(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
         return from_row(JobRecord, row)

@@ -1,4 +1,5 @@
 """API keys: only a sha256 of each key is stored; checks compare in constant time.
+Each key belongs to one project (store/projects.py): requests made with it act in that project.
 
 Keys are 256-bit random tokens, so a fast hash is enough (slow KDFs such as scrypt exist
 to protect low-entropy passwords, which these are not).
@@ -14,9 +15,9 @@ import time
 from modelmill import errors
 from modelmill.service.ids import new_id
 from modelmill.service.store.db import Database
-from modelmill.service.store.records import ApiKeyRecord, from_row
+from modelmill.service.store.records import DEFAULT_PROJECT_ID, ApiKeyRecord, from_row
 
-KEY_PREFIX = "mm-"
+KEY_PREFIX = "sk-"  # as OpenAI's keys, so tools that recognise (and redact) API keys recognise these
 
 
 def hash_key(key: str) -> str:
@@ -27,12 +28,13 @@ class KeyRepo:
     def __init__(self, db: Database):
         self.db = db
 
-    def create(self, name: str) -> tuple[ApiKeyRecord, str]:
-        """A new key. Returns (record, plaintext); the plaintext is shown once and never stored."""
+    def create(self, name: str, project_id: str = DEFAULT_PROJECT_ID) -> tuple[ApiKeyRecord, str]:
+        """A new key of `project_id`. Returns (record, plaintext); the plaintext is shown once and never stored."""
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = new_id("key_", 16)
-        self.db.execute("INSERT INTO api_keys (id, name, prefix, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-                        (key_id, name, plaintext[:8], hash_key(plaintext), time.time()))
+        self.db.execute("INSERT INTO api_keys (id, name, prefix, key_hash, created_at, project_id)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (key_id, name, plaintext[:8], hash_key(plaintext), time.time(), project_id))
         return self.get(key_id), plaintext
 
     def get(self, key_id: str) -> ApiKeyRecord:

@@ -162,4 +162,49 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX eval_output_items_run ON eval_output_items (run_id, seq);
     """),
+    ("0009_projects", """
+        -- Tenancy: every API key belongs to a project, and so does every file, job, eval and eval
+        -- run (checkpoints, fine-tuned models, events and output items belong to their job or run).
+        -- Rows from before projects existed move into the default project.
+        CREATE TABLE projects (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,          -- proj_...
+            name TEXT NOT NULL UNIQUE,        -- what `modelmill keys create --project NAME` names
+            created_at REAL NOT NULL
+        );
+        INSERT INTO projects (id, name, created_at)
+            VALUES ('proj_default', 'default', CAST(strftime('%s', 'now') AS REAL));
+        ALTER TABLE api_keys ADD COLUMN project_id TEXT NOT NULL DEFAULT 'proj_default';
+        ALTER TABLE files ADD COLUMN project_id TEXT NOT NULL DEFAULT 'proj_default';
+        ALTER TABLE jobs ADD COLUMN project_id TEXT NOT NULL DEFAULT 'proj_default';
+        ALTER TABLE evals ADD COLUMN project_id TEXT NOT NULL DEFAULT 'proj_default';
+        ALTER TABLE eval_runs ADD COLUMN project_id TEXT NOT NULL DEFAULT 'proj_default';
+        CREATE INDEX files_project ON files (project_id, seq);
+        CREATE INDEX jobs_project ON jobs (project_id, seq);
+        CREATE INDEX evals_project ON evals (project_id, seq);
+        CREATE INDEX eval_runs_project ON eval_runs (project_id, seq);
+        -- A fine-tuned model or checkpoint shared with another project (OpenAI's checkpoint permissions).
+        -- `model` is the shared name, `job_id` the job that made it (its project owns the permission).
+        CREATE TABLE checkpoint_permissions (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,          -- cp_...
+            model TEXT NOT NULL,
+            job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            project_id TEXT NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+            created_at REAL NOT NULL,
+            UNIQUE (model, project_id)
+        );
+        CREATE INDEX checkpoint_permissions_project ON checkpoint_permissions (project_id, model);
+    """),
+    ("0010_adapter_manifests", """
+        -- What the platform wrote into each adapter or checkpoint directory: a sha256 per file,
+        -- recorded when the directory is published and checked before anything loads or resumes it.
+        CREATE TABLE adapter_manifests (
+            path TEXT PRIMARY KEY,            -- the directory, absolute, under the jobs directory
+            job_id TEXT NOT NULL,
+            files TEXT NOT NULL,              -- JSON object: relative file path -> hex sha256
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX adapter_manifests_job ON adapter_manifests (job_id);
+    """),
 ]

@@ -16,6 +16,8 @@ T = TypeVar("T")
 ACTIVE_STATUSES = ("validating_files", "queued", "running")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 ALL_STATUSES = ACTIVE_STATUSES + ("paused",) + TERMINAL_STATUSES
+# The project that rows made before projects existed belong to, and that keyless (loopback) requests act in.
+DEFAULT_PROJECT_ID = "proj_default"
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class FileRecord:
     status: str
     created_at: float
     expires_at: float | None
+    project_id: str = DEFAULT_PROJECT_ID
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class JobRecord:
     attempts: int = 0
     reclaims: int = 0
     updated_at: float = 0.0
+    project_id: str = DEFAULT_PROJECT_ID
 
     def lease_live(self, now: float) -> bool:
         return self.lease_owner is not None and (self.lease_expires_at or 0) >= now
@@ -106,6 +110,7 @@ class ApiKeyRecord:
     prefix: str
     created_at: float
     last_used_at: float | None
+    project_id: str = DEFAULT_PROJECT_ID
 
 
 _JSON_COLUMNS = {"metadata", "integrations", "hyperparameters", "error", "data", "metrics", "result_files", "grader"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -16,7 +18,8 @@ router = APIRouter(tags=["chat"])
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     settings, store = deps.settings(request), deps.store(request)
-    served = await run_in_threadpool(model_registry.resolve, store, settings, body.model)
+    served = await run_in_threadpool(functools.partial(model_registry.resolve, store, settings, body.model,
+                                                       project_id=deps.project(request)))
     sampler = await run_in_threadpool(deps.sampler, request)
     chat.sampling_params(body)  # a bad parameter is a 400 before any streaming starts
     if body.stream:

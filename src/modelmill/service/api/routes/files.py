@@ -1,4 +1,4 @@
-"""/v1/files: upload (streamed, size-capped), list, retrieve, delete, content."""
+"""/v1/files: upload (streamed, size-capped), list, retrieve, delete, content; all in the caller's project."""
 
 from __future__ import annotations
 
@@ -17,8 +17,17 @@ from modelmill.service.store.files import UPLOAD_PURPOSES
 
 router = APIRouter(tags=["files"])
 
+# The upload body is parsed by hand (uploads.py streams it under a size cap), so FastAPI cannot
+# see it; this is what OpenAI's CreateFileRequest documents, written out for the OpenAPI document.
+UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "purpose"], "properties": {
+        "file": {"type": "string", "format": "binary"},
+        "purpose": {"type": "string", "enum": list(UPLOAD_PURPOSES)}}}}}}
+CONTENT_RESPONSE = {200: {"description": "The file's bytes, as uploaded",
+                          "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
-@router.post("/files")
+
+@router.post("/files", openapi_extra={"requestBody": UPLOAD_BODY})
 async def create_file(request: Request) -> dict:
     store: Store = deps.store(request)
     upload = await receive_upload(request, store.files, deps.settings(request).max_upload_bytes)
@@ -33,7 +42,8 @@ async def create_file(request: Request) -> dict:
         if purpose not in UPLOAD_PURPOSES:
             raise errors.InvalidRequestError(f"Invalid purpose '{purpose}'; expected one of "
                                              f"{', '.join(UPLOAD_PURPOSES)}", param="purpose", code="invalid_value")
-        record = await run_in_threadpool(store.files.add, upload.blob, upload.filename, purpose)
+        record = await run_in_threadpool(store.files.add, upload.blob, upload.filename, purpose,
+                                         deps.project(request))
     except BaseException:
         if upload.blob is not None:
             upload.blob.discard()
@@ -43,23 +53,26 @@ async def create_file(request: Request) -> dict:
 
 @router.get("/files")
 def list_files(purpose: str | None = None, after: str | None = None, limit: int = Query(10_000, ge=1, le=10_000),
-               order: Literal["asc", "desc"] = "desc", store: Store = Depends(deps.store)) -> dict:
-    return FileList.of(store.files.list(purpose=purpose, after=after, limit=limit, order=order)).model_dump()
+               order: Literal["asc", "desc"] = "desc", store: Store = Depends(deps.store),
+               project: str = Depends(deps.project)) -> dict:
+    page = store.files.list(purpose=purpose, after=after, limit=limit, order=order, project_id=project)
+    return FileList.of(page).model_dump()
 
 
 @router.get("/files/{file_id}")
-def retrieve_file(file_id: str, store: Store = Depends(deps.store)) -> dict:
-    return FileObject.of(store.files.get(file_id)).model_dump()
+def retrieve_file(file_id: str, store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+    return FileObject.of(store.files.get(file_id, project_id=project)).model_dump()
 
 
 @router.delete("/files/{file_id}")
-def delete_file(file_id: str, store: Store = Depends(deps.store)) -> dict:
-    store.files.delete(file_id)
+def delete_file(file_id: str, store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+    store.files.delete(file_id, project_id=project)
     return FileDeleted(id=file_id).model_dump()
 
 
-@router.get("/files/{file_id}/content")
-def file_content(file_id: str, store: Store = Depends(deps.store)) -> FileResponse:
-    record = store.files.get(file_id)
+@router.get("/files/{file_id}/content", response_class=FileResponse, responses=CONTENT_RESPONSE)
+def file_content(file_id: str, store: Store = Depends(deps.store),
+                 project: str = Depends(deps.project)) -> FileResponse:
+    record = store.files.get(file_id, project_id=project)
     return FileResponse(store.files.blob_path(file_id), media_type="application/octet-stream",
                         filename=record.filename)

@@ -1,4 +1,5 @@
-"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, pause, resume, events, checkpoints."""
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, pause, resume, events, checkpoints; all in the
+caller's project (another project's job is a 404, exactly like a missing one)."""
 
 from __future__ import annotations
 
@@ -19,49 +20,54 @@ def _job(job, settings: Settings) -> dict:
 
 
 @router.post("")
-def create(body: CreateJobRequest, store: Store = Depends(deps.store),
-           settings: Settings = Depends(deps.settings)) -> dict:
-    return _job(create_job(store, settings, body), settings)
+def create(body: CreateJobRequest, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
+           project: str = Depends(deps.project)) -> dict:
+    return _job(create_job(store, settings, body, project_id=project), settings)
 
 
 @router.get("")
 def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=10_000),
-              store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings)) -> dict:
-    page = store.jobs.list(after=after, limit=limit, metadata=_metadata_filter(request))
+              store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
+              project: str = Depends(deps.project)) -> dict:
+    page = store.jobs.list(after=after, limit=limit, metadata=_metadata_filter(request), project_id=project)
     return JobList(data=[JobObject.of(j, settings.owner) for j in page.items], has_more=page.has_more).model_dump()
 
 
 @router.get("/{job_id}")
-def retrieve(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings)) -> dict:
-    return _job(store.jobs.get(job_id), settings)
+def retrieve(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
+             project: str = Depends(deps.project)) -> dict:
+    return _job(store.jobs.get(job_id, project_id=project), settings)
 
 
 @router.post("/{job_id}/cancel")
-def cancel(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings)) -> dict:
-    return _job(store.jobs.cancel(job_id), settings)
+def cancel(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
+           project: str = Depends(deps.project)) -> dict:
+    return _job(store.jobs.cancel(job_id, project_id=project), settings)
 
 
 @router.post("/{job_id}/pause")
-def pause(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings)) -> dict:
-    return _job(store.jobs.pause(job_id), settings)
+def pause(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
+          project: str = Depends(deps.project)) -> dict:
+    return _job(store.jobs.pause(job_id, project_id=project), settings)
 
 
 @router.post("/{job_id}/resume")
-def resume(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings)) -> dict:
-    return _job(store.jobs.resume(job_id), settings)
+def resume(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
+           project: str = Depends(deps.project)) -> dict:
+    return _job(store.jobs.resume(job_id, project_id=project), settings)
 
 
 @router.get("/{job_id}/events")
 def events(job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=10_000),
-           store: Store = Depends(deps.store)) -> dict:
-    store.jobs.get(job_id)
+           store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+    store.jobs.get(job_id, project_id=project)
     return EventList.of(store.events.list(job_id, after=after, limit=limit)).model_dump()
 
 
 @router.get("/{job_id}/checkpoints")
 def checkpoints(job_id: str, after: str | None = None, limit: int = Query(10, ge=1, le=10_000),
-                store: Store = Depends(deps.store)) -> dict:
-    store.jobs.get(job_id)
+                store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+    store.jobs.get(job_id, project_id=project)
     return CheckpointList.of(store.checkpoints.list(job_id, after=after, limit=limit)).model_dump()
 
 

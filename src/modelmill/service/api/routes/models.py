@@ -1,4 +1,5 @@
-"""/v1/models: base models, fine-tuned models and checkpoints, one namespace."""
+"""/v1/models: base models, fine-tuned models and checkpoints, one namespace. A project sees the base
+models, its own fine-tuned and checkpoint models, and those shared with it (checkpoint permissions)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,19 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 
 @router.get("")
-def list_models(store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings)) -> dict:
-    return ModelList(data=[ModelObject.of(m) for m in model_registry.list_served(store, settings)]).model_dump()
+def list_models(store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
+                project: str = Depends(deps.project)) -> dict:
+    served = model_registry.list_served(store, settings, project_id=project)
+    return ModelList(data=[ModelObject.of(m) for m in served]).model_dump()
 
 
 @router.get("/{model:path}")
-def retrieve_model(model: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings)) -> dict:
-    return ModelObject.of(model_registry.resolve(store, settings, model)).model_dump()
+def retrieve_model(model: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
+                   project: str = Depends(deps.project)) -> dict:
+    return ModelObject.of(model_registry.resolve(store, settings, model, project_id=project, verify=False)).model_dump()
 
 
 @router.delete("/{model:path}")
-def delete_model(model: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings)) -> dict:
-    return ModelDeleted(id=model_registry.delete(store, settings, model).id).model_dump()
+def delete_model(model: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
+                 project: str = Depends(deps.project)) -> dict:
+    return ModelDeleted(id=model_registry.delete(store, settings, model, project_id=project).id).model_dump()

@@ -1,0 +1,192 @@
+"""What the learning-results stories share: the context they run in (a live ModelMill server and
+the official openai SDK), the Results JSON (docs/CONTRACTS.md, "Results JSON") and the
+BENCHMARKS.md section `results` built from every story's JSON.
+
+A story module has `run(ctx: Context) -> dict` returning `result(...)`; bench/results/run.py
+times it, writes bench/out/results_<story>.json and rewrites the section.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent
+BENCH_DIR = RESULTS_DIR.parent
+REPO = BENCH_DIR.parent
+EXAMPLES = REPO / "examples"
+SECTION = ("results", "Learning results")
+STORIES = ("sft", "dpo", "rft")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a story runs: a live server (base_url, client) whose data directory is `home`."""
+
+    client: object  # openai.OpenAI pointed at the server
+    base_url: str
+    api_key: str
+    home: Path  # the server's MODELMILL_HOME (adapters are read from home/jobs/<job>/adapter)
+    quick: bool  # modelmill-tiny and tiny data: the code path only, no meaningful figures
+
+
+def result(story: str, model: str, metric: str, base: float, fine_tuned: float, target: str, met: bool | None,
+           wall_s: float, details: dict) -> dict:
+    """One story's Results JSON. details["rows"] lists every metric shown in the table (the
+    headline first) as {"metric", "base", "fine_tuned", "target", "met"}; details["notes"] holds
+    the sentences printed under the table."""
+    return {"story": story, "model": model, "metric": metric, "base": base, "fine_tuned": fine_tuned,
+            "target": target, "met": met, "wall_s": round(wall_s, 1), "details": details}
+
+
+def row(metric: str, base: float | None, fine_tuned: float | None, target: str | None, met: bool | None) -> dict:
+    return {"metric": metric, "base": base, "fine_tuned": fine_tuned, "target": target, "met": met}
+
+
+def machine(load_at_start: float | None = None) -> str:
+    """One line about the machine, with the load average at the story's start (when known) and end:
+    above the CPU count, other work shared the machine and the wall times are inflated."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    threads = os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()
+    return (f"{cpu}, {os.cpu_count()} CPUs, fp32, torch {torch.__version__} ({threads} threads), "
+            f"Python {platform.python_version()}, load average "
+            + (f"{load_at_start:.1f} at the start, " if load_at_start is not None else "") + f"{load:.1f} at the end")
+
+
+def today() -> str:
+    return dt.date.today().isoformat()
+
+
+def load_example(name: str, filename: str = "run.py"):
+    """An example's script as a module under a unique name (each example has its own run.py)."""
+    path = EXAMPLES / name / filename
+    module_name = f"example_{name}_{path.stem}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def wait_job(client, job_id: str):
+    """Follow a job to its end with the CLI's progress display (stderr); the final job object."""
+    from modelmill.watch import watch_job
+
+    job = watch_job(client, job_id, stop_on_pause=False)
+    if job.status != "succeeded":
+        raise RuntimeError(f"job {job_id} ended {job.status}: {job.error}")
+    return job
+
+
+def job_events(client, job_id: str) -> list:
+    """Every event of a job, oldest first."""
+    out, after = [], None
+    while True:
+        page = client.fine_tuning.jobs.list_events(job_id, limit=100, **({"after": after} if after else {}))
+        out.extend(page.data)
+        if not page.has_more or not page.data:
+            return list(reversed(out))
+        after = page.data[-1].id
+
+
+def wait_eval_run(client, eval_id: str, run_id: str, poll: float = 2.0):
+    while True:
+        run = client.evals.runs.retrieve(run_id, eval_id=eval_id)
+        if run.status in ("completed", "failed", "canceled"):
+            if run.status != "completed":
+                raise RuntimeError(f"eval run {run_id} ended {run.status}: {run.error}")
+            return run
+        time.sleep(poll)
+
+
+def output_items(client, eval_id: str, run_id: str) -> list:
+    """Every output item of an eval run, by datasource_item_id."""
+    items, after = [], None
+    while True:
+        page = client.evals.runs.output_items.list(run_id, eval_id=eval_id, limit=100,
+                                                   **({"after": after} if after else {}))
+        items.extend(page.data)
+        if not page.has_more or not page.data:
+            return sorted(items, key=lambda i: i.datasource_item_id)
+        after = page.data[-1].id
+
+
+def write_json(data: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"results_{data['story']}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def read_results(out_dir: Path) -> list[dict]:
+    found = {s: out_dir / f"results_{s}.json" for s in STORIES}
+    return [json.loads(p.read_text()) for p in found.values() if p.exists()]
+
+
+# -- the BENCHMARKS.md section --------------------------------------------------------------------
+
+def _num(x) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def _met(met: bool | None) -> str:
+    return "-" if met is None else ("**met**" if met else "**missed**")
+
+
+def _wall(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s"
+
+
+def section_body(results: list[dict]) -> str:
+    """The table (one line per metric, each story's headline first) and each story's notes."""
+    lines = ["Written by `make results` (`bench/results/run.py`): each story fine-tunes through a live "
+             "ModelMill server with the official `openai` SDK and scores base and fine-tuned models on "
+             "held-out data. Wall time is the whole story: base evaluation, training and fine-tuned "
+             "evaluation, as measured; where the machine's load average exceeds its CPU count, other work "
+             "shared the CPUs and the times are inflated accordingly.", "",
+             "| story | metric | base | fine-tuned | target | met / missed | wall time | date | machine |",
+             "|---|---|---:|---:|---|---|---:|---|---|"]
+    for r in results:
+        rows = r["details"].get("rows") or [row(r["metric"], r["base"], r["fine_tuned"], r["target"], r["met"])]
+        for i, x in enumerate(rows):
+            first = i == 0
+            lines.append(f"| {r['story'] if first else ''} | {x['metric']} | {_num(x['base'])} | "
+                         f"{_num(x['fine_tuned'])} | {x['target'] or '-'} | {_met(x['met'])} | "
+                         f"{_wall(r['wall_s']) if first else ''} | {r['details'].get('date', '') if first else ''} | "
+                         f"{r['details'].get('machine', '') if first else ''} |")
+    for r in results:
+        notes = r["details"].get("notes") or []
+        if notes:
+            lines += ["", f"**{r['story']}** ({r['model']}):", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def write_section(out_dir: Path, md_path: Path) -> None:
+    sys.path.insert(0, str(BENCH_DIR))
+    from benchmarks_md import write_section as write
+
+    results = read_results(out_dir)
+    if results:
+        write(SECTION[0], SECTION[1], section_body(results), md_path)

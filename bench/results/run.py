@@ -1,0 +1,106 @@
+"""The learning-results suite (`make results`): three stories, each fine-tuning SmolLM2-135M-Instruct
+through a live ModelMill server (the official openai SDK) and scoring base vs fine-tuned on held-out
+data, offline.
+
+    python bench/results/run.py                      # every story: sft, dpo, rft (in that order)
+    python bench/results/run.py --story sft          # one story
+    python bench/results/run.py --quick              # every code path on modelmill-tiny, tiny data
+
+- sft (sft_story.py): function calling on BFCL simple_python + the demo's smart-home set;
+  exact calls on held-out examples (target >= 85%) and, apart, on held-out functions.
+- dpo (dpo_story.py): examples/dpo_jokes; held-out preference accuracy, and a judge's win rate of
+  the fine-tuned model's jokes over the base model's.
+- rft (rft_story.py): examples/rft_arithmetic; validation reward (target >= 0.35).
+
+Each story writes OUT/results_<story>.json (docs/CONTRACTS.md, "Results JSON"); then the section
+`results` of BENCHMARKS.md is rewritten from every story JSON in OUT. The server runs with
+MODELMILL_HOME = --home (default bench/out/home; the base model is converted there once, before any
+story's clock starts). --quick defaults OUT to bench/out/quick and writes the section to
+OUT/BENCHMARKS.md, so a smoke run never replaces real figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import common  # noqa: E402
+
+STORY_MODULES = {"sft": "sft_story", "dpo": "dpo_story", "rft": "rft_story"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--story", choices=[*STORY_MODULES, "all"], default="all")
+    p.add_argument("--quick", action="store_true", help="modelmill-tiny and tiny data: the code path only")
+    p.add_argument("--out", type=Path, default=None, help="where results_<story>.json go (default bench/out, "
+                                                          "or bench/out/quick with --quick)")
+    p.add_argument("--benchmarks-md", type=Path, default=None,
+                   help="the file whose `results` section is rewritten (default BENCHMARKS.md, or OUT/BENCHMARKS.md "
+                        "with --quick)")
+    p.add_argument("--home", type=Path, default=None,
+                   help="the server's MODELMILL_HOME (default bench/out/home; a temporary one with --quick)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch in the server and here (OMP_NUM_THREADS); default: torch's own")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = args.out or (common.BENCH_DIR / "out" / ("quick" if args.quick else ""))
+    md = args.benchmarks_md or (out / "BENCHMARKS.md" if args.quick else common.REPO / "BENCHMARKS.md")
+    stories = list(STORY_MODULES) if args.story == "all" else [args.story]
+    if args.threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="modelmill-results-") as tmp:
+        home = args.home or (Path(tmp) if args.quick else common.BENCH_DIR / "out" / "home")
+        run_stories(stories, home.resolve(), args.quick, out)
+    common.write_section(out, md)
+    print(f"results: {', '.join(str(out / f'results_{s}.json') for s in stories)}; section `results` of {md}")
+    return 0
+
+
+def run_stories(stories: list[str], home: Path, quick: bool, out: Path) -> None:
+    import importlib
+
+    from openai import OpenAI
+
+    from modelmill.demo import running_server
+    from modelmill.ml import models
+
+    home.mkdir(parents=True, exist_ok=True)
+    modules = {s: importlib.import_module(STORY_MODULES[s]) for s in stories}
+    for s in stories:  # convert base models once, outside every story's clock
+        cfg = modules[s].QUICK if quick else modules[s].FULL
+        for name in {cfg.model, getattr(cfg, "judge_model", cfg.model)}:
+            models.ensure_base(home, name)
+    api_key = os.environ.get("MODELMILL_API_KEY", "local")
+    with running_server(home=home) as base_url:
+        client = OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=600)
+        ctx = common.Context(client=client, base_url=base_url, api_key=api_key, home=home, quick=quick)
+        for s in stories:
+            print(f"== story {s}{' (quick)' if quick else ''} ==", flush=True)
+            t0, load = time.monotonic(), os.getloadavg()[0]
+            data = modules[s].run(ctx)
+            data["details"]["story_s"] = round(time.monotonic() - t0, 1)
+            data["details"]["machine"] = common.machine(load_at_start=load)
+            data["details"]["quick"] = quick
+            path = common.write_json(data, out)
+            print(f"== {s}: {data['metric']}: base {data['base']} -> fine-tuned {data['fine_tuned']} "
+                  f"(target {data['target']}: {'met' if data['met'] else 'missed'}); "
+                  f"{data['wall_s']:.0f} s; {path}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Load suite (issue 8): many concurrent clients against one server while a job trains, and four
+workers racing for one queue.
+
+1. `clients` threads, each with its own official openai SDK client, send `requests` mixed requests
+   (uploads, job creates, lists, retrieves, events, chat completions on modelmill-tiny) while a
+   modelmill-tiny job trains on the server's worker. Recorded: every status code, client-side
+   latency per kind, "database is locked" in the server's log. Targets: zero 5xx, zero "database is
+   locked", p99 of metadata requests (everything but uploads and chat) under 500 ms.
+2. `jobs` short jobs are queued, then four worker processes start at once against the same
+   MODELMILL_HOME. Each job must be claimed exactly once: it succeeds, its "started" claim happens
+   once (jobs.reclaims == 0) and its steps are recorded once.
+
+    python -m tests.reliability.load_suite                       # 50 x 200 + 4 workers x 12 jobs (make reliability)
+    python -m tests.reliability.load_suite --clients 5 --requests 20 --jobs 4 --no-write   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import openai  # noqa: E402
+from benchmarks_md import write_section  # noqa: E402
+from openai import OpenAI  # noqa: E402
+
+from modelmill.demo import free_port, wait_until_up  # noqa: E402
+from tests.e2e.conftest import short_dataset  # noqa: E402
+
+RELIABILITY = REPO / "RELIABILITY.md"
+# kind -> weight in each client's mix
+MIX = {"list_files": 12, "retrieve_file": 12, "list_jobs": 12, "retrieve_job": 12, "events": 12,
+       "checkpoints": 6, "list_models": 6, "upload": 8, "create_job": 4, "chat": 16}
+METADATA = {"list_files", "retrieve_file", "list_jobs", "retrieve_job", "events", "checkpoints", "list_models",
+            "create_job"}
+P99_TARGET_MS = 500.0
+
+
+class LiveServer:
+    def __init__(self, home: Path, worker: bool, env: dict | None = None):
+        self.home = home
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.env = dict(os.environ, MODELMILL_HOME=str(home), **(env or {}))
+        self.log = open(home.parent / f"server-{self.port}.log", "w+b")
+        cmd = [sys.executable, "-m", "modelmill.cli", "serve", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd + ([] if worker else ["--no-worker"]), env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        wait_until_up(self.base_url, self.proc)
+
+    def client(self) -> OpenAI:
+        return OpenAI(base_url=self.base_url, api_key="load", max_retries=0, timeout=120)
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def tiny_job(client: OpenAI, file_id: str, n_epochs: int, seed: int = 3):
+    return client.fine_tuning.jobs.create(
+        training_file=file_id, model="modelmill-tiny", seed=seed, metadata={"eval": "false"},
+        method={"type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": n_epochs, "batch_size": 4, "learning_rate_multiplier": 2.0}}})
+
+
+# -- 1. concurrent clients ------------------------------------------------------------------------
+
+
+def load(server: LiveServer, clients: int, per_client: int, seed: int) -> dict:
+    admin = server.client()
+    train = admin.files.create(file=("load-train.jsonl", short_dataset(32)), purpose="fine-tune")
+    trainer = tiny_job(admin, train.id, n_epochs=50)  # keeps the worker training throughout (50 is the cap)
+    while admin.fine_tuning.jobs.retrieve(trainer.id).status != "running":
+        time.sleep(0.2)
+    small = short_dataset(10, seed=7)
+    latencies: dict[str, list[float]] = defaultdict(list)
+    statuses: Counter = Counter()
+    errors: list[str] = []
+    created_jobs: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(clients)
+
+    def one_client(i: int) -> None:
+        rng = random.Random(seed * 1000 + i)
+        client = server.client()
+        kinds = rng.choices(list(MIX), weights=list(MIX.values()), k=per_client)
+        start.wait()
+        for kind in kinds:
+            t0 = time.perf_counter()
+            code, err = 200, None
+            try:
+                if kind == "list_files":
+                    client.files.list()
+                elif kind == "retrieve_file":
+                    client.files.retrieve(train.id)
+                elif kind == "list_jobs":
+                    client.fine_tuning.jobs.list(limit=20)
+                elif kind == "retrieve_job":
+                    client.fine_tuning.jobs.retrieve(trainer.id)
+                elif kind == "events":
+                    client.fine_tuning.jobs.list_events(trainer.id, limit=50)
+                elif kind == "checkpoints":
+                    client.fine_tuning.jobs.checkpoints.list(trainer.id)
+                elif kind == "list_models":
+                    client.models.list()
+                elif kind == "upload":
+                    client.files.create(file=(f"c{i}.jsonl", small), purpose="fine-tune")
+                elif kind == "create_job":
+                    job = tiny_job(client, train.id, n_epochs=1)
+                    with lock:
+                        created_jobs.append(job.id)
+                elif kind == "chat":
+                    client.chat.completions.create(model="modelmill-tiny", max_tokens=8, temperature=0,
+                                                   messages=[{"role": "user", "content": f"hello {rng.random()}"}])
+            except openai.APIStatusError as e:
+                code, err = e.status_code, str(e)[:200]
+            except Exception as e:  # noqa: BLE001 - a connection error counts against the server too
+                code, err = 0, f"{type(e).__name__}: {e}"[:200]
+            ms = (time.perf_counter() - t0) * 1000
+            with lock:
+                latencies[kind].append(ms)
+                statuses[code] += 1
+                if err:
+                    errors.append(f"{kind}: {err}")
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    trainer_status = admin.fine_tuning.jobs.retrieve(trainer.id).status
+    for job_id in [trainer.id, *created_jobs]:  # leave nothing running for the next part
+        try:
+            admin.fine_tuning.jobs.cancel(job_id)
+        except openai.APIStatusError:
+            pass
+    meta = sorted(ms for kind, values in latencies.items() if kind in METADATA for ms in values)
+    log = server.log_text()
+    return {"clients": clients, "requests": sum(statuses.values()), "wall_s": round(wall, 1),
+            "statuses": dict(statuses), "server_errors": sum(n for c, n in statuses.items() if c >= 500 or c == 0),
+            "db_locked": log.count("database is locked"), "errors": errors[:10],
+            "trainer_status_during": trainer_status,
+            "per_kind": {k: {"n": len(v), "p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "max_ms": round(max(v), 1)}
+                         for k, v in sorted(latencies.items())},
+            "metadata_p50_ms": pct(meta, 50), "metadata_p99_ms": pct(meta, 99), "metadata_n": len(meta)}
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return round(values[0], 1)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1], 1)
+
+
+# -- 2. four workers, one queue -------------------------------------------------------------------
+
+
+def race(home: Path, n_jobs: int, n_workers: int = 4) -> dict:
+    server = LiveServer(home, worker=False, env={"MODELMILL_LEASE_SECONDS": "10"})
+    try:
+        client = server.client()
+        train = client.files.create(file=("race.jsonl", short_dataset(16)), purpose="fine-tune")
+        jobs = [tiny_job(client, train.id, n_epochs=1, seed=i).id for i in range(n_jobs)]
+        cmd = [sys.executable, "-m", "modelmill.cli", "worker"]
+        workers = [subprocess.Popen(cmd, env=server.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   for _ in range(n_workers)]
+        t0 = time.monotonic()
+        try:
+            while any(client.fine_tuning.jobs.retrieve(j).status not in ("succeeded", "failed", "cancelled")
+                      for j in jobs):
+                if time.monotonic() - t0 > 900:
+                    raise TimeoutError("the racing workers did not finish")
+                time.sleep(0.5)
+        finally:
+            for w in workers:
+                w.terminate()
+            for w in workers:
+                w.wait()
+        wall = time.monotonic() - t0
+        con = sqlite3.connect(home / "modelmill.db")
+        rows = con.execute(f"SELECT id, status, reclaims FROM jobs WHERE id IN ({','.join('?' * len(jobs))})",
+                           jobs).fetchall()
+        steps_twice = 0
+        for job_id in jobs:
+            steps = [json.loads(d)["step"] for (d,) in con.execute(
+                "SELECT data FROM events WHERE job_id = ? AND type = 'metrics'", (job_id,))]
+            steps_twice += len(steps) - len(set(steps))
+        claim_msgs = {job_id: con.execute("SELECT COUNT(*) FROM events WHERE job_id = ? AND message LIKE ?",
+                                          (job_id, "Fine-tuning job started%")).fetchone()[0] for job_id in jobs}
+        integrity = con.execute("PRAGMA integrity_check").fetchone()[0]
+        con.close()
+        return {"jobs": n_jobs, "workers": n_workers, "wall_s": round(wall, 1),
+                "succeeded": sum(1 for r in rows if r[1] == "succeeded"),
+                "reclaimed": sum(1 for r in rows if r[2]), "steps_twice": steps_twice,
+                "claimed_once": sum(1 for n in claim_msgs.values() if n == 1), "integrity": integrity}
+    finally:
+        server.stop()
+
+
+def report(ld: dict, rc: dict, args) -> str:
+    met = ld["server_errors"] == 0 and ld["db_locked"] == 0 and ld["metadata_p99_ms"] < P99_TARGET_MS
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} CPUs, by `python -m tests.reliability.load_suite --clients {args.clients} "
+             f"--requests {args.requests} --jobs {args.jobs}` (`make reliability`). Clients, server and worker share "
+             "the machine.", "",
+             f"**{ld['clients']} concurrent clients x {args.requests} mixed requests** ({ld['requests']} in all, "
+             f"{ld['wall_s']} s) while a modelmill-tiny job trained (status during the run: "
+             f"{ld['trainer_status_during']}). Status codes: {ld['statuses']}. 5xx or dropped connections: "
+             f"{ld['server_errors']}. \"database is locked\" in the server log: {ld['db_locked']}. Metadata requests "
+             f"(n={ld['metadata_n']}): p50 {ld['metadata_p50_ms']} ms, **p99 {ld['metadata_p99_ms']} ms** "
+             f"(target < {P99_TARGET_MS:.0f} ms: {'met' if met else 'missed'}).", "",
+             "| kind | n | p50 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|"]
+    for kind, s in ld["per_kind"].items():
+        lines.append(f"| {kind} | {s['n']} | {s['p50_ms']} | {s['p99_ms']} | {s['max_ms']} |")
+    if ld["errors"]:
+        lines += ["", "Errors seen: " + "; ".join(ld["errors"])]
+    lines += ["", f"**{rc['workers']} workers racing for {rc['jobs']} queued jobs** ({rc['wall_s']} s): "
+              f"{rc['succeeded']}/{rc['jobs']} succeeded, claimed exactly once {rc['claimed_once']}/{rc['jobs']}, "
+              f"reclaimed {rc['reclaimed']}, steps recorded twice {rc['steps_twice']}, integrity_check "
+              f"{rc['integrity']}."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--jobs", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="mm-load-"))
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    server = LiveServer(root / "a" / "home", worker=True)
+    try:
+        ld = load(server, args.clients, args.requests, args.seed)
+    finally:
+        server.stop()
+    print(json.dumps(ld), flush=True)
+    rc = race(root / "b" / "home", args.jobs)
+    print(json.dumps(rc), flush=True)
+    text = report(ld, rc, args)
+    print(text)
+    if not args.no_write:
+        write_section("load", "Load", text, path=RELIABILITY)
+    ok = (ld["server_errors"] == 0 and ld["db_locked"] == 0 and rc["claimed_once"] == rc["succeeded"] == rc["jobs"]
+          and rc["steps_twice"] == 0)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

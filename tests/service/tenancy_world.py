@@ -1,0 +1,88 @@
+"""Two (or more) projects, each holding one of every resource, for the tenancy tests.
+
+build_world(client, store, settings, key) makes, in the key's project, through the API where the
+API can: an uploaded file, a succeeded job with a fine-tuned model and a checkpoint (the worker's
+writes are simulated through the queue, so no training runs), a job still waiting to be validated
+(for cancel / pause / resume), an eval with a completed jsonl run and its output item, and a
+checkpoint permission on the fine-tuned model and on the checkpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from modelmill.service.auth import SESSION_COOKIE
+from modelmill.service.evals.runner import run_next_eval
+from modelmill.service.queue import JobQueue
+from tests.service.conftest import training_jsonl
+
+EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.ref}}",
+         "operation": "eq"}
+EVAL_BODY = {"name": "tenancy", "data_source_config": {"type": "custom", "item_schema": {
+    "type": "object", "properties": {"ref": {"type": "string"}}, "required": ["ref"]}}, "testing_criteria": [EXACT]}
+RUN_BODY = {"name": "r", "data_source": {"type": "jsonl", "source": {"type": "file_content", "content": [
+    {"item": {"ref": "a"}, "sample": {"output_text": "a"}}]}}}
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def cookie(key: str) -> dict:
+    """The dashboard's session cookie, as a browser that signed in with `key` sends it."""
+    return {"Cookie": f"{SESSION_COOKIE}={key}"}
+
+
+def ok(response, status: int = 200) -> dict:
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+def upload_as(client, key: str, content: bytes = None, purpose: str = "fine-tune") -> dict:
+    return ok(client.post("/v1/files", files={"file": ("train.jsonl", content or training_jsonl(12))},
+                          data={"purpose": purpose}, headers=bearer(key)))
+
+
+def succeeded_job(client, store, settings, key: str, file_id: str) -> dict:
+    """A job the (simulated) worker finished: fine-tuned model, one checkpoint, adapter dirs on disk."""
+    job = ok(client.post("/v1/fine_tuning/jobs", json={"model": "modelmill-tiny", "training_file": file_id},
+                         headers=bearer(key)))
+    queue = JobQueue(store, lease_seconds=30)
+    lease = queue.claim("simulated-worker")
+    assert lease is not None and lease.job_id == job["id"], "another job was runnable"
+    record = store.jobs.get(job["id"])
+    out = settings.jobs_dir / job["id"]
+    ckpt_dir, adapter_dir = out / "checkpoints" / "step-1", out / "adapter"
+    for d in (ckpt_dir, adapter_dir):
+        d.mkdir(parents=True)
+        (d / "adapter_config.json").write_text("{}")
+        (d / "adapter_model.safetensors").write_bytes(b"simulated")
+    ckpt_name = f"{record.ft_name}:ckpt-step-1"
+    queue.add_checkpoint(lease, 1, ckpt_dir, {"step": 1, "train_loss": 1.0}, ckpt_name)
+    queue.finish(lease, "succeeded", fine_tuned_model=record.ft_name, adapter_dir=str(adapter_dir), trained_tokens=1,
+                 result_files=[], message="The job has successfully completed")
+    return {"job": job["id"], "ft": record.ft_name, "ckpt": ckpt_name}
+
+
+def build_world(client, store, settings, key: str, share_with: str) -> dict:
+    """Every resource kind in `key`'s project; its models are shared with project `share_with`."""
+    world = {"file": upload_as(client, key)["id"]}
+    world.update(succeeded_job(client, store, settings, key, world["file"]))
+    world["event"] = ok(client.get(f"/v1/fine_tuning/jobs/{world['job']}/events", headers=bearer(key)))["data"][0]["id"]
+    world["eval"] = ok(client.post("/v1/evals", json=EVAL_BODY, headers=bearer(key)))["id"]
+    world["run"] = ok(client.post(f"/v1/evals/{world['eval']}/runs", json=RUN_BODY, headers=bearer(key)))["id"]
+    while run_next_eval(settings, store, "test-worker", threading.Event()) is not None:
+        pass
+    items = ok(client.get(f"/v1/evals/{world['eval']}/runs/{world['run']}/output_items", headers=bearer(key)))
+    world["item"] = items["data"][0]["id"]
+    for model, name in (("ft", "perm"), ("ckpt", "ckpt_perm")):
+        granted = ok(client.post(f"/v1/fine_tuning/checkpoints/{world[model]}/permissions",
+                                 json={"project_ids": [share_with]}, headers=bearer(key)))
+        world[name] = granted["data"][0]["id"]
+    return world
+
+
+def queued_job(client, key: str, file_id: str) -> str:
+    """A job nobody has claimed yet (validating_files): cancel / pause / resume would change it."""
+    return ok(client.post("/v1/fine_tuning/jobs", json={"model": "modelmill-tiny", "training_file": file_id},
+                          headers=bearer(key)))["id"]
