@@ -210,7 +210,7 @@ def main() -> None:
         profile = (f"Missed: {', '.join(missed)}. Where the time goes (median seconds per phase): ModelMill "
                    f"{_phases(mm)}; plain script {_phases(base)}.")
     doc = write_json(args.json, BENCH, machine_line, rows, notes, profile)
-    body = "\n".join([f"`python bench/bench_job_overhead.py` ({machine_line}; {args.repeats} interleaved "
+    body = "\n".join([f"`python bench/bench_job_overhead.py` ({machine_line}; {len(mm)} interleaved "
                       f"repeats).", "", rows_table(rows), "", *[f"- {n}" for n in notes]]
                      + ([f"- Profile: {profile}"] if profile else []))
     print(body)

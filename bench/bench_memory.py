@@ -150,14 +150,14 @@ def main() -> None:
     profile = None
     if rows[0]["met"] is False:
         at_train = [statistics.median(r["rss_at_train_mb"] for r in side) for side in (base, mm)]
-        overlap = min(r["peak_rss_mb"] for r in mm) <= max(r["peak_rss_mb"] for r in base)
+        overlap = len(mm) > 1 and min(r["peak_rss_mb"] for r in mm) <= max(r["peak_rss_mb"] for r in base)
         peak_diff = statistics.median(r["peak_rss_mb"] for r in mm) - statistics.median(r["peak_rss_mb"] for r in base)
         profile = (f"ModelMill minus plain script, medians: {at_train[1] - at_train[0]:+.0f} MiB resident when "
                    f"training starts (model, data, trainer), {peak_diff:+.0f} MiB at the peak (during training). "
-                   + ("The two sides' per-run peaks overlap: the gap is within the run-to-run spread."
-                      if overlap else "The per-run peaks do not overlap."))
+                   + ("The two sides' per-run peaks overlap: the gap is within the run-to-run spread." if overlap
+                      else "The per-run peaks do not overlap." if len(mm) > 1 else "One run per side only."))
     doc = write_json(args.json, BENCH, machine_line, rows, notes, profile)
-    body = "\n".join([f"`python bench/bench_memory.py` ({machine_line}; {args.repeats} interleaved repeats, "
+    body = "\n".join([f"`python bench/bench_memory.py` ({machine_line}; {len(mm)} interleaved repeats, "
                       f"each run its own process).", "", rows_table(rows), "", *[f"- {n}" for n in notes]]
                      + ([f"- Profile: {profile}"] if profile else []))
     print(body)

@@ -162,7 +162,7 @@ def main() -> None:
                    f"trainer.train()): baseline {step_seconds(base)}, ModelMill {step_seconds(mm)}; ModelMill's "
                    f"configuration: {config}.")
     doc = write_json(args.json, BENCH, machine_line, rows, notes, profile)
-    body = "\n".join([f"`python bench/bench_sft_efficiency.py` ({machine_line}; {args.repeats} interleaved repeats, "
+    body = "\n".join([f"`python bench/bench_sft_efficiency.py` ({machine_line}; {len(mm)} interleaved repeats, "
                       f"each run its own process).", "", rows_table(rows), "", *[f"- {n}" for n in notes]]
                      + ([f"- Profile: {profile}"] if profile else []))
     print(body)

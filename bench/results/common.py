@@ -65,7 +65,7 @@ def machine(load_at_start: float | None = None) -> str:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     threads = os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()
-    return (f"{cpu}, {os.cpu_count()} CPUs, fp32, torch {torch.__version__} ({threads} threads), "
+    return (f"{cpu}, {os.cpu_count()} CPUs, fp32, torch {torch.__version__} (threads: {threads}), "
             f"Python {platform.python_version()}, load average "
             + (f"{load_at_start:.1f} at the start, " if load_at_start is not None else "") + f"{load:.1f} at the end")
 

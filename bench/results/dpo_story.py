@@ -14,7 +14,10 @@ The judge must run offline, so it is SmolLM2-135M-Instruct itself (a model Model
 answered by ModelMill, service/judge.py). A 135M model is a weak judge of humour: to put a number
 on that, the same grader also scores the held-out pairs' own answers (a jsonl run each for the
 preferred and the non-preferred outputs), and the story reports how often it agrees with the
-human preference.
+human preference. Seen while building this (held-out pairs' own answers, greedy): asked for a bare
+number, SmolLM2-135M answered in prose, so every reply was a parse error; with two worked examples
+in the prompt (JUDGE_SHOTS) it answers with a number, but the same number for every joke (10; 1 with
+the two examples in the other order).
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ JUDGE_SYSTEM = ("You are a comedy judge. You rate how funny a joke is on a scale
                 "to 10 (hilarious). Reply with the number only.")
 JUDGE_USER = ("Request: {{item.prompt}}\nJoke: {{sample.output_text}}\n\n"
               "How funny is this joke, from 0 to 10? Reply with the number only.")
+# Two worked examples before the joke to judge. Without them SmolLM2-135M answers in prose ("The joke
+# is hilarious, but it's not funny at all.") and every reply is a model_grader_parse_error; with
+# them it answers with a bare number. The examples are not from the data set.
+JUDGE_SHOTS = (("Give me a funny one-liner (mundane complaint).", "I went to the store and bought some milk.", "2"),
+               ("Give me a funny one-liner (wordplay observation).", "I used to be a banker, but I lost interest.",
+                "7"))
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,16 @@ QUICK = DPOStory(model="modelmill-tiny", judge_model="modelmill-tiny", joke_toke
 def judge_grader(cfg: DPOStory) -> dict:
     return {"type": "score_model", "name": "funny", "model": cfg.judge_model, "range": [0, 10],
             "sampling_params": {"temperature": 0, "max_completions_tokens": cfg.judge_tokens, "seed": 0},
-            "input": [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": JUDGE_USER}]}
+            "input": [{"role": "system", "content": JUDGE_SYSTEM}, *_shots(),
+                      {"role": "user", "content": JUDGE_USER}]}
+
+
+def _shots() -> list[dict]:
+    out = []
+    for prompt, joke, score in JUDGE_SHOTS:
+        user = JUDGE_USER.replace("{{item.prompt}}", prompt).replace("{{sample.output_text}}", joke)
+        out += [{"role": "user", "content": user}, {"role": "assistant", "content": score}]
+    return out
 
 
 def data_dir(cfg: DPOStory, tmp: Path) -> Path:
@@ -165,10 +183,11 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
     notes = [
         f"Training: examples/dpo_jokes/run.py's job ({_hp(job)}), {n_train} training pairs, "
         f"{train_s:.0f} s including the job's own before/after eval of its validation file.",
-        f"Judge: a `score_model` grader on {cfg.judge_model} (temperature 0, {cfg.judge_tokens} tokens), the only "
-        "judge available offline. Scoring the held-out pairs' own answers, it preferred the human-preferred one in "
+        f"Judge: a `score_model` grader on {cfg.judge_model} (temperature 0, {cfg.judge_tokens} tokens, two worked "
+        "examples in its prompt so that it answers with a number), the only judge available offline. Scoring the "
+        "held-out pairs' own answers, it preferred the human-preferred one in "
         f"{agree['wins']} of {agree['n']} pairs ({agree['ties']} ties, {agree['losses']} against, "
-        f"{agree['unscored']} unscored): read the win rate with that in mind.",
+        f"{agree['unscored']} unscored; scores given: {_spread(scores)}): read the win rate with that in mind.",
         f"Jokes sampled at temperature {cfg.joke_temperature}, up to {cfg.joke_tokens} tokens, seed {cfg.seed} for "
         f"both models ({n} held-out lines, {prompts} distinct prompts).",
     ]
@@ -181,6 +200,16 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
                "mean_scores": mean, "judge_grader": judge_grader(cfg), "eval_runs": run_ids, "jokes": jokes,
                "config": dict(cfg.__dict__)}
     return result("dpo", cfg.model, rows[0]["metric"], acc_base, acc_ft, "> base", rows[0]["met"], wall, details)
+
+
+def _spread(scores: dict) -> str:
+    """The distinct scores the judge gave, with counts, over every run."""
+    counts: dict = {}
+    for v in scores.values():
+        for score, _ in v:
+            key = "unscored" if score is None else f"{score:g}"
+            counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k} x{n}" for k, n in sorted(counts.items()))
 
 
 def _lines(path) -> int:
