@@ -47,7 +47,7 @@ def test_section_is_rebuilt_from_story_json_and_leaves_other_sections(tmp_path, 
 
 
 def test_quick_run_writes_every_story(tmp_path):
-    pytest.importorskip("bfcl_eval", reason="bfcl-eval is installed by `make results` / `make install`")
+    pytest.importorskip("bfcl_eval", reason="bfcl-eval is installed by `make results`")
     out, md = tmp_path / "out", tmp_path / "BENCHMARKS.md"
     proc = subprocess.run([sys.executable, str(RESULTS / "run.py"), "--quick", "--out", str(out),
                            "--benchmarks-md", str(md), "--home", str(tmp_path / "home")],
