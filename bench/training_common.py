@@ -168,9 +168,11 @@ def run_logged(cmd: list[str], log: Path, threads: int = 0) -> int:
 
 class TimedReporter:
     """A Reporter for ml.train_sft that timestamps training with time.time():
-    `train_called` = the "Training on ..." event (sent just before trainer.train()), `step_ends` = each
-    should_stop() poll (one per optimizer step, at the step's end); `rss_at_train_mb` = the resident
-    set at train_called (model loaded, data tokenized, trainer built). Records nothing else."""
+    `train_called` = the "Training on ..." event (sent just before trainer.train()); `step_ends` = each
+    on_step call: one per optimizer step, sent as the next step begins or, for an epoch's last step,
+    as the epoch ends (the same moments as the API's metrics events, which bench_job_overhead
+    reads); `rss_at_train_mb` = the resident set at train_called (model loaded, data tokenized,
+    trainer built). Records nothing else."""
 
     def __init__(self):
         self.train_called: float | None = None
@@ -185,13 +187,12 @@ class TimedReporter:
         self.events.append((level, message))
 
     def on_step(self, step, total_steps, metrics):
-        pass
+        self.step_ends.append(time.time())
 
     def on_checkpoint(self, step, path, metrics):
         pass
 
     def should_stop(self):
-        self.step_ends.append(time.time())
         return None
 
 
