@@ -7,9 +7,10 @@ field (`answer`), which the grader reads as {{item.answer}} / item["answer"]. Th
 validation sets share no answer, so the model cannot do well on validation by memorising
 answers it was rewarded for (the RFT announcement's demo splits the same way).
 
-The grader (grader.py) is reasoning-gym's own `score_answer`, copied into a python grader
-because the sandbox offers only a fixed list of packages; `check_grader()` below proves on
-every generated line that the copy scores exactly as reasoning-gym does.
+The grader (grader.py) scores the reply's final answer with reasoning-gym's own `score_answer`,
+copied into a python grader because the sandbox offers only a fixed list of packages;
+`check_grader()` below proves on every generated line that the copy scores extracted answers
+exactly as reasoning-gym does, and that a reply is scored by its last number.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def line(entry: dict) -> dict:
 
 
 def check_grader(lines: list[dict]) -> None:
-    """The python grader scores like reasoning-gym's score_answer, on right, wrong and partial answers."""
+    """The python grader's score_answer is reasoning-gym's, on right, wrong and partial answers, and
+    the grader scores a reply by its final answer (the whole reply when it is bare, else its last number)."""
     import reasoning_gym
 
     from grader import GRADER_SOURCE  # this folder's grader.py (the script's folder is on sys.path)
@@ -68,11 +70,16 @@ def check_grader(lines: list[dict]) -> None:
     exec(GRADER_SOURCE, scope)  # noqa: S102 - our own grader source, compared with the library's
     ds = reasoning_gym.create_dataset("basic_arithmetic", size=1, seed=0)
     for item in lines:
-        entry = {"answer": item["answer"]}
-        for guess in (item["answer"], "0", f"It is {item['answer']}.", "", item["answer"] + "0"):
-            ours = scope["grade"]({"output_text": guess}, item)
-            theirs = ds.score_answer(guess, entry)
-            assert abs(ours - theirs) < 1e-12, (guess, item["answer"], ours, theirs)
+        answer = item["answer"]
+        for guess in (answer, "0", f"It is {answer}.", "", answer + "0"):
+            ours = scope["score_answer"](guess, answer)
+            theirs = ds.score_answer(guess, {"answer": answer})
+            assert abs(ours - theirs) < 1e-12, (guess, answer, ours, theirs)
+        wrong = str(int(answer) + 1)
+        for reply, expected in ((answer, 1.0), (f"{item['expression']} = {answer}", 1.0),
+                                (f"It is {answer}.", 1.0), (f"{answer}, no: {wrong}", 0.0), ("", 0.0),
+                                (f"{item['expression']} = {wrong}", 0.0)):
+            assert scope["grade"]({"output_text": reply}, item) == expected, (reply, answer)
 
 
 def main() -> None:

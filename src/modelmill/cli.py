@@ -32,7 +32,7 @@ def cmd_serve(args) -> int:
     from modelmill.service.api.app import serve
 
     settings = _settings(args).with_(run_worker=not args.no_worker)
-    serve(settings, log_level=args.log_level)
+    serve(settings, log_level=args.log_level, worker_process=args.worker_process)
     return 0
 
 
@@ -291,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", help="bind address (default 127.0.0.1; non-loopback needs an API key)")
     sp.add_argument("--port", type=int, help="port (default 8000)")
     sp.add_argument("--no-worker", action="store_true", help="serve the API only; run `modelmill worker` apart")
+    sp.add_argument("--worker-process", action="store_true",
+                    help="run the worker as a child process instead of a thread (API latency under load)")
     sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                     help="log level (default info)")
     sp.set_defaults(func=cmd_serve)

@@ -52,14 +52,14 @@ P99_TARGET_MS = 500.0
 
 
 class LiveServer:
-    def __init__(self, home: Path, worker: bool, env: dict | None = None):
+    def __init__(self, home: Path, worker: bool, env: dict | None = None, extra_args: tuple[str, ...] = ()):
         self.home = home
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.env = dict(os.environ, MODELMILL_HOME=str(home), **(env or {}))
         self.log = open(home.parent / f"server-{self.port}.log", "w+b")
         cmd = [sys.executable, "-m", "modelmill.cli", "serve", "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd + ([] if worker else ["--no-worker"]), env=self.env,
+        self.proc = subprocess.Popen(cmd + list(extra_args) + ([] if worker else ["--no-worker"]), env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         wait_until_up(self.base_url, self.proc)
 
@@ -254,11 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--worker-process", action="store_true",
+                    help="serve --worker-process: the training worker in a child process, not an API thread")
     args = ap.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="mm-load-"))
     (root / "a").mkdir()
     (root / "b").mkdir()
-    server = LiveServer(root / "a" / "home", worker=True)
+    server = LiveServer(root / "a" / "home", worker=True,
+                        extra_args=("--worker-process",) if args.worker_process else ())
     try:
         ld = load(server, args.clients, args.requests, args.seed)
     finally:

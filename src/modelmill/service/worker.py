@@ -16,7 +16,6 @@ worker claims a new job as soon as the database changes, not at its next poll (W
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import logging
 import os
@@ -308,10 +307,11 @@ def warm_up() -> None:
     fires far more often during training: a tiny-model job of 48 steps reached its first
     checkpoint in 109-126 s instead of 69-86 s (tests/e2e/test_crash.py's job, same machine).
     """
+    from modelmill.ml import import_ml_stack
+
     started = time.monotonic()
     try:
-        for module in WARM_MODULES:
-            importlib.import_module(module)
+        import_ml_stack(WARM_MODULES)  # under the lock the API's threads take too (see modelmill.ml)
     except Exception:  # noqa: BLE001 - a broken install shows up as the first job's error instead
         log.exception("worker warm-up: importing the training stack failed")
     log.info("worker warmed up in %.1f s", time.monotonic() - started)

@@ -42,6 +42,9 @@ class MiniLMEmbedder:
     """texts -> L2-normalised float32 embeddings, shape (len(texts), 384). Thread-safe."""
 
     def __init__(self, model_dir: str | Path | None = None):
+        from modelmill.ml import import_ml_stack
+
+        import_ml_stack()  # the first import of transformers in this process may be on an API thread
         import torch
         from transformers import AutoModel, AutoTokenizer
 

@@ -74,11 +74,52 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
     return app
 
 
-def serve(settings: Settings, log_level: str = "info") -> None:
-    """Run the API with uvicorn (plus the in-process worker when settings.run_worker).
+def serve(settings: Settings, log_level: str = "info", worker_process: bool = False) -> None:
+    """Run the API with uvicorn, plus a worker when settings.run_worker: a thread of this process, or,
+    with worker_process, a `modelmill worker` child process (training's Python work then does not
+    share the API's GIL; see RELIABILITY.md, Load). The child gets SIGTERM when the API stops or dies,
+    and then checkpoints and hands its job back like any worker.
     log_level: uvicorn's and ModelMill's logging level ("debug", "info", "warning", ...)."""
     import uvicorn
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings, start_worker=settings.run_worker)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=5)
+    app = create_app(settings, start_worker=settings.run_worker and not worker_process)
+    child = start_worker_process() if settings.run_worker and worker_process else None
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=5)
+    finally:
+        if child is not None:
+            stop_worker_process(child)
+
+
+def start_worker_process():
+    """`modelmill worker` as a child process with this process's environment (the CLI has put
+    MODELMILL_HOME there, and every other setting is read from MODELMILL_* variables)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    def die_with_parent() -> None:  # Linux: SIGTERM the worker when the API process dies, even by SIGKILL
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    log.info("starting the worker process")
+    return subprocess.Popen([sys.executable, "-m", "modelmill.cli", "worker"], env=dict(os.environ),
+                            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
+
+
+def stop_worker_process(child) -> None:
+    import subprocess
+
+    if child.poll() is None:
+        child.terminate()  # the worker checkpoints and re-queues its job on SIGTERM
+        try:
+            child.wait(timeout=WORKER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

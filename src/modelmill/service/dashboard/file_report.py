@@ -86,6 +86,9 @@ class FileReports:
         base = model_registry.resolve(self.store, self.settings, model, project_id=project_id, verify=False).base_model
         with self._lock:
             if base not in self._tokenizers:
+                from modelmill.ml import import_ml_stack
+
+                import_ml_stack()  # not alongside the in-process worker's warm-up (see modelmill.ml)
                 from transformers import AutoTokenizer
 
                 self._tokenizers[base] = AutoTokenizer.from_pretrained(models.ensure_base(self.settings.home, base))

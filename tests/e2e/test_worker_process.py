@@ -1,0 +1,66 @@
+"""`modelmill serve --worker-process`: the worker runs as a child process of the API. A job trains to
+`succeeded` through it, and the child goes when the API goes, even when the API is SIGKILLed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from openai import OpenAI
+
+from modelmill.demo import free_port, wait_until_up
+
+from .conftest import short_dataset
+
+
+def children_of(pid: int) -> list[int]:
+    path = f"/proc/{pid}/task/{pid}/children"
+    return [int(p) for p in open(path).read().split()] if os.path.exists(path) else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_job_succeeds_through_a_worker_process_that_dies_with_the_api(tmp_path):
+    port = free_port()
+    env = dict(os.environ, MODELMILL_HOME=str(tmp_path / "home"))
+    proc = subprocess.Popen([sys.executable, "-m", "modelmill.cli", "serve", "--port", str(port), "--worker-process",
+                             "--log-level", "warning"], env=env)
+    try:
+        base_url = f"http://127.0.0.1:{port}/v1"
+        wait_until_up(base_url, proc)
+        workers = children_of(proc.pid)
+        assert len(workers) == 1
+        cmdline = open(f"/proc/{workers[0]}/cmdline").read().split("\0")
+        assert cmdline[1:4] == ["-m", "modelmill.cli", "worker"]
+
+        client = OpenAI(base_url=base_url, api_key="test-key", max_retries=0)
+        train = client.files.create(file=("t.jsonl", short_dataset(12)), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(training_file=train.id, model="modelmill-tiny", seed=1,
+                                             metadata={"eval": "false"},
+                                             method={"type": "supervised", "supervised": {"hyperparameters": {
+                                                 "n_epochs": 1, "batch_size": 4}}})
+        deadline = time.monotonic() + 240
+        while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline, job.status
+            time.sleep(0.5)
+        assert job.status == "succeeded", job.error
+        assert job.fine_tuned_model and job.trained_tokens > 0
+
+        os.kill(proc.pid, signal.SIGKILL)  # no clean shutdown: the worker must still go
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while alive(workers[0]):
+            assert time.monotonic() < deadline, "the worker outlived the API process"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
