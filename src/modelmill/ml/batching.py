@@ -58,12 +58,15 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-# Straight from the submodules: transformers' lazy top-level __getattr__ is not thread-safe.
-from transformers.generation.configuration_utils import GenerationConfig
-from transformers.generation.logits_process import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper,
-                                                    TopPLogitsWarper)
-from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
+from modelmill.ml import ml_imports
+
+with ml_imports():  # not alongside another thread's first import of the stack (see modelmill.ml)
+    import torch
+    # Straight from the submodules: transformers' lazy top-level __getattr__ is not thread-safe.
+    from transformers.generation.configuration_utils import GenerationConfig
+    from transformers.generation.logits_process import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper,
+                                                        TopPLogitsWarper)
+    from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
 log = logging.getLogger(__name__)
 

@@ -43,12 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-# Straight from the submodule: transformers' lazy top-level __getattr__ is not thread-safe, and the
-# first chat requests may import this module while the worker thread is importing transformers too.
-from transformers.generation.streamers import TextIteratorStreamer
-
 from modelmill.errors import InvalidRequestError, NotFoundError
+from modelmill.ml import ml_imports
+
+with ml_imports():  # not alongside another thread's first import of the stack (see modelmill.ml)
+    import torch
+    # Straight from the submodule: transformers' lazy top-level __getattr__ is not thread-safe.
+    from transformers.generation.streamers import TextIteratorStreamer
+
 from modelmill.ml import batching, chat_format, models
 from modelmill.ml.types import ModelRef
 

@@ -16,6 +16,7 @@ worker claims a new job as soon as the database changes, not at its next poll (W
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import logging
 import os
@@ -290,9 +291,10 @@ class Worker:
                                           job.project_id).id
 
 
-# What warm_up imports: the training stack (trl is a lazy module: its SFT trainer is named).
-WARM_MODULES = ("torch", "transformers", "peft", "datasets", "trl.trainer.sft_trainer", "modelmill.ml.models",
-                "modelmill.ml.sft")
+# What warm_up imports: the training stack (trl is a lazy module: its SFT trainer is named), under
+# the ML import lock (third-party modules only, see modelmill.ml), then ModelMill's own modules.
+WARM_MODULES = ("peft", "datasets", "trl.trainer.sft_trainer")
+WARM_OWN_MODULES = ("modelmill.ml.models", "modelmill.ml.sft")
 
 
 def warm_up() -> None:
@@ -311,7 +313,9 @@ def warm_up() -> None:
 
     started = time.monotonic()
     try:
-        import_ml_stack(WARM_MODULES)  # under the lock the API's threads take too (see modelmill.ml)
+        import_ml_stack(WARM_MODULES)  # torch, transformers and these, under the lock request threads take too
+        for module in WARM_OWN_MODULES:
+            importlib.import_module(module)
     except Exception:  # noqa: BLE001 - a broken install shows up as the first job's error instead
         log.exception("worker warm-up: importing the training stack failed")
     log.info("worker warmed up in %.1f s", time.monotonic() - started)

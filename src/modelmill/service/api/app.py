@@ -64,6 +64,9 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
     app.state.store = store
     app.state.sampler = sampler
     api_errors.install(app)
+    from modelmill.service.api.timing import ProcessingTime
+
+    app.add_middleware(ProcessingTime)  # openai-processing-ms and x-request-id on every response
     secured = [Depends(deps.require_api_key)]
     for module in (files, jobs, permissions, chat, models, graders, evals):
         app.include_router(module.router, prefix="/v1", dependencies=secured)
@@ -101,6 +104,9 @@ def start_worker_process():
     import sys
 
     def die_with_parent() -> None:  # Linux: SIGTERM the worker when the API process dies, even by SIGKILL
+        nice = int(os.environ.get("MODELMILL_WORKER_NICE", "10"))
+        if nice:
+            os.nice(nice)
         try:
             import ctypes
 

@@ -51,10 +51,7 @@ def app_sampler(app):
     if getattr(state, "sampler", None) is None:
         with _sampler_lock:
             if getattr(state, "sampler", None) is None:
-                from modelmill.ml import import_ml_stack
-
-                import_ml_stack(("modelmill.ml.sampling",))  # not alongside the worker thread's warm-up
-                from modelmill.ml.sampling import Sampler
+                from modelmill.ml.sampling import Sampler  # its torch imports take modelmill.ml's lock
 
                 state.sampler = Sampler(cache_size=state.settings.model_cache_size)
     return state.sampler
