@@ -46,7 +46,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def run_service(model_name: str, model_dir: Path, train: Path, work: Path, hp: dict, seed: int,
-                poll_seconds: float, threads: int) -> dict:
+                poll_seconds: float, threads: int, worker_process: bool = False) -> dict:
     """One job through a fresh `modelmill serve`; returns wall-clock marks and the job's phases."""
     from openai import OpenAI
 
@@ -60,7 +60,8 @@ def run_service(model_name: str, model_dir: Path, train: Path, work: Path, hp: d
     launched = time.time()
     log = open(work / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "modelmill.cli", "serve", "--host", "127.0.0.1", "--port",
-                             str(port), "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                             str(port), "--log-level", "warning", *(["--worker-process"] if worker_process else [])],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         base_url = f"http://127.0.0.1:{port}/v1"
         wait_until_up(base_url, proc)
@@ -138,6 +139,8 @@ def main() -> None:
                    help="torch CPU threads of every training process, both sides (OMP_NUM_THREADS); 0 = torch's "
                         "default (one per core). Use 1 on a machine other work shares")
     p.add_argument("--poll-seconds", type=float, default=0.5, help="how often the client polls the job")
+    p.add_argument("--worker-process", action="store_true",
+                   help="ModelMill side: `serve --worker-process` (the worker in a child process, not an API thread)")
     p.add_argument("--home", default=os.environ.get("MODELMILL_HOME", str(Path.home() / ".modelmill")))
     args = p.parse_args()
     if args.quick:
@@ -168,7 +171,8 @@ def main() -> None:
                 r["phases"] = phases_plain(r)
             else:
                 out.mkdir(parents=True)
-                r = run_service(model, model_dir, train, out, hp, args.seed, args.poll_seconds, args.threads)
+                r = run_service(model, model_dir, train, out, hp, args.seed, args.poll_seconds, args.threads,
+                                args.worker_process)
                 r["wall"], r["wall_no_start"] = r["done"] - r["launched"], r["done"] - r["up"]
                 r["phases"] = phases_modelmill(r)
             r["tokens_per_s"] = r["tokens"] / (r["last_step_end"] - r["train_called"])
@@ -199,6 +203,8 @@ def main() -> None:
         f"{args.poll_seconds:g} s.",
         "Real tokens per run (side, tokens): " + ", ".join(f"{s} {t}" for s, t in tokens) + ".",
         f"torch threads per process: {args.threads or 'torch default (one per core)'}.",
+        "ModelMill: `modelmill serve --worker-process` (training in a child process at nice 10)." if args.worker_process
+        else "ModelMill: `modelmill serve` (its worker is a thread of the API process).",
         "Median seconds per phase, ModelMill: " + _phases(mm) + ".",
         "Median seconds per phase, plain script: " + _phases(base) + ".",
     ]

@@ -1,21 +1,19 @@
 """RFT story: arithmetic. examples/rft_arithmetic, run by that example's own code (run.py's `run`):
 reasoning-gym `basic_arithmetic` at its easiest setting (2 one-digit terms), 120 training / 40
-validation lines sharing no answer, a python grader that is reasoning-gym's own `score_answer`,
-GRPO through the server with a validation file, so the job runs its own before/after eval.
+validation lines sharing no answer, a python grader that scores the reply's final answer with
+reasoning-gym's own `score_answer` (the text after "Answer:" when the reply has that line, else its
+last number), GRPO through the server with a validation file, so the job runs its own before/after eval.
 
 Metric: the validation reward of that before/after eval (greedy, every validation line, the job's
 grader): base vs the fine-tuned model. Target >= 0.35 (the issue expected about 0.22 at the start).
 
-Why the base is not 0.22 (measured while building this suite, 20 validation lines, greedy, base
-model, up to 64 tokens; PROMPT_PROBE below): SmolLM2-135M-Instruct opens every reply with "To
-calculate ..." and works through the sum in prose, whatever it is asked. With the example's prompt
-the reward was 0.004; with ModelMill's "Answer:" instruction 0.006; with reasoning-gym's own system
-prompts and `<answer>` tags ("default", "direct"; graded on the tag's content, reasoning-gym's
-extract_answer) 0.000, as no reply wrote the tags; with "Reply with only the final number." 0.050.
-Only two worked examples before the question (few-shot) got bare numbers, and those were mostly
-wrong: 0.087 on all 40 lines, and 6 of 40 lines had a right answer among 8 samples at temperature
-1. No prompt came near 0.22 or left GRPO a realistic way to 0.35, so the example's prompt and the
-grader stay as they are.
+History (2026-11-21): the example's first grader scored the whole reply with score_answer, which
+gives a right answer inside prose len(answer)/len(reply). SmolLM2-135M-Instruct opens every reply
+with "To calculate ..." and works through the sum in prose, so that reward measured reply length,
+not arithmetic: base 0.004, and after GRPO 0.075 although the last number of the reply was right in
+20 of 40 validation replies (8 of 40 before). Prompts tried with that grader (PROMPT_PROBE, base
+model, greedy, first 20 of every 2nd validation line) did not lift the base near 0.22. The final-answer
+grader scores what the task asks: is the result right.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from pathlib import Path
 from common import EXAMPLES, Context, load_example, machine, result, row, today
 
 ARITH = EXAMPLES / "rft_arithmetic"
-PROMPT_PROBE = {  # prompt -> validation reward of the base model (greedy, first 20 of every 2nd line; see above)
+PROMPT_PROBE = {  # prompt -> base validation reward with the FIRST grader (whole reply; see the docstring)
     "the example's (the question alone)": 0.004, "+ ModelMill's Answer: instruction": 0.006,
     "reasoning-gym 'default' system prompt, <answer> tags": 0.0, "reasoning-gym 'direct', <answer> tags": 0.0,
     "+ 'Reply with only the final number.'": 0.050, "2 worked examples + 'Answer with the number only.'": 0.15,
@@ -86,11 +84,7 @@ def run(ctx: Context, cfg: RFTStory | None = None) -> dict:
         f"prompts, batch {hp.batch_size}, group {round(4 * hp.compute_multiplier)}, LR multiplier "
         f"{hp.learning_rate_multiplier}, reasoning_effort {hp.reasoning_effort}; "
         f"valid_reward_mean by step: {', '.join(f'{s}: {v:.3f}' for s, v in r['valid'])}.",
-        "The grader is reasoning-gym's score_answer, unchanged: 1 for the bare answer, len(answer)/len(reply) "
-        "when the reply contains it among other text. SmolLM2-135M replies in prose, so even right answers "
-        "score little. Base-model prompts tried (validation reward): "
-        + "; ".join(f"{k}: {v:.3f}" for k, v in PROMPT_PROBE.items())
-        + ". None gave the base ~0.22, so the example's prompt stays (rft_story.py's docstring has the details).",
+        "The grader scores the reply's final answer with reasoning-gym's score_answer: the text after \"Answer:\" when the reply has that line, else the reply's last number; 1 when it is the answer, len(answer)/len(final answer) when it only contains it (\"-45\" for 45: 2/3), else 0 (examples/rft_arithmetic/grader.py). The example's first grader scored the whole reply, so a right answer inside prose got len(answer)/len(reply): base 0.004 -> 0.075 after GRPO in its one run (2026-11-21), while the last number was right in 8/40 -> 20/40 replies (rft_story.py's docstring).",
     ]
     details = {"rows": rows, "notes": notes, "date": today(), "machine": machine(), "job_id": job.id,
                "fine_tuned_model": job.fine_tuned_model, "comparison": r["comparison"], "valid_reward_mean": r["valid"],

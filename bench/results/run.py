@@ -89,6 +89,12 @@ def run_stories(stories: list[str], home: Path, quick: bool, out: Path) -> None:
     with running_server(home=home) as base_url:
         client = OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=600)
         ctx = common.Context(client=client, base_url=base_url, api_key=api_key, home=home, quick=quick)
+        # The home persists (its converted models are reused): a job an interrupted run left queued or
+        # running would otherwise resume first and hold the worker while this run's story job waits.
+        for job in client.fine_tuning.jobs.list(limit=100).auto_paging_iter():
+            if job.status not in ("succeeded", "failed", "cancelled"):
+                client.fine_tuning.jobs.cancel(job.id)
+                print(f"cancelled {job.id} ({job.status}), left over from an interrupted run", flush=True)
         for s in stories:
             print(f"== story {s}{' (quick)' if quick else ''} ==", flush=True)
             t0, load = time.monotonic(), os.getloadavg()[0]

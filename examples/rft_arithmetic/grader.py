@@ -9,8 +9,10 @@ reads `<answer>` tags, which this model never writes); scoring the whole reply i
 first version of this example did, gave a right reply like "5 * -9 = -45" 0.25 and a right
 reply of 55 tokens almost nothing, so the reward measured length, not arithmetic.
 
-Right final number: 1.0. Anything else (a wrong number, no number): 0. The sandbox offers a fixed
-package list without reasoning-gym, so score_answer's ten lines are copied;
+The final answer gets score_answer's score: 1.0 when it is the answer; when it only contains the
+answer's text, len(answer) / len(final answer), as reasoning-gym scores ("-45" for 45 gets 2/3,
+"14" for 4 gets 1/2); otherwise, or with no number at all, 0. The sandbox offers a fixed package
+list without reasoning-gym, so score_answer's ten lines are copied;
 build_data.check_grader proves the copy scores extracted answers exactly like the library.
 """
 
