@@ -274,3 +274,27 @@ def test_pause_then_resume(setup):
     assert not events(rep2, "base_reward")  # checked once, before the first step
     assert [s for s, _, _ in rep2.steps] == [2] and rep2.steps[0][2]["valid_reward_mean"] == 0.5
     assert [d["best_checkpoint_step"] for _, _, d in events(rep2, "best_checkpoint_step")] == [2, 2]
+
+
+def test_a_resumed_run_draws_each_epoch_in_the_uninterrupted_order():
+    """TRL's RepeatSampler draws epoch k's order from one generator seeded once, so a fresh sampler
+    (a run resumed at an epoch end) drew epoch 0's order again; epoch_seeded ties it to (seed, epoch)."""
+    from trl.trainer.utils import RepeatSampler
+
+    def sampler():
+        return RepeatSampler(list(range(12)), mini_repeat_count=2, batch_size=3, shuffle=True, seed=5)
+
+    def orders(epochs, wrap=True):
+        s = rft.epoch_seeded(sampler(), 5) if wrap else sampler()
+        out = []
+        for epoch in epochs:
+            if wrap:
+                s.set_epoch(epoch)
+            out.append(list(s))
+        return out
+
+    uninterrupted = orders(range(4))
+    assert len({tuple(o) for o in uninterrupted}) == 4  # a new order every epoch
+    assert orders([2, 3]) == uninterrupted[2:]  # resumed before epoch 2: the same orders
+    plain = orders(range(4), wrap=False)
+    assert orders([2, 3], wrap=False)[0] == plain[0] != plain[2]  # TRL alone: epoch 0's order again
