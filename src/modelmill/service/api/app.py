@@ -97,26 +97,32 @@ def serve(settings: Settings, log_level: str = "info", worker_process: bool = Fa
 
 def start_worker_process():
     """`modelmill worker` as a child process with this process's environment (the CLI has put
-    MODELMILL_HOME there, and every other setting is read from MODELMILL_* variables)."""
+    MODELMILL_HOME there, and every other setting is read from MODELMILL_* variables), at a lower
+    CPU priority (MODELMILL_WORKER_NICE, default 10) so that API requests come first."""
     import os
     import signal
     import subprocess
     import sys
 
-    def die_with_parent() -> None:  # Linux: SIGTERM the worker when the API process dies, even by SIGKILL
-        nice = int(os.environ.get("MODELMILL_WORKER_NICE", "10"))
+    raw = os.environ.get("MODELMILL_WORKER_NICE", "10")
+    try:
+        nice = int(raw)
+    except ValueError:
+        raise ValueError(f"MODELMILL_WORKER_NICE must be an integer, not {raw!r}") from None
+
+    def in_child() -> None:
         if nice:
             os.nice(nice)
-        try:
+        try:  # Linux: SIGTERM the worker when the API process dies, even by SIGKILL (PR_SET_PDEATHSIG)
             import ctypes
 
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
         except (OSError, AttributeError):
             pass
 
-    log.info("starting the worker process")
+    log.info("starting the worker process (nice %d)", nice)
     return subprocess.Popen([sys.executable, "-m", "modelmill.cli", "worker"], env=dict(os.environ),
-                            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
+                            preexec_fn=in_child if sys.platform.startswith("linux") else None)
 
 
 def stop_worker_process(child) -> None:
