@@ -2,7 +2,7 @@
 first RFT job while the in-process worker warms up) must all succeed. Unguarded, transformers' lazy initialisation
 gave one thread "ImportError: cannot import name 'is_tokenizers_available' from partially
 initialized module 'transformers.utils'" in 2 of 3 fresh processes on this machine (and failed CI's
-tests/e2e/test_chat_batching.py once, and a job create in a results-suite run). Each try needs a fresh interpreter: imports happen once."""
+tests/e2e/test_chat_batching.py once; in a results-suite run the warm-up lost to a job create). Each try needs a fresh interpreter: imports happen once."""
 
 from __future__ import annotations
 
