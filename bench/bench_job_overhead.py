@@ -25,7 +25,6 @@ the two sides. Targets: wall time <= 1.10x the baseline, training throughput >= 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sqlite3
 import subprocess
@@ -37,7 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from training_common import (MODEL, QUICK_MODEL, child_env, length_summary, machine,  # noqa: E402
                              modelmill_batching, row, rows_table, run_plain, short_chat_rows, timed_repeats,
-                             token_lengths, write_json, write_jsonl, write_markdown)
+                             token_lengths, training_bench_parser, write_json, write_jsonl,
+                             write_markdown)
 
 BENCH = "job_overhead"
 TARGET_WALL = 1.10  # ModelMill wall time <= this x the plain script's
@@ -125,23 +125,13 @@ def phases_plain(r: dict) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", help="also write the Bench JSON here")
-    p.add_argument("--quick", action="store_true", help="smoke run: modelmill-tiny, 12 examples, 1 repeat")
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--budget-s", type=float, default=270,
-                   help="seconds: start no repeat (after the first) that would end past this "
-                        "(bench/run_all.py stops this script after 300 s)")
+    p = training_bench_parser(__doc__, quick_help="smoke run: modelmill-tiny, 12 examples, 1 repeat", repeats=2,
+                              budget_s=270)
     p.add_argument("--examples", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads of every training process, both sides (OMP_NUM_THREADS); 0 = torch's "
-                        "default (one per core). Use 1 on a machine other work shares")
     p.add_argument("--poll-seconds", type=float, default=0.5, help="how often the client polls the job")
     p.add_argument("--worker-process", action="store_true",
                    help="ModelMill side: `serve --worker-process` (the worker in a child process, not an API thread)")
-    p.add_argument("--home", default=os.environ.get("MODELMILL_HOME", str(Path.home() / ".modelmill")))
     args = p.parse_args()
     if args.quick:
         args.repeats, args.examples = 1, 12

@@ -16,9 +16,7 @@ repeats interleave the two sides. Target: ModelMill's peak <= the baseline's.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -27,7 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from training_common import (MODEL, QUICK_MODEL, TimedReporter, length_summary, machine,  # noqa: E402
                              modelmill_batching, peak_rss_mb, row, rows_table, run_child, run_plain,
-                             timed_repeats, token_lengths, write_json, write_jsonl, write_markdown)
+                             timed_repeats, token_lengths, training_bench_parser, write_json, write_jsonl,
+                             write_markdown)
 
 BENCH = "memory"
 TARGET = 1.0  # baseline peak / ModelMill peak must be >= this
@@ -78,24 +77,12 @@ def run_modelmill(args, model_dir: Path, train: Path, out: Path) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", help="also write the Bench JSON here")
-    p.add_argument("--quick", action="store_true", help="smoke run: modelmill-tiny, 2 x 64 tokens, 1 repeat")
-    p.add_argument("--repeats", type=int, default=3, help="peak RSS varies by a few %% from run to run")
-    p.add_argument("--budget-s", type=float, default=210,
-                   help="seconds: start no repeat (after the first) that would end past this "
-                        "(bench/run_all.py stops this script after 240 s)")
+    p = training_bench_parser(__doc__, quick_help="smoke run: modelmill-tiny, 2 x 64 tokens, 1 repeat", repeats=3,
+                              repeats_help="peak RSS varies by a few %% from run to run", budget_s=210,
+                              hidden=("--model-dir", "--train", "--out"))
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads of every training process, both sides (OMP_NUM_THREADS); 0 = torch's "
-                        "default (one per core). Use 1 on a machine other work shares")
-    p.add_argument("--home", default=os.environ.get("MODELMILL_HOME", str(Path.home() / ".modelmill")))
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    for hidden in ("--model-dir", "--train", "--out"):
-        p.add_argument(hidden, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args)))

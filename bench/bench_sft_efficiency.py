@@ -24,9 +24,7 @@ assistant token. Targets: throughput >= 1.3x the baseline; validation loss at mo
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from training_common import (MODEL, QUICK_MODEL, TimedReporter, length_summary, machine,  # noqa: E402
                              modelmill_batching, peak_rss_mb, row, rows_table, run_child, run_plain,
                              skewed_chat_rows, timed_repeats, token_lengths, valid_loss, write_json,
-                             write_jsonl, write_markdown)
+                             training_bench_parser, write_jsonl, write_markdown)
 
 BENCH = "sft_efficiency"
 TARGET_SPEEDUP = 1.3
@@ -66,23 +64,10 @@ def run_modelmill(args, model_dir: Path, train: Path, out: Path, hp: dict) -> di
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", help="also write the Bench JSON here")
-    p.add_argument("--quick", action="store_true", help="smoke run: modelmill-tiny, a few examples, 1 repeat")
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--budget-s", type=float, default=380,
-                   help="seconds: start no repeat (after the first) that would end past this "
-                        "(bench/run_all.py stops this script after 410 s)")
+    p = training_bench_parser(__doc__, quick_help="smoke run: modelmill-tiny, a few examples, 1 repeat", repeats=2,
+                              budget_s=380, hidden=("--model-dir", "--train", "--out", "--hp"))
     p.add_argument("--train-examples", type=int, default=40)
     p.add_argument("--valid-examples", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads of every training process, both sides (OMP_NUM_THREADS); 0 = torch's "
-                        "default (one per core). Use 1 on a machine other work shares")
-    p.add_argument("--home", default=os.environ.get("MODELMILL_HOME", str(Path.home() / ".modelmill")))
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    for hidden in ("--model-dir", "--train", "--out", "--hp"):
-        p.add_argument(hidden, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args)))

@@ -127,6 +127,33 @@ def peak_rss_mb(field: str = "VmHWM") -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def training_bench_parser(doc: str, *, quick_help: str, repeats: int, budget_s: float,
+                          repeats_help: str | None = None, hidden: tuple[str, ...] = ()):
+    """The argparse parser the training benches share (bench_job_overhead, bench_sft_efficiency,
+    bench_memory): --json, --quick, --repeats, --budget-s, --seed, --threads and --home; with `hidden`,
+    also --child and those internal flags (the bench re-runs itself as a child process). Each bench
+    adds its own arguments to the parser it gets back."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", help="also write the Bench JSON here")
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
+    p.add_argument("--budget-s", type=float, default=budget_s,
+                   help="seconds: start no repeat (after the first) that would end past this "
+                        "(bench/run_all.py passes its own, below its time limit for the script)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads of every training process, both sides (OMP_NUM_THREADS); 0 = torch's "
+                        "default (one per core). Use 1 on a machine other work shares")
+    p.add_argument("--home", default=os.environ.get("MODELMILL_HOME", str(Path.home() / ".modelmill")))
+    if hidden:
+        p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+        for flag in hidden:
+            p.add_argument(flag, help=argparse.SUPPRESS)
+    return p
+
+
 def child_env(threads: int) -> dict:
     """The environment of every process a bench starts (both sides alike): OMP_NUM_THREADS=threads
     (torch's CPU threads) when threads > 0, else torch's own default (one per core). On a machine
