@@ -31,6 +31,6 @@ def ml_imports():
 
 def import_ml_stack(modules: tuple[str, ...] = ()) -> None:
     """Import ML_STACK and then `modules` (third-party) under the lock; cheap once they are imported."""
-    with _IMPORT_LOCK:
+    with ml_imports():
         for module in (*ML_STACK, *modules):
             importlib.import_module(module)
