@@ -25,6 +25,11 @@ $(STAMP): $(PY) pyproject.toml
 	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium); } || \
 	  echo "warning: chromium is not installed; tests/browser will be skipped"
+	# The store and queue suites also run on Postgres: a throwaway cluster from Debian's postgresql
+	# (initdb/pg_ctl; tests/pg_cluster.py starts it as a non-root user).
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql); } || \
+	  echo "warning: postgresql is not installed; the Postgres store tests will fail (MODELMILL_REQUIRE_POSTGRES=1)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,8 +37,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m modelmill.cli demo
 
+# MODELMILL_REQUIRE_POSTGRES=1: a Postgres that can't start fails the store and queue suites, never skips them.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	MODELMILL_REQUIRE_POSTGRES=1 $(PY) -m pytest -q tests
 
 serve: $(STAMP)
 	$(PY) -m modelmill.cli serve
@@ -124,3 +130,45 @@ bench-memory: $(STAMP)
 # 8 concurrent requests (batched) vs 8 one after another.
 bench-serving: $(STAMP)
 	$(PY) bench/bench_serving.py --json bench/out/serving.json
+
+.PHONY: bench-pg-wakeup
+# An idle worker's wake-up: job created -> running, Postgres (LISTEN/NOTIFY) vs SQLite (data_version), 50 jobs each.
+bench-pg-wakeup: $(STAMP)
+	$(PY) bench/bench_pg_wakeup.py --json bench/out/pg_wakeup.json
+
+.PHONY: vendor-chat-templates
+# The real chat templates the family tests use (tests/fixtures/chat_templates/README.md says where
+# each comes from): llama.cpp keeps copies of them, and llama-cpp-python's sdist on PyPI carries llama.cpp.
+LLAMA_CPP_PYTHON_VERSION ?= 0.3.36
+CHAT_TEMPLATES_DIR := tests/fixtures/chat_templates
+vendor-chat-templates:
+	rm -rf .templates-tmp && mkdir .templates-tmp
+	cd .templates-tmp && pip download --quiet --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION) && \
+	  tar xzf llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz
+	T=.templates-tmp/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION)/vendor/llama.cpp/models/templates; \
+	  cp $$T/Qwen-Qwen2.5-7B-Instruct.jinja $(CHAT_TEMPLATES_DIR)/qwen2.jinja && \
+	  cp $$T/meta-llama-Llama-3.1-8B-Instruct.jinja $(CHAT_TEMPLATES_DIR)/llama.jinja && \
+	  cp $$T/mistralai-Mistral-Nemo-Instruct-2407.jinja $(CHAT_TEMPLATES_DIR)/mistral.jinja && \
+	  cp $$T/google-gemma-2-2b-it.jinja $(CHAT_TEMPLATES_DIR)/gemma2.jinja
+	rm -rf .templates-tmp
+
+.PHONY: gpu-wheels gpu-check
+# What the GPU check machine lacks (it has torch, transformers, peft and accelerate, and no network):
+# run `make gpu-wheels` where PyPI is reachable, then carry wheels/ (git-ignored) with the working tree.
+GPU_WHEELS := wheels/gpu
+GPU_PYTHON ?= python3
+gpu-wheels: $(STAMP)
+	mkdir -p $(GPU_WHEELS)
+	$(PIP) download --quiet --no-deps --only-binary :all: --python-version 3.11 --platform manylinux_2_24_x86_64 \
+	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d $(GPU_WHEELS) \
+	  "trl==$$($(PY) -c 'import trl; print(trl.__version__)')" "bitsandbytes>=0.45" \
+	  "datasets==$$($(PY) -c 'import datasets; print(datasets.__version__)')" dill multiprocess xxhash pyarrow
+
+# bench/gpu_check.py on the GPU machine: installs the carried wheels it needs (only those missing), then
+# bf16 SFT vs TRL (MFU), QLoRA vs bf16 peak memory, 4 GRPO steps, the native-template path. Under 8 minutes.
+gpu-check:
+	for pkg in trl bitsandbytes datasets dill multiprocess xxhash pyarrow; do \
+	  $(GPU_PYTHON) -c "import $$pkg" 2>/dev/null || $(GPU_PYTHON) -m pip install --quiet --no-index --no-deps \
+	    $(GPU_WHEELS)/$$pkg-*.whl || echo "gpu-check: $$pkg is missing and not in $(GPU_WHEELS)"; \
+	done
+	PYTHONPATH=src:. $(GPU_PYTHON) bench/gpu_check.py --json bench/out/gpu_check.json

@@ -230,7 +230,8 @@ def child(kind: str, a) -> dict:
 
         sft.train_sft(sft.SFTConfig(base_dir=Path(a.model_dir), train_path=Path(a.train), valid_path=None,
                                     output_dir=Path(a.out), n_epochs=1, batch_size=a.batch_size,
-                                    learning_rate_multiplier=1.0, max_seq_len=a.max_seq_len), Reporter())
+                                    learning_rate_multiplier=1.0, max_seq_len=a.max_seq_len,
+                                    truncation=True), Reporter())  # cut like the TRL side (max_length)
     else:
         from datasets import load_dataset
         from peft import LoraConfig

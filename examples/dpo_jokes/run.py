@@ -84,6 +84,7 @@ def train_local(args, base_dir: Path) -> Path:
 
     config = dpo.DPOConfig(base_dir=base_dir, train_path=HERE / "train.jsonl", valid_path=HERE / "heldout.jsonl",
                            output_dir=Path(args.home) / "examples" / "dpo_jokes", max_seq_len=args.max_seq_len,
+                           truncation=True,  # --max-seq-len is a speed knob here: cut longer pairs (one warn event)
                            eval_every_steps=0, torch_threads=args.torch_threads, **HYPERPARAMETERS)
     result = dpo.train_dpo(config, PrintReporter())
     return result.adapter_dir

@@ -32,6 +32,13 @@ def cmd_serve(args) -> int:
     from modelmill.service.api.app import serve
 
     settings = _settings(args).with_(run_worker=not args.no_worker)
+    from modelmill.ml import inference  # light: imports torch only to check MODELMILL_VLLM_START's GPU
+
+    try:
+        inference.check(settings)
+    except ValueError as e:
+        print(f"modelmill serve: {e}", file=sys.stderr)
+        return 2
     serve(settings, log_level=args.log_level, worker_process=args.worker_process)
     return 0
 

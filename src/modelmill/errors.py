@@ -83,3 +83,8 @@ class GraderFailedError(TrainingError):
     quotes one failing sample and its error flags and details."""
 
     code = "grader_error"
+
+
+class ConfigurationError(ModelMillError, RuntimeError):
+    """A bad setting found at start-up, naming its variable in `param` (e.g. MODELMILL_DATABASE_URL
+    naming a database that can't be reached). Nothing has been written when it is raised."""

@@ -13,9 +13,22 @@ def _env_int(name: str, default: int) -> int:
     return int(raw) if raw not in (None, "") else default
 
 
+def _train_processes(value: str) -> str:
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return value
+    raise ValueError(f"MODELMILL_TRAIN_PROCESSES must be 'auto' or a positive integer, not {value!r}")
+
+
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw not in (None, "") else default
+
+
+def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = (os.environ.get(name) or "").strip().lower()
+    if raw and raw not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw or default
 
 
 @dataclass(frozen=True)
@@ -87,17 +100,36 @@ class Settings:
     max_worker_losses: int = 3
     # Seconds an idle worker sleeps between polls of the queue.
     poll_seconds: float = 0.5
+    # Training processes per job (ml/distributed.py): "auto" = one per CUDA device when there are
+    # several, else 1 (the CPU default); an integer N = N ranks (gloo ranks on a machine without CUDA).
+    train_processes: str = "auto"
     # Organisation name written into fine-tuned model ids: ft:<base>:<owner>:<suffix>:<id>.
     owner: str = "modelmill"
     # Default base model for `jobs create` when none is given.
     default_model: str = "SmolLM2-135M-Instruct"
     # Run an in-process worker alongside the API in `modelmill serve`.
     run_worker: bool = True
-    # Maximum number of loaded (base, adapter) pairs kept in the chat model cache.
+    # Maximum number of base models kept loaded for sampling (each with its LoRA adapters by name).
     model_cache_size: int = 4
+    # Where chat completions, evals and judges get their tokens (ml/inference.py): "transformers"
+    # (this process, the CPU default) or "vllm" (a vLLM server; needs vllm_url or vllm_start).
+    inference_backend: str = "transformers"
+    # Base URL of a running vLLM OpenAI-compatible server (e.g. "http://127.0.0.1:8001"); None = none.
+    vllm_url: str | None = None
+    # Start `vllm serve <default_model> --enable-lora` as a child process (needs a CUDA GPU and vllm).
+    vllm_start: bool = False
+    # Extra command-line arguments for the child `vllm serve` (shell-quoted), e.g. "--max-loras 16".
+    vllm_args: str = ""
+    # QLoRA for training jobs (MODELMILL_QUANTIZATION): "auto" = nf4 on a CUDA GPU when the model would
+    # not fit in bf16 (ml/memory.py), "nf4" = always (CUDA only: jobs fail on a CPU worker), "none" = never.
+    # A job's metadata "modelmill.quantization" overrides it (docs/models.md).
+    quantization: str = "auto"
     # Grader judge endpoints for model names ModelMill does not serve (MODELMILL_JUDGES, see
     # parse_judges); empty means only served models (base, ft:, checkpoints) can judge.
     judges: dict[str, JudgeEndpoint] = field(default_factory=dict)
+    # Postgres URL (MODELMILL_DATABASE_URL, postgresql://user:password@host:port/dbname) for the store
+    # and queues, so workers on several machines share them (docs/cluster.md); None = SQLite in home.
+    database_url: str | None = None
 
     @property
     def db_path(self) -> Path:
@@ -134,8 +166,15 @@ class Settings:
             lease_seconds=_env_float("MODELMILL_LEASE_SECONDS", 30.0),
             heartbeat_seconds=_env_float("MODELMILL_HEARTBEAT_SECONDS", 5.0),
             max_worker_losses=_env_int("MODELMILL_MAX_WORKER_LOSSES", 3),
+            train_processes=_train_processes(os.environ.get("MODELMILL_TRAIN_PROCESSES") or "auto"),
             owner=os.environ.get("MODELMILL_OWNER", "modelmill"),
             judges=parse_judges(os.environ.get("MODELMILL_JUDGES")),
+            quantization=_env_choice("MODELMILL_QUANTIZATION", ("auto", "none", "nf4"), "auto"),
+            inference_backend=os.environ.get("MODELMILL_INFERENCE_BACKEND") or "transformers",
+            vllm_url=os.environ.get("MODELMILL_VLLM_URL") or None,
+            vllm_start=os.environ.get("MODELMILL_VLLM_START", "").lower() in ("1", "true", "yes"),
+            vllm_args=os.environ.get("MODELMILL_VLLM_ARGS", ""),
+            database_url=os.environ.get("MODELMILL_DATABASE_URL") or None,
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "home" in overrides:

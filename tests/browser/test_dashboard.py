@@ -100,6 +100,9 @@ def test_file_page_shows_the_report_and_a_token_histogram(page, client, files, f
     assert bins.count() >= 1
     assert sum(int(bins.nth(i).get_attribute("data-count")) for i in range(bins.count())) == 48
     assert page.locator("#tok-count").inner_text() == "48"
+    # The limit that applies to the file's job (batch 16 on modelmill-tiny: the memory estimate may cap it).
+    limit = page.locator("#max-seq-len").inner_text()
+    assert 128 <= int(limit.split()[0]) <= 8192 and "modelmill-tiny's default for batches of 16" in limit
 
     lines = short_dataset(12).decode().splitlines()
     lines[2] = json.dumps({"messages": [{"role": "bot", "content": "hi"}]})

@@ -4,8 +4,12 @@ last checkpoint and the job succeeds, with no step recorded twice."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +55,51 @@ def test_sigkill_worker_resumes_from_checkpoint(split_server):
     finally:
         worker.kill()
         worker.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (exited, not yet reaped by init) is not alive
+        return f.read().split(") ", 1)[1][0] != "Z"
+
+
+def test_sigkill_of_a_two_rank_worker_takes_its_ranks_down_and_the_job_resumes(split_server):
+    """MODELMILL_TRAIN_PROCESSES=2 (ml/distributed.py): killing the worker kills its ranks too (no orphan
+    keeps writing into the job's directory), and the next worker resumes from the checkpoint."""
+    client = split_server.client
+    train = client.files.create(file=("train.jsonl", short_dataset(16)), purpose="fine-tune")
+    job = tiny_job(client, train.id, n_epochs=2, batch_size=2)
+    before = set(Path("/tmp").glob("mm-ranks-*"))
+    worker = subprocess.Popen([sys.executable, "-m", "modelmill.cli", "worker"],
+                              env=dict(split_server.env, MODELMILL_TRAIN_PROCESSES="2"))
+    try:
+        deadline = time.monotonic() + 240
+        while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
+            assert time.monotonic() < deadline, "no checkpoint before the deadline"
+            assert worker.poll() is None
+            time.sleep(0.05)
+        ranks = [int(p.read_text()) for d in set(Path("/tmp").glob("mm-ranks-*")) - before
+                 for p in d.glob("rank-*.pid")]
+        assert len(ranks) == 2
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in ranks):
+            assert time.monotonic() < deadline, "a rank outlived its worker"
+            time.sleep(0.1)
+        first_ckpt = min(c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data)
+
+        worker = split_server.start_worker()  # one process this time: a checkpoint is the same either way
+        done = wait_for(client, job.id, {"succeeded", "failed"}, timeout=240)
+        assert done.status == "succeeded", done.error
+        steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+                 if e.type == "metrics"]
+        assert max(steps) == 2 * 16 // 2 and steps.count(1) == 1 and first_ckpt >= 8
+    finally:
+        worker.kill()
+        worker.wait()
+        for d in set(Path("/tmp").glob("mm-ranks-*")) - before:  # the killed run's rank directory
+            shutil.rmtree(d, ignore_errors=True)

@@ -20,3 +20,13 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random models of every chat family (tests/family_models.py), registered with ModelMill in
+    a session tmp home: {family: model dir}. About a minute to build, once."""
+    from tests.family_models import register_family_models
+
+    root = tmp_path_factory.mktemp("family-models")
+    return register_family_models(root / "home", root / "build")

@@ -101,7 +101,7 @@ def test_concurrent_first_requests_load_once(ref):
     assert len(loader.calls) == 1 and len(out) == 4 and all(o[0] is out[0][0] for o in out)
 
 
-def test_lru_eviction_and_adapter_key(ref, tmp_path):
+def test_lru_eviction_and_adapters_share_their_base(ref, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     model, _ = models.load_model(ref.base_dir)
@@ -114,17 +114,41 @@ def test_lru_eviction_and_adapter_key(ref, tmp_path):
     shutil.copytree(ref.base_dir, other_base)
 
     loader = CountingLoader()
-    s = Sampler(cache_size=2, loader=loader)
+    s = Sampler(cache_size=1, loader=loader)
     with_adapter = ModelRef(ref.base_dir, adapter)
     greedy = SamplingParams(temperature=0, max_tokens=8)
     base_out = s.generate(ref, USER, None, greedy)
-    s.generate(with_adapter, USER, None, greedy)
-    assert len(loader.calls) == 2  # base and base+adapter are different entries
-    s.generate(ModelRef(other_base), USER, None, greedy)  # evicts the least recently used: ref
-    assert len(s.cached()) == 2 and (ref.base_dir.resolve(), None) not in s.cached()
+    adapter_out = s.generate(with_adapter, USER, None, greedy)
+    assert len(loader.calls) == 1  # the adapter was loaded onto the cached base, not with a second base
+    assert s.cached() == [(ref.base_dir.resolve(), None), (ref.base_dir.resolve(), adapter.resolve())]
+    assert text_of(adapter_out) == text_of(Sampler(loader=lambda b, _: models.load_model(b, adapter)).generate(
+        ref, USER, None, greedy))  # the same tokens as the adapter merged into a copy of its own
+    s.generate(ModelRef(other_base), USER, None, greedy)  # evicts the least recently used base: ref
+    assert s.cached() == [(other_base.resolve(), None)]
     assert text_of(s.generate(ref, USER, None, greedy)) == text_of(base_out)
-    assert len(loader.calls) == 4
+    assert len(loader.calls) == 3
+    assert text_of(s.generate(with_adapter, USER, None, greedy)) == text_of(adapter_out)
+    assert s.evict(with_adapter) and not s.evict(with_adapter)
+    assert s.cached() == [(ref.base_dir.resolve(), None)]
     assert s.evict(ref) and not s.evict(ref)
+
+
+def test_adapters_beyond_max_adapters_are_dropped_least_recent_first(ref, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    dirs = []
+    for i in range(3):
+        model, _ = models.load_model(ref.base_dir)
+        get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)).save_pretrained(
+            tmp_path / f"a{i}")
+        dirs.append((tmp_path / f"a{i}").resolve())
+    s = Sampler(loader=CountingLoader(), max_adapters=2)
+    greedy = SamplingParams(temperature=0, max_tokens=2)
+    for d in dirs:
+        s.generate(ModelRef(ref.base_dir, d), USER, None, greedy)
+    assert [a for _, a in s.cached()] == [None, dirs[1], dirs[2]]
+    with pytest.raises(NotFoundError):
+        s.generate(ModelRef(ref.base_dir, tmp_path / "missing"), USER, None, greedy)
 
 
 def test_missing_model_dir_is_not_found(tmp_path):

@@ -68,7 +68,7 @@ def alone(ref):
     s = Sampler(batch_window_s=0)
 
     def run(messages, params, **kw):
-        return s.generate(ref, messages, kw.get("tools"), params, kw.get("tool_choice"))
+        return s.generate(kw.get("ref", ref), messages, kw.get("tools"), params, kw.get("tool_choice"))
     return run
 
 
@@ -300,3 +300,70 @@ def test_max_batch_rows_caps_a_batch(ref):
     run_concurrently(s, loader, calls)
     assert loader.rows == [1, 3, 2]
     assert s.batch_history == [(1, 1), (3, 3), (2, 2)]
+
+
+@pytest.fixture(scope="module")
+def two_adapters(ref, tmp_path_factory):
+    """Two LoRA adapters of modelmill-tiny that visibly change its output, plus one whose LoRA also
+    covers the embeddings (a layer kind only PEFT's own mixed batch handles)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    out = []
+    for seed, targets in ((1, ["q_proj", "v_proj", "down_proj"]), (2, "all-linear"), (3, ["embed_tokens", "q_proj"])):
+        torch.manual_seed(seed)
+        model, _ = models.load_model(ref.base_dir)
+        peft_model = get_peft_model(model, LoraConfig(r=2 + seed, lora_alpha=8, init_lora_weights=False,
+                                                      target_modules=targets))
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_" in name:
+                    p.mul_(20)
+        path = tmp_path_factory.mktemp(f"adapter{seed}")
+        peft_model.save_pretrained(path)
+        out.append(ModelRef(ref.base_dir, path))
+    return out
+
+
+def test_requests_for_different_adapters_of_one_base_share_one_generate(ref, alone, two_adapters):
+    a, b, _ = two_adapters
+    loader = GatedLoader(hold=True)
+    s = Sampler(loader=loader)
+    s.load(a), s.load(b)  # both adapters on the one cached base
+    plan = [(a, PROMPTS[0]), (a, PROMPTS[1]), (b, PROMPTS[2]), (ref, PROMPTS[3]), (b, PROMPTS[4]), (a, PROMPTS[5])]
+    calls = [lambda r=r, m=m: s.generate(r, m, None, GREEDY) for r, m in plan]
+    results = run_concurrently(s, loader, calls)
+    assert loader.rows == [1, 5]  # the first alone, then 3 adapters' requests (base included) in ONE generate()
+    for (r, m), got in zip(plan, results):
+        assert texts(got) == texts(alone(m, GREEDY, ref=r))  # each row decoded with its own adapter
+    assert len({texts(alone(PROMPTS[0], GREEDY, ref=r))[0] for r in (ref, a, b)}) == 3
+
+
+def test_mixed_batches_of_other_lora_layer_kinds_fall_back_to_peft(ref, alone, two_adapters):
+    a, _, emb = two_adapters
+    loader = GatedLoader(hold=True)
+    s = Sampler(loader=loader)
+    s.load(a), s.load(emb)
+    plan = [(a, PROMPTS[0]), (emb, PROMPTS[1]), (a, PROMPTS[2]), (ref, PROMPTS[3])]
+    results = run_concurrently(s, loader, [lambda r=r, m=m: s.generate(r, m, None, GREEDY) for r, m in plan])
+    assert loader.rows == [1, 3]
+    for (r, m), got in zip(plan, results):
+        assert texts(got) == texts(alone(m, GREEDY, ref=r))
+
+
+def test_sampled_and_streamed_requests_keep_their_own_adapter_in_a_mixed_batch(ref, two_adapters):
+    a, b, _ = two_adapters
+    sampled = SamplingParams(temperature=0.9, max_tokens=8, n=2, seed=11)
+    solo = Sampler(batch_window_s=0)
+    want_sampled = texts(solo.generate(b, PROMPTS[1], None, sampled))
+    want_stream = solo.generate(a, PROMPTS[2], None, GREEDY)
+    loader = GatedLoader(hold=True)
+    s = Sampler(loader=loader)
+    s.load(a), s.load(b)
+    calls = [lambda: s.generate(a, PROMPTS[0], None, GREEDY), lambda: s.generate(b, PROMPTS[1], None, sampled),
+             lambda: list(s.stream(a, PROMPTS[2], None, GREEDY))]
+    results = run_concurrently(s, loader, calls)
+    assert loader.rows == [1, 3]
+    assert texts(results[1]) == want_sampled
+    assert "".join(e.delta for e in results[2]) == want_stream.choices[0].text
+    assert results[2][-1].usage == want_stream.usage

@@ -29,12 +29,12 @@ def setup(tmp_path_factory):
         base = models.ensure_base(home, "modelmill-tiny")
     train = home / "train.jsonl"
     lines = [_line(f"What is {i} + {i}?", f"{i} + {i} = {2 * i}.") for i in range(3)]
-    lines.append(_line("Say a lot.", "word " * 100))  # longer than max_seq_len: truncated, still trainable
+    lines.append(_line("Say a lot.", "word " * 100))  # longer than max_seq_len: truncated (allowed), still trainable
     train.write_text("\n".join(lines) + "\n")
     valid = home / "valid.jsonl"
     valid.write_text("\n".join(_line(f"What is {i} + 1?", f"{i + 1}.") for i in range(3)) + "\n")
     config = sft.SFTConfig(base_dir=base, train_path=train, valid_path=valid, output_dir=home / "ref",
-                           n_epochs=2, batch_size=2, learning_rate_multiplier=1.0, max_seq_len=48,
+                           n_epochs=2, batch_size=2, learning_rate_multiplier=1.0, max_seq_len=48, truncation=True,
                            eval_every_steps=1,
                            # tiny ops gain nothing from threads, and OpenMP threads stall when
                            # other processes share the CPU (each op up to 100x slower)

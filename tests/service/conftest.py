@@ -7,6 +7,7 @@ links to as its `models/`, so modelmill-tiny is materialised once, not per test.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 from modelmill.settings import Settings
 from modelmill.service.api.app import create_app
 from modelmill.service.store import open_store
+from tests.pg_cluster import PgCluster, PgUnavailable
 
 
 @pytest.fixture(scope="session")
@@ -22,14 +24,48 @@ def shared_models_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway Postgres cluster for the session (tests/pg_cluster.py). Where it can't start, its
+    tests fail with the reason when MODELMILL_REQUIRE_POSTGRES=1 (make test, CI), else skip with it."""
+    try:
+        cluster = PgCluster.start()
+    except PgUnavailable as e:
+        if os.environ.get("MODELMILL_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"Postgres is required (MODELMILL_REQUIRE_POSTGRES=1) but did not start: {e}")
+        pytest.skip(f"Postgres did not start: {e}")
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
-def settings(tmp_path, shared_models_dir, monkeypatch) -> Settings:
+def pg_database(pg_cluster):
+    """The URL of a fresh, empty database in the session's cluster, dropped after the test."""
+    url = pg_cluster.create_database()
+    yield url
+    pg_cluster.drop_database(url)
+
+
+@pytest.fixture
+def dialect() -> str:
+    """The store's database in this test: "sqlite" (the embedded default), or MODELMILL_TEST_DIALECT
+    (=postgres runs any service suite on Postgres). The store and queue suites override it with
+    DIALECTS, so they always run on both."""
+    return os.environ.get("MODELMILL_TEST_DIALECT", "sqlite")
+
+
+DIALECTS = ["sqlite", "postgres"]
+
+
+@pytest.fixture
+def settings(tmp_path, shared_models_dir, monkeypatch, dialect, request) -> Settings:
     home = tmp_path / "home"
     home.mkdir()
     (home / "models").symlink_to(shared_models_dir, target_is_directory=True)
     monkeypatch.setenv("MODELMILL_HOME", str(home))
+    database_url = request.getfixturevalue("pg_database") if dialect == "postgres" else None
     return Settings(home=home, lease_seconds=5.0, heartbeat_seconds=0.2, poll_seconds=0.05,
-                    max_upload_bytes=64 * 1024).ensure_dirs()
+                    max_upload_bytes=64 * 1024, database_url=database_url).ensure_dirs()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import threading
 
 from modelmill.service.auth import SESSION_COOKIE
 from modelmill.service.evals.runner import run_next_eval
-from modelmill.service.queue import JobQueue
 from tests.service.conftest import training_jsonl
 
 EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.ref}}",
@@ -47,9 +46,9 @@ def succeeded_job(client, store, settings, key: str, file_id: str) -> dict:
     """A job the (simulated) worker finished: fine-tuned model, one checkpoint, adapter dirs on disk."""
     job = ok(client.post("/v1/fine_tuning/jobs", json={"model": "modelmill-tiny", "training_file": file_id},
                          headers=bearer(key)))
-    queue = JobQueue(store, lease_seconds=30)
+    queue = store.job_queue(lease_seconds=30)
     lease = queue.claim("simulated-worker")
-    assert lease is not None and lease.job_id == job["id"], "another job was runnable"
+    assert lease is not None and lease.id == job["id"], "another job was runnable"
     record = store.jobs.get(job["id"])
     out = settings.jobs_dir / job["id"]
     ckpt_dir, adapter_dir = out / "checkpoints" / "step-1", out / "adapter"

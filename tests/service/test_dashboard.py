@@ -252,10 +252,25 @@ def test_file_report_lists_problems_and_token_stats(client, settings):
     assert t["count"] == 10 and sum(b["count"] for b in t["histogram"]) == 10
     assert t["min"] <= t["p50"] <= t["p90"] <= t["max"] and t["total"] >= 10 * t["min"]
     assert list((settings.home / "cache" / "dashboard").glob("*.json"))  # cached on disk
+    # No job uses the file: the model's default limit (its context; memory allows more on any test machine).
+    assert t["max_seq_len"] == rep["max_seq_len"]["tokens"] == 8192 and t["over_max_seq_len"] == 0
+    assert rep["max_seq_len"]["why"] == "modelmill-tiny's default for batches of 1: model context 8192"
 
     page = client.get(f"/files/{f['id']}", params={"model": "modelmill-tiny"}).text
     assert "messages[0].role" in page and 'id="token-histogram"' in page
+    assert 'id="max-seq-len">8192' in page
     assert page.count('class="bin"') == len(t["histogram"])
+
+
+def test_file_report_shows_the_limit_a_job_sets(client):
+    f = upload(client, training_jsonl(12))
+    create = client.post("/v1/fine_tuning/jobs", json={"model": "modelmill-tiny", "training_file": f["id"],
+                                                       "metadata": {"modelmill.max_seq_len": "20"}})
+    assert create.status_code == 200, create.text
+    rep = client.get(f"/dashboard/api/files/{f['id']}/report").json()
+    assert rep["max_seq_len"]["tokens"] == rep["tokens"]["max_seq_len"] == 20
+    assert "modelmill.max_seq_len" in rep["max_seq_len"]["why"]
+    assert rep["tokens"]["over_max_seq_len"] == 12  # every line (system + user + answer) is over 20 tokens
 
 
 def test_file_report_detects_preference_files_and_skips_other_purposes(client):
@@ -301,13 +316,13 @@ def test_metric_series_charts_dpo_and_rft_names():
 
 
 def test_length_stats_histogram():
-    stats = file_report.length_stats([10, 20, 20, 30, 1100], bins=4)
+    stats = file_report.length_stats([10, 20, 20, 30, 1100], bins=4, max_seq_len=1024)
     assert (stats["count"], stats["min"], stats["max"], stats["p50"], stats["over_max_seq_len"]) == (5, 10, 1100, 20, 1)
     assert [b["count"] for b in stats["histogram"]] == [4, 0, 0, 1]
     assert stats["histogram"][0]["lo"] == 10 and stats["histogram"][-1]["hi"] > 1100
-    same = file_report.length_stats([7, 7, 7])
+    same = file_report.length_stats([7, 7, 7], max_seq_len=1024)
     assert same["histogram"] == [{"lo": 7, "hi": 8, "count": 3}]
-    assert file_report.length_stats([]) is None
+    assert file_report.length_stats([], max_seq_len=1024) is None
 
 
 def test_job_row_estimates_tokens_while_running():

@@ -9,7 +9,7 @@ import pytest
 
 from modelmill import errors
 from modelmill.service.evals import runner
-from modelmill.service.evals.run_queue import EvalRunQueue
+from modelmill.service.store import EvalRunQueue
 from modelmill.service.store.evals import NewRun
 from modelmill.service.worker import Worker
 
@@ -37,14 +37,14 @@ class Clock:
 def test_claims_once_and_fences_a_stale_worker(store):
     run_id = make_run(store, 2)
     clock = Clock()
-    queue = EvalRunQueue(store, lease_seconds=10, clock=clock)
+    queue = store.eval_run_queue(lease_seconds=10, clock=clock)
     first = queue.claim("w1")
-    assert first.run_id == run_id and first.attempt == 1 and first.claimed_status == "queued"
+    assert first.id == run_id and first.attempt == 1 and first.claimed_status == "queued"
     assert queue.claim("w2") is None
     queue.start(first, 2)
     clock.now += 11  # w1 stopped heartbeating
     second = queue.claim("w2")
-    assert second.run_id == run_id and second.attempt == 2 and second.token == first.token + 1
+    assert second.id == run_id and second.attempt == 2 and second.token == first.token + 1
     assert store.evals.run_by_id(run_id).reclaims == 1
     with pytest.raises(errors.FencedOutError):
         queue.finish(first, "completed")
@@ -57,7 +57,7 @@ def test_claims_once_and_fences_a_stale_worker(store):
 
 def test_cancel_of_an_unclaimed_run_is_immediate_and_fences(store):
     run_id = make_run(store, 2)
-    queue = EvalRunQueue(store, lease_seconds=10)
+    queue = store.eval_run_queue(lease_seconds=10)
     run = store.evals.run_by_id(run_id)
     assert store.evals.cancel_run(run.eval_id, run_id).status == "canceled"
     assert queue.claim("w") is None

@@ -6,7 +6,7 @@ import json
 import time
 
 from modelmill.service import job_evals
-from modelmill.service.evals.run_queue import EvalRunQueue
+from modelmill.service.store import EvalRunQueue
 from modelmill.service.store.records import JobRecord
 from modelmill.service.worker import Worker
 from tests.service.conftest import create_job, preference_line, training_jsonl, upload

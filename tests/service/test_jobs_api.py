@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from modelmill.service.queue import JobQueue
 from tests.service.conftest import create_job, training_jsonl, upload
 from tests.spec_check import assert_matches
 
@@ -111,7 +110,7 @@ def test_cancel_pause_resume_transitions(client, train_file):
 
 def test_cancel_of_a_running_job_is_a_request_to_its_worker(client, store, settings, train_file):
     job = create_job(client, train_file["id"])
-    queue = JobQueue(store, settings.lease_seconds)
+    queue = store.job_queue(settings.lease_seconds)
     lease = queue.claim("w1")
     queue.update(lease, status="running")
     r = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()
@@ -122,7 +121,7 @@ def test_cancel_of_a_running_job_is_a_request_to_its_worker(client, store, setti
 
 def test_events_newest_first_and_paged(client, store, settings, train_file):
     job = create_job(client, train_file["id"])
-    queue = JobQueue(store, settings.lease_seconds)
+    queue = store.job_queue(settings.lease_seconds)
     lease = queue.claim("w1")
     for step in (1, 2, 3):
         queue.record_step(lease, step, 3, f"Step {step}/3", {"step": step, "total_steps": 3, "train_loss": 1.0},
@@ -140,7 +139,7 @@ def test_events_newest_first_and_paged(client, store, settings, train_file):
 
 def test_checkpoints_list(client, store, settings, train_file, tmp_path):
     job = create_job(client, train_file["id"], suffix="s")
-    queue = JobQueue(store, settings.lease_seconds)
+    queue = store.job_queue(settings.lease_seconds)
     lease = queue.claim("w1")
     ft_name = store.jobs.get(job["id"]).ft_name
     assert ft_name.startswith("ft:modelmill-tiny:modelmill:s:")

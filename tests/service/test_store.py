@@ -1,4 +1,5 @@
-"""The store: migrations, WAL, per-thread connections, blobs named by server id, hashed keys."""
+"""The store: migrations, WAL, per-thread connections, blobs named by server id, hashed keys.
+Every test that opens a store runs on SQLite and on Postgres (the `dialect` fixture)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from modelmill import errors
 from modelmill.service.auth import create_key
 from modelmill.service.store import Store, open_store
 from modelmill.service.store.migrations import MIGRATIONS
+from tests.service.conftest import DIALECTS
+
+
+@pytest.fixture(params=DIALECTS)
+def dialect(request) -> str:
+    return request.param
 
 
 def test_migrations_apply_in_order_once(settings):
@@ -17,7 +24,8 @@ def test_migrations_apply_in_order_once(settings):
     assert store.db.applied_migrations() == [name for name, _ in MIGRATIONS]
     assert store.db.migrate() == []  # re-running applies nothing
     store.close()
-    again = Store(settings.db_path, settings.files_dir)  # a second process opening the same db
+    # a second process opening the same db
+    again = Store(settings.db_path, settings.files_dir, database_url=settings.database_url)
     assert again.db.applied_migrations() == [name for name, _ in MIGRATIONS]
     again.close()
 
@@ -27,6 +35,7 @@ def test_migration_names_are_ordered_and_unique():
     assert names == sorted(names) and len(set(names)) == len(names)
 
 
+@pytest.mark.parametrize("dialect", ["sqlite"])  # SQLite's own; Postgres pools (test_store_concurrency.py)
 def test_wal_mode_and_one_connection_per_thread(store):
     assert store.db.one("PRAGMA journal_mode")[0] == "wal"
     seen = []

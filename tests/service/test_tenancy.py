@@ -152,7 +152,7 @@ def test_a_job_with_metadata_eval_id_of_another_project_does_not_use_that_eval(c
     h = bearer(keys["B"][0])
     job = ok(client.post("/v1/fine_tuning/jobs", json={"model": "modelmill-tiny", "training_file": worlds["B"]["file"],
                                                        "metadata": {"eval_id": worlds["A"]["eval"]}}, headers=h))
-    phase = job_evals._Phase(SimpleNamespace(store=store, settings=settings), None, store.jobs.get(job["id"]))
+    phase = job_evals._Phase(SimpleNamespace(store=store, settings=settings), store.jobs.get(job["id"]))
     warnings = []
     phase.event = lambda level, message, data=None: warnings.append(message)
     assert phase._eval("supervised") is None

@@ -228,13 +228,16 @@ def test_a_job_that_keeps_killing_its_workers_is_failed(client, store, settings)
     assert failed["status"] == "failed" and failed["error"]["code"] == "worker_lost"
 
 
-def test_rft_grader_context_judges_with_the_processes_one_worker_sampler(store, settings):
+def test_rft_grader_context_judges_with_the_processes_one_sampler(store, settings):
     """A score_model grader in an RFT job asks the worker's judge, which answers with ModelMill's own
-    model through the one Sampler the worker process shares with eval runs (one model cache)."""
+    model through the process's one Sampler, which eval runs and the API share (one model cache)."""
     from modelmill.ml.graders import grade
-    from modelmill.service.evals.runner import shared_sampler
+    from modelmill.service.api import deps
+    from modelmill.service.api.app import create_app
+    from modelmill.service.evals import runner
+    from modelmill.service.sampler import shared_sampler
 
-    context = Worker(settings, store)._grader_context()
+    context = runner.grader_context(settings, store, None)  # what FineTuneTask gives an RFT job's config
     grader = {"type": "score_model", "name": "judge", "model": "modelmill-tiny", "range": [0, 1],
               "input": [{"role": "user", "content": "Rate {{sample.output_text}} from 0 to 1."}],
               "sampling_params": {"temperature": 0, "max_completions_tokens": 4}}
@@ -242,3 +245,4 @@ def test_rft_grader_context_judges_with_the_processes_one_worker_sampler(store, 
     assert list(result.model_grader_token_usage_per_model) == ["modelmill-tiny"]  # answered locally
     assert result.token_usage and result.token_usage > 0
     assert any(key[1] is None for key in shared_sampler(settings).cached())  # the base model, loaded there
+    assert deps.app_sampler(create_app(settings, store=store)) is shared_sampler(settings)  # the API's too

@@ -7,9 +7,11 @@ import sys
 import threading
 import time
 
+import pytest
+
 from modelmill.service import worker as worker_module
 from modelmill.service.worker import Worker
-from tests.service.conftest import create_job, training_jsonl, upload
+from tests.service.conftest import DIALECTS, create_job, training_jsonl, upload
 
 
 def idle_in_thread(w: Worker) -> tuple[threading.Thread, list[float]]:
@@ -25,6 +27,7 @@ def idle_in_thread(w: Worker) -> tuple[threading.Thread, list[float]]:
     return t, took
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)  # SQLite: data_version moves; Postgres: LISTEN/NOTIFY
 def test_an_idle_worker_wakes_when_the_api_creates_a_job(client, store, settings):
     train = upload(client, training_jsonl(12))
     w = Worker(settings.with_(poll_seconds=30.0), store)
@@ -36,6 +39,7 @@ def test_an_idle_worker_wakes_when_the_api_creates_a_job(client, store, settings
     assert not t.is_alive() and took[0] < 5  # not the 30 s poll
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_an_idle_worker_still_polls_and_stops_at_once(store, settings):
     w = Worker(settings.with_(poll_seconds=0.3), store)
     started = time.monotonic()

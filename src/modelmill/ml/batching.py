@@ -31,17 +31,13 @@ beyond float32 round-off of padded matmuls, which greedy batch_generate() always
   caller before anything is queued; if a whole batched generate() fails, each request that has
   not finished or streamed yet is retried alone, so only the request that breaks generation fails.
 
-Requests batch together only when they use the same loaded model, i.e. the same (base, adapter)
-pair: the Sampler keeps each adapter merged into its own copy of the base, and requests for two
-adapters of one base run as two batches, one after the other. PEFT 0.21.2's mixed-adapter batches
-(`generate(adapter_names=[...])`) do work (checked: the same tokens as each adapter on its own),
-but they need the adapters unmerged, so every step pays the LoRA matmuls of every linear layer,
-once per adapter in the batch. Measured on SmolLM2-135M (8 rows x 16 greedy tokens, r=8 on all
-linear layers, 2 CPU cores shared with other work, medians of 2): base 9.9 s, merged adapter
-10.2 s, one unmerged adapter 11.4 s, two unmerged adapters mixed 4 + 4 in one batch 14.2 s. So
-serving from unmerged adapters would slow the common case (one adapter at a time) by ~11% to win
-at most a tie on mixed traffic (two merged batches of 4 rows cost about as much as the mixed one;
-bench/bench_serving.py measures 8 concurrent requests split 4 + 4 over two adapters).
+Requests batch together when they use the same loaded base model, whatever LoRA adapter each
+uses: the Sampler keeps one copy of each base with its adapters loaded by name
+(ml/multi_lora.py), and a batch whose rows use several adapters decodes in one generate(), each
+row with its own adapter's LoRA (a batch of one adapter runs with that adapter merged, at the
+speed of a merged model; multi_lora.py says how a mixed batch runs and what it costs). Before, each adapter was merged into its own copy of the base and two
+adapters' requests ran as two batches one after the other: 8 concurrent requests split 4 + 4
+over two adapters got about half the throughput of 8 to one adapter (bench/bench_serving.py).
 
 Process-wide, every model.generate() still runs under one lock (GENERATE_LOCK): two samplers in
 one process (the API's and the worker's) or two models would otherwise fight over the same
@@ -95,8 +91,8 @@ class BatchRequest:
     prompt-major (prompt i's copies are rows i*copies ... i*copies+copies-1).
     """
 
-    key: Hashable  # requests share a batch only when their keys are equal (one loaded model)
-    model: Any
+    key: Hashable  # requests share a batch only when their keys are equal (one loaded base model)
+    model: Any  # a transformers model, or a multi_lora.MultiLoraModel (rows may then differ in adapter)
     tokenizer: Any
     tok_lock: Any  # an RLock guarding every use of `tokenizer` (the Rust tokenizer is not thread-safe)
     eos_ids: list[int]
@@ -105,6 +101,7 @@ class BatchRequest:
     budgets: list[int]  # max new tokens per prompt (already clamped to the context)
     copies: int  # rows per prompt (n for sampled choices, 1 for greedy)
     settings: DecodeSettings
+    adapter: str | None = None  # the LoRA adapter name every row of this request decodes with; None = base
     sink: Any = None  # a TextIteratorStreamer fed with this request's tokens (single-row requests)
     cancel: threading.Event | None = None  # set by a stream consumer that stopped reading
     rows: list[tuple[list[int], bool] | None] = field(default_factory=list)
@@ -249,7 +246,7 @@ class Batcher:
 
 
 def decode_batch(batch: list[BatchRequest]) -> None:
-    """Decode every row of `batch` (same model) in one left-padded model.generate() call."""
+    """Decode every row of `batch` (same base model, any adapters) in one left-padded generate() call."""
     first = batch[0]
     rows_ids = [ids for req in batch for ids in req.prompt_ids for _ in range(req.copies)]
     width = max(len(ids) for ids in rows_ids)
@@ -269,6 +266,8 @@ def decode_batch(batch: list[BatchRequest]) -> None:
     if not all(req.settings.greedy for req in batch):
         kwargs["logits_processor"] = LogitsProcessorList([_RowSampling(batch)])
     started = time.perf_counter()
+    if getattr(first.model, "serves_adapters", False):  # a MultiLoraModel: each row names its adapter
+        kwargs["adapters_B"] = [req.adapter for req in batch for _ in range(req.n_rows)]
     with GENERATE_LOCK, torch.inference_mode():
         out = first.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                                    stopping_criteria=StoppingCriteriaList([monitor]), **kwargs)

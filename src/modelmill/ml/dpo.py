@@ -2,9 +2,9 @@
 
 The story of one run (`train_dpo`):
 1. Read the preference file through ml.data ("preference" lines -> PreferencePair) and render
-   each pair as three strings (see `render_pair`): the prompt with our chat template and a
-   generation prompt, and each answer as the template renders an assistant turn (content,
-   then <tool_call> blocks) closed by <|im_end|>. TRL tokenizes prompt+answer itself.
+   each pair as three strings (see `render_pair`): the prompt with the model's chat template and
+   a generation prompt, and each answer as the template renders an assistant turn (content or
+   tool calls, in the model's format) closed by its end-of-turn token. TRL tokenizes prompt+answer itself.
 2. Build a DPOTrainer with a fresh LoRA adapter, or the `init_adapter` of an earlier fine-tune
    loaded trainable, and ref_model=None (see "The reference model").
 3. Resume, train, report, checkpoint, pause and cancel exactly as SFT does
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelmill.errors import InvalidRequestError, TrainingError
-from modelmill.ml import chat_format, data, sft
+from modelmill.ml import chat_format, data, memory, sft
 from modelmill.ml import trainer_common as common
 from modelmill.ml.report import Reporter
 from modelmill.ml.types import PreferencePair, TrainResult
@@ -93,7 +93,12 @@ class DPOConfig:
     # continue training this LoRA adapter (an ft: model); it is also the DPO reference. None = fresh LoRA,
     # reference = the base model
     init_adapter: Path | None = None
-    max_seq_len: int = 1024  # tokens of prompt + one answer; longer pairs are cut at the end (one warn event)
+    # Tokens of prompt + the longer answer; None = ml/memory.plan_memory's limit (context, memory estimate).
+    max_seq_len: int | None = None
+    truncation: bool = False  # over max_seq_len: False = DataValidationError naming it; True = cut (warn event)
+    quantization: str = "auto"  # "auto" | "none" | "nf4" (QLoRA, CUDA only): see ml/memory.py
+    quantization_from: str = "the config"  # who asked for `quantization`, named in the plan's event and errors
+    gradient_checkpointing: bool | None = None  # activation checkpointing; None = from the memory estimate
     lora_r: int = 8  # LoRA rank (ignored with init_adapter, which brings its own)
     lora_alpha: int = 16  # LoRA scaling numerator (effective scale alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA path; 0 = none
@@ -103,26 +108,28 @@ class DPOConfig:
     torch_threads: int | None = None  # CPU threads torch may use during the run; None = torch's setting
     beta: float = AUTO_BETA  # DPO temperature: higher keeps the policy closer to the reference
 
+    def plan_run(self, tokenizer):
+        """(this config with max_seq_len, quantization and gradient_checkpointing resolved, its
+        memory.MemoryPlan); raises DataValidationError naming over-long examples: trainer_common.plan_run."""
+        return common.plan_run(self, tokenizer, example_lengths, rows_per_example=2)
+
 
 def render_pair(tokenizer, pair: PreferencePair) -> dict[str, str]:
     """{"prompt", "chosen", "rejected"} strings for TRL.
 
-    The prompt is the input rendered with our chat template plus the "<|im_start|>assistant\\n"
-    generation prompt, exactly what sampling feeds the model. Each answer is the rest of the
-    template's rendering of input + that assistant message, so content and tool calls come out
-    as the template writes them; it ends with <|im_end|> (the tokenizer's EOS, so TRL adds none).
+    The prompt is the input rendered with the model's chat template and its generation prompt,
+    exactly what sampling feeds the model. Each answer is the text the template adds for that
+    assistant message after the prompt (chat_format.assistant_turn), so content and tool calls come
+    out in the model's own format, ending with its end-of-turn token (<|im_end|> for ChatML, the
+    tokenizer's EOS, so TRL adds none).
     """
-    tools = chat_format.normalize_tools(pair.tools)
-    prompt = tokenizer.apply_chat_template(chat_format.normalize_messages(pair.input_messages), tools=tools,
-                                           add_generation_prompt=True, tokenize=False)
+    prompt = chat_format.render(tokenizer, pair.input_messages, pair.tools, add_generation_prompt=True)
     out = {"prompt": prompt}
     for key, answer in (("chosen", pair.chosen), ("rejected", pair.rejected)):
-        full = tokenizer.apply_chat_template(chat_format.normalize_messages([*pair.input_messages, answer]),
-                                             tools=tools, tokenize=False)
-        if not full.startswith(prompt):
-            raise TrainingError(f"line {pair.line}: the chat template renders the prompt differently "
-                                f"with and without an answer; cannot split the {key} answer")
-        out[key] = full[len(prompt):].rstrip("\n")
+        try:
+            _, out[key], _ = chat_format.assistant_turn(tokenizer, pair.input_messages, answer, pair.tools)
+        except ValueError as e:
+            raise TrainingError(f"line {pair.line}: cannot split the {key} answer from the prompt: {e}") from e
     return out
 
 
@@ -135,30 +142,39 @@ def train_dpo(config: DPOConfig, reporter: Reporter) -> TrainResult:
     """
     reference = "the starting adapter" if config.init_adapter else "the base model"
     return common.train(config, reporter, load_dataset=_load_dataset, hooks_cls=_DPOHooks,
-                        build_trainer=_build_trainer,
+                        build_trainer=_build_trainer, example_lengths=example_lengths, rows_per_example=2,
                         describe=lambda ds: f"Training on {len(ds)} preference pairs for {config.n_epochs} "
                                             f"epoch(s), batch size {config.batch_size}, beta {config.beta:g}; "
                                             f"reference: {reference}")
 
 
+def pair_tokens(tokenizer, row: dict[str, str]) -> int:
+    """Tokens of prompt + the longer answer as TRL's DPOTrainer builds the sequence it trains on
+    (it tokenizes prompt + answer as one text, then splits at the prompt)."""
+    return max(len(tokenizer(text=row["prompt"] + row[k])["input_ids"]) for k in ("chosen", "rejected"))
+
+
+def example_lengths(path: Path, tokenizer, config: DPOConfig) -> list[memory.ExampleLength]:
+    """Each pair's tokens (pair_tokens): trainer_common.plan_run's input."""
+    return [memory.ExampleLength(p.line, pair_tokens(tokenizer, render_pair(tokenizer, p)),
+                                 "prompt + the longer answer")
+            for p in data.read_examples(Path(path), "preference", min_examples=1)]
+
+
+
 def _load_dataset(path: Path, label: str, tokenizer, config: DPOConfig, reporter: Reporter):
     """Render a preference JSONL into a datasets.Dataset of prompt / chosen / rejected strings.
 
-    Pairs where prompt + an answer exceed max_seq_len are kept (TRL cuts the end of the
-    sequence; a pair whose prompt alone fills max_seq_len is dropped by TRL) and counted
-    in one warn event.
+    Pairs longer than max_seq_len only get here with config.truncation (plan_run refuses them
+    otherwise): TRL cuts the end of the sequence, and drops a pair whose prompt alone fills
+    max_seq_len; they are counted in one warn event.
     """
     from datasets import Dataset
 
     # min_examples=1: the service enforces its own minimum at validation time.
     pairs = data.read_examples(Path(path), "preference", min_examples=1)
     rows = [render_pair(tokenizer, p) for p in pairs]
-
-    def n_tokens(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    too_long = sum(max(n_tokens(r["prompt"] + r["chosen"]), n_tokens(r["prompt"] + r["rejected"]))
-                   > config.max_seq_len for r in rows)
+    too_long = sum(pair_tokens(tokenizer, r) > config.max_seq_len for r in rows)
     if too_long:
         reporter.on_event("warn", f"{too_long} of {len(rows)} {label} pairs are longer than {config.max_seq_len} "
                                   f"tokens and were truncated",

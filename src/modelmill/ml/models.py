@@ -12,8 +12,11 @@ Built-ins (registered in BASE_MODELS, same path as user-added ones):
   tokenizer, identical bytes for every build (fixed seed). Tests and e2e runs use it.
 User-added models (`add_model`) are recorded in `home/models/registry.json`.
 
-Every saved tokenizer carries chat_format.chat_template() (ChatML + tools + {% generation %}
-markers), so training masks and the prompts sampling renders agree for every model.
+Chat templates (ml/chat_families.py): a user-added model keeps its own chat template when that
+template renders tools in a format ModelMill parses (Qwen2.5/Hermes, Llama 3.x, Mistral); any other
+model, and the built-ins, get ModelMill's ChatML template (chat_format.chat_template()). The choice
+is made once when the model is added and recorded in chat_families.CHOICE_FILE; load_model applies
+it, so training and sampling render the same format.
 
 Safety: weights are loaded from safetensors only and trust_remote_code is never set; a model
 that ships only pickle weights (.bin/.pt/.pth/.ckpt) is refused.
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelmill.errors import ConflictError, InvalidRequestError, NotFoundError
-from modelmill.ml import chat_format
+from modelmill.ml import chat_families, chat_format
 
 Progress = Callable[[str], None]
 
@@ -124,26 +127,51 @@ def ensure_base(home: Path, name: str, progress: Progress | None = None) -> Path
 _LOAD_LOCK = threading.Lock()
 
 
-def load_model(model_dir: Path, adapter_dir: Path | None = None, *, trainable: bool = False):
-    """(model, tokenizer) in float32 from a base HF dir, with a LoRA adapter on top if given.
+def load_model(model_dir: Path, adapter_dir: Path | None = None, *, trainable: bool = False,
+               dtype: str = "float32", quantization: str = "none"):
+    """(model, tokenizer) from a base HF dir, with a LoRA adapter on top if given.
+
+    dtype "float32" (the default: CPU, sampling) or "bfloat16"; quantization "none" or "nf4"
+    (QLoRA: 4-bit NormalFloat base weights through bitsandbytes, CUDA only). ml/memory.plan_memory
+    chooses both for a training run.
 
     trainable=False puts the model in eval mode; trainable=True keeps the adapter's weights
-    trainable (to continue training it). Safetensors only, never remote code. The tokenizer
-    gets this package's chat template even if the directory holds an older copy, so training
-    and sampling always render the same format.
+    trainable (to continue training it). Safetensors only, never remote code. The tokenizer keeps
+    the model's own template where the recorded choice (chat_families.CHOICE_FILE) says "native";
+    otherwise it gets this package's ChatML template even if the directory holds an older copy, so
+    training and sampling always render the same format.
     """
     with _LOAD_LOCK:
-        return _load_model(model_dir, adapter_dir, trainable)
+        return _load_model(model_dir, adapter_dir, trainable, dtype, quantization)
 
 
-def _load_model(model_dir: Path, adapter_dir: Path | None, trainable: bool):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(model_dir: Path):
+    """The tokenizer load_model returns, alone (counting tokens needs no weights)."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-    tokenizer.chat_template = chat_format.chat_template()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False,
-                                                 use_safetensors=True)
+    if (chat_families.read_choice(model_dir) or {}).get("template") != "native":
+        tokenizer.chat_template = chat_format.chat_template()
+    return tokenizer
+
+
+def _load_model(model_dir: Path, adapter_dir: Path | None, trainable: bool, dtype: str = "float32",
+                quantization: str = "none"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(model_dir)
+    kwargs = {"dtype": getattr(torch, dtype)}
+    if quantization == "nf4":
+        kwargs.update(quantization_config=_nf4_config(dtype), device_map={"": torch.cuda.current_device()})
+    elif quantization != "none":
+        raise InvalidRequestError(f"unknown quantization {quantization!r}", param="quantization")
+    # Not peft's prepare_model_for_kbit_training for nf4: it upcasts every weight bitsandbytes left unquantised
+    # (embeddings, lm_head) to fp32, +4.2 GB on Llama-3-8B, which undoes much of what nf4 saves; TRL 1.16 no
+    # longer calls it either. What it would add is done anyway: PEFT freezes the base weights, TRL enables
+    # input gradients under checkpointing and keeps the LoRA weights in bf16, and Llama-style RMSNorms
+    # compute in fp32 themselves.
+    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False, use_safetensors=True, **kwargs)
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -152,6 +180,23 @@ def _load_model(model_dir: Path, adapter_dir: Path | None, trainable: bool):
     if not trainable:
         model.eval()
     return model, tokenizer
+
+
+def _nf4_config(compute_dtype: str):
+    """QLoRA's recipe (Dettmers et al. 2023): nf4 weights, double-quantised constants, matmuls in the
+    run's dtype. bitsandbytes is an optional extra (`pip install modelmill[gpu]`), imported only here."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise InvalidRequestError("nf4 quantisation needs the bitsandbytes package, which is not installed on this "
+                                  "worker: pip install 'modelmill[gpu]' (or bitsandbytes), or use quantization "
+                                  "'none'", param="quantization", code="quantization_unsupported")
+    if not torch.cuda.is_available():
+        raise InvalidRequestError("nf4 quantisation needs a CUDA GPU", param="quantization",
+                                  code="quantization_unsupported")
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, compute_dtype))
 
 
 # ---------------------------------------------------------------- building, once and atomically
@@ -268,7 +313,8 @@ def _build_tiny(out: Path, progress: Progress) -> None:
 
 
 def _build_user_model(source: str, out: Path, progress: Progress) -> None:
-    """Copy a local HF dir (or fetch a hub repo), safetensors only, and install our chat template."""
+    """Copy a local HF dir (or fetch a hub repo), safetensors only, and choose its chat template (its
+    own, or ModelMill's ChatML when its own cannot render tools; see chat_families)."""
     from transformers import AutoConfig, AutoTokenizer
 
     src = Path(source).expanduser()
@@ -280,14 +326,20 @@ def _build_user_model(source: str, out: Path, progress: Progress) -> None:
             shutil.copy2(f, out / f.name)
     shutil.rmtree(out / ".download", ignore_errors=True)
     try:
-        AutoConfig.from_pretrained(out, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(out, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=False)
     except (ValueError, OSError, KeyError) as e:
         raise InvalidRequestError(f"{source} is not a model transformers can load without remote code: {e}",
                                   param="model") from e
-    tokenizer.chat_template = chat_format.chat_template()
+    choice = chat_families.choose_template(tokenizer, getattr(config, "model_type", None),
+                                           chat_format.chat_template())
+    for stale in ("chat_template.jinja", "chat_template.json"):  # the saved tokenizer writes the chosen one
+        (out / stale).unlink(missing_ok=True)
     tokenizer.save_pretrained(out)
-    progress(f"Added {source}")
+    chat_families.write_choice(out, choice)
+    kept = f"its own chat template ({choice['family']})" if choice["template"] == "native" else \
+        f"ModelMill's ChatML template: {choice['reason']}"
+    progress(f"Added {source}; it uses {kept}")
 
 
 def _fetch_from_hub(hub_id: str, dest: Path, progress: Progress) -> Path:

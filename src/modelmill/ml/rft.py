@@ -65,7 +65,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modelmill.errors import InvalidRequestError, TrainingError
-from modelmill.ml import chat_format, data, graders, sampling, sft
+from modelmill.ml import chat_families, chat_format, data, graders, memory, sampling, sft
 from modelmill.ml import trainer_common as common
 from modelmill.ml.report import Reporter
 from modelmill.ml.rft_grading import (ERROR_FLAGS, REASONING_INSTRUCTION, GraderReward, check_error_share,
@@ -177,7 +177,12 @@ class RFTConfig:
     # continue training this LoRA adapter (an ft: model); it is also the KL reference. None = fresh LoRA,
     # reference = the base model
     init_adapter: Path | None = None
-    max_seq_len: int = 1024  # prompt + completion tokens; prompts longer than this minus the budget are dropped
+    # Tokens of prompt + completion budget; None = ml/memory.plan_memory's limit (context, memory estimate).
+    max_seq_len: int | None = None
+    truncation: bool = False  # over max_seq_len: False = DataValidationError naming it; True = skip it (warn event)
+    quantization: str = "auto"  # "auto" | "none" | "nf4" (QLoRA, CUDA only): see ml/memory.py
+    quantization_from: str = "the config"  # who asked for `quantization`, named in the plan's event and errors
+    gradient_checkpointing: bool | None = None  # activation checkpointing; None = from the memory estimate
     lora_r: int = 8  # LoRA rank (ignored with init_adapter, which brings its own)
     lora_alpha: int = 16  # LoRA scaling numerator (effective scale alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA path; 0 = none
@@ -205,6 +210,11 @@ class RFTConfig:
     def completion_budget(self) -> int:
         return self.max_completion_tokens or COMPLETION_TOKENS[self.reasoning_effort]
 
+    def plan_run(self, tokenizer):
+        """(this config with max_seq_len, quantization and gradient_checkpointing resolved, its
+        memory.MemoryPlan); raises DataValidationError naming over-long examples: trainer_common.plan_run."""
+        return common.plan_run(self, tokenizer, example_lengths, rows_per_example=self.num_generations)
+
 
 def train_rft(config: RFTConfig, reporter: Reporter) -> TrainResult:
     """Train a LoRA adapter with GRPO on config.train_path, rewarded by config.grader; see the
@@ -215,9 +225,27 @@ def train_rft(config: RFTConfig, reporter: Reporter) -> TrainResult:
     Raises DataValidationError for an invalid file, GraderFailedError when the grader fails too
     often, TrainingError when training fails.
     """
+    if config.valid_path is None and not config.truncation:  # name over-long lines before the holdout split
+        from modelmill.ml import models  # renumbers them
+
+        config.plan_run(models.load_tokenizer(config.base_dir))
     config = _with_validation_split(config, reporter)
     return common.train(config, reporter, load_dataset=_load_dataset, hooks_cls=_RFTHooks,
-                        build_trainer=_build_trainer, describe=lambda ds: _describe(config, ds))
+                        build_trainer=_build_trainer, describe=lambda ds: _describe(config, ds),
+                        example_lengths=example_lengths, rows_per_example=config.num_generations)
+
+
+def example_lengths(path: Path, tokenizer, config: RFTConfig) -> list[memory.ExampleLength]:
+    """Each prompt's tokens (render_prompt, with the reasoning instruction) plus the completion budget:
+    the longest sequence its rollouts can reach. trainer_common.plan_run's input."""
+    out = []
+    for e in data.read_examples(Path(path), "reinforcement", min_examples=1):
+        prompt = len(tokenizer(render_prompt(tokenizer, e, config.reasoning_instruction),
+                               add_special_tokens=False)["input_ids"])
+        out.append(memory.ExampleLength(e.line, prompt + config.completion_budget,
+                                        f"prompt {prompt} + completion budget {config.completion_budget}"))
+    return out
+
 
 
 def _describe(config: RFTConfig, train_ds) -> str:
@@ -271,18 +299,19 @@ def _line_of(e: PromptExample) -> dict:
 
 
 def render_prompt(tokenizer, example: PromptExample, instruction: str | None) -> str:
-    """The prompt text the policy continues: our chat template over the messages (plus the
-    reasoning instruction) and tools, ending with the "<|im_start|>assistant\\n" generation prompt."""
-    return tokenizer.apply_chat_template(
-        chat_format.normalize_messages(with_instruction(example.messages, instruction)),
-        tools=chat_format.normalize_tools(example.tools), add_generation_prompt=True, tokenize=False)
+    """The prompt text the policy continues: the model's chat template over the messages (plus the
+    reasoning instruction) and tools, ending with the generation prompt (for ChatML "<|im_start|>assistant\\n")."""
+    return chat_format.render(tokenizer, with_instruction(example.messages, instruction), example.tools,
+                              add_generation_prompt=True)
 
 
 def _load_dataset(path: Path, label: str, tokenizer, config: RFTConfig, reporter: Reporter):
     """A datasets.Dataset of prompt (rendered text), item_json (the item as JSON: `datasets` would
     otherwise unify every row's dict schema, adding None-valued keys the grader would see),
     has_tools and question (the last user message's text). Prompts that leave no room for the
-    completion budget within max_seq_len are dropped (one warn event)."""
+    completion budget within max_seq_len only get here with config.truncation (plan_run refuses
+    them otherwise); a prompt cannot be cut without changing the question, so they are skipped
+    (one warn event)."""
     from datasets import Dataset
 
     examples = data.read_examples(Path(path), "reinforcement", min_examples=1)
@@ -339,7 +368,7 @@ def _build_trainer(config: RFTConfig, model, tokenizer, train_ds, valid_ds, call
                           loss_type="dapo", scale_rewards="group", shuffle_dataset=True, log_completions=False,
                           **sampling.rollout_backend_args(config.rollout_backend))
     reward = GraderReward(config.grader, config.grader_context, max_error_share=config.max_grader_error_share,
-                          require_marker=config.require_answer_marker)
+                          require_marker=config.require_answer_marker, parse=chat_families.family_of(tokenizer).parse)
     tokenizer.padding_side = "left"  # TRL left-pads prompts for generation
     class _GRPOTrainer(GRPOTrainer):
         def _get_train_sampler(self, dataset=None):
@@ -465,7 +494,9 @@ class _RFTHooks(common.ReporterHooks):
         texts = sample_completions(self.trainer.model, self.tokenizer, [r["prompt"] for r in rows],
                                    max_new_tokens=self.config.completion_budget,
                                    temperature=self.config.temperature, eos_ids=self.trainer.eos_token_ids, seed=seed)
-        samples = [completion_sample(t, parse_tools=r["has_tools"], require_marker=self.config.require_answer_marker)
+        parse = chat_families.family_of(self.tokenizer).parse
+        samples = [completion_sample(t, parse_tools=r["has_tools"], require_marker=self.config.require_answer_marker,
+                                     parse=parse)
                    for t, r in zip(texts, rows, strict=True)]
         items = [json.loads(r["item_json"]) for r in rows]
         results = graders.grade_batch(self.config.grader, samples, items, context=self.config.grader_context)

@@ -16,8 +16,8 @@ hidden reasoning channel. So every prompt gets REASONING_INSTRUCTION as a system
   Measured: SmolLM2-135M-Instruct writes the marker in about 1 of 18 samples at 64 tokens whether the
   instruction is a system message or appended to the user message, so for it the fallback is the
   common case.
-- When the prompt declares tools, `<tool_call>` blocks are parsed (chat_format.parse_tool_calls)
-  into sample["output_tools"] (OpenAI's shape) and removed from the text first.
+- When the prompt declares tools, tool calls are parsed in the model's own format (the parser of
+  its chat family, chat_families; `<tool_call>` blocks for ChatML) into sample["output_tools"] (OpenAI's shape) and removed from the text first.
 - output_json is output_text parsed as JSON, else None (graders.sample_from_text).
 
 Rewards. Every sample's reward is its GradeResult.reward as the grader returns it (0 when the
@@ -66,11 +66,12 @@ def split_answer(text: str) -> tuple[str, str, bool]:
     return text[last.end():].strip(), text[:last.start()].strip(), True
 
 
-def completion_sample(text: str, *, parse_tools: bool, require_marker: bool = False) -> dict:
-    """The grader sample for one generated completion."""
+def completion_sample(text: str, *, parse_tools: bool, require_marker: bool = False,
+                      parse=chat_format.parse_tool_calls) -> dict:
+    """The grader sample for one generated completion; `parse` is the model family's tool-call parser."""
     calls: list[dict] = []
     if parse_tools:
-        content, calls = chat_format.parse_tool_calls(text)
+        content, calls = parse(text)
         text = content or ""
     answer, reasoning, found = split_answer(text)
     if not found and require_marker:
@@ -139,15 +140,16 @@ class GraderReward:
 
     __name__ = "grader"  # TRL's name for this reward (its rewards/grader/* logs)
 
-    def __init__(self, grader: dict, context, *, max_error_share: float, require_marker: bool):
-        self.grader, self.context = grader, context
+    def __init__(self, grader: dict, context, *, max_error_share: float, require_marker: bool,
+                 parse=chat_format.parse_tool_calls):
+        self.grader, self.context, self.parse = grader, context, parse  # parse: the family's tool-call parser
         self.max_error_share, self.require_marker = max_error_share, require_marker
         self.flags_seen: set[str] = set()
         self.stats: dict[str, float] = {}  # the last graded step's metrics (step_stats)
 
     def __call__(self, prompts, completions, completion_ids, item_json, has_tools, question,
                  trainer_state=None, **_) -> list[float]:
-        samples = [completion_sample(text, parse_tools=tools, require_marker=self.require_marker)
+        samples = [completion_sample(text, parse_tools=tools, require_marker=self.require_marker, parse=self.parse)
                    for text, tools in zip(completions, has_tools, strict=True)]
         items = [json.loads(s) for s in item_json]
         results = graders.grade_batch(self.grader, samples, items, context=self.context)

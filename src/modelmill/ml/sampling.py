@@ -1,9 +1,14 @@
 """Text generation for chat completions, evals and RFT rollouts.
 
-One Sampler holds an LRU cache of loaded (base model, LoRA adapter) pairs, so the second
-request for a model does not reload it. Prompts are rendered with the tokenizer's chat
-template after chat_format.normalize_messages / normalize_tools, exactly as training renders
-them, and generated `<tool_call>` blocks are parsed back with chat_format.parse_tool_calls.
+One Sampler holds an LRU cache of loaded base models, each with its LoRA adapters loaded by name
+(ml/multi_lora.py), so the second request for a model does not reload it and concurrent
+requests for different fine-tuned models of one base decode in one batch. Where the tokens come
+from is the inference backend: this process's transformers models (the default), or a vLLM
+server (ml/vllm_backend.py, chosen with MODELMILL_INFERENCE_BACKEND); everything on this page
+(rendering, budgets, stop strings, tool parsing, usage) is the same code for both. Prompts are rendered with the tokenizer's chat
+template through chat_format.render, exactly as training renders them, and generated tool calls
+are parsed back with the parser of the model's chat family (chat_families: `<tool_call>` blocks,
+Llama 3 JSON calls or Mistral's [TOOL_CALLS]).
 
 Semantics (OpenAI's, where they map):
 - temperature 0 (or top_p 0) is greedy decoding; n > 1 greedy choices are one decode copied n
@@ -16,7 +21,7 @@ Semantics (OpenAI's, where they map):
   or within a few ms of each other, are decoded together in one left-padded generate() and each
   caller gets its own rows back, as soon as they are done. Every rule on this page holds per
   request inside a batch (own budget, stop strings, seed, temperature / top_p, tool-call prefill
-  and parsing, usage); only requests for the same (base, adapter) pair share a batch. Generation
+  and parsing, usage); requests for the same base share a batch whatever their adapters. Generation
   in the process still runs one generate() at a time (batching.GENERATE_LOCK): on a CPU box one
   generate() already uses every core.
 - stop: up to 4 strings; generation of a choice ends once one appears, the text is cut before
@@ -35,7 +40,6 @@ Semantics (OpenAI's, where they map):
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -51,13 +55,13 @@ with ml_imports():  # not alongside another thread's first import of the stack (
     # Straight from the submodule: transformers' lazy top-level __getattr__ is not thread-safe.
     from transformers.generation.streamers import TextIteratorStreamer
 
-from modelmill.ml import batching, chat_format, models
+from modelmill.ml import batching, chat_families, chat_format, models, multi_lora
 from modelmill.ml.types import ModelRef
 
 DEFAULT_MAX_TOKENS = 512  # completion budget when max_tokens is None (capped by the context left)
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_N = 128  # OpenAI's limit on choices per request
-TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_OPEN = "<tool_call>"  # ModelMill's ChatML tool-call marker (each family has its own: chat_families)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +139,9 @@ class StreamEvent:
     usage: dict | None = None  # {"prompt_tokens", "completion_tokens", "total_tokens"} on the very last event
 
 
-Loader = Callable[[Path, "Path | None"], tuple[Any, Any]]  # (base_dir, adapter_dir) -> (model, tokenizer)
+# (base_dir, adapter_dir) -> (model, tokenizer). The Sampler calls it with adapter_dir None (it loads
+# adapters onto the cached base itself); a loader that returns a PeftModel gets it merged.
+Loader = Callable[[Path, "Path | None"], tuple[Any, Any]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +154,7 @@ def _default_loader(base_dir: Path, adapter_dir: Path | None) -> tuple[Any, Any]
 
 @dataclass
 class _Loaded:
-    model: Any
+    model: Any  # a multi_lora.MultiLoraModel, or a backend's host (vllm_backend.VLLMHost); the batching key
     tokenizer: Any
     eos_ids: list[int] = field(default_factory=list)
     context: int = 2048
@@ -161,6 +167,10 @@ def _prepare(model, tokenizer) -> _Loaded:
     model.eval()
     tokenizer.padding_side = "left"  # batched decoding needs the prompts right-aligned
     eos = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    # The family's end-of-turn tokens (Llama's <|eot_id|>, ...) end a completion even when the
+    # tokenizer's eos_token is another one.
+    eos.update(tokenizer.convert_tokens_to_ids(t) for t in chat_families.family_of(tokenizer).end_tokens
+               if t in tokenizer.get_vocab())
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
     eos_ids = sorted(i for i in eos if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
@@ -178,31 +188,38 @@ def _prepare(model, tokenizer) -> _Loaded:
 class _Prompt:
     text: str  # rendered chat template, ending with the assistant header (+ prefill)
     prefill: str  # forced start of the completion (tool_choice required / named), "" otherwise
-    parse_tools: bool  # parse <tool_call> blocks out of the completion
+    parse_tools: bool  # parse tool calls out of the completion
+    family: chat_families.Family = chat_families.FAMILIES["chatml"]  # how tool calls look and parse
 
 
 class Sampler:
-    """Generates chat completions; keeps up to `cache_size` loaded models (LRU), thread-safe.
+    """Generates chat completions; keeps up to `cache_size` base models (LRU), each with up to
+    `max_adapters` LoRA adapters loaded by name (LRU); thread-safe.
 
-    `loader(base_dir, adapter_dir) -> (model, tokenizer)` is injectable (tests count calls);
-    it defaults to ml.models.load_model. A LoRA adapter is merged into the loaded copy, so each
-    (base, adapter) pair is its own model and its own batches (ml/batching.py says why PEFT's
-    mixed-adapter batches are not used).
+    `loader(base_dir, None) -> (model, tokenizer)` is injectable (tests count calls); it defaults
+    to ml.models.load_model. Adapters are loaded onto the cached base (ml/multi_lora.py), so all
+    fine-tuned models of one base share one copy of it and one batch (ml/batching.py).
+    `backend` (e.g. vllm_backend.VLLMBackend) replaces both the loader and the local batcher:
+    it loads only the tokenizer and config here and decodes elsewhere.
     """
 
     def __init__(self, cache_size: int = 4, loader: Loader | None = None, *,
-                 batch_window_s: float = batching.DEFAULT_WINDOW_S, max_batch_rows: int = batching.DEFAULT_MAX_ROWS):
+                 batch_window_s: float = batching.DEFAULT_WINDOW_S, max_batch_rows: int = batching.DEFAULT_MAX_ROWS,
+                 max_adapters: int = multi_lora.DEFAULT_MAX_ADAPTERS, backend: Any = None):
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
         self.cache_size = cache_size
-        self.load_count = 0  # how many times a model was actually loaded (cache misses)
+        self.load_count = 0  # how many times a base model was actually loaded (cache misses)
+        self.max_adapters = max_adapters
+        self.backend = backend  # None = transformers in this process
         self._loader = loader or _default_loader
         self._lock = threading.Lock()
-        self._models: OrderedDict[tuple, _Loaded] = OrderedDict()
-        self._loading: dict[tuple, threading.Lock] = {}
+        self._models: OrderedDict[Path, _Loaded] = OrderedDict()
+        self._loading: dict[Path, threading.Lock] = {}
         # batch_window_s: how long an idle model waits for more requests (0 = start at once);
         # max_batch_rows: rows (prompts x sampled choices) decoded together at most.
-        self._batcher = batching.Batcher(window_s=batch_window_s, max_rows=max_batch_rows)
+        self._batcher = backend if backend is not None else batching.Batcher(window_s=batch_window_s,
+                                                                               max_rows=max_batch_rows)
 
     @property
     def batch_history(self) -> list[tuple[int, int]]:
@@ -217,25 +234,40 @@ class Sampler:
     # -- cache ---------------------------------------------------------------------------------
 
     def cached(self) -> list[tuple[Path, Path | None]]:
-        """Keys of the loaded models, least recently used first."""
+        """(base_dir, adapter_dir or None) of every servable model loaded: each base (least recently
+        used first), followed by the adapters loaded onto it (least recently used first)."""
         with self._lock:
-            return list(self._models)
+            bases = list(self._models.items())
+        return [pair for base, loaded in bases for pair in [(base, None)] + [(base, a) for a in loaded.model.adapters()]]
 
     def evict(self, ref: ModelRef) -> bool:
+        """Drop an adapter (ref with adapter_dir; not while a request uses it) or a whole base."""
+        base, adapter = _key(ref)
         with self._lock:
-            return self._models.pop(_key(ref), None) is not None
+            if adapter is None:
+                return self._models.pop(base, None) is not None
+            loaded = self._models.get(base)
+        return loaded is not None and loaded.model.evict(adapter)
 
     def clear(self) -> None:
         with self._lock:
             self._models.clear()
 
     def load(self, ref: ModelRef) -> tuple[Any, Any]:
-        """(model, tokenizer) for ref, loading it at most once while it stays cached."""
-        loaded = self._get(ref)
-        return loaded.model, loaded.tokenizer
+        """(model, tokenizer) for ref, loading it at most once while it stays cached. The model is
+        the shared base (with its adapters loaded by name, ref's among them)."""
+        loaded, adapter = self._acquire(ref)
+        loaded.model.release(adapter)
+        return getattr(loaded.model, "model", loaded.model), loaded.tokenizer
 
-    def _get(self, ref: ModelRef) -> _Loaded:
-        key = _key(ref)
+    def _acquire(self, ref: ModelRef) -> tuple[_Loaded, str | None]:
+        """The loaded base of ref and ref's adapter name (None for the base), pinned: the caller
+        must call loaded.model.release(name) once its request is done."""
+        base, adapter = _key(ref)
+        loaded = self._get(base)
+        return loaded, loaded.model.acquire(adapter)
+
+    def _get(self, key: Path) -> _Loaded:
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
@@ -247,12 +279,13 @@ class Sampler:
                     self._models.move_to_end(key)
                     return self._models[key]
             try:
-                if not (key[0] / "config.json").is_file():
-                    raise NotFoundError(f"model directory {key[0]} not found (no config.json)")
-                if key[1] is not None and not key[1].is_dir():
-                    raise NotFoundError(f"adapter directory {key[1]} not found")
-                model, tokenizer = self._loader(*key)
-                loaded = _prepare(model, tokenizer)
+                if not (key / "config.json").is_file():
+                    raise NotFoundError(f"model directory {key} not found (no config.json)")
+                if self.backend is not None:
+                    loaded = _prepare(*self.backend.load_base(key))
+                else:
+                    loaded = _prepare(*self._loader(key, None))
+                    loaded.model = multi_lora.MultiLoraModel(loaded.model, self.max_adapters)
             except BaseException:
                 with self._lock:
                     self._loading.pop(key, None)
@@ -284,11 +317,14 @@ class Sampler:
         params = params or SamplingParams()
         if not conversations:
             return []
-        loaded = self._get(ref)
-        per_item = _tools_per_conversation(tools, len(conversations))
-        prompts = [_render(loaded.tokenizer, msgs, t, tool_choice) for msgs, t in zip(conversations, per_item)]
-        request = self._request(loaded, prompts, params)
-        rows = self._batcher.submit(request).wait()
+        loaded, adapter = self._acquire(ref)
+        try:
+            per_item = _tools_per_conversation(tools, len(conversations))
+            prompts = [_render(loaded.tokenizer, msgs, t, tool_choice) for msgs, t in zip(conversations, per_item)]
+            request = self._request(loaded, prompts, params, adapter=adapter)
+            rows = self._batcher.submit(request).wait()
+        finally:
+            loaded.model.release(adapter)
         copies = request.copies
         results = []
         for i, (prompt, budget) in enumerate(zip(prompts, request.budgets)):
@@ -302,7 +338,7 @@ class Sampler:
         return results
 
     def _request(self, loaded: _Loaded, prompts: list[_Prompt], params: SamplingParams,
-                 sink=None, cancel: threading.Event | None = None) -> batching.BatchRequest:
+                 sink=None, cancel: threading.Event | None = None, adapter: str | None = None) -> batching.BatchRequest:
         """Tokenize and budget each prompt (request errors raise here, in the caller) -> a BatchRequest."""
         with loaded.tok_lock:
             prompt_ids = [loaded.tokenizer(p.text, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -315,7 +351,7 @@ class Sampler:
         return batching.BatchRequest(
             key=loaded.model, model=loaded.model, tokenizer=loaded.tokenizer, tok_lock=loaded.tok_lock,
             eos_ids=loaded.eos_ids, pad_id=loaded.tokenizer.pad_token_id, prompt_ids=prompt_ids, budgets=budgets,
-            copies=1 if params.greedy else params.n, settings=settings, sink=sink, cancel=cancel)
+            copies=1 if params.greedy else params.n, settings=settings, sink=sink, cancel=cancel, adapter=adapter)
 
     def stream(self, ref: ModelRef, messages: list[dict], tools: list[dict] | None = None,
                params: SamplingParams | None = None, tool_choice: Any = None) -> Iterator[StreamEvent]:
@@ -333,10 +369,14 @@ class Sampler:
         params = params or SamplingParams()
         if params.n > 1:
             return self._stream_from_result(self.generate(ref, messages, tools, params, tool_choice))
-        loaded = self._get(ref)
-        prompt = _render(loaded.tokenizer, messages, tools, tool_choice)
-        streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=False, skip_special_tokens=True)
-        request = self._request(loaded, [prompt], params, sink=streamer, cancel=threading.Event())
+        loaded, adapter = self._acquire(ref)
+        try:
+            prompt = _render(loaded.tokenizer, messages, tools, tool_choice)
+            streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=False, skip_special_tokens=True)
+            request = self._request(loaded, [prompt], params, sink=streamer, cancel=threading.Event(), adapter=adapter)
+        except BaseException:
+            loaded.model.release(adapter)
+            raise
         return self._stream_one(loaded, prompt, request, params)
 
     def _stream_from_result(self, result: GenerationResult) -> Iterator[StreamEvent]:
@@ -350,8 +390,16 @@ class Sampler:
     def _stream_one(self, loaded: _Loaded, prompt: _Prompt, request: batching.BatchRequest,
                     params: SamplingParams) -> Iterator[StreamEvent]:
         # Queued on the first next(), as a generator that is never iterated never started before.
+        # The adapter stays pinned (not evictable) until the generator ends or is closed.
+        try:
+            yield from self._stream_events(request, prompt, params)
+        finally:
+            loaded.model.release(request.adapter)
+
+    def _stream_events(self, request: batching.BatchRequest, prompt: _Prompt,
+                       params: SamplingParams) -> Iterator[StreamEvent]:
         self._batcher.submit(request)
-        markers = (params.stop or []) + ([TOOL_CALL_OPEN] if prompt.parse_tools else [])
+        markers = (params.stop or []) + (list(prompt.family.markers) if prompt.parse_tools else [])
         text, sent, stopped = "", 0, False
         try:
             for piece in request.sink:
@@ -372,7 +420,7 @@ class Sampler:
         finish = "stop" if stopped or hit_eos else "length" if len(ids) >= budget else "stop"
         calls: list[dict] = []
         if prompt.parse_tools:
-            _, calls = chat_format.parse_tool_calls(prompt.prefill + text)
+            _, calls = prompt.family.parse(prompt.prefill + text)
         rest = "" if calls else prompt.prefill + text[sent:]  # sent is 0 whenever there is a prefill
         yield StreamEvent(delta=rest, finish_reason="tool_calls" if calls else finish, tool_calls=calls or None,
                           usage=_usage(len(request.prompt_ids[0]), len(ids)))
@@ -395,7 +443,7 @@ def _choice(loaded: _Loaded, ids: list[int], hit_eos: bool, prompt: _Prompt, par
         finish = "stop" if hit_eos or len(ids) < budget else "length"
     full = prompt.prefill + text
     if prompt.parse_tools:
-        content, calls = chat_format.parse_tool_calls(full)
+        content, calls = prompt.family.parse(full)
         if calls:
             return Choice(0, full, content, calls, "tool_calls", len(ids))
     return Choice(0, full, full, [], finish, len(ids))
@@ -405,18 +453,13 @@ def _render(tokenizer, messages: list[dict], tools: list[dict] | None, tool_choi
     mode, forced_name = _tool_mode(tools, tool_choice)
     from jinja2 import TemplateError
 
+    family = chat_families.family_of(tokenizer)
     try:
-        text = tokenizer.apply_chat_template(
-            chat_format.normalize_messages(messages),
-            tools=chat_format.normalize_tools(tools) if mode != "none" else None,
-            add_generation_prompt=True, tokenize=False)
+        text = chat_format.render(tokenizer, messages, tools if mode != "none" else None, add_generation_prompt=True)
     except (TemplateError, TypeError, AttributeError, KeyError) as e:
         raise InvalidRequestError(f"could not render messages with the chat template: {e}", param="messages") from e
-    prefill = ""
-    if mode == "required":
-        prefill = TOOL_CALL_OPEN + "\n" + '{"name": ' + (json.dumps(forced_name, ensure_ascii=False) + ', "arguments": '
-                                                         if forced_name else '"')
-    return _Prompt(text + prefill, prefill, parse_tools=mode != "none")
+    prefill = family.prefill(forced_name) if mode == "required" else ""
+    return _Prompt(text + prefill, prefill, parse_tools=mode != "none", family=family)
 
 
 def _tool_mode(tools: list[dict] | None, tool_choice: Any) -> tuple[str, str | None]:
@@ -463,14 +506,16 @@ def _first_stop(text: str, stops: list[str] | None) -> int | None:
 
 def _safe_prefix_len(text: str, markers: list[str], prompt: _Prompt) -> int:
     """How much of the streamed text can be sent: not a forced tool call, not past the first
-    `<tool_call>`, and not a trailing piece that may grow into a stop string or marker."""
+    tool-call marker of the model's family, and not a trailing piece that may grow into a stop
+    string or marker."""
     if prompt.prefill:
         return 0
     limit = len(text)
     if prompt.parse_tools:
-        t = text.find(TOOL_CALL_OPEN)
-        if t >= 0:
-            limit = t
+        for marker in prompt.family.markers:
+            t = text.find(marker)
+            if t >= 0:
+                limit = min(limit, t)
     for m in markers:
         for k in range(min(len(m) - 1, len(text)), 0, -1):
             if text.endswith(m[:k]):

@@ -2,8 +2,10 @@
 
 The story of one run (`train_sft`):
 1. Read the training (and validation) file through ml.data and tokenize every conversation
-   with the model's chat template. Labels are the token ids of assistant turns and -100
-   everywhere else (see `tokenize_example`); over-long examples are cut to max_seq_len.
+   with the model's chat template (chat_format). Labels are the token ids of assistant turns and -100
+   everywhere else (see `tokenize_example`). The limit, precision and checkpointing come from
+   ml/memory.plan_memory (trainer_common.plan_run): an example over max_seq_len fails the run
+   (DataValidationError naming its line) unless config.truncation, which cuts it.
 2. Build an SFTTrainer on the pre-tokenized dataset, with a fresh LoRA adapter (or the
    `init_adapter` of an earlier fine-tune, to continue training it). Batching is chosen per run
    (`padding_free_cost_ratio`): padding-free batches when they compute less than padded ones.
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelmill.errors import InvalidRequestError, TrainingError
-from modelmill.ml import chat_format, data
+from modelmill.ml import chat_format, data, memory
 from modelmill.ml import trainer_common as common
 from modelmill.ml.report import Reporter
 from modelmill.ml.types import ChatExample, TrainResult
@@ -114,7 +116,12 @@ class SFTConfig:
     learning_rate_multiplier: float  # LR = BASE_LEARNING_RATE * this
     seed: int = 0  # seeds LoRA init, data order and dropout; same seed + data = same run
     init_adapter: Path | None = None  # continue training this LoRA adapter (an ft: model); None = fresh LoRA
-    max_seq_len: int = 1024  # tokens per example; longer examples are truncated (one warn event)
+    # Tokens per example; None = ml/memory.plan_memory's limit (model context, capped by the memory estimate).
+    max_seq_len: int | None = None
+    truncation: bool = False  # over max_seq_len: False = DataValidationError naming it; True = cut (warn event)
+    quantization: str = "auto"  # "auto" | "none" | "nf4" (QLoRA, CUDA only): see ml/memory.py
+    quantization_from: str = "the config"  # who asked for `quantization`, named in the plan's event and errors
+    gradient_checkpointing: bool | None = None  # activation checkpointing; None = from the memory estimate
     lora_r: int = 8  # LoRA rank (ignored with init_adapter, which brings its own)
     lora_alpha: int = 16  # LoRA scaling numerator (effective scale alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA path; 0 = none
@@ -128,6 +135,11 @@ class SFTConfig:
     # of padded / padding-free computes less for this data (see padding_free_cost_ratio).
     padding_free: bool | None = None
 
+    def plan_run(self, tokenizer):
+        """(this config with max_seq_len, quantization and gradient_checkpointing resolved, its
+        memory.MemoryPlan); raises DataValidationError naming over-long examples: trainer_common.plan_run."""
+        return common.plan_run(self, tokenizer, example_lengths)
+
 
 @dataclass(frozen=True)
 class TokenizedExample:
@@ -138,20 +150,32 @@ class TokenizedExample:
     truncated: bool  # the full rendering was longer than max_seq_len and was cut
 
 
-def tokenize_example(tokenizer, example: ChatExample, max_seq_len: int) -> TokenizedExample:
-    """Render one example with the tokenizer's chat template and mark the tokens to learn.
+def tokenize_example(tokenizer, example: ChatExample, max_seq_len: int | None) -> TokenizedExample:
+    """Render one example with the model's chat template and mark the tokens to learn.
 
-    Our template wraps every assistant turn (its content, tool calls and closing <|im_end|>)
-    in {% generation %}, except turns with weight 0, so the assistant mask transformers returns
-    is exactly "the tokens this example trains on". Everything else (system, user, tool
-    results, the "<|im_start|>assistant\\n" header, weight-0 turns) gets label -100.
+    chat_format.tokenize_conversation finds every assistant turn (its content or tool calls and its
+    end-of-turn token) by diffing renderings of the conversation's prefixes, so any template works,
+    with or without {% generation %} markers. Everything else (system, user, tool results, the
+    assistant header, turns with weight 0) gets label -100. Raises TrainingError naming the line when
+    the template cannot render the conversation (e.g. Llama 3's refuses parallel tool calls).
     """
-    rendered = tokenizer.apply_chat_template(
-        chat_format.normalize_messages(example.messages), tools=chat_format.normalize_tools(example.tools),
-        tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-    ids, mask = list(rendered["input_ids"]), rendered["assistant_masks"]
+    from jinja2 import TemplateError
+
+    try:
+        ids, mask = chat_format.tokenize_conversation(tokenizer, example.messages, example.tools)
+    except (TemplateError, ValueError, TypeError, KeyError) as e:
+        raise TrainingError(f"line {example.line}: the model's chat template cannot render this conversation: "
+                            f"{e}") from e
     labels = [tok if keep else -100 for tok, keep in zip(ids, mask, strict=True)]
-    return TokenizedExample(ids[:max_seq_len], labels[:max_seq_len], truncated=len(ids) > max_seq_len)
+    cut = len(ids) if max_seq_len is None else max_seq_len  # None: no limit (counting an example's full length)
+    return TokenizedExample(ids[:cut], labels[:cut], truncated=len(ids) > cut)
+
+
+def example_lengths(path: Path, tokenizer, config: SFTConfig) -> list[memory.ExampleLength]:
+    """Each example's tokens as training renders it (tokenize_example, uncut): trainer_common.plan_run's input."""
+    return [memory.ExampleLength(ex.line, len(tokenize_example(tokenizer, ex, None).input_ids))
+            for ex in data.read_examples(Path(path), "supervised", min_examples=1)]
+
 
 
 def train_sft(config: SFTConfig, reporter: Reporter) -> TrainResult:
@@ -162,7 +186,7 @@ def train_sft(config: SFTConfig, reporter: Reporter) -> TrainResult:
     Raises DataValidationError for an invalid file, TrainingError when nothing is trainable.
     """
     return common.train(config, reporter, load_dataset=_load_dataset, hooks_cls=_SFTHooks,
-                        build_trainer=_build_trainer,
+                        build_trainer=_build_trainer, example_lengths=example_lengths,
                         describe=lambda ds: f"Training on {len(ds)} examples for {config.n_epochs} epoch(s), "
                                             f"batch size {config.batch_size}")
 

@@ -22,9 +22,10 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
-from modelmill.errors import ModelMillError, TrainingError
+from modelmill.errors import DataValidationError, ModelMillError, TrainingError
 from modelmill.faults import crash_point
 from modelmill.ml.report import Reporter
 from modelmill.ml.types import TrainResult
@@ -47,16 +48,36 @@ def trainer_args(config, base_learning_rate: float) -> dict:
     of TRL's own (the reporter callback decides when to evaluate and checkpoint)."""
     return dict(
         output_dir=str(Path(config.output_dir) / ".staging"),
-        num_train_epochs=config.n_epochs, per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
+        # Over N ranks (ml/distributed.py) each takes batch_size / N examples, so an optimizer step is
+        # still batch_size examples and the run takes the same steps as in one process.
+        num_train_epochs=config.n_epochs, per_device_train_batch_size=per_rank(config.batch_size),
+        per_device_eval_batch_size=per_rank(config.batch_size),
         learning_rate=base_learning_rate * config.learning_rate_multiplier,
         lr_scheduler_type="linear", warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio
         seed=config.seed, data_seed=config.seed, max_length=config.max_seq_len,
         bf16=cuda_bf16(), fp16=False,  # CPU: fp32 (bf16 autocast is ~20x slower there); CUDA: bf16 autocast
-        activation_checkpointing=False,  # small models on CPU: memory is not the limit, speed is
+        # From the memory plan (ml/memory.py): off unless the estimate says the longest step needs it.
+        activation_checkpointing=bool(getattr(config, "gradient_checkpointing", False)),
         logging_steps=1, save_strategy="no", eval_strategy="no",  # the callback decides when
         include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=True,
-        dataloader_num_workers=0, dataloader_pin_memory=False)
+        dataloader_num_workers=0, dataloader_pin_memory=False,
+        ddp_find_unused_parameters=False)  # over ranks (DDP): every LoRA weight gets a gradient each step
+
+
+def per_rank(batch_size: int) -> int:
+    """Examples per rank when a run is split over distributed.world_size() ranks (it divides evenly:
+    distributed.plan_processes chooses the rank count so)."""
+    from modelmill.ml.distributed import world_size
+
+    return max(1, batch_size // world_size())
+
+
+def barrier() -> None:
+    """Wait for every rank of a multi-process run (no-op in one process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def lora_config(config):
@@ -86,20 +107,25 @@ def finish_trainer_setup(trainer, callback):
 
 
 def train(config, reporter: Reporter, *, load_dataset, hooks_cls: type[ReporterHooks], build_trainer,
-          describe) -> TrainResult:
-    """The story every method shares: load the model (plus init_adapter) and the data, find the
-    checkpoint to resume from, seed, build the method's TRL trainer, train.
+          describe, example_lengths, rows_per_example: int = 1) -> TrainResult:
+    """The story every method shares: plan precision, memory and the sequence limit (plan_run, one
+    event), load the model (plus init_adapter) and the data, find the checkpoint to resume from,
+    seed, build the method's TRL trainer, train.
 
     load_dataset(path, label, tokenizer, config, reporter) -> Dataset;
     build_trainer(config, model, tokenizer, train_ds, valid_ds, callback) -> trainer;
-    describe(train_ds) -> the "Training on ..." event message.
+    describe(train_ds) -> the "Training on ..." event message;
+    example_lengths, rows_per_example: see plan_run.
     """
     from transformers import set_seed
 
     from modelmill.ml import models
 
     output_dir = Path(config.output_dir)
-    model, tokenizer = models.load_model(config.base_dir, config.init_adapter, trainable=True)
+    config, plan = plan_run(config, models.load_tokenizer(config.base_dir), example_lengths, rows_per_example)
+    reporter.on_event("info", *plan.event())
+    model, tokenizer = models.load_model(config.base_dir, config.init_adapter, trainable=True, dtype=plan.dtype,
+                                         quantization=plan.quantization)
     train_ds = load_dataset(config.train_path, "training", tokenizer, config, reporter)
     valid_ds = load_dataset(config.valid_path, "validation", tokenizer, config, reporter) \
         if config.valid_path else None
@@ -109,6 +135,41 @@ def train(config, reporter: Reporter, *, load_dataset, hooks_cls: type[ReporterH
     trainer = build_trainer(config, model, tokenizer, train_ds, valid_ds, callback)
     reporter.on_event("info", describe(train_ds))
     return run_trainer(trainer, callback, output_dir, reporter, resume_from, config.torch_threads)
+
+
+def plan_run(config, tokenizer, example_lengths, rows_per_example: int = 1):
+    """(config with max_seq_len, quantization and gradient_checkpointing resolved, its memory.MemoryPlan).
+
+    example_lengths(path, tokenizer, config) -> [memory.ExampleLength] counts each example of a file
+    as the method's training sees it; rows_per_example is the sequences one example puts through the
+    model in a step (DPO 2, RFT its group size). Raises DataValidationError (param training_file or
+    validation_file, one LineProblem per example) when an example is longer than the limit and
+    config.truncation is False; InvalidRequestError from memory.plan_memory for a bad request.
+    The worker calls this while validating a job's files, and train() again, with the same result.
+    """
+    from modelmill.ml import data, memory
+
+    files = [("training_file", config.train_path)] + ([("validation_file", config.valid_path)]
+                                                       if config.valid_path else [])
+    lengths = {param: example_lengths(Path(path), tokenizer, config) for param, path in files}
+    request = memory.MemoryRequest(
+        batch_size=config.batch_size, rows_per_example=rows_per_example,
+        longest_example=max((x.tokens for found in lengths.values() for x in found), default=None),
+        max_seq_len=config.max_seq_len, quantization=config.quantization, quantization_from=config.quantization_from,
+        gradient_checkpointing=config.gradient_checkpointing,
+        lora_r=config.lora_r)
+    plan = memory.plan_memory(memory.model_shape(config.base_dir), memory.detect_device(), request)
+    for param, found in lengths.items():
+        problems = [] if config.truncation else memory.over_limit(found, plan.max_seq_len)
+        if problems:
+            what = "training" if param == "training_file" else "validation"
+            raise DataValidationError(
+                f"{len(problems)} {what} example(s) longer than the max sequence length of {plan.max_seq_len} "
+                f"tokens ({plan.max_seq_len_why}): {data.format_problems(problems)}. Shorten them, raise the "
+                f"limit (job metadata modelmill.max_seq_len), or allow truncation (modelmill.truncation: allow)",
+                problems, param=param, code=f"invalid_{param}")
+    return replace(config, max_seq_len=plan.max_seq_len, quantization=plan.quantization,
+                   gradient_checkpointing=plan.gradient_checkpointing), plan
 
 
 def run_trainer(trainer, callback: ReporterHooks, output_dir: Path, reporter: Reporter,
@@ -134,6 +195,8 @@ def run_trainer(trainer, callback: ReporterHooks, output_dir: Path, reporter: Re
         status = "cancelled" if callback.stop == "cancel" else "paused"
         return TrainResult(status=status, adapter_dir=None, trained_tokens=tokens, steps=steps)
     try:
+        if not trainer.is_world_process_zero():  # rank 0 alone writes the adapter (ml/distributed.py)
+            return TrainResult(status="succeeded", adapter_dir=None, trained_tokens=tokens, steps=steps)
         adapter_dir = save_adapter_atomically(trainer.model, output_dir)
     except Exception as e:
         if disk_full(e, output_dir):
@@ -342,6 +405,9 @@ class ReporterHooks:
             # longer owns the job must not publish into the directory the new owner resumes from.
             # The staged save is left in .staging, which the next start deletes.
             self.stop = "cancel"
+            return
+        barrier()  # every rank has written its part of the staged checkpoint (its RNG state)
+        if not state.is_world_process_zero:  # rank 0 alone publishes and reports (ml/distributed.py)
             return
         path = publish_checkpoint(Path(self.config.output_dir), state.global_step, self.config.keep_checkpoints)
         self.reporter.on_checkpoint(state.global_step, path, dict(self.last_metrics))

@@ -33,6 +33,7 @@ def create_job(store: Store, settings: Settings, req: CreateJobRequest, *, proje
         raise errors.InvalidRequestError("suffix may contain only letters, digits, '-', '_' and '.'",
                                          param="suffix", code="invalid_suffix")
     _check_hyperparameters(method_type, hyperparameters, hp_where)
+    _check_training_options(settings, req.metadata, base_model)
     job_id = new_id("ftjob-")
     return store.jobs.create(NewJob(
         id=job_id, model=req.model, base_model=base_model, init_adapter=init_adapter,
@@ -41,6 +42,64 @@ def create_job(store: Store, settings: Settings, req: CreateJobRequest, *, proje
         metadata=req.metadata, integrations=req.integrations, method_type=method_type,
         hyperparameters=hyperparameters, grader=grader, project_id=project_id,
         ft_name=model_registry.fine_tuned_model_name(base_model, settings.owner, req.suffix, job_id)))
+
+
+# Job metadata keys ModelMill reads: OpenAI's API has no field for them, and metadata values are strings.
+# docs/models.md ("Precision, memory and sequence length") documents them; ml/memory.py has the rule.
+META_MAX_SEQ_LEN = "modelmill.max_seq_len"  # a whole number of tokens; default: model context / memory estimate
+META_TRUNCATION = "modelmill.truncation"  # "allow": cut over-long examples (warn event); "error" (default): fail
+META_QUANTIZATION = "modelmill.quantization"  # "auto" | "none" | "nf4"; default: the server's MODELMILL_QUANTIZATION
+META_PREFIX = "modelmill."
+MAX_SEQ_LEN_LIMIT = 1 << 20
+
+
+def training_options(metadata: dict[str, str] | None, settings: Settings) -> dict:
+    """The ml config fields a job's metadata (else the server's settings) sets: max_seq_len, truncation,
+    quantization, quantization_from. Raises InvalidRequestError (param "metadata") naming the key of a
+    bad value or an unknown modelmill.* key (a misspelled key is refused, never ignored)."""
+    meta = metadata or {}
+    known = (META_MAX_SEQ_LEN, META_TRUNCATION, META_QUANTIZATION)
+    for key in meta:
+        if key.startswith(META_PREFIX) and key not in known:
+            raise _bad_metadata(f"unknown metadata key '{key}'; ModelMill reads {', '.join(known)}")
+    out = {"truncation": _choice(meta, META_TRUNCATION, ("error", "allow"), "error") == "allow",
+           "quantization": settings.quantization,
+           "quantization_from": f"MODELMILL_QUANTIZATION={settings.quantization}"}
+    if META_QUANTIZATION in meta:
+        out["quantization"] = _choice(meta, META_QUANTIZATION, ("auto", "none", "nf4"), "auto")
+        out["quantization_from"] = f"job metadata '{META_QUANTIZATION}'"
+    raw = meta.get(META_MAX_SEQ_LEN)
+    if raw is not None:
+        if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_SEQ_LEN_LIMIT:
+            raise _bad_metadata(f"metadata '{META_MAX_SEQ_LEN}' must be a whole number of tokens between 1 and "
+                                f"{MAX_SEQ_LEN_LIMIT}, got {raw!r}")
+        out["max_seq_len"] = int(raw)
+    return out
+
+
+def _choice(meta: dict[str, str], key: str, choices: tuple[str, ...], default: str) -> str:
+    value = meta.get(key, default).strip().lower()
+    if value not in choices:
+        raise _bad_metadata(f"metadata '{key}' must be one of {', '.join(repr(c) for c in choices)}, "
+                            f"got {meta[key]!r}")
+    return value
+
+
+def _bad_metadata(message: str) -> errors.InvalidRequestError:
+    return errors.InvalidRequestError(message, param="metadata", code="invalid_metadata")
+
+
+def _check_training_options(settings: Settings, metadata: dict[str, str] | None, base_model: str) -> None:
+    """What can be checked now: the metadata keys' values, and a requested max_seq_len against the
+    base model's context when its directory is already built (a cheap read of config.json). nf4 on a
+    worker without CUDA fails the job there: the API process may run on another machine."""
+    from modelmill.ml import memory  # imports no torch
+
+    options = training_options(metadata, settings)
+    context = memory.model_context(settings.models_dir / base_model)
+    if "max_seq_len" in options and context is not None and options["max_seq_len"] > context:
+        raise _bad_metadata(f"metadata '{META_MAX_SEQ_LEN}' is {options['max_seq_len']}, longer than the context "
+                            f"of {base_model} ({context} tokens)")
 
 
 def _method(req: CreateJobRequest) -> tuple[str, dict, str]:

@@ -37,6 +37,9 @@ at the job's completion budget (ml/rft.py COMPLETION_TOKENS for its reasoning_ef
 The comparison becomes one job event whose data has key "eval_comparison" (docs/CONTRACTS.md).
 The eval and its runs belong to the job's project; metadata eval_id must name one of that project's evals.
 A failure here never fails the job: it becomes a warn event.
+Both phases get the fine-tune task's TaskContext (service/tasks.py: the job's lease, its queue for
+job events, the store, settings and the worker's stop event), never the worker; each eval run is
+claimed on its own lease by the job's worker (the job lease's owner) and run by evals/runner.execute.
 """
 
 from __future__ import annotations
@@ -48,10 +51,10 @@ import time
 
 from modelmill import errors
 from modelmill.service.evals import report, requests, runner
-from modelmill.service.evals.run_queue import EvalRunQueue
 from modelmill.service.schemas.evals import report_url
 from modelmill.service.store.evals import EvalRecord, EvalRunRecord, NewRun
 from modelmill.service.store.records import JobRecord
+from modelmill.service.tasks import TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +86,25 @@ def base_first(job: JobRecord) -> bool:
     return str((job.metadata or {}).get("eval_base_first", "")).lower() in TRUE
 
 
-def before_training(worker, lease, job: JobRecord, reporter) -> None:
+def before_training(ctx: TaskContext, job: JobRecord, reporter) -> None:
     """Evaluate the starting model, when the job asks for it first (base_first). A cancel, pause
-    or shutdown stops it between batches (the run is then finished after training, see after_training)."""
+    or shutdown stops it between batches (the run is then finished after training, see after_training).
+    ctx: the fine-tune task's (its lease is the job's)."""
     if not enabled(job) or not base_first(job):
         return
-    with _Phase(worker, lease, job) as phase:
+    with _Phase(ctx, job) as phase:
         plan = phase.plan()
         if plan is not None:
-            phase.ensure(plan, "base", job.model, reporter.should_stop, worker.stop_event)
+            phase.ensure(plan, "base", job.model, reporter.should_stop, ctx.stop_event)
 
 
-def after_training(worker, lease, job: JobRecord, reporter) -> None:
+def after_training(ctx: TaskContext, job: JobRecord, reporter) -> None:
     """Evaluate the starting model (unless before_training did), the final model (and checkpoints
     when asked), finish any earlier run, and record the comparison. Only a cancel stops it:
     pausing a trained job makes no sense."""
     if not enabled(job):
         return
-    with _Phase(worker, lease, job) as phase:
+    with _Phase(ctx, job) as phase:
         plan = phase.plan()
         if plan is None:
             return
@@ -111,7 +115,7 @@ def after_training(worker, lease, job: JobRecord, reporter) -> None:
         never = threading.Event()
         runs = [("base", phase.ensure(plan, "base", job.model, cancel_only, never))]
         if str((job.metadata or {}).get("eval_checkpoints", "")).lower() in TRUE:
-            for ckpt in worker.store.checkpoints.all_for(job.id):
+            for ckpt in ctx.store.checkpoints.all_for(job.id):
                 label = f"step {ckpt.step_number}"
                 runs.append((label, phase.ensure(plan, label, ckpt.fine_tuned_model_checkpoint, cancel_only, never)))
         runs.append(("final", phase.ensure(plan, "final", job.ft_name, cancel_only, never)))
@@ -140,9 +144,9 @@ class _Phase:
     """One phase's context: job events go through the job's lease (fenced); any other failure
     becomes a warn event and the job goes on."""
 
-    def __init__(self, worker, lease, job: JobRecord):
-        self.worker, self.lease, self.job = worker, lease, job
-        self.store, self.settings = worker.store, worker.settings
+    def __init__(self, ctx: TaskContext, job: JobRecord):
+        self.ctx, self.job = ctx, job
+        self.store, self.settings = ctx.store, ctx.settings
 
     def __enter__(self):
         return self
@@ -156,7 +160,7 @@ class _Phase:
         return True
 
     def event(self, level: str, message: str, data: dict | None = None) -> None:
-        self.worker.queue.add_event(self.lease, level, message, data=data)
+        self.ctx.queue.add_event(self.ctx.lease, level, message, data=data)
 
     # -- what to evaluate ------------------------------------------------------------------------
 
@@ -235,11 +239,11 @@ class _Phase:
                 eval_id=plan.eval.id, name=f"{job.id} {label}", data_source=plan.data_source(model), model=model,
                 metadata={"fine_tuning_job_id": job.id, "label": label}, job_id=job.id, job_label=label))
             self.event("info", f"Evaluating the {label} model {model} on {len(plan.items)} items (eval run {run.id})")
-        queue = EvalRunQueue(store, self.settings.lease_seconds)
+        queue = store.eval_run_queue(self.settings.lease_seconds)
         while run.status in ("queued", "in_progress"):
-            lease = queue.claim(self.worker.id, run.id)
+            lease = queue.claim(self.ctx.lease.owner, run.id)
             if lease is not None:  # done, or handed back because we were told to stop: move on
-                runner.execute(self.settings, store, queue, lease, stop_event, should_stop=should_stop)
+                runner.execute(TaskContext(store, self.settings, queue, lease, stop_event), should_stop=should_stop)
                 return store.evals.run_by_id(run.id)
             # Another worker holds it (or a dead one's lease has not run out yet): wait, then retry.
             if should_stop() == "cancel":

@@ -1,33 +1,33 @@
 """The worker's ml.report.Reporter: a training run's progress becomes store rows.
 
-Every write goes through the queue's fenced methods, so a run that lost its lease (another
-worker reclaimed the job, or the API took it over) raises FencedOutError on its next
-write and stops; should_stop() also answers "cancel" as soon as the lease is known lost.
+Every write goes through the fine-tune task's JobQueue (ctx.queue, store/job_queue.py), fenced by
+its lease, so a run that lost its lease (another worker reclaimed the job, or the API took it over)
+raises FencedOutError on its next write and stops; should_stop() also answers "cancel" as soon as
+the lease is known lost, and "pause" when the worker shuts down (ctx.stop_event).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 
 from modelmill import errors
 from modelmill.service.model_registry import checkpoint_model_name
-from modelmill.service.queue import JobQueue, Lease
 from modelmill.service.schemas.common import finite_numbers
+from modelmill.service.tasks import TaskContext
 
 log = logging.getLogger(__name__)
 
 
 class StoreReporter:
-    def __init__(self, queue: JobQueue, lease: Lease, ft_name: str, shutdown: threading.Event,
-                 clock=time.time):
-        self.queue = queue
-        self.lease = lease
+    def __init__(self, ctx: TaskContext, ft_name: str):
+        self.store = ctx.store
+        self.queue = ctx.queue  # a JobQueue
+        self.lease = ctx.lease
         self.ft_name = ft_name
-        self.shutdown = shutdown
-        self.clock = clock
+        self.shutdown = ctx.stop_event
+        self.clock = ctx.queue.clock
         self.lost = threading.Event()  # set by the heartbeat or a refused write
         self.stop_reason: str | None = None  # why should_stop() last said stop: "cancel" | "pause" | "shutdown"
         self._first_step: tuple[int, float] | None = None  # (step, time) of this attempt's first step
@@ -49,7 +49,7 @@ class StoreReporter:
         from modelmill.service import adapters
 
         metrics = {"step": step, **finite_numbers(metrics)}
-        adapters.record(self.queue.store, self.lease.job_id, Path(path))  # what a resume or a load may trust
+        adapters.record(self.store, self.lease.id, Path(path))  # what a resume or a load may trust
         self._fenced(self.queue.add_checkpoint, self.lease, step, Path(path), metrics,
                      checkpoint_model_name(self.ft_name, step))
 

@@ -3,9 +3,11 @@ resolve hyperparameters -> train -> record the outcome.
 
 Run it as its own process (`modelmill worker`, which calls run_worker) or as a thread of
 `modelmill serve`. Any number of workers may share one MODELMILL_HOME: jobs are claimed
-under a lease (service/queue.py). Training runs on the worker's own thread while a
-heartbeat thread keeps the lease alive, so a long training step never lets it expire.
-The method (supervised, dpo) picks the ml functions through service/methods.py.
+under a lease (store/lease.py, a JobQueue). The Worker only claims and dispatches: a job runs
+as a FineTuneTask, which gets a TaskContext (service/tasks.py: store, settings, lease, stop
+event), never the worker. Training runs on the worker's own thread while a heartbeat thread
+keeps the lease alive, so a long training step never lets it expire.
+The method (supervised, dpo, reinforcement) picks the ml functions through service/methods.py.
 If a worker dies, the next one reclaims the job after the lease expires and training
 resumes from the newest checkpoint in the job's output directory.
 A job's first step should come seconds after it is created (bench/bench_first_step.py): the
@@ -31,17 +33,14 @@ from modelmill import errors
 from modelmill.settings import Settings
 from modelmill.service import job_evals, methods
 from modelmill.service.job_reporter import StoreReporter
-from modelmill.service.queue import Heartbeat, JobQueue, Lease
-from modelmill.service.store import JobRecord, Store, open_store
+from modelmill.service.store import JobRecord, Lease, Store, open_store
+from modelmill.service.tasks import TaskContext
 
 log = logging.getLogger(__name__)
 
 # Problems quoted in a failed job's error message (all of them become error events, up to EVENT_PROBLEMS).
 MESSAGE_PROBLEMS = 5
 EVENT_PROBLEMS = 20
-# Seconds between an idle worker's checks of whether the database changed (Worker._idle): a job the
-# API creates is claimed this soon, not up to Settings.poll_seconds later.
-CHANGE_CHECK_S = 0.02
 # step_metrics.csv always has OpenAI's columns, in OpenAI's order.
 RESULT_COLUMNS = ("step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
                   "full_valid_loss", "full_valid_mean_token_accuracy")
@@ -58,37 +57,39 @@ class JobFailed(Exception):
 
 class Worker:
     def __init__(self, settings: Settings, store: Store | None = None, *, worker_id: str | None = None,
-                 stop_event: threading.Event | None = None, clock=time.time):
+                 stop_event: threading.Event | None = None, clock=None):
         self.settings = settings
         self.store = store or open_store(settings)
-        self.queue = JobQueue(self.store, settings.lease_seconds, clock=clock)
+        # clock None: the store's (the database's clock on Postgres), so leases agree across machines.
+        self.queue = self.store.job_queue(settings.lease_seconds, clock=clock)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_event = stop_event or threading.Event()
-        self.clock = clock
+        self.clock = self.queue.clock
 
     def run(self) -> None:
         """Process jobs until stop_event is set."""
         warm_up()
-        log.info("worker %s polling %s", self.id, self.settings.db_path)
+        log.info("worker %s polling %s", self.id,
+                 "the Postgres store (MODELMILL_DATABASE_URL)" if self.settings.database_url else self.settings.db_path)
         while not self.stop_event.is_set():
+            version = self.queue.data_version()  # before the claim: a job added during it still wakes us
             try:
                 did = self.run_once()
             except Exception:  # a bug in one job must not kill the worker
                 log.exception("worker %s: unexpected error", self.id)
                 did = None
             if did is None:
-                self._idle()
+                self._idle(version)
 
-    def _idle(self) -> None:
-        """Wait for work: until poll_seconds pass, stop_event is set, or the database changes.
-        Every CHANGE_CHECK_S it reads SQLite's data_version (no lock), which another connection's
-        commit changes (the API creating or resuming a job, in this process or another), so a new
-        job is claimed within milliseconds; the full claim still runs at least every poll_seconds."""
-        version = self.queue.data_version()
-        deadline = time.monotonic() + self.settings.poll_seconds
-        while not self.stop_event.wait(max(0.0, min(CHANGE_CHECK_S, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline or self.queue.data_version() != version:
-                return
+    def _idle(self, version: int | None = None) -> None:
+        """Wait for work: until poll_seconds pass, stop_event is set, or the database changes
+        (Database.wait_for_change): on SQLite another connection's commit moves data_version, read
+        every few ms without a lock; on Postgres a trigger NOTIFYs when a job or eval run becomes
+        claimable. Either way a new job (the API creating or resuming one, in this process or
+        another) is claimed within milliseconds; the full claim still runs every poll_seconds."""
+        if version is None:
+            version = self.queue.data_version()
+        self.queue.db.wait_for_change(version, self.settings.poll_seconds, self.stop_event)
 
     def run_once(self) -> str | None:
         """Claim and process one job; return its id, or None if nothing was runnable."""
@@ -97,24 +98,34 @@ class Worker:
             from modelmill.service.evals.runner import run_next_eval
 
             return run_next_eval(self.settings, self.store, self.id, self.stop_event)
-        log.info("worker %s claimed %s (attempt %d)", self.id, lease.job_id, lease.attempt)
-        reporter = StoreReporter(self.queue, lease, self.store.jobs.get(lease.job_id).ft_name, self.stop_event,
-                                 clock=self.clock)
-        heartbeat = Heartbeat(lambda: self.queue.heartbeat(lease), self.settings.heartbeat_seconds,
-                              reporter.lost, f"job {lease.job_id}")
-        heartbeat.start()
+        log.info("worker %s claimed %s (attempt %d)", self.id, lease.id, lease.attempt)
+        FineTuneTask(TaskContext(self.store, self.settings, self.queue, lease, self.stop_event)).run()
+        return lease.id
+
+
+class FineTuneTask:
+    """One claimed fine-tuning job, run to its outcome. Every write goes through ctx.queue (the
+    JobQueue), fenced by ctx.lease; the StoreReporter turns training progress into those writes."""
+
+    def __init__(self, ctx: TaskContext):
+        self.ctx = ctx
+        self.store, self.settings, self.queue, self.clock = ctx.store, ctx.settings, ctx.queue, ctx.queue.clock
+        self.reporter = StoreReporter(ctx, self.store.jobs.get(ctx.lease.id).ft_name)
+
+    def run(self) -> None:
+        """Process the job while a heartbeat holds its lease. A lost lease ends it quietly: whoever
+        holds the job now (another worker, or the API that took it over) owns its state."""
+        lease = self.ctx.lease
         try:
-            self._process(lease, reporter)
+            with self.ctx.heartbeat(self.reporter.lost):
+                self._process(lease, self.reporter)
         except errors.FencedOutError:
-            log.warning("worker %s lost job %s to another claim; its result was discarded", self.id, lease.job_id)
-        finally:
-            heartbeat.stop()
-        return lease.job_id
+            log.warning("worker %s lost job %s to another claim; its result was discarded", lease.owner, lease.id)
 
     # -- one job ------------------------------------------------------------------------
 
     def _process(self, lease: Lease, reporter: StoreReporter) -> None:
-        job = self.store.jobs.get(lease.job_id)
+        job = self.store.jobs.get(lease.id)
         if job.requested_action == "cancel":
             return self.queue.finish(lease, "cancelled", message="Job cancelled")
         if job.requested_action == "pause":
@@ -141,7 +152,7 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - any training failure becomes the job's error
             if reporter.lost.is_set():
                 raise errors.FencedOutError(str(e)) from e
-            log.exception("job %s failed", lease.job_id)
+            log.exception("job %s failed", lease.id)
             code = e.code if isinstance(e, errors.ModelMillError) and e.code else "training_error"
             self._fail(lease, {"code": code, "message": f"{type(e).__name__}: {e}".strip(), "param": None})
 
@@ -156,9 +167,6 @@ class Worker:
         valid_path = None
         if job.validation_file:
             valid_path, _ = self._validate(job.validation_file, "validation_file", method.data_format)
-        if lease.claimed_status == "validating_files":
-            self.queue.update(lease, status="queued")
-            self.queue.add_event(lease, "info", "Files validated, moving job to queued state")
 
         hp = job.hyperparameters
         if not job.hyperparameters_resolved:
@@ -169,10 +177,44 @@ class Worker:
                                       progress=lambda msg: reporter.on_event("info", msg))
         extra = ({"grader": job.grader, "grader_context": self._grader_context(job.project_id)}
                  if method.needs_grader else {})
+        if method.name == "reinforcement":  # TRL's colocated vLLM when MODELMILL_INFERENCE_BACKEND=vllm on a GPU
+            from modelmill.ml import inference
+
+            extra["rollout_backend"] = inference.rollout_backend(self.settings)
         init_adapter, output_dir = self._checked_adapters(job, reporter)
-        return method.build_config(
+        config = method.build_config(
             hp, base_dir=base_dir, train_path=train_path, valid_path=valid_path,
-            output_dir=output_dir, seed=job.seed, init_adapter=init_adapter, **extra)
+            output_dir=output_dir, seed=job.seed, init_adapter=init_adapter, **extra,
+            **self._training_options(job))
+        self._check_lengths(job, config)  # still validating: an example over the limit fails the job here
+        if lease.claimed_status == "validating_files":
+            self.queue.update(lease, status="queued")
+            self.queue.add_event(lease, "info", "Files validated, moving job to queued state")
+        return config
+
+    def _training_options(self, job: JobRecord) -> dict:
+        from modelmill.service.fine_tuning import training_options
+
+        try:
+            return training_options(job.metadata, self.settings)
+        except errors.InvalidRequestError as e:  # checked at creation; a job stored before that check
+            raise JobFailed(e.code, e.message, "metadata") from None
+
+    def _check_lengths(self, job: JobRecord, config) -> None:
+        """Count every example's tokens as training will (the method's plan_run, ml/memory.py's limit);
+        JobFailed naming each line over the limit, unless the job's metadata allows truncation."""
+        from modelmill.ml import models
+
+        try:
+            config.plan_run(models.load_tokenizer(config.base_dir))
+        except errors.DataValidationError as e:
+            kind, file_id = (("Training", job.training_file) if e.param == "training_file"
+                             else ("Validation", job.validation_file))
+            raise JobFailed(e.code or f"invalid_{e.param}", f"{kind} file {file_id} is invalid: {e.message}",
+                            e.param, [str(p) for p in e.problems]) from None
+        except errors.InvalidRequestError as e:  # nf4 without CUDA, max_seq_len over the model's context
+            from_metadata = e.param == "max_seq_len" or (job.metadata or {}).get("modelmill.quantization")
+            raise JobFailed(e.code or "invalid_request", e.message, "metadata" if from_metadata else None) from None
 
     def _checked_adapters(self, job: JobRecord, reporter: StoreReporter) -> tuple[Path | None, Path]:
         """(the adapter to continue from, the output dir), once both hold only what the platform wrote:
@@ -198,15 +240,12 @@ class Worker:
         return init, output_dir
 
     def _grader_context(self, project_id: str | None = None):
-        """How RFT graders run in this worker: the service judge (ModelMill's own models through the
-        process's one worker-side Sampler, shared with eval runs and created on a judge's first call,
-        or MODELMILL_JUDGES endpoints), the engine's default sandbox and embedder. project_id: the
-        job's project, whose models (own and shared) a model grader may use."""
-        from modelmill.service import graders
-        from modelmill.service.evals.runner import shared_sampler
+        """How RFT graders run: as in eval runs (evals/runner.grader_context), the service judge with
+        the process's one Sampler. project_id: the job's project, whose models (own and shared) a
+        model grader may use."""
+        from modelmill.service.evals.runner import grader_context
 
-        return graders.build_context(self.settings, self.store, lambda: shared_sampler(self.settings),
-                                     project_id=project_id)
+        return grader_context(self.settings, self.store, project_id)
 
     @staticmethod
     def _method(job: JobRecord) -> methods.Method:
@@ -241,14 +280,14 @@ class Worker:
         self.queue.update(lease, **fields)
         self.queue.add_event(lease, "info", "Fine-tuning job started")
         if job.started_at is None:  # first attempt: the base eval, if the job wants it first (job_evals.py)
-            job_evals.before_training(self, lease, job, reporter)
-        result = self._method(job).run(config, reporter)
+            job_evals.before_training(self.ctx, job, reporter)
+        result = self._run_method(lease, job, config, reporter)
         self.queue.forget_pruned_checkpoints(lease)
         if result.status == "succeeded":
             from modelmill.service import adapters
 
             adapters.record(self.store, job.id, Path(result.adapter_dir))  # what may be loaded as this model
-            job_evals.after_training(self, lease, job, reporter)  # before/after report, if asked for
+            job_evals.after_training(self.ctx, job, reporter)  # before/after report, if asked for
             result_file = self._results_file(job)
             self.queue.add_event(lease, "info", f"New fine-tuned model created: {job.ft_name}")
             self.queue.finish(lease, "succeeded", fine_tuned_model=job.ft_name, adapter_dir=str(result.adapter_dir),
@@ -257,11 +296,25 @@ class Worker:
         else:
             self._stopped(lease, reporter, trained_tokens=int(result.trained_tokens))
 
+    def _run_method(self, lease: Lease, job: JobRecord, config, reporter: StoreReporter):
+        """Train in this process, or over several ranks (ml/distributed.py: DDP, or FSDP when the
+        model does not fit one device) when MODELMILL_TRAIN_PROCESSES or the GPU count asks for it.
+        This worker keeps the lease either way: the ranks only run the work."""
+        from modelmill.ml import distributed
+
+        method = self._method(job)
+        plan = distributed.plan_processes(self.settings.train_processes, config.batch_size,
+                                          supports_ranks=not method.needs_grader)
+        if plan.processes > 1 or self.settings.train_processes != "auto":
+            self.queue.add_event(lease, "info", f"Training processes: {plan.why}",
+                                 data={"processes": plan.processes, "fsdp": plan.fsdp})
+        return distributed.train(method.run, config, reporter, plan)
+
     def _stopped(self, lease: Lease, reporter: StoreReporter, **fields) -> None:
         """Record how a run that stopped early ended: the reporter knows why it said stop."""
         reason = reporter.stop_reason
         if reporter.lost.is_set():
-            raise errors.FencedOutError(f"Lost the lease on job {lease.job_id}")
+            raise errors.FencedOutError(f"Lost the lease on job {lease.id}")
         if reason == "pause":
             self.queue.finish(lease, "paused", message="Job paused; resume it to continue from this checkpoint")
         elif reason == "shutdown":

@@ -31,7 +31,7 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
 
     start_worker: run a training worker on a thread for as long as the app's lifespan.
     store / sampler: injected instances (tests); by default the app opens its own store and
-    creates one ml.sampling.Sampler on the first chat request.
+    samples with the process's one Sampler (service/sampler.py), made on the first request that needs it.
     """
     own_store = store is None
     store = store or open_store(settings)

@@ -9,9 +9,9 @@ from fastapi import Request
 
 from modelmill.settings import Settings
 from modelmill.service import auth
+from modelmill.service.sampler import shared_sampler
 from modelmill.service.store import Store
 
-_sampler_lock = threading.Lock()
 _context_lock = threading.Lock()
 
 
@@ -24,7 +24,7 @@ def store(request: Request) -> Store:
 
 
 def sampler(request: Request):
-    """The app's one ml.sampling.Sampler (created on first use: importing torch is slow)."""
+    """The app's ml.sampling.Sampler: the process's one (created on first use: importing torch is slow)."""
     return app_sampler(request.app)
 
 
@@ -46,15 +46,11 @@ def grader_context(request: Request):
 
 
 def app_sampler(app):
-    """The Sampler of `app` (for holders of the app rather than a request, e.g. the judge)."""
-    state = app.state
-    if getattr(state, "sampler", None) is None:
-        with _sampler_lock:
-            if getattr(state, "sampler", None) is None:
-                from modelmill.ml.sampling import Sampler  # its torch imports take modelmill.ml's lock
-
-                state.sampler = Sampler(cache_size=state.settings.model_cache_size)
-    return state.sampler
+    """The Sampler of `app` (for holders of the app rather than a request, e.g. the judge): the one
+    it was made with (create_app(sampler=...)), else the process's one (service/sampler.py), which
+    the in-process worker's eval runs and judges share."""
+    injected = getattr(app.state, "sampler", None)
+    return injected if injected is not None else shared_sampler(app.state.settings)
 
 
 def require_api_key(request: Request) -> None:

@@ -6,8 +6,11 @@
   from the file's first object (preference / reinforcement / supervised).
 - model: whose tokenizer counts tokens: the query's, else the base model of the newest job that
   uses the file, else settings.default_model (the built-ins share SmolLM2's tokenizer).
-Uploaded files never change, so a report is cached per (file id, method, tokenizer) in memory and
-under home/cache/dashboard/, and computed once.
+- the max sequence length shown (and counted against): the newest job's metadata
+  "modelmill.max_seq_len" if it sets one, else the model's default limit, ml/memory.plan_memory's for
+  this server's device and the job's batch size (1 without a job): see docs/models.md.
+Uploaded files never change, so a report is cached per (file id, method, tokenizer, limit) in memory
+and under home/cache/dashboard/, and computed once.
 """
 
 from __future__ import annotations
@@ -22,10 +25,9 @@ from modelmill import errors
 from modelmill.settings import Settings
 from modelmill.service.store import Store
 
-MAX_SEQ_LEN = 1024  # SFTConfig / DPOConfig's default max_seq_len: longer examples are truncated in training
 MAX_TOKENIZED = 20_000  # examples tokenized per file; a bigger file's statistics are over its first ones
 HISTOGRAM_BINS = 20
-REPORT_VERSION = 2  # bump when the cached report's shape changes
+REPORT_VERSION = 3  # bump when the cached report's shape changes
 
 
 class FileReports:
@@ -35,6 +37,7 @@ class FileReports:
         self._memory: dict[str, dict] = {}
         self._lock = threading.Lock()
         self._tokenizers: dict[str, object] = {}
+        self._limits: dict[tuple, tuple[int, str]] = {}
 
     def get(self, file_id: str, method: str | None = None, model: str | None = None, *,
             project_id: str | None = None) -> dict:
@@ -45,13 +48,14 @@ class FileReports:
         if record.purpose != "fine-tune":
             return {**out, "validated": False, "reason": f"only fine-tune files are validated (this one is "
                                                          f"{record.purpose})"}
-        job = self._newest_job_using(file_id)
+        job = self.store.jobs.newest_using_file(file_id)
         method = method or (_data_format(job.method_type) if job else None) or detect_method(self._path(file_id))
         model = model or (job.base_model if job else None) or self.settings.default_model
-        key = hashlib.sha256(json.dumps([REPORT_VERSION, file_id, method, model]).encode()).hexdigest()[:32]
+        limit = self._limit(job, model, project_id)
+        key = hashlib.sha256(json.dumps([REPORT_VERSION, file_id, method, model, limit]).encode()).hexdigest()[:32]
         cached = self._memory.get(key) or self._read_disk(key)
         if cached is None:
-            cached = self._compute(file_id, method, model, project_id)
+            cached = self._compute(file_id, method, model, project_id, limit)
             self._write_disk(key, cached)
         self._memory[key] = cached
         return {**out, "validated": True, **cached}
@@ -65,7 +69,8 @@ class FileReports:
 
     # -- computing ---------------------------------------------------------------------
 
-    def _compute(self, file_id: str, method: str, model: str, project_id: str | None) -> dict:
+    def _compute(self, file_id: str, method: str, model: str, project_id: str | None,
+                 limit: tuple[int, str]) -> dict:
         from modelmill.ml import data
 
         path = self._path(file_id)
@@ -76,7 +81,24 @@ class FileReports:
         return {"file_id": file_id, "method": method, "tokenizer_model": base, "n_lines": report.n_lines,
                 "ok": report.ok, "problems": [{"line": p.line, "field": p.field, "code": p.code,
                                                "message": p.message} for p in report.problems],
-                "tokens": length_stats(lengths, sampled=sampled)}
+                "max_seq_len": {"tokens": limit[0], "why": limit[1]},
+                "tokens": length_stats(lengths, sampled=sampled, max_seq_len=limit[0])}
+
+    def _limit(self, job, model: str, project_id: str | None) -> tuple[int, str]:
+        """(max sequence length, why) for the report: see the module docstring."""
+        from modelmill.service import model_registry
+        from modelmill.service.fine_tuning import META_MAX_SEQ_LEN
+
+        base = model_registry.resolve(self.store, self.settings, model, project_id=project_id, verify=False).base_model
+        asked = (job.metadata or {}).get(META_MAX_SEQ_LEN) if job else None
+        if asked is not None and asked.strip().isdigit():
+            return int(asked), f"set by job {job.id}'s metadata {META_MAX_SEQ_LEN}"
+        batch = (job.hyperparameters or {}).get("batch_size") if job else None
+        batch = batch if isinstance(batch, int) and not isinstance(batch, bool) else 1
+        with self._lock:
+            if (base, batch) not in self._limits:
+                self._limits[(base, batch)] = _default_limit(self.settings, base, batch)
+            return self._limits[(base, batch)]
 
     def _tokenizer(self, model: str, project_id: str | None):
         """(tokenizer, base model name) for `model` (a base, ft: or checkpoint name); loaded once."""
@@ -94,11 +116,6 @@ class FileReports:
                 self._tokenizers[base] = AutoTokenizer.from_pretrained(models.ensure_base(self.settings.home, base))
             return self._tokenizers[base], base
 
-    def _newest_job_using(self, file_id: str):
-        row = self.store.db.one("SELECT id FROM jobs WHERE training_file = ? OR validation_file = ?"
-                                " ORDER BY seq DESC LIMIT 1", (file_id, file_id))
-        return None if row is None else self.store.jobs.get(row["id"])
-
     def _path(self, file_id: str) -> Path:
         return self.store.files.blob_path(file_id)
 
@@ -113,6 +130,16 @@ class FileReports:
         tmp = self.cache_dir / f".{key}.{threading.get_ident()}.tmp"
         tmp.write_text(json.dumps(report))
         tmp.replace(self.cache_dir / f"{key}.json")
+
+
+def _default_limit(settings: Settings, base: str, batch_size: int) -> tuple[int, str]:
+    """The limit a job on `base` gets without a request: ml/memory.plan_memory on this process's device."""
+    from modelmill.ml import import_ml_stack, memory, models
+
+    import_ml_stack()  # detect_device imports torch; not alongside the worker's warm-up (see modelmill.ml)
+    plan = memory.plan_memory(memory.model_shape(models.ensure_base(settings.home, base)), memory.detect_device(),
+                              memory.MemoryRequest(batch_size=batch_size))
+    return plan.max_seq_len, f"{base}'s default for batches of {batch_size}: {plan.max_seq_len_why}"
 
 
 def _data_format(method_type: str) -> str | None:
@@ -185,8 +212,8 @@ def token_lengths(path: Path, tokenizer, *, skip_lines: set[int] = frozenset(),
     return lengths, False
 
 
-def length_stats(lengths: list[int], *, sampled: bool = False, bins: int = HISTOGRAM_BINS,
-                 max_seq_len: int = MAX_SEQ_LEN) -> dict | None:
+def length_stats(lengths: list[int], *, max_seq_len: int, sampled: bool = False,
+                 bins: int = HISTOGRAM_BINS) -> dict | None:
     """count, total, min, mean, p50/p90/p95 (nearest rank), max, over max_seq_len, and a histogram
     of equal-width bins from min to max (at most `bins`): [{"lo", "hi", "count"}], lo inclusive,
     hi exclusive."""

@@ -2,9 +2,9 @@
 
     requests.py   create / update an eval, create a run: every check that names a field (4xx)
     data.py       data-source items (inline or a JSONL file), item-schema checks, input_messages
-    run_queue.py  eval-run leases: claim, heartbeat, fenced writes (as service/queue.py for jobs)
     runner.py     execute one run: sample (completions) -> grade every criterion -> output items
     report.py     the HTML report behind a run's report_url (templates/report.html)
 
+Runs are claimed on the lease queue like jobs: store/run_queue.py (EvalRunQueue) holds their SQL.
 A fine-tuning job's before/after report (service/job_evals.py) is made of ordinary eval runs.
 """

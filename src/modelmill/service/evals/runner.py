@@ -3,9 +3,11 @@ testing criterion -> write output items, a batch at a time.
 
 The job worker calls run_next_eval when no training job is runnable (worker.py), and
 service/job_evals.py runs a job's before/after runs inline through execute(). A run is held
-under its own lease (run_queue.py) with a heartbeat thread, so a worker that dies leaves the
-run to the next one, which skips the items already written. Cancel is checked between
-batches; a worker shutting down hands the run back as queued.
+under its own lease (store/run_queue.py, an EvalRunQueue) with a heartbeat thread, so a worker
+that dies leaves the run to the next one, which skips the items already written. Cancel is
+checked between batches; a worker shutting down hands the run back as queued. The task gets a
+TaskContext (service/tasks.py), never the worker; it samples and judges with the process's one
+Sampler (service/sampler.py).
 
 Pass/fail per criterion: a grader's own verdict when it has one (string_check, label_model,
 a pass_threshold); otherwise the score must reach the midpoint of the grader's range
@@ -23,11 +25,11 @@ from modelmill import errors
 from modelmill.settings import Settings
 from modelmill.service import model_registry
 from modelmill.service.evals import data, requests
-from modelmill.service.evals.run_queue import EvalRunQueue, RunLease
 from modelmill.service.ids import new_id
-from modelmill.service.queue import Heartbeat
+from modelmill.service.sampler import shared_sampler
 from modelmill.service.store import Store
 from modelmill.service.store.evals import EvalRecord, EvalRunRecord
+from modelmill.service.tasks import TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -38,55 +40,37 @@ MAX_RECLAIMS = 3
 # Reported as a sample's max_completion_tokens when none was asked (ml.sampling's cap).
 DEFAULT_MAX_TOKENS = 512
 
-_sampler = None
-_sampler_lock = threading.Lock()
-
-
-def shared_sampler(settings: Settings):
-    """The worker process's one Sampler for eval runs (and their judges), created on first use."""
-    global _sampler
-    with _sampler_lock:
-        if _sampler is None:
-            from modelmill.ml.sampling import Sampler
-
-            _sampler = Sampler(cache_size=settings.model_cache_size)
-        return _sampler
-
-
 def run_next_eval(settings: Settings, store: Store, owner: str, stop_event: threading.Event) -> str | None:
     """Claim and execute the oldest runnable eval run; its id, or None if there was none."""
-    queue = EvalRunQueue(store, settings.lease_seconds)
+    queue = store.eval_run_queue(settings.lease_seconds)
     lease = queue.claim(owner)
     if lease is None:
         return None
-    log.info("worker %s claimed eval run %s (attempt %d)", owner, lease.run_id, lease.attempt)
-    execute(settings, store, queue, lease, stop_event)
-    return lease.run_id
+    log.info("worker %s claimed eval run %s (attempt %d)", owner, lease.id, lease.attempt)
+    execute(TaskContext(store, settings, queue, lease, stop_event))
+    return lease.id
 
 
-def execute(settings: Settings, store: Store, queue: EvalRunQueue, lease: RunLease, stop_event: threading.Event,
-            *, should_stop: Callable[[], str | None] | None = None) -> str:
-    """Run a claimed run to its end; returns the status it ended in, or "lost" (lease lost).
-    should_stop: an extra stop signal ("cancel" ends the run canceled, "pause" hands it back)."""
+def execute(ctx: TaskContext, *, should_stop: Callable[[], str | None] | None = None) -> str:
+    """Run a claimed run (ctx.lease, from an EvalRunQueue) to its end; returns the status it ended
+    in, or "lost" (lease lost). should_stop: an extra stop signal ("cancel" ends the run canceled,
+    "pause" hands it back), besides ctx.stop_event (a worker shutting down hands it back)."""
     lost = threading.Event()
-    beat = Heartbeat(lambda: queue.heartbeat(lease), settings.heartbeat_seconds, lost, f"eval run {lease.run_id}")
-    beat.start()
     try:
-        return _Execution(settings, store, queue, lease, stop_event, should_stop, lost).run()
+        with ctx.heartbeat(lost):
+            return _Execution(ctx, should_stop, lost).run()
     except (errors.FencedOutError, errors.NotFoundError):  # reclaimed, or deleted with its eval
-        log.warning("eval run %s: lease lost; its remaining work is left to the next claim", lease.run_id)
+        log.warning("eval run %s: lease lost; its remaining work is left to the next claim", ctx.lease.id)
         return "lost"
-    finally:
-        beat.stop()
 
 
 class _Execution:
-    def __init__(self, settings, store, queue, lease, stop_event, should_stop, lost):
-        self.settings, self.store, self.queue, self.lease = settings, store, queue, lease
-        self.stop_event, self.extra_stop, self.lost = stop_event, should_stop, lost
+    def __init__(self, ctx: TaskContext, should_stop, lost: threading.Event):
+        self.settings, self.store, self.queue, self.lease = ctx.settings, ctx.store, ctx.queue, ctx.lease
+        self.stop_event, self.extra_stop, self.lost = ctx.stop_event, should_stop, lost
 
     def run(self) -> str:
-        run = self.store.evals.run_by_id(self.lease.run_id)
+        run = self.store.evals.run_by_id(self.lease.id)
         if run.requested_action == "cancel":
             return self._finish("canceled")
         if run.reclaims > MAX_RECLAIMS:
@@ -111,7 +95,7 @@ class _Execution:
         self.queue.start(self.lease, len(rows))
         sampler = _Sampling(self.settings, self.store, run) if source["type"] == "completions" else None
         totals = _Totals.of(run, ev.testing_criteria)
-        context = _grader_context(self.settings, self.store, run.project_id)
+        context = grader_context(self.settings, self.store, run.project_id)
         done = self.queue.done_item_ids(run.id)
         todo = [i for i in range(len(rows)) if i not in done]
         for start in range(0, len(todo), EVAL_BATCH):
@@ -130,7 +114,7 @@ class _Execution:
 
     def _stop_reason(self) -> str | None:
         if self.lost.is_set():
-            raise errors.FencedOutError(f"Lost the lease on eval run {self.lease.run_id}")
+            raise errors.FencedOutError(f"Lost the lease on eval run {self.lease.id}")
         if self.queue.requested_action(self.lease) == "cancel":
             return "cancel"
         extra = self.extra_stop() if self.extra_stop else None
@@ -257,8 +241,10 @@ def _served(settings: Settings, store: Store, run: EvalRunRecord):
 
 # -- grading --------------------------------------------------------------------------------------
 
-def _grader_context(settings: Settings, store: Store, project_id: str):
-    """Graders of a run of `project_id`: model graders may use only the models that project may."""
+def grader_context(settings: Settings, store: Store, project_id: str | None):
+    """How graders run in background work of `project_id` (an eval run, an RFT job): the service judge
+    answers with ModelMill's own models through the process's one Sampler (or MODELMILL_JUDGES
+    endpoints), and may use only the models that project may (its own and those shared with it)."""
     from modelmill.service import graders
 
     return graders.build_context(settings, store, lambda: shared_sampler(settings), project_id=project_id)

@@ -23,10 +23,20 @@ log = logging.getLogger(__name__)
 
 # Milliseconds a connection waits for another writer before raising "database is locked".
 BUSY_TIMEOUT_MS = 30_000
+# Seconds between an idle worker's reads of data_version (wait_for_change): a job the API creates is
+# claimed this soon, not up to Settings.poll_seconds later.
+CHANGE_CHECK_S = 0.02
 
 
 class Database:
     """A handle on one SQLite file. Cheap to share; connections are per thread."""
+
+    dialect = "sqlite"
+    # Dialect hooks (pg.PostgresDatabase has the Postgres ones). Appended to a claim's SELECT and to a
+    # read a transaction then writes on: nothing here, since BEGIN IMMEDIATE already holds the one
+    # write lock for the whole transaction.
+    claim_lock = ""
+    row_lock = ""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -88,6 +98,36 @@ class Database:
 
     def all(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         return self.conn().execute(sql, params).fetchall()
+
+    def data_version(self) -> int:
+        """SQLite's PRAGMA data_version on this thread's connection: it changes whenever another
+        connection (the API creating a job, another worker) commits. A read without a lock, so an
+        idle worker can check it every few milliseconds where a claim (a write transaction) would
+        contend with the API."""
+        return int(self.one("PRAGMA data_version")[0])
+
+    def wait_for_change(self, since: int, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Block until data_version() differs from `since` (True), `timeout` seconds pass or `stop` is
+        set (False). SQLite can't push a change to another process, so this polls data_version every
+        CHANGE_CHECK_S: a lock-free read, cheap enough to do that often."""
+        deadline = time.monotonic() + timeout
+        stop = stop or threading.Event()
+        while not stop.wait(max(0.0, min(CHANGE_CHECK_S, deadline - time.monotonic()))):
+            if self.data_version() != since:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+        return False
+
+    @staticmethod
+    def now() -> float:
+        """The clock leases are set and compared on: this machine's (one file, one machine)."""
+        return time.time()
+
+    @staticmethod
+    def json_field(column: str, key: str) -> tuple[str, str]:
+        """SQL for the value of `key` in JSON text `column`, with its one parameter."""
+        return f"json_extract({column}, ?)", '$."' + key.replace('"', '""') + '"'
 
     # -- migrations --------------------------------------------------------------------
 

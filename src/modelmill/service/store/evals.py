@@ -2,7 +2,7 @@
 
 An eval holds a data-source config (the item JSON schema) and testing criteria (graders).
 A run is one pass over a data source; the worker executes it under a lease of its own
-(service/evals/run_queue.py), writing one output item per data-source item. Like jobs, a
+(store/run_queue.py), writing one output item per data-source item. Like jobs, a
 run someone holds is cancelled by *request* (requested_action), which the worker honours
 between batches; a run nobody holds is cancelled here, bumping lease_token to fence out any
 worker that still thinks it owns it.
@@ -148,8 +148,8 @@ class EvalRepo:
     def by_metadata(self, key: str, value: str, *, project_id: str | None = None) -> EvalRecord | None:
         """The oldest eval (of project_id, when given) whose metadata[key] == value (e.g. a job's own
         before/after eval)."""
-        sql, params = "SELECT * FROM evals WHERE json_extract(metadata, ?) = ?", ['$."' + key.replace('"', '""') + '"',
-                                                                                 value]
+        field_sql, field_param = self.db.json_field("metadata", key)
+        sql, params = f"SELECT * FROM evals WHERE {field_sql} = ?", [field_param, value]
         if project_id is not None:
             sql, params = sql + " AND project_id = ?", params + [project_id]
         row = self.db.one(sql + " ORDER BY seq LIMIT 1", params)
@@ -228,7 +228,8 @@ class EvalRepo:
     def cancel_run(self, eval_id: str, run_id: str, *, project_id: str | None = None) -> EvalRunRecord:
         self.get_run(eval_id, run_id, project_id=project_id)  # the NotFoundError a missing eval or run gets
         with self.db.transaction() as c:
-            row = c.execute("SELECT * FROM eval_runs WHERE id = ? AND eval_id = ?", (run_id, eval_id)).fetchone()
+            row = c.execute("SELECT * FROM eval_runs WHERE id = ? AND eval_id = ?" + self.db.row_lock,
+                            (run_id, eval_id)).fetchone()
             if row is None:
                 raise errors.NotFoundError(f"No such run {run_id} in eval {eval_id}", param="run_id")
             run = record(EvalRunRecord, row)

@@ -3,7 +3,7 @@
 The API never writes a job that a live worker holds: for a leased job, cancel and pause
 are *requests* (requested_action) that the worker honours within one training step.
 For a job nobody holds, the API applies the change itself and bumps lease_token, which
-fences out any worker that still thinks it owns the job (see service/queue.py).
+fences out any worker that still thinks it owns the job (see store/lease.py).
 
     validating_files -> queued -> running -> succeeded | failed | cancelled
            (any active state) <-> paused  (pause / resume; resume goes back to queued)
@@ -73,8 +73,9 @@ class JobRepo:
              metadata: dict[str, str] | None = None, project_id: str | None = None) -> Page[JobRecord]:
         where, params = [], []
         for key, value in (metadata or {}).items():
-            where.append("json_extract(metadata, ?) = ?")
-            params += ['$."' + key.replace('"', '""') + '"', value]
+            field_sql, field_param = self.db.json_field("metadata", key)
+            where.append(f"{field_sql} = ?")
+            params += [field_param, value]
         scope = ([], []) if project_id is None else (["project_id = ?"], [project_id])
         rows, more = page_rows(self.db, "jobs", where + scope[0], params + scope[1], after=after, limit=limit,
                                descending=True, cursor_where=scope)
@@ -83,6 +84,12 @@ class JobRepo:
     def by_fine_tuned_model(self, name: str) -> JobRecord | None:
         row = self.db.one("SELECT * FROM jobs WHERE fine_tuned_model = ? AND status = 'succeeded'"
                           " AND model_deleted_at IS NULL", (name,))
+        return None if row is None else from_row(JobRecord, row)
+
+    def newest_using_file(self, file_id: str) -> JobRecord | None:
+        """The newest job that trains or validates on `file_id` (any project), or None."""
+        row = self.db.one("SELECT * FROM jobs WHERE training_file = ? OR validation_file = ?"
+                          " ORDER BY seq DESC LIMIT 1", (file_id, file_id))
         return None if row is None else from_row(JobRecord, row)
 
     def fine_tuned_models(self) -> list[JobRecord]:
@@ -98,7 +105,7 @@ class JobRepo:
 
     def cancel(self, job_id: str, *, project_id: str | None = None) -> JobRecord:
         with self.db.transaction() as c:
-            job = self._locked_get(c, job_id, project_id)
+            job = self._locked_get(c, job_id, project_id, lock=True)
             if job.status in TERMINAL_STATUSES:
                 raise errors.ConflictError(f"Job {job_id} has already {job.status}; it cannot be cancelled",
                                            param="fine_tuning_job_id")
@@ -113,7 +120,7 @@ class JobRepo:
 
     def pause(self, job_id: str, *, project_id: str | None = None) -> JobRecord:
         with self.db.transaction() as c:
-            job = self._locked_get(c, job_id, project_id)
+            job = self._locked_get(c, job_id, project_id, lock=True)
             if job.status not in ACTIVE_STATUSES:
                 raise errors.ConflictError(f"Job {job_id} is {job.status}; only a queued or running job can be"
                                            " paused", param="fine_tuning_job_id")
@@ -130,7 +137,7 @@ class JobRepo:
 
     def resume(self, job_id: str, *, project_id: str | None = None) -> JobRecord:
         with self.db.transaction() as c:
-            job = self._locked_get(c, job_id, project_id)
+            job = self._locked_get(c, job_id, project_id, lock=True)
             if job.status != "paused":
                 raise errors.ConflictError(f"Job {job_id} is {job.status}; only a paused job can be resumed",
                                            param="fine_tuning_job_id")
@@ -138,11 +145,13 @@ class JobRepo:
             insert_event(c, job_id, "info", "Job resumed; queued to continue from its last checkpoint")
         return self.get(job_id)
 
-    def _locked_get(self, c, job_id: str, project_id: str | None = None) -> JobRecord:
+    def _locked_get(self, c, job_id: str, project_id: str | None = None, *, lock: bool = False) -> JobRecord:
+        """The job read on `c`; lock=True (in a transaction that then writes it) also locks the row on
+        Postgres, so a worker's claim or fenced write can't slip in between the read and the write."""
         sql, params = "SELECT * FROM jobs WHERE id = ?", [job_id]
         if project_id is not None:
             sql, params = sql + " AND project_id = ?", params + [project_id]
-        row = c.execute(sql, params).fetchone()
+        row = c.execute(sql + (self.db.row_lock if lock else ""), params).fetchone()
         if row is None:
             raise errors.NotFoundError(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
         return from_row(JobRecord, row)

@@ -53,12 +53,11 @@ class ProjectRepo:
                 f"A project name is 1 to {MAX_PROJECT_NAME} letters, digits, '-', '_' or '.'; got {name!r}",
                 param="project")
         with self.db.transaction() as c:
+            # ON CONFLICT: two processes ensuring one name at once both get the one row (Postgres does
+            # not serialise transactions the way SQLite's write lock does).
+            c.execute("INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                      (new_id("proj_"), name, time.time()))
             row = c.execute("SELECT * FROM projects WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                project_id = new_id("proj_")
-                c.execute("INSERT INTO projects (id, name, created_at) VALUES (?, ?, ?)",
-                          (project_id, name, time.time()))
-                row = c.execute("SELECT * FROM projects WHERE id = ?", (project_id,)).fetchone()
         return from_row(ProjectRecord, row)
 
     def get(self, project_id: str) -> ProjectRecord | None:

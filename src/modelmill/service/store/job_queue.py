@@ -1,0 +1,82 @@
+"""Fine-tuning jobs on the lease queue (store/lease.py): the writes a worker makes to a job it holds.
+
+A job is claimable when it is validating_files, queued or running and no live lease holds it,
+so a job whose worker died is picked up again once the lease runs out (a claim of a running
+job counts a reclaim). A finished job (succeeded, failed, cancelled) or a paused one is never
+claimed. Every write below is one fenced transaction: status, events, metrics steps,
+checkpoints, the outcome. The API side of the same rows (create, cancel, pause, resume) is
+store/jobs.py.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from modelmill.service.ids import new_id
+from modelmill.service.store.db import Database
+from modelmill.service.store.events import insert_event
+from modelmill.service.store.lease import Lease, LeaseQueue, LeaseTable
+from modelmill.service.store.records import (ACTIVE_STATUSES, TERMINAL_STATUSES, CheckpointRecord, from_row,
+                                             to_json)
+
+JOBS = LeaseTable(
+    name="jobs", what="job", claimable=ACTIVE_STATUSES, running="running", terminal=TERMINAL_STATUSES,
+    writable=frozenset({"status", "error", "fine_tuned_model", "adapter_dir", "finished_at", "started_at",
+                        "trained_tokens", "total_steps", "step", "estimated_finish", "hyperparameters",
+                        "hyperparameters_resolved", "result_files", "requested_action"}),
+    json_columns=frozenset({"error", "hyperparameters", "result_files"}))
+
+
+class JobQueue(LeaseQueue):
+    def __init__(self, db: Database, lease_seconds: float, *, clock=time.time):
+        super().__init__(db, JOBS, lease_seconds, clock=clock)
+
+    def add_event(self, lease: Lease, level: str, message: str, *, type: str = "message",
+                  data: dict | None = None) -> None:
+        with self.fenced(lease) as c:
+            insert_event(c, lease.id, level, message, type=type, data=data)
+
+    def record_step(self, lease: Lease, step: int, total_steps: int, message: str, data: dict,
+                    estimated_finish: float | None) -> None:
+        """One metrics event plus the job's progress fields, in one fenced transaction."""
+        with self.fenced(lease) as c:
+            insert_event(c, lease.id, "info", message, type="metrics", data=data)
+            self.write(c, lease, {"step": step, "total_steps": total_steps, "estimated_finish": estimated_finish})
+
+    def add_checkpoint(self, lease: Lease, step: int, path: Path, metrics: dict, model_name: str) -> None:
+        """Record a checkpoint (replacing one at the same step) and forget ones pruned from disk."""
+        with self.fenced(lease) as c:
+            c.execute("INSERT INTO checkpoints (id, job_id, created_at, step_number, metrics, path,"
+                      " fine_tuned_model_checkpoint) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                      " ON CONFLICT (job_id, step_number) DO UPDATE SET metrics = excluded.metrics,"
+                      " path = excluded.path, created_at = excluded.created_at",
+                      (new_id("ftckpt_"), lease.id, self.clock(), step, to_json(metrics), str(path), model_name))
+            insert_event(c, lease.id, "info", f"Checkpoint created at step {step}",
+                         data={"step": step, "fine_tuned_model_checkpoint": model_name})
+            _forget_pruned(c, lease.id)
+            # Progress: `reclaims` counts worker losses since the newest checkpoint, so a long job
+            # that keeps checkpointing survives any number of crashes (see worker.max_worker_losses).
+            c.execute("UPDATE jobs SET reclaims = 0 WHERE id = ?", (lease.id,))
+
+    def forget_pruned_checkpoints(self, lease: Lease) -> None:
+        with self.fenced(lease) as c:
+            _forget_pruned(c, lease.id)
+
+    def finish(self, lease: Lease, status: str, *, message: str | None = None, level: str = "info",
+               **fields) -> None:
+        """Write the job's outcome (an optional event `message`, `fields`) and release the lease, in
+        one fenced transaction. `status` is terminal (succeeded / failed / cancelled), "paused", or
+        "queued" (hand the job back, e.g. when the worker shuts down)."""
+        with self.fenced(lease) as c:
+            if message:
+                insert_event(c, lease.id, level, message)
+            self.finish_in(c, lease, status, dict(fields, estimated_finish=None))
+
+
+def _forget_pruned(c: sqlite3.Connection, job_id: str) -> None:
+    rows = c.execute("SELECT * FROM checkpoints WHERE job_id = ?", (job_id,)).fetchall()
+    for ckpt in (from_row(CheckpointRecord, r) for r in rows):
+        if not Path(ckpt.path).exists():
+            c.execute("DELETE FROM checkpoints WHERE id = ?", (ckpt.id,))

@@ -1,0 +1,185 @@
+"""The store under concurrency, on SQLite and on Postgres: many workers claiming at once, a fenced
+write racing the API, migrations from two processes at once; then what only Postgres has (claims
+that skip a locked row, the database's clock, start-up errors naming MODELMILL_DATABASE_URL).
+
+SQLite is correct here because BEGIN IMMEDIATE serialises every write transaction. Postgres runs
+READ COMMITTED, so the same outcomes rest on row locks (store/pg.py): these tests are what hold
+them to it, against a real server (tests/pg_cluster.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from modelmill import errors
+from modelmill.service.store import JobQueue, Store, open_store
+from modelmill.service.store.migrations import MIGRATIONS
+from modelmill.settings import Settings
+from tests.service.conftest import DIALECTS
+from tests.service.test_queue import Clock, add_job
+
+
+@pytest.fixture(params=DIALECTS)
+def dialect(request) -> str:
+    return request.param
+
+
+def test_many_workers_claiming_at_once_take_each_row_exactly_once(store):
+    ids = [add_job(store, f"ftjob-{i:02d}") for i in range(24)]
+    queue = store.job_queue(lease_seconds=60)
+    claimed: list[str] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def worker(n: int) -> None:
+        try:
+            start.wait()
+            while (lease := queue.claim(f"w{n}")) is not None:
+                claimed.append(lease.id)
+        except BaseException as e:  # surfaced below: a thread's exception would otherwise vanish
+            failures.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures
+    assert sorted(claimed) == ids  # every row once: none twice, none missed
+    assert {store.jobs.get(i).attempts for i in ids} == {1}
+
+
+def test_a_fenced_write_holds_off_the_apis_takeover_until_it_commits(store):
+    """The fenced check and the write after it are one: once the check passes, the API can't take
+    the row over (bump its token) until the write has committed, so no stale write lands after a
+    takeover. On Postgres that is the row lock the fenced transaction takes."""
+    clock = Clock()
+    store.jobs.clock = clock
+    queue = JobQueue(store.db, lease_seconds=10, clock=clock)
+    job = add_job(store, "ftjob-a")
+    lease = queue.claim("w1")
+    clock.t += 11  # the lease has run out: the API may take the job over
+    cancelled = threading.Event()
+
+    def cancel() -> None:
+        store.jobs.cancel(job)
+        cancelled.set()
+
+    with queue.fenced(lease) as c:  # the check passed: the worker still holds the job
+        api = threading.Thread(target=cancel)
+        api.start()
+        assert not cancelled.wait(0.5)  # the takeover waits for this transaction
+        queue.write(c, lease, {"status": "running"})
+    api.join(timeout=30)
+    assert cancelled.is_set()
+    assert store.jobs.get(job).status == "cancelled"  # applied after the write, not lost under it
+    with pytest.raises(errors.FencedOutError):
+        queue.update(lease, status="running")  # and the old holder is fenced out from then on
+
+
+def test_processes_starting_at_once_apply_each_migration_once(settings):
+    """Each thread opens its own Store (its own connections), as separate processes would."""
+    stores, failures = [], []
+    start = threading.Barrier(4)
+
+    def open_one() -> None:
+        try:
+            start.wait()
+            stores.append(Store(settings.db_path, settings.files_dir, database_url=settings.database_url))
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures
+    names = [n for n, _ in MIGRATIONS]
+    assert all(s.db.applied_migrations() == names for s in stores)
+    assert stores[0].db.one("SELECT count(*) FROM schema_migrations")[0] == len(names)
+    for s in stores:
+        s.close()
+
+
+# -- Postgres only ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dialect", ["postgres"])
+def test_a_claim_skips_a_row_another_transaction_holds(store):
+    """FOR UPDATE SKIP LOCKED: a claim takes the next free row at once instead of queueing behind a
+    row that another worker's claim (here, a transaction holding its lock) is taking."""
+    a, b = add_job(store, "ftjob-a"), add_job(store, "ftjob-b")
+    queue = store.job_queue(lease_seconds=60)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_a() -> None:
+        with store.db.transaction() as c:
+            c.execute("SELECT id FROM jobs WHERE id = ?" + store.db.row_lock, (a,))
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_a)
+    holder.start()
+    assert holding.wait(10)
+    started = time.monotonic()
+    lease = queue.claim("w2")
+    took = time.monotonic() - started
+    release.set()
+    holder.join(timeout=10)
+    assert lease.id == b and took < 2
+    assert queue.claim("w3").id == a  # free again once the holder committed
+
+
+@pytest.mark.parametrize("dialect", ["postgres"])
+def test_lease_times_come_from_the_database_clock(store):
+    queue = store.job_queue(lease_seconds=30)
+    assert queue.clock == store.db.now  # the store's clock: clock_timestamp() on the server
+    add_job(store, "ftjob-a")
+    lease = queue.claim("w1")
+    db_now = store.db.one("SELECT extract(epoch FROM clock_timestamp())::float8")[0]
+    expires = store.jobs.get(lease.id).lease_expires_at
+    assert 28 < expires - db_now <= 30
+
+
+@pytest.mark.parametrize("dialect", ["postgres"])
+def test_a_claimable_row_notifies_and_a_heartbeat_does_not(store):
+    queue = store.job_queue(lease_seconds=30)
+    version = store.db.data_version()
+    add_job(store, "ftjob-a")  # a new claimable row: NOTIFY
+    assert store.db.wait_for_change(version, timeout=5)
+    lease = queue.claim("w1")
+    time.sleep(0.2)  # any notification from the claim itself would have arrived by now
+    version = store.db.data_version()
+    queue.heartbeat(lease)
+    queue.update(lease, status="running")  # held: nobody could claim it, so nobody is woken
+    assert not store.db.wait_for_change(version, timeout=0.5)
+    queue.finish(lease, "queued")  # handed back: claimable again
+    assert store.db.wait_for_change(version, timeout=5)
+
+
+def test_an_unreachable_database_is_a_startup_error_naming_the_variable(tmp_path):
+    home = tmp_path / "home"
+    url = "postgresql://modelmill:sekret@127.0.0.1:1/modelmill"  # nothing listens on port 1
+    with pytest.raises(errors.ConfigurationError) as caught:
+        open_store(Settings(home=home, database_url=url))
+    message = caught.value.message
+    assert "MODELMILL_DATABASE_URL" in message and "127.0.0.1:1" in message and "sekret" not in message
+    assert caught.value.param == "MODELMILL_DATABASE_URL"
+    assert not (home / "modelmill.db").exists()  # no silent fallback to SQLite
+
+    with pytest.raises(errors.ConfigurationError, match="MODELMILL_DATABASE_URL must be a postgresql://"):
+        open_store(Settings(home=home, database_url="mysql://root@127.0.0.1/modelmill"))
+
+
+def test_the_cli_reports_an_unreachable_database_in_one_line(tmp_path):
+    env = dict(os.environ, MODELMILL_DATABASE_URL="postgresql://modelmill@127.0.0.1:1/modelmill")
+    r = subprocess.run([sys.executable, "-m", "modelmill.cli", "keys", "create", "--home", str(tmp_path / "home")],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert r.stderr.startswith("modelmill: MODELMILL_DATABASE_URL: cannot connect to"), r.stderr
