@@ -150,9 +150,9 @@ def child_native(work: Path) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from modelmill.ml import chat_format, models, sampling, sft
-    from tests.fixtures import chat_models
+    from tests.family_models import SPECS, build_family_model
 
-    model_dir = chat_models.build("qwen2", work / "qwen2", hidden_size=896, layers=4)
+    model_dir = build_family_model(SPECS["qwen2"], work / "qwen2")  # the tests' tiny Qwen2 with Qwen2.5's template
     tokenizer = models.load_model(model_dir)[1]
     rows = [{"messages": [{"role": "user", "content": f"What is {i} + {i}?"},
                           {"role": "assistant", "content": f"{2 * i}"}]} for i in range(16)]
