@@ -20,7 +20,7 @@ def test_the_rank_plan_keeps_the_global_batch():
     assert distributed.plan_processes(2, 4, supports_ranks=False).processes == 1
     assert distributed.plan_processes("auto", 8).processes == 1  # no CUDA here
     plan = distributed.plan_processes(2, 8, fits_one_device=False)
-    assert plan.fsdp and "FSDP" in plan.why and "2 examples per rank" not in plan.why and "4 examples" in plan.why
+    assert "2 examples per rank" not in plan.why and "4 examples" in plan.why
 
 
 def test_dpo_over_two_ranks(tmp_path, tiny_model_dir):
@@ -35,3 +35,22 @@ def test_dpo_over_two_ranks(tmp_path, tiny_model_dir):
     result = distributed.train(dpo.train_dpo, config, reporter, distributed.plan_processes(2, 2))
     assert result.status == "succeeded" and result.steps == 2
     assert [s for s, _, _ in reporter.steps] == [1, 2]
+
+
+
+def test_fsdp_is_planned_only_for_cuda_ranks(monkeypatch):
+    """A model that does not fit one device is sharded (FSDP) over CUDA ranks; on CPU accelerate can only
+    replicate, and the plan says so rather than claiming FSDP."""
+    import torch
+
+    from modelmill.ml import trainer_common
+
+    plan = distributed.plan_processes(2, 8, fits_one_device=False)
+    assert not plan.fsdp and "FSDP needs CUDA" in plan.why
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    plan = distributed.plan_processes("auto", 8, fits_one_device=False)
+    assert plan.processes == 2 and plan.fsdp and plan.why.startswith("FSDP over 2 processes (NCCL")
+    assert trainer_common.fsdp_args() == {}
+    monkeypatch.setenv(distributed.FSDP_ENV, "1")
+    assert trainer_common.fsdp_args()["fsdp"] == "full_shard auto_wrap"

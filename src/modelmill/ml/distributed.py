@@ -96,11 +96,13 @@ def plan_processes(requested: str | int, batch_size: int, *, supports_ranks: boo
     n = max(d for d in range(1, wanted + 1) if batch_size % d == 0)
     if n == 1:
         return ProcessPlan(1, False, f"one process: batch size {batch_size} does not split over {wanted} ranks")
-    kind = "FSDP" if not fits_one_device else "DDP"
+    # accelerate shards (FSDP) only CUDA ranks; CPU ranks are always replicated (DDP over gloo).
+    fsdp = not fits_one_device and torch.cuda.is_available()
+    kind = "FSDP" if fsdp else ("DDP (FSDP needs CUDA ranks)" if not fits_one_device else "DDP")
     backend = "NCCL" if torch.cuda.is_available() else "gloo, CPU"
     split = f"{batch_size // n} examples per rank" + (f" (lowered from {wanted} ranks so batch size {batch_size} "
                                                        f"splits evenly)" if n != wanted else "")
-    return ProcessPlan(n, not fits_one_device, f"{kind} over {n} processes ({backend}; {source}); {split}")
+    return ProcessPlan(n, fsdp, f"{kind} over {n} processes ({backend}; {source}); {split}")
 
 
 def train(train_fn: Callable, config, reporter: Reporter, plan: ProcessPlan | None = None) -> TrainResult:

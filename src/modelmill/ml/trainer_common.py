@@ -61,7 +61,19 @@ def trainer_args(config, base_learning_rate: float) -> dict:
         logging_steps=1, save_strategy="no", eval_strategy="no",  # the callback decides when
         include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=True,
         dataloader_num_workers=0, dataloader_pin_memory=False,
-        ddp_find_unused_parameters=False)  # over ranks (DDP): every LoRA weight gets a gradient each step
+        ddp_find_unused_parameters=False,  # over ranks (DDP): every LoRA weight gets a gradient each step
+        **fsdp_args())
+
+
+def fsdp_args() -> dict:
+    """Shard the model over the ranks (FSDP through accelerate) when ml/distributed.py planned it: the
+    model does not fit one device. LoRA needs use_orig_params (frozen and trainable weights share flat
+    parameters); the wrap policy is PEFT's (finish_trainer_setup), which wraps the LoRA layers apart."""
+    from modelmill.ml.distributed import FSDP_ENV
+
+    if os.environ.get(FSDP_ENV) != "1":
+        return {}
+    return dict(fsdp="full_shard auto_wrap", fsdp_config={"use_orig_params": True})
 
 
 def per_rank(batch_size: int) -> int:
@@ -102,6 +114,11 @@ def finish_trainer_setup(trainer, callback):
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+    fsdp_plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if fsdp_plugin is not None:  # PEFT's documented FSDP recipe: its own auto-wrap policy for LoRA models
+        from peft.utils.other import fsdp_auto_wrap_policy
+
+        fsdp_plugin.auto_wrap_policy = fsdp_auto_wrap_policy(trainer.model)
     callback.trainer = trainer
     return trainer
 
