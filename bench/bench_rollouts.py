@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=48, help="completion budget per sequence")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--home", default=os.environ.get("MODELMILL_HOME", str(Path.home() / ".modelmill")))
-    p.add_argument("--json", help="also write the Bench JSON (docs/CONTRACTS.md) here")
+    p.add_argument("--json", help="also write the Bench JSON (bench/README.md) here")
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from training_common import machine

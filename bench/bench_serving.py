@@ -12,7 +12,7 @@ linear layer, the platform's LoraConfig, lora_B drawn at random so the adapter c
 with trainer_common.save_adapter_atomically, records its manifest (service/adapters.py) and
 finishes the job as succeeded. The server then resolves and loads `ft:...` like any other.
 
-Rows (the Bench JSON contract of docs/CONTRACTS.md):
+Rows (the Bench JSON contract of bench/README.md):
 (a) latency and tokens/s of one chat completion with fine-tuned model A, against the base model
     run by plain transformers generate() in a process of its own (greedy, same prompt, same
     budget; no HTTP, no LoRA): the cost of everything ModelMill adds around generate().

@@ -9,7 +9,7 @@ that fails or runs out of time is reported as such, and the run goes on. Its old
 deleted first, so the summary never shows stale figures as new.
 
 The summary (section `bench_summary`, written by write_summary) lists every row of every
-bench/out/*.json that follows the Bench JSON contract (docs/CONTRACTS.md), one line per target
+bench/out/*.json that follows the Bench JSON contract (bench/README.md), one line per target
 (met / missed), and notes for benches that were skipped (bench_gpu without CUDA: "No GPU was
 lent"), missing, failed or timed out.
 """

@@ -1,7 +1,7 @@
 """What the three training benches share (bench_job_overhead, bench_sft_efficiency, bench_memory):
 the datasets they train on, running the plain TRL baseline script in its own process, a Reporter
 that timestamps training, the one validation-loss function both sides are scored with, and the
-rows of the Bench JSON contract (docs/CONTRACTS.md, "Bench JSON").
+rows of the Bench JSON contract (bench/README.md, "Bench JSON").
 
 Scripts import it as `from training_common import ...` (they run as `python bench/x.py`).
 """
@@ -267,7 +267,7 @@ def timed_repeats(repeats: int, budget_s: float | None):
         longest = max(longest, time.monotonic() - begun)
 
 
-# ---------------------------------------------------------------- Bench JSON (docs/CONTRACTS.md)
+# ---------------------------------------------------------------- Bench JSON (bench/README.md)
 
 
 def machine() -> str:

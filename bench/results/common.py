@@ -1,5 +1,5 @@
 """What the learning-results stories share: the context they run in (a live ModelMill server and
-the official openai SDK), the Results JSON (docs/CONTRACTS.md, "Results JSON") and the
+the official openai SDK), the Results JSON (bench/README.md, "Results JSON") and the
 BENCHMARKS.md section `results` built from every story's JSON.
 
 A story module has `run(ctx: Context) -> dict` returning `result(...)`; bench/results/run.py

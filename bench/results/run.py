@@ -12,7 +12,7 @@ data, offline.
   the fine-tuned model's jokes over the base model's.
 - rft (rft_story.py): examples/rft_arithmetic; validation reward (target >= 0.35).
 
-Each story writes OUT/results_<story>.json (docs/CONTRACTS.md, "Results JSON"); then the section
+Each story writes OUT/results_<story>.json (bench/README.md, "Results JSON"); then the section
 `results` of BENCHMARKS.md is rewritten from every story JSON in OUT. The server runs with
 MODELMILL_HOME = --home (default bench/out/home; the base model is converted there once, before any
 story's clock starts). --quick defaults OUT to bench/out/quick and writes the section to

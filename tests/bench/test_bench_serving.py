@@ -1,5 +1,5 @@
 """bench/bench_serving.py --quick: a live server, two fine-tuned modelmill-tiny models, every row of
-the Bench JSON contract (docs/CONTRACTS.md)."""
+the Bench JSON contract (bench/README.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The training benches (bench_job_overhead, bench_sft_efficiency, bench_memory): each one's --quick smoke
-run on modelmill-tiny writes a Bench JSON of the contract's shape (docs/CONTRACTS.md) and leaves
+run on modelmill-tiny writes a Bench JSON of the contract's shape (bench/README.md) and leaves
 BENCHMARKS.md alone; plus the shared helpers in bench/training_common.py."""
 
 from __future__ import annotations
