@@ -135,24 +135,16 @@ class LiveServer:
     def __init__(self, cache_home: Path, models: list[str], work: Path):
         from openai import OpenAI
 
-        from modelmill.demo import free_port
+        from modelmill.local_server import LocalServer
 
         self.home = Path(tempfile.mkdtemp(prefix="home-", dir=work))
         (self.home / "models").mkdir()
         for name in models:
             (self.home / "models" / name).symlink_to(cache_home / "models" / name)
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        env = dict(os.environ, MODELMILL_HOME=str(self.home))
         self.log = open(self.home / "server.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "modelmill.cli", "serve", "--port", str(self.port)],
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.server = LocalServer(self.home, log=self.log)
+        self.proc, self.base_url = self.server.proc, self.server.base_url
         self.client = OpenAI(base_url=self.base_url, api_key="bench", max_retries=0)
-
-    def wait_up(self) -> None:
-        from modelmill.demo import wait_until_up
-
-        wait_until_up(self.base_url, self.proc)
 
     def upload(self, text: str, name: str) -> str:
         return self.client.files.create(file=(name, text.encode()), purpose="fine-tune").id
@@ -168,11 +160,7 @@ class LiveServer:
         return [{"t": r[0], "type": r[1], "message": r[2], "data": json.loads(r[3]) if r[3] else {}} for r in rows]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        self.server.stop(timeout=60)
         self.log.close()
         shutil.rmtree(self.home, ignore_errors=True)
 
@@ -289,7 +277,6 @@ def bench_model(model: str, repeats: int, with_validation: bool, args, work: Pat
     result = {"model": model, "convert_s": convert_s, "cold": None, "warm": [], "valid": [], "valid_first": [],
               "baseline": [], "skipped_for_budget": 0, "pyspy": None}
     try:
-        server.wait_up()
         train_id = server.upload(train_path.read_text(), "train.jsonl")
         valid_id = server.upload(chat_lines(12, seed=1), "valid.jsonl") if with_validation else None
         result["cold"] = time_job(server, model, train_id, None)

@@ -59,40 +59,31 @@ def latency_ms(call, n: int, warmup: int = 20) -> list[float]:
 
 
 def bench_latency(n: int) -> dict[str, list[float]]:
-    from modelmill.demo import free_port, wait_until_up
+    from modelmill.local_server import LocalServer
     from modelmill.ml.graders import grade
 
     body = {"grader": STRING_CHECK, "model_sample": "kitchen on", "item": {"label": "kitchen on"}}
-    with tempfile.TemporaryDirectory() as home:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}/v1"
-        env = dict(os.environ, MODELMILL_HOME=home)
-        proc = subprocess.Popen([sys.executable, "-m", "modelmill.cli", "serve", "--port", str(port), "--no-worker",
-                                 "--log-level", "warning"], env=env)
-        try:
-            wait_until_up(base, proc)
-            with httpx.Client(base_url=base, timeout=30) as http:
-                def run():
-                    r = http.post("/fine_tuning/alpha/graders/run", json=body)
-                    assert r.status_code == 200 and r.json()["reward"] == 1.0, r.text
+    with tempfile.TemporaryDirectory() as home, LocalServer(home, worker=False, log_level="warning") as server:
+        base = server.base_url
+        with httpx.Client(base_url=base, timeout=30) as http:
+            def run():
+                r = http.post("/fine_tuning/alpha/graders/run", json=body)
+                assert r.status_code == 200 and r.json()["reward"] == 1.0, r.text
 
-                def validate():
-                    r = http.post("/fine_tuning/alpha/graders/validate", json=body)
-                    assert r.status_code == 200, r.text
+            def validate():
+                r = http.post("/fine_tuning/alpha/graders/validate", json=body)
+                assert r.status_code == 200, r.text
 
-                # Interleave rounds so drift (CPU frequency, other load) hits all three alike.
-                res: dict[str, list[float]] = {"graders/run (HTTP)": [], "graders/validate (HTTP floor)": [],
-                                               "grade() in-process": []}
-                rounds = 5
-                for _ in range(rounds):
-                    res["graders/run (HTTP)"] += latency_ms(run, n // rounds)
-                    res["graders/validate (HTTP floor)"] += latency_ms(validate, n // rounds)
-                    res["grade() in-process"] += latency_ms(
-                        lambda: grade(STRING_CHECK, "kitchen on", {"label": "kitchen on"}), n // rounds)
-                return res
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
+            # Interleave rounds so drift (CPU frequency, other load) hits all three alike.
+            res: dict[str, list[float]] = {"graders/run (HTTP)": [], "graders/validate (HTTP floor)": [],
+                                           "grade() in-process": []}
+            rounds = 5
+            for _ in range(rounds):
+                res["graders/run (HTTP)"] += latency_ms(run, n // rounds)
+                res["graders/validate (HTTP floor)"] += latency_ms(validate, n // rounds)
+                res["grade() in-process"] += latency_ms(
+                    lambda: grade(STRING_CHECK, "kitchen on", {"label": "kitchen on"}), n // rounds)
+            return res
 
 
 def fuzzy_data(n: int, seed: int = 0) -> tuple[list[str], list[dict]]:

@@ -50,23 +50,17 @@ def run_service(model_name: str, model_dir: Path, train: Path, work: Path, hp: d
     """One job through a fresh `modelmill serve`; returns wall-clock marks and the job's phases."""
     from openai import OpenAI
 
-    from modelmill.demo import free_port, wait_until_up
+    from modelmill.local_server import LocalServer
 
     home = work / "home"
     (home / "models").mkdir(parents=True)
     os.symlink(model_dir, home / "models" / model_name)  # converted once, outside the measurement
-    port = free_port()
-    env = dict(child_env(threads), MODELMILL_HOME=str(home))
     launched = time.time()
-    log = open(work / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "modelmill.cli", "serve", "--host", "127.0.0.1", "--port",
-                             str(port), "--log-level", "warning", *(["--worker-process"] if worker_process else [])],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        base_url = f"http://127.0.0.1:{port}/v1"
-        wait_until_up(base_url, proc)
+    with open(work / "server.log", "w") as log, \
+            LocalServer(home, env=child_env(threads), args=["--worker-process"] if worker_process else [],
+                        log=log, log_level="warning") as server:
         up = time.time()
-        client = OpenAI(base_url=base_url, api_key="bench", max_retries=0)
+        client = OpenAI(base_url=server.base_url, api_key="bench", max_retries=0)
         file = client.files.create(file=("train.jsonl", train.read_bytes()), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(
             training_file=file.id, model=model_name, seed=seed,
@@ -77,13 +71,6 @@ def run_service(model_name: str, model_dir: Path, train: Path, work: Path, hp: d
         done = time.time()
         if job.status != "succeeded":
             raise RuntimeError(f"job {job.id} {job.status}: {job.error}")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
     marks = job_marks(home / "modelmill.db", job.id)
     return {"launched": launched, "up": up, "done": done, "tokens": job.trained_tokens, **marks}
 

@@ -134,16 +134,11 @@ def main() -> None:
 
 
 def start_server(home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    from modelmill.demo import free_port, wait_until_up
+    from modelmill.local_server import LocalServer
 
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}/v1"
-    env = dict(os.environ, MODELMILL_HOME=str(home))
     log = open(log_path, "w")  # noqa: SIM115 - the server writes to it until it is terminated
-    proc = subprocess.Popen([sys.executable, "-m", "modelmill.cli", "serve", "--port", str(port), "--no-worker",
-                             "--log-level", "debug"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    wait_until_up(base_url, proc)
-    return proc, base_url
+    server = LocalServer(home, worker=False, log=log, log_level="debug")
+    return server.proc, server.base_url
 
 
 def make_fine_tuned_models(http: httpx.Client, home: Path, base_dir: Path, model: str) -> tuple[str, str]:

@@ -9,57 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from modelmill.local_server import LocalServer, free_port, wait_until_up  # noqa: F401 (callers being moved)
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "smart_home"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
 def running_server(home: Path | None = None, port: int | None = None, extra_env: dict | None = None):
     """Start `modelmill serve` in a subprocess on 127.0.0.1; yield its base URL; stop it."""
-    port = port or free_port()
-    env = dict(os.environ, **(extra_env or {}))
-    if home is not None:
-        env["MODELMILL_HOME"] = str(home)
-    proc = subprocess.Popen([sys.executable, "-m", "modelmill.cli", "serve", "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"], env=env)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_until_up(base_url, proc)
-        yield base_url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def wait_until_up(base_url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode}")
-        try:
-            if httpx.get(base_url + "/models", timeout=2).status_code in (200, 401):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"server at {base_url} did not come up in {timeout:.0f}s")
+    with LocalServer(home, port=port, env=extra_env, log_level="warning") as server:
+        yield server.base_url
 
 
 def read_jsonl(path: Path) -> list[dict]:

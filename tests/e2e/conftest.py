@@ -3,44 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from openai import OpenAI
 
-from modelmill.demo import free_port, wait_until_up
+from modelmill.local_server import LocalServer
 
 REPO = Path(__file__).resolve().parents[2]
 SMART_HOME = REPO / "examples" / "smart_home"
 
 
-class Server:
-    """A server subprocess (API, optionally with its in-process worker) plus helpers to run workers."""
+class Server(LocalServer):
+    """A server subprocess (API, optionally with its in-process worker) and an openai client for it."""
 
     def __init__(self, home: Path, worker: bool = True, env: dict | None = None):
-        self.home = home
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.env = dict(os.environ, MODELMILL_HOME=str(home), **(env or {}))
-        cmd = [sys.executable, "-m", "modelmill.cli", "serve", "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd + ([] if worker else ["--no-worker"]), env=self.env)
-        wait_until_up(self.base_url, self.proc)
+        super().__init__(home, worker=worker, env=env)
         self.client = OpenAI(base_url=self.base_url, api_key="test-key", max_retries=0)
-
-    def start_worker(self) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "modelmill.cli", "worker"], env=self.env)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +85,21 @@ def wait_for(client, job_id: str, statuses: set[str], timeout: float = 180.0):
             return job
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} still {job.status} after {timeout}s (wanted {statuses})")
+
+
+def wait_stopped(client, job_id: str, timeout: float = 60.0) -> None:
+    """Until the worker has honoured a pause or cancel: the API answers the requested status at once
+    (as OpenAI does), and the trainer's own stop at its next step boundary shows only as the
+    "Job paused" / "Job cancelled" event."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = client.fine_tuning.jobs.list_events(job_id, limit=20).data
+        if any(e.message.startswith(("Job paused", "Job cancelled")) for e in events):
+            return
+        if client.fine_tuning.jobs.retrieve(job_id).status in ("succeeded", "failed"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id}: the worker did not stop within {timeout}s")
 
 
 def tiny_job(client, training_file: str, n_epochs: int = 1, batch_size: int = 8, **kw):

@@ -14,7 +14,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from modelmill.demo import free_port, wait_until_up
+from modelmill.local_server import LocalServer
 from tests.e2e.conftest import short_dataset, tiny_job, wait_for
 from tests.spec_check import assert_matches
 
@@ -32,24 +32,12 @@ def tenants(tmp_path_factory):
     env = dict(os.environ, MODELMILL_HOME=str(home), PYTHONUNBUFFERED="1")  # the log file is read while serving
     keys = {p: cli(env, "keys", "create", "--project", p, "--name", f"{p} ci") for p in ("alpha", "beta")}
     projects = {p["name"]: p["id"] for p in json.loads(cli(env, "projects", "list", "--json"))}
-    port = free_port()
     log_path = home / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "modelmill.cli", "serve", "--port", str(port),
-                                 "--log-level", "debug"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_until_up(base_url, proc)
-        clients = {p: OpenAI(base_url=base_url, api_key=k, max_retries=0) for p, k in keys.items()}
-        yield {"keys": keys, "projects": projects, "clients": clients, "base_url": base_url, "log": log_path,
-               "proc": proc}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
+    with open(log_path, "wb") as log, LocalServer(home, env={"PYTHONUNBUFFERED": "1"}, log=log,
+                                                  log_level="debug") as server:
+        clients = {p: OpenAI(base_url=server.base_url, api_key=k, max_retries=0) for p, k in keys.items()}
+        yield {"keys": keys, "projects": projects, "clients": clients, "base_url": server.base_url,
+               "log": log_path, "proc": server.proc}
 
 def test_two_projects_share_and_revoke_a_model(tenants):
     alpha, beta = tenants["clients"]["alpha"], tenants["clients"]["beta"]

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 from openai import OpenAI
 
-from modelmill.demo import free_port, wait_until_up
+from modelmill.local_server import LocalServer
 
 from .conftest import short_dataset
 
@@ -30,13 +28,9 @@ def alive(pid: int) -> bool:
 
 
 def test_job_succeeds_through_a_worker_process_that_dies_with_the_api(tmp_path):
-    port = free_port()
-    env = dict(os.environ, MODELMILL_HOME=str(tmp_path / "home"))
-    proc = subprocess.Popen([sys.executable, "-m", "modelmill.cli", "serve", "--port", str(port), "--worker-process",
-                             "--log-level", "warning"], env=env)
+    server = LocalServer(tmp_path / "home", args=["--worker-process"], log_level="warning")
+    proc, base_url = server.proc, server.base_url
     try:
-        base_url = f"http://127.0.0.1:{port}/v1"
-        wait_until_up(base_url, proc)
         workers = children_of(proc.pid)
         assert len(workers) == 1
         cmdline = open(f"/proc/{workers[0]}/cmdline").read().split("\0")
