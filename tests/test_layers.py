@@ -1,4 +1,4 @@
-"""Dependencies point one way: nothing under modelmill.ml imports modelmill.service or the CLI."""
+"""Dependencies point one way: nothing under modelmill.ml imports modelmill.service or the CLI, and the\nAPI's client-side modules import neither."""
 
 from __future__ import annotations
 
@@ -24,6 +24,15 @@ def test_ml_never_imports_service_or_cli():
     for path in files:
         bad = {m for m in imported_modules(path) if m.startswith(("modelmill.service", "modelmill.cli"))}
         assert not bad, f"{path.relative_to(ML.parent)} imports {bad}"
+
+
+def test_api_clients_never_reach_into_the_service():
+    """watch.py (jobs / eval runs followed over HTTP) and reports.py (what both sides show) are clients of
+    the API: they read its objects, never the service's modules or store."""
+    for name in ("watch.py", "reports.py", "progress.py", "local_server.py"):
+        path = ML.parent / name
+        bad = {m for m in imported_modules(path) if m.startswith(("modelmill.service", "modelmill.ml"))}
+        assert not bad, f"{name} imports {bad}"
 
 
 def test_errors_subclass_builtins():

@@ -123,7 +123,7 @@ def _checkpoints(client, job_id: str) -> list:
 def summary(job, metrics: dict | None = None, checkpoints: list | None = None) -> str:
     """A few lines on how the job ended: status, model, steps, tokens, wall time, last metrics,
     the best checkpoint (lowest validation loss, or highest validation reward for RFT) and any error."""
-    from modelmill.service.dashboard.jobs_view import best_index
+    from modelmill.reports import best_index
 
     metrics = metrics or {}
     lines = [f"job {job.id}: {job.status}"]

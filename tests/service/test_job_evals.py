@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from modelmill import reports
 from modelmill.service import job_evals
 from modelmill.service.store import EvalRunQueue
 from modelmill.service.store.records import JobRecord
@@ -149,7 +150,7 @@ def test_items_per_method():
 def test_comparison_table_text():
     rows = [{"label": "base", "passed": 1, "total": 4, "scores": {"exact": 0.25}, "model": "m"},
             {"label": "final", "passed": 4, "total": 4, "scores": {"exact": 1.0}, "model": "ft:m"}]
-    text = job_evals.comparison_table(["exact"], rows)
+    text = reports.comparison_table(["exact"], rows)
     assert text.splitlines()[1:] == ["run    passed  exact  model", "base   1/4     0.250  m",
                                      "final  4/4     1.000  ft:m"]
 

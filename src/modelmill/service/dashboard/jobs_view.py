@@ -6,16 +6,17 @@ the shapes are unit-tested directly:
     job_row(job, now, tokens_per_epoch)      one line of the jobs table
     metric_series(metrics_events)            steps + one value list per metric, and which charts apply
     best_checkpoint(method, checkpoints)     the checkpoint to mark, and by which metric
-    eval_comparison(events)                  the newest before/after eval table (CONTRACTS.md, Evals)
+    eval_comparison(events)                  the newest before/after eval table (docs/graders-evals.md, "Before/after reports")
 """
 
 from __future__ import annotations
 
+from modelmill.reports import best_index
 from modelmill.service.schemas.common import finite_numbers
 from modelmill.service.store.records import ACTIVE_STATUSES, CheckpointRecord, EventRecord, JobRecord
 
 # Charts on the job page: (id, title, metric names). A chart appears when any of its metrics
-# occurs in the job's metrics events (names from CONTRACTS.md: SFT, DPO, RFT).
+# occurs in the job's metrics events (names: docs/api.md and docs/methods.md, "Metrics events").
 CHART_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("loss", "Loss", ("train_loss", "valid_loss", "full_valid_loss")),
     ("accuracy", "Token accuracy",
@@ -25,13 +26,6 @@ CHART_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("train_reward_accuracy", "valid_reward_accuracy", "full_valid_reward_accuracy")),
     ("reward", "Reward", ("train_reward_mean", "valid_reward_mean")),
 )
-
-# How the best checkpoint is chosen, per method: the first metric that some checkpoint carries
-# wins; (metric, higher_is_better). The train_* fallbacks apply to jobs without a validation file.
-BEST_BY = {
-    "reinforcement": (("valid_reward_mean", True), ("train_reward_mean", True)),
-    "default": (("full_valid_loss", False), ("valid_loss", False), ("train_loss", False)),
-}
 
 # Metrics shown as "current" in the jobs table and on the job page header, in preference order.
 HEADLINE_METRICS = ("train_loss", "train_reward_mean", "valid_loss", "valid_reward_mean")
@@ -113,18 +107,6 @@ def best_checkpoint(method: str, checkpoints: list[CheckpointRecord]) -> tuple[s
     return (checkpoints[index].id if index is not None else None), metric
 
 
-def best_index(method: str, scored_steps: list[tuple[int, dict]]) -> tuple[int | None, str | None]:
-    """Which of [(step, metrics), ...] is best for `method` (see BEST_BY), and by which metric.
-    Ties go to the later step: it has trained longer for the same score."""
-    for metric, higher in BEST_BY.get(method, BEST_BY["default"]):
-        candidates = [(m[metric], step, i) for i, (step, m) in enumerate(scored_steps) if _number(m.get(metric))]
-        if candidates:
-            if higher:
-                return max(candidates, key=lambda c: (c[0], c[1]))[2], metric
-            return min(candidates, key=lambda c: (c[0], -c[1]))[2], metric
-    return None, None
-
-
 def checkpoint_rows(method: str, checkpoints: list[CheckpointRecord]) -> tuple[list[dict], str | None]:
     best_id, metric = best_checkpoint(method, checkpoints)
     rows = [{"id": c.id, "step": c.step_number, "model": c.fine_tuned_model_checkpoint,
@@ -147,7 +129,3 @@ def event_rows(events: list[EventRecord], limit: int = 300) -> list[dict]:
     """The newest `limit` events, newest first (as OpenAI lists them)."""
     return [{"id": e.id, "created_at": e.created_at, "level": e.level, "type": e.type, "message": e.message}
             for e in reversed(events[-limit:])]
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
