@@ -64,6 +64,17 @@ vendor-uplot:
 	echo $(UPLOT_VERSION) > $(UPLOT_DIR)/VERSION
 	rm -rf .uplot-tmp
 
+.PHONY: vendor-swagger-ui
+# /docs serves Swagger UI from this server, never a CDN (offline promise); vendored like uPlot, this refreshes it.
+SWAGGER_UI_VERSION ?= 5.35.0
+SWAGGER_UI_DIR := src/modelmill/service/dashboard/static/vendor/swagger-ui
+vendor-swagger-ui:
+	rm -rf .swagger-tmp && mkdir .swagger-tmp
+	cd .swagger-tmp && npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) && tar xzf swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz
+	cd .swagger-tmp/package && cp swagger-ui-bundle.js swagger-ui.css favicon-32x32.png LICENSE NOTICE ../../$(SWAGGER_UI_DIR)/
+	echo $(SWAGGER_UI_VERSION) > $(SWAGGER_UI_DIR)/VERSION
+	rm -rf .swagger-tmp
+
 .PHONY: bench-rollouts
 # RFT rollout throughput: one batched generate() per prompt group vs one call per completion.
 bench-rollouts: $(STAMP)
@@ -75,7 +86,14 @@ bench-rollouts: $(STAMP)
 # `make test` runs the fast part (all files at the ml level, a sample over HTTP, 6 examples per operation).
 reliability: $(STAMP)
 	mkdir -p bench/out
+	$(PY) -m pytest -q -p no:cacheprovider -m slow tests/reliability/test_load_suite_quick.py
 	$(PY) -m tests.reliability.figures --json bench/out/reliability_bad_input.json
+	# Hostile input at the edge: big bodies without a key, CSRF, odd text, revocation (issue 17).
+	$(PY) -m tests.reliability.edge_probe --json bench/out/reliability_edge.json
+	# Unbounded work: a chat whose client gave up, RFT eval_samples limits, cancel mid-evaluation (issue 17).
+	$(PY) -m tests.reliability.work_probe --json bench/out/reliability_work.json
+	# The grader sandbox bounded as a whole (fork test) and graders off the request pool (issue 17).
+	$(PY) -m tests.reliability.sandbox_probe --graders 40 --sleep 5 --json bench/out/reliability_sandbox.json
 	MODELMILL_FUZZ_EXAMPLES=50 MODELMILL_FUZZ_STATS=bench/out/reliability_fuzz.json \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/reliability/test_schemathesis.py
 	# Crashes: SIGKILL at 20 points of an SFT, a DPO and an RFT job, plus a SIGSTOPped stale worker.
@@ -87,6 +105,8 @@ reliability: $(STAMP)
 # Every issue-9 bench in sequence (under 30 min on 2 CPU cores), then BENCHMARKS.md's summary table.
 # JSON results go to bench/out/ (git-ignored); bench/run_all.py --only NAME,... runs a subset.
 bench: $(STAMP)
+	# The benches' own quick smoke runs first (tests marked slow; not in make test): a broken bench fails fast.
+	$(PY) -m pytest -q -p no:cacheprovider -m slow tests/bench
 	$(PY) bench/run_all.py
 
 # From jobs.create to the first metrics event, modelmill-tiny and SmolLM2, against a plain TRL script.

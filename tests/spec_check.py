@@ -39,6 +39,10 @@ NULLABLE = [("EvalRun", ("error",)), ("EvalRunOutputItem", ("sample", "error"))]
 # name -> grader (the names are calculate_output's variables). ModelMill accepts both and echoes what it
 # was given, so a map of the spec's own grader shapes is allowed too: (schema, property).
 MAP_OF_SELF = [("GraderMulti", "graders")]
+# GET /chat/completions/{id}/messages lists the stored *request's* messages; OpenAI's API (and its own
+# example there) returns them with their roles ("user", "system"...), but the spec reuses the response
+# message, whose role is only "assistant". The list's items get the request roles too.
+STORED_MESSAGE_ROLES = ["system", "developer", "user", "tool", "function"]
 
 
 def _nullable_to_31(node):
@@ -69,6 +73,10 @@ def _spec() -> dict:
         one = schemas[name]["properties"][prop]
         schemas[name]["properties"][prop] = {"anyOf": [one, {"type": "object", "minProperties": 1,
                                                              "additionalProperties": one}]}
+    items = schemas["ChatCompletionMessageList"]["properties"]["data"]["items"]
+    message = copy.deepcopy(schemas["ChatCompletionResponseMessage"])
+    message["properties"]["role"]["enum"] = message["properties"]["role"]["enum"] + STORED_MESSAGE_ROLES
+    items["allOf"][0] = message
     spec["components"] = _nullable_to_31(spec["components"])
     return spec
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -318,3 +321,17 @@ def test_step_progress_ticks_on_a_terminal():
         say("halfway")
     text = out.getvalue()
     assert "preparing x [00:00]" in text and "halfway" in text
+
+
+def test_third_party_progress_bars_and_deprecations_stay_quiet(tmp_path):
+    """A command's training and loading print only ModelMill's own output: no "Loading weights" bar, no
+    TRL dataset bars, no transformers FutureWarning (the worker and ranks inherit the settings)."""
+    script = ("from modelmill.cli import quiet_third_party_output\nquiet_third_party_output()\n"
+              "import warnings\nfrom pathlib import Path\nfrom modelmill.ml import models\n"
+              f"base = models.ensure_base(Path({str(tmp_path)!r}), 'modelmill-tiny')\n"
+              "models.load_model(base)\nwarnings.warn('a library deprecation', FutureWarning)\n"
+              "from transformers.utils import logging\nassert not logging.is_progress_bar_enabled()\n")
+    env = {k: v for k, v in os.environ.items() if k not in cli.QUIET_ENV}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Loading weights" not in done.stderr and "FutureWarning" not in done.stderr, done.stderr

@@ -3,7 +3,9 @@
 The seed talk's recipe: take the function schemas, enumerate the enum values where
 the combinations are few, sample where they explode, and phrase each call several
 ways. Train, validation and test are split by *argument combination*, so the test
-set asks for calls the model never saw verbatim.
+set asks for calls the model never saw verbatim. `modelmill data synth TOOLS.json --split`
+does the same for any list of tools (docs/data.md); this script keeps the demo's hand-written
+phrasings.
 
     python examples/smart_home/generate.py        # rewrites the three .jsonl files
 """
@@ -14,6 +16,8 @@ import itertools
 import json
 import random
 from pathlib import Path
+
+from modelmill.datagen.output import split_groups
 
 HERE = Path(__file__).parent
 ROOMS = ["kitchen", "bedroom", "living room", "bathroom", "office", "garage"]
@@ -93,12 +97,8 @@ def main(seed: int = 7) -> None:
         group = groups.setdefault(json.dumps(call, sort_keys=True), [])
         if text not in [t for t, _ in group]:
             group.append((text, call))
-    keys = sorted(groups)
-    rng.shuffle(keys)
-    test, valid, train = [], [], []
-    for key in keys:  # whole argument combinations go to one split only
-        split = test if len(test) < 30 else valid if len(valid) < 12 else train
-        split.extend(groups[key])
+    # Whole argument combinations go to one split only (the same split `modelmill data synth --split` makes).
+    train, valid, test = split_groups(groups, rng, test_size=30, valid_size=12)
     for name, rows in (("train", train), ("valid", valid), ("test", test)):
         with open(HERE / f"{name}.jsonl", "w") as f:
             for i, (text, call) in enumerate(rows):

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from modelmill.settings import Settings
@@ -61,6 +62,42 @@ def cmd_keys_create(args) -> int:
     print(f"A key for project {project.name} ({project.id}): it sees only that project's files, jobs, models and "
           "evals.\nStore it now: only its hash is kept. The server now requires a key on every request.",
           file=sys.stderr)
+    return 0
+
+
+def cmd_keys_list(args) -> int:
+    """Every key (never its secret: its id, label, first characters, project, created / last used)."""
+    from modelmill.service.store import open_store
+
+    store = open_store(_settings(args).ensure_dirs())
+    projects = {p.id: p.name for p in store.projects.list()}
+    rows = [{"id": k.id, "name": k.name, "prefix": k.prefix, "project": projects.get(k.project_id, k.project_id),
+             "project_id": k.project_id, "created": int(k.created_at),
+             "last_used": int(k.last_used_at) if k.last_used_at else None} for k in store.keys.list()]
+    if args.json:
+        return _print_json(rows)
+    if not rows:
+        print("No API keys: the server accepts requests only on loopback, without a key.", file=sys.stderr)
+    for r in rows:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_used"])) if r["last_used"] else "never used"
+        print(f"{r['id']:<22} {r['prefix']}...  {r['name']:<20} {r['project']:<20} {used}")
+    return 0
+
+
+def cmd_keys_revoke(args) -> int:
+    """Delete a key and its dashboard sessions: requests with either fail from now on."""
+    from modelmill import errors
+    from modelmill.service.store import open_store
+
+    store = open_store(_settings(args).ensure_dirs())
+    try:
+        store.keys.revoke(args.key_id)
+    except errors.NotFoundError as e:
+        print(f"modelmill keys revoke: {e.message}", file=sys.stderr)
+        return 1
+    print(f"Revoked {args.key_id}; its dashboard sessions are signed out.", file=sys.stderr)
+    if not store.keys.any():
+        print("That was the last key: the server now accepts keyless requests, on loopback only.", file=sys.stderr)
     return 0
 
 
@@ -183,7 +220,7 @@ def _print_json(obj) -> int:
 
 def cmd_jobs_report(args) -> int:
     """The job's before/after eval table: the newest event whose data has "eval_comparison"."""
-    from modelmill.service.job_evals import comparison_table
+    from modelmill.reports import comparison_table
 
     client = _client(args)
     found = next((e.data["eval_comparison"] for e in client.fine_tuning.jobs.list_events(args.job, limit=100)
@@ -320,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", default="default", help="a label for the key")
     sp.add_argument("--project", help="the project the key acts in, created if new (default: the default project)")
     sp.set_defaults(func=cmd_keys_create)
+    sp = local(keys.add_parser("list", help="list API keys (id, label, first characters, project, last use)"))
+    sp.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    sp.set_defaults(func=cmd_keys_list)
+    sp = local(keys.add_parser("revoke", help="revoke an API key (and its dashboard sessions) at once"))
+    sp.add_argument("key_id", help="the key's id, from `modelmill keys list` (key_...)")
+    sp.set_defaults(func=cmd_keys_revoke)
 
     projects = sub.add_parser("projects", help="projects (what API keys are scoped to)").add_subparsers(
         dest="projects_cmd", required=True, metavar="ACTION")
@@ -419,13 +462,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", help="the run's name")
     sp.add_argument("--watch", action="store_true", help="watch the run after creating it")
     sp.set_defaults(func=cmd_evals_run)
+
+    from modelmill.datagen.cli import add_commands  # data synth/label/from-stored, import openai
+
+    add_commands(sub, remote)
     return p
+
+
+# The ML libraries' own progress bars and deprecation notices ("Loading weights", "Truncating train
+# dataset", transformers' FutureWarnings about calls TRL makes) say nothing a ModelMill user can act on;
+# the job's events and `jobs watch` are the progress. Environment variables, not calls, so the worker
+# process and training ranks started from here inherit them; setdefault, so a user can turn them back on.
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
+
+
+def quiet_third_party_output() -> None:
+    import warnings
+
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    if os.environ["PYTHONWARNINGS"] == QUIET_ENV["PYTHONWARNINGS"]:
+        warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def main(argv: list[str] | None = None) -> int:
     from modelmill.errors import ModelMillError
 
     args = build_parser().parse_args(argv)
+    quiet_third_party_output()
     try:
         return args.func(args) or 0
     except ModelMillError as e:  # e.g. binding a public address with no API key

@@ -90,6 +90,13 @@ class Settings:
     port: int = 8000
     # Upload cap in bytes, enforced while the body streams in (413 past it).
     max_upload_bytes: int = 512 * 1024 * 1024
+    # Cap in bytes on any other request body (JSON), counted while it streams in (413 past it).
+    max_json_bytes: int = 32 * 1024 * 1024
+    # Most characters of text (message contents and tool-call arguments, summed) one chat request
+    # may carry; more is a 400 before anything is tokenised.
+    max_chat_chars: int = 1_000_000
+    # Seconds a dashboard sign-in (login token cookie) stays valid without being used.
+    login_idle_seconds: float = 8 * 3600.0
     # Seconds a worker's claim on a job stays valid without a heartbeat.
     lease_seconds: float = 30.0
     # Seconds between worker heartbeats (must be well under lease_seconds).
@@ -130,6 +137,30 @@ class Settings:
     # Postgres URL (MODELMILL_DATABASE_URL, postgresql://user:password@host:port/dbname) for the store
     # and queues, so workers on several machines share them (docs/cluster.md); None = SQLite in home.
     database_url: str | None = None
+    # Graders run by `graders/run` (service/limits.py), off the request thread pool: at most this many
+    # at once in all (MODELMILL_GRADER_CONCURRENCY), at most grader_project_concurrency of them for one
+    # project (MODELMILL_GRADER_PROJECT_CONCURRENCY); the rest queue in arrival order, at most
+    # grader_queue per project (MODELMILL_GRADER_QUEUE), and a request past that gets a 429.
+    grader_concurrency: int = 4
+    grader_project_concurrency: int = 2
+    grader_queue: int = 32
+    # Chat completions: most completion tokens one choice may ask for (max_tokens /
+    # max_completion_tokens; MODELMILL_MAX_COMPLETION_TOKENS), and most for a whole request, n x the
+    # per-choice budget (MODELMILL_MAX_REQUEST_TOKENS). Past either: a 400 naming the limit.
+    max_completion_tokens: int = 4096
+    max_request_tokens: int = 16384
+    # Chat completions: most choices one request may ask for (`n`, MODELMILL_MAX_CHAT_N; OpenAI allows
+    # 128) and most top_logprobs per token (MODELMILL_MAX_TOP_LOGPROBS; OpenAI allows 20, ModelMill
+    # never more). Past either: a 400 naming the limit (service/chat_params.py).
+    max_chat_n: int = 16
+    max_top_logprobs: int = 20
+    # Chat generation and tokenisation run off the request thread pool (service/limits.py): at most
+    # chat_concurrency requests at once (MODELMILL_CHAT_CONCURRENCY; they share one batched decoder),
+    # chat_project_concurrency of them for one project (MODELMILL_CHAT_PROJECT_CONCURRENCY); at most
+    # chat_queue more wait per project (MODELMILL_CHAT_QUEUE), past that a 429.
+    chat_concurrency: int = 16
+    chat_project_concurrency: int = 8
+    chat_queue: int = 64
 
     @property
     def db_path(self) -> Path:
@@ -163,6 +194,9 @@ class Settings:
             host=os.environ.get("MODELMILL_HOST", "127.0.0.1"),
             port=_env_int("MODELMILL_PORT", 8000),
             max_upload_bytes=_env_int("MODELMILL_MAX_UPLOAD_BYTES", 512 * 1024 * 1024),
+            max_json_bytes=_env_int("MODELMILL_MAX_JSON_BYTES", 32 * 1024 * 1024),
+            max_chat_chars=_env_int("MODELMILL_MAX_CHAT_CHARS", 1_000_000),
+            login_idle_seconds=_env_float("MODELMILL_LOGIN_IDLE_SECONDS", 8 * 3600.0),
             lease_seconds=_env_float("MODELMILL_LEASE_SECONDS", 30.0),
             heartbeat_seconds=_env_float("MODELMILL_HEARTBEAT_SECONDS", 5.0),
             max_worker_losses=_env_int("MODELMILL_MAX_WORKER_LOSSES", 3),
@@ -175,6 +209,16 @@ class Settings:
             vllm_start=os.environ.get("MODELMILL_VLLM_START", "").lower() in ("1", "true", "yes"),
             vllm_args=os.environ.get("MODELMILL_VLLM_ARGS", ""),
             database_url=os.environ.get("MODELMILL_DATABASE_URL") or None,
+            grader_concurrency=max(1, _env_int("MODELMILL_GRADER_CONCURRENCY", 4)),
+            grader_project_concurrency=max(1, _env_int("MODELMILL_GRADER_PROJECT_CONCURRENCY", 2)),
+            grader_queue=max(0, _env_int("MODELMILL_GRADER_QUEUE", 32)),
+            max_completion_tokens=max(1, _env_int("MODELMILL_MAX_COMPLETION_TOKENS", 4096)),
+            max_request_tokens=max(1, _env_int("MODELMILL_MAX_REQUEST_TOKENS", 16384)),
+            max_chat_n=max(1, _env_int("MODELMILL_MAX_CHAT_N", 16)),
+            max_top_logprobs=min(20, max(0, _env_int("MODELMILL_MAX_TOP_LOGPROBS", 20))),
+            chat_concurrency=max(1, _env_int("MODELMILL_CHAT_CONCURRENCY", 16)),
+            chat_project_concurrency=max(1, _env_int("MODELMILL_CHAT_PROJECT_CONCURRENCY", 8)),
+            chat_queue=max(0, _env_int("MODELMILL_CHAT_QUEUE", 64)),
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "home" in overrides:

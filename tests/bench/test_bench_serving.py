@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 ROW_KEYS = {"what", "baseline", "unit", "baseline_median", "modelmill_median", "baseline_spread", "modelmill_spread",
             "repeats", "ratio", "ratio_meaning", "target", "met"}
 
 
+@pytest.mark.slow  # a quick run of the bench itself: `make bench` runs it first (-m slow)
 def test_quick_run_writes_the_bench_json(tmp_path: Path):
     out = tmp_path / "serving.json"
     env = dict(os.environ, MODELMILL_HOME=str(tmp_path / "home"))

@@ -55,6 +55,7 @@ def _ratio(row: dict) -> float:
     return m / b if higher_is_better else b / m
 
 
+@pytest.mark.slow  # a quick run of the bench itself: `make bench` runs it first (-m slow)
 def test_job_overhead_quick(home, tmp_path):
     doc = run_quick("job_overhead", home, tmp_path)
     assert [r["unit"] for r in doc["rows"]] == ["s", "s", "tok/s"]
@@ -65,6 +66,7 @@ def test_job_overhead_quick(home, tmp_path):
     assert "Real tokens per run (side, tokens): baseline " in doc["notes"][2]
 
 
+@pytest.mark.slow  # a quick run of the bench itself: `make bench` runs it first (-m slow)
 def test_sft_efficiency_quick(home, tmp_path):
     doc = run_quick("sft_efficiency", home, tmp_path)
     speed, loss = doc["rows"]
@@ -74,6 +76,7 @@ def test_sft_efficiency_quick(home, tmp_path):
     assert any(n.startswith("Real tokens per run: the same on both sides, ") for n in doc["notes"])
 
 
+@pytest.mark.slow  # a quick run of the bench itself: `make bench` runs it first (-m slow)
 def test_memory_quick(home, tmp_path):
     doc = run_quick("memory", home, tmp_path)
     (row,) = doc["rows"]

@@ -1,7 +1,7 @@
 """The dashboard in a real browser (headless chromium) against a live server with real
 modelmill-tiny jobs: every page loads, the charts hold the job's metrics, the buttons drive
 the job, the playground answers with two models, the Evals page lists a run and links its
-report, and login keeps the key in a cookie.
+report, and login keeps a login token (not the key) in a cookie that passes the CSRF check.
 
 Set MODELMILL_DASHBOARD_SCREENSHOT=docs/dashboard-job.png to save the job page's screenshot.
 """
@@ -207,9 +207,10 @@ def test_pause_resume_and_cancel_buttons_drive_a_running_job(page, client, serve
     assert rows.nth(0).locator("a").get_attribute("href") == "/evals/eval_1/runs/evalrun_1"
 
 
-def test_login_keeps_the_key_in_an_httponly_cookie(page, server, finished_job):
+def test_login_keeps_a_token_in_an_httponly_cookie_and_its_pages_pass_the_csrf_check(page, server, finished_job):
     store = open_store(Settings(home=server.home))
     record, key = store.keys.create("browser-test")
+    spare, _ = store.keys.create("browser-spare")
     try:
         page.goto("/")
         assert page.url.endswith("/login?next=%2F")
@@ -220,12 +221,28 @@ def test_login_keeps_the_key_in_an_httponly_cookie(page, server, finished_job):
         page.click('button[type="submit"]')
         page.locator(f'tr[data-job-id="{finished_job.id}"]').wait_for()  # the JS's API calls pass by the cookie
         assert key not in page.url
-        (cookie,) = [c for c in page.context.cookies() if c["name"] == "modelmill_key"]
-        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["value"] == key
+        (cookie,) = [c for c in page.context.cookies() if c["name"] == "modelmill_session"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["value"] != key  # a token, not the key
         assert page.evaluate("document.cookie") == ""  # invisible to page scripts
+        # A script's POST signed in by the cookie (the playground's chat) passes the edge's CSRF check.
+        page.goto("/playground?a=modelmill-tiny&b=modelmill-tiny")
+        page.fill("#pg-prompt", "hi")
+        page.fill("#pg-max-tokens", "2")
+        page.click("#pg-run")
+        answer = page.locator("#answer-a[data-done]")
+        answer.wait_for(timeout=60_000)
+        assert not (answer.text_content() or "").startswith("Error"), answer.text_content()
+        # So does a form: the Keys page's revoke button.
+        page.goto("/keys")
+        page.locator(f'tr[data-key-id="{spare.id}"] button').click()
+        page.wait_for_url("**/keys")
+        assert not page.locator(f'tr[data-key-id="{spare.id}"]').count()
+        assert spare.id not in {k.id for k in store.keys.list()}
         page.click(".logout button")
         page.wait_for_url("**/login")
-        assert not [c for c in page.context.cookies() if c["name"] == "modelmill_key"]
-    finally:
-        store.keys.revoke(record.id)
+        assert not [c for c in page.context.cookies() if c["name"] == "modelmill_session"]
+    finally:  # back to keyless for any test after this one
+        for k in store.keys.list():
+            if k.id in (record.id, spare.id):
+                store.keys.revoke(k.id)
         store.close()

@@ -153,7 +153,7 @@ def test_bad_evals_are_4xx_naming_the_field(client):
                             testing_criteria=[{**EXACT, "operation": "contains"}])
     assert e.value.param == "testing_criteria[0].operation"
     with pytest.raises(openai.BadRequestError) as e:
-        client.evals.create(data_source_config={"type": "stored_completions"}, testing_criteria=[EXACT])
+        client.evals.create(data_source_config={"type": "batch_logs"}, testing_criteria=[EXACT])
     assert e.value.param == "data_source_config.type"
     with pytest.raises(openai.NotFoundError) as e:
         client.evals.runs.create("eval_missing", data_source={"type": "jsonl", "source": {

@@ -3,6 +3,7 @@ upload -> job -> events -> checkpoints -> chat with the fine-tuned model and a c
 
 from __future__ import annotations
 
+import base64
 import json
 
 import httpx
@@ -69,6 +70,15 @@ def test_sft_job_end_to_end(client, train_file, valid_file):
 
     listed = client.fine_tuning.jobs.list(metadata={"suite": "e2e"})
     assert [j.id for j in listed.data] == [job.id]
+
+    # What OpenAI's cookbook reads: the result file is base64-encoded CSV, and job.eval_id is the
+    # job's before/after eval (there from the create response on), whose runs hold the scores.
+    csv_text = base64.b64decode(client.files.content(job.result_files[0]).text).decode()
+    header, *rows = csv_text.splitlines()
+    assert header.startswith("step,train_loss,") and len(rows) == len(metrics)
+    assert created["eval_id"] and job.eval_id == created["eval_id"]
+    runs = client.evals.runs.list(job.eval_id).data
+    assert {r.name for r in runs} >= {f"{job.id} base", f"{job.id} final"}
 
     messages = [{"role": "user", "content": "Turn on the kitchen lights"}]
     for model in (body["fine_tuned_model"], ckpts["data"][0]["fine_tuned_model_checkpoint"]):

@@ -4,13 +4,14 @@ pause mid-run, and request errors that name their field."""
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 
 import openai
 import pytest
 
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import wait_for, wait_stopped
 from tests.e2e.test_control import wait_running_with_metrics
 from tests.spec_check import assert_matches
 
@@ -20,9 +21,11 @@ HP = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 1.0, "reasonin
 
 STRING_CHECK = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
                 "reference": "{{item.answer}}", "operation": "eq"}
-# A reward that varies with the sample, so a random tiny model gets a spread of rewards.
+# A reward that varies with the sample, so a random tiny model gets a spread of rewards. It reads the
+# prompt from item["messages"] as OpenAI's RFT cookbook graders do (the item is the whole line).
 PYTHON = {"type": "python", "name": "length", "source":
-          "def grade(sample, item):\n    return min(len(sample['output_text']), 20) / 20\n"}
+          "def grade(sample, item):\n    assert item['messages'][-1]['role'] == 'user'\n"
+          "    return min(len(sample['output_text']), 20) / 20\n"}
 MULTI = {"type": "multi", "name": "both", "graders": {"exact": STRING_CHECK, "length": PYTHON},
          "calculate_output": "0.5 * exact + 0.5 * length"}
 RAISES = {"type": "python", "name": "broken", "source":
@@ -89,7 +92,8 @@ def test_rft_job_end_to_end(client, rft_files, grader):
     assert best[-1].data["best_checkpoint_step"] in {c["step_number"] for c in ckpts["data"]} | {m["step"] for m in
                                                                                                    metrics}
 
-    results = client.files.content(job.result_files[0]).text.splitlines()
+    # As on OpenAI (and as the cookbook reads it): the result file is base64-encoded CSV.
+    results = base64.b64decode(client.files.content(job.result_files[0]).text).decode().splitlines()
     assert "train_reward_mean" in results[0].split(",")
     reply = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=4, temperature=0,
                                            messages=[{"role": "user", "content": "What is 2 + 2?"}])
@@ -126,8 +130,9 @@ def test_pause_and_resume_mid_rft(client, rft_files):
     job = rft_job(client, rft_files[0], PYTHON, {**HP, "n_epochs": 3, "batch_size": 2},
                   validation_file=rft_files[1])
     wait_running_with_metrics(client, job.id)
-    client.fine_tuning.jobs.pause(job.id)
-    paused = wait_for(client, job.id, {"paused", "succeeded", "failed"}, timeout=60)
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    wait_stopped(client, job.id, timeout=60)
+    paused = client.fine_tuning.jobs.retrieve(job.id)
     assert paused.status == "paused", paused.error
     before = max(e.data["step"] for e in events_of(client, job.id) if e.type == "metrics")
     client.fine_tuning.jobs.resume(job.id)

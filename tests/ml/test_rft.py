@@ -260,6 +260,17 @@ def test_same_reward_for_every_base_sample_warns(setup, tmp_path):
     assert rep.checkpoints == [] and not events(rep, "best_checkpoint_step")  # cancel: no checkpoint, no best
 
 
+def test_grader_item_is_the_whole_line_with_its_messages(setup, tmp_path):
+    """OpenAI hands graders the whole training line as `item`, so a cookbook grader templating
+    {{item.messages}} sees the prompt (it used to be an invalid_variable_error on every sample)."""
+    grader = {"type": "string_check", "name": "sees_prompt", "input": "{{item.messages}}",
+              "reference": "{{item.messages[0].content}}", "operation": "like"}
+    rep = ListReporter(action="cancel", stop_on_poll=1)
+    result = rft.train_rft(replace(setup, output_dir=tmp_path / "out", grader=grader), rep)
+    assert result.status == "cancelled"
+    assert [d for _, _, d in events(rep, "base_reward")] == [{"base_reward": 1.0, "samples": 2}]
+
+
 def test_pause_then_resume(setup):
     config = replace(setup, output_dir=setup.output_dir.parent / "paused")
     rep = ListReporter(action="pause", stop_on_poll=1)
@@ -298,3 +309,26 @@ def test_a_resumed_run_draws_each_epoch_in_the_uninterrupted_order():
     assert orders([2, 3]) == uninterrupted[2:]  # resumed before epoch 2: the same orders
     plain = orders(range(4), wrap=False)
     assert orders([2, 3], wrap=False)[0] == plain[0] != plain[2]  # TRL alone: epoch 0's order again
+
+
+def test_cancel_during_an_evaluation_stops_it_within_one_batch(setup):
+    """Issue 17: eval_samples can make one evaluation long; a cancel is honoured between its
+    generate() batches (EVAL_BATCH_ROWS rows each), not after the whole evaluation."""
+    from transformers.generation.utils import GenerationMixin
+
+    # 2 validation prompts x 20 samples = 40 rows: 3 eval batches (16, 16, 8) if nothing stops it.
+    config = replace(setup, output_dir=setup.output_dir.parent / "cancel-eval", n_epochs=1, eval_samples=20)
+    rows, original = [], GenerationMixin.generate
+
+    def counting(self, *args, **kwargs):
+        rows.append(int(kwargs["input_ids"].shape[0]))
+        return original(self, *args, **kwargs)
+
+    # Poll 1 is step 1's on_step_end; poll 2 comes before the evaluation's second batch.
+    rep = ListReporter(action="cancel", stop_on_poll=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GenerationMixin, "generate", counting)
+        result = rft.train_rft(config, rep)
+    assert result.status == "cancelled" and result.steps == 1
+    assert rows.count(rft.EVAL_BATCH_ROWS) == 1 and 8 not in rows  # one eval batch ran, not three
+    assert rep.checkpoints == [] and not events(rep, "best_checkpoint_step")

@@ -336,7 +336,8 @@ class ScriptedModel:
     def eval(self):
         return self
 
-    def generate(self, input_ids, attention_mask, generation_config, stopping_criteria, streamer=None):
+    def generate(self, input_ids, attention_mask, generation_config, stopping_criteria, streamer=None,
+                 logits_processor=None):  # the script is the output: a grammar mask (forced tool calls) has no say
         rows = input_ids.repeat_interleave(generation_config.num_return_sequences, dim=0)
         if streamer is not None:
             streamer.put(input_ids[0])

@@ -150,6 +150,28 @@ def test_tool_choice_prefill_and_parsing_run_in_modelmill(vllm, local, base_dir,
         assert got.choices[0].content == want.choices[0].content
 
 
+def test_response_format_and_forced_calls_are_sent_as_structured_outputs(vllm, server_url, base_dir):
+    """The constraint travels as vLLM's `structured_outputs` and the server enforces it (the stand-in
+    with llguidance, as vLLM's guidance backend does): the random tiny model answers valid JSON."""
+    import json
+
+    schema = {"type": "object", "additionalProperties": False, "required": ["room", "on"],
+              "properties": {"room": {"type": "string", "enum": ["kitchen", "hall"]}, "on": {"type": "boolean"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "light", "schema": schema, "strict": True}}
+    got = vllm.generate(ModelRef(base_dir), USER, None, SamplingParams(temperature=0, max_tokens=30, response_format=fmt))
+    assert got.choices[0].finish_reason == "stop"
+    assert json.loads(got.choices[0].content)["room"] in ("kitchen", "hall")
+    tools = [{"type": "function", "function": {"name": "set_light", "parameters": schema}}]
+    forced = vllm.generate(ModelRef(base_dir), USER, tools, SamplingParams(temperature=0, max_tokens=30),
+                           tool_choice="required")
+    assert forced.choices[0].finish_reason == "tool_calls"
+    assert forced.choices[0].tool_calls[0]["function"]["name"] == "set_light"
+    if STANDIN:
+        sent = httpx.get(server_url + "/standin/structured_outputs").json()
+        assert {"json": schema, "disable_any_whitespace": True} in sent
+        assert any("grammar" in s and "%json" in s["grammar"] for s in sent)
+
+
 def test_concurrent_requests_for_different_adapters(vllm, base_dir, adapters):
     refs = [ModelRef(base_dir), ModelRef(base_dir, adapters[0]), ModelRef(base_dir, adapters[1])] * 2
     alone = {r: texts(vllm.generate(r, USER, None, GREEDY)) for r in refs[:3]}
@@ -202,3 +224,27 @@ def test_an_adapter_the_server_lost_is_loaded_again(vllm, server_url, base_dir, 
         got = call()
         text = got.choices[0].text if hasattr(got, "choices") else "".join(e.delta for e in got)
         assert text == want.choices[0].text
+
+
+def test_logprobs_logit_bias_and_penalties_are_passed_through(vllm, local, base_dir):
+    """logprobs come back as ModelMill's StepLogprobs (same entries in generate and stream); with
+    no bias or penalty they are the model's own, so the stand-in matches the transformers backend.
+    logit_bias and the penalties reach the server and change what it decodes as they do locally."""
+    ref = ModelRef(base_dir)
+    params = SamplingParams(temperature=0, max_tokens=8, logprobs=True, top_logprobs=3)
+    got = vllm.generate(ref, USER, None, params).choices[0]
+    assert got.logprobs and all(len(e["top_logprobs"]) == 3 for e in got.logprobs)
+    assert "".join(e["token"] for e in got.logprobs) == got.text
+    streamed = [e for ev in vllm.stream(ref, USER, None, params) for e in ev.logprobs or []]
+    assert streamed == got.logprobs
+    if STANDIN:
+        want = local.generate(ref, USER, None, params).choices[0]
+        assert [e["token"] for e in got.logprobs] == [e["token"] for e in want.logprobs]
+        assert [e["logprob"] for e in got.logprobs] == pytest.approx([e["logprob"] for e in want.logprobs], abs=1e-4)
+    forced = vllm.generate(ref, USER, None, SamplingParams(temperature=0, max_tokens=4, logit_bias={260: 100}))
+    assert forced.choices[0].text == " the" * 4
+    penalised = SamplingParams(temperature=0, max_tokens=16, frequency_penalty=2.0, presence_penalty=0.5)
+    text = vllm.generate(ref, USER, None, penalised).choices[0].text
+    assert text != vllm.generate(ref, USER, None, SamplingParams(temperature=0, max_tokens=16)).choices[0].text
+    if STANDIN:
+        assert text == local.generate(ref, USER, None, penalised).choices[0].text

@@ -10,7 +10,12 @@ transformers + PEFT (it is a stand-in for vLLM, not a mock of ModelMill):
 - POST /v1/unload_lora_adapter {lora_name}
 - POST /v1/completions         prompt as token ids or text, model = base or LoRA name, n, seed,
   temperature, top_p, max_tokens, stop, stop_token_ids, return_token_ids, skip_special_tokens,
-  stream (+ stream_options.include_usage); `choices[].token_ids` when return_token_ids.
+  stream (+ stream_options.include_usage), structured_outputs (json / json_object / grammar, honoured
+  with llguidance, as vLLM's "guidance" backend does); `choices[].token_ids` when return_token_ids.
+  logit_bias, presence_penalty, frequency_penalty (OpenAI's semantics, over the output tokens, as
+  vLLM applies them) and logprobs (+ return_tokens_as_token_ids): vLLM's CompletionLogProbs per
+  choice (and per stream chunk), the model's raw logprobs, as vLLM's default logprobs_mode gives.
+- GET  /standin/structured_outputs   every structured_outputs it was sent (tests check the passthrough)
 A request field vLLM has but this stand-in does not implement is refused with a 400 naming it,
 so ModelMill cannot come to depend on something only a real vLLM would honour silently.
 
@@ -41,7 +46,7 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
@@ -61,6 +66,28 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
+class StructuredOutputsParams(BaseModel):
+    """vLLM's guided decoding (sampling_params.StructuredOutputsParams): the fields ModelMill sends."""
+    model_config = ConfigDict(extra="forbid")
+    json_: dict | str | None = Field(default=None, alias="json")
+    json_object: bool | None = None
+    grammar: str | None = None
+    disable_any_whitespace: bool = False
+
+    def matcher(self, tokenizer):
+        """An llguidance matcher for the constraint (vLLM's "guidance" backend is llguidance too)."""
+        import llguidance
+        import llguidance.hf
+
+        style = {"whitespace_flexible": False} if self.disable_any_whitespace else None
+        if self.grammar is not None:
+            grammar = llguidance.LLMatcher.grammar_from_lark(self.grammar)
+        else:
+            schema = self.json_ if self.json_ is not None else {"type": "object"}
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=style)
+        return llguidance.LLMatcher(llguidance.hf.from_tokenizer(tokenizer), grammar)
+
+
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")  # see the module docstring
     model: str
@@ -76,6 +103,12 @@ class CompletionRequest(BaseModel):
     skip_special_tokens: bool = True
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    structured_outputs: StructuredOutputsParams | None = None
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = 0.0
+    frequency_penalty: float | None = 0.0
+    logprobs: int | None = None
+    return_tokens_as_token_ids: bool | None = None
 
 
 def error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
@@ -90,6 +123,12 @@ def create_app(model_dir: str) -> FastAPI:
     lock = threading.Lock()  # one generate() / adapter change at a time
     app = FastAPI()
     created = int(time.time())
+
+    received: list[dict] = []  # every structured_outputs field sent, for tests of the passthrough
+
+    @app.get("/standin/structured_outputs")
+    def structured_outputs_received():
+        return received
 
     @app.get("/v1/models")
     def list_models():
@@ -133,6 +172,8 @@ def create_app(model_dir: str) -> FastAPI:
         if len(ids) + (req.max_tokens or 0) > model.config.max_position_embeddings:
             return error(400, f"This model's maximum context length is {model.config.max_position_embeddings} "
                               f"tokens. However, you requested {len(ids) + (req.max_tokens or 0)} tokens.")
+        if req.structured_outputs is not None:
+            received.append(req.structured_outputs.model_dump(by_alias=True, exclude_none=True))
         with lock:
             outputs = [decode(req, ids, j) for j in range(req.n)]
         rid, now = "cmpl-" + uuid.uuid4().hex, int(time.time())
@@ -140,7 +181,8 @@ def create_app(model_dir: str) -> FastAPI:
                  "total_tokens": len(ids) + sum(len(o["token_ids"]) for o in outputs)}
         if req.stream:
             return StreamingResponse(stream(req, rid, now, ids, outputs, usage), media_type="text/event-stream")
-        choices = [{"index": j, "text": o["text"], "logprobs": None, "finish_reason": o["finish_reason"],
+        choices = [{"index": j, "text": o["text"], "logprobs": logprobs_of(req, o["steps"]),
+                    "finish_reason": o["finish_reason"],
                     "stop_reason": o["stop_reason"], "token_ids": o["token_ids"] if req.return_token_ids else None,
                     "prompt_logprobs": None} for j, o in enumerate(outputs)]
         return {"id": rid, "object": "text_completion", "created": now, "model": req.model, "choices": choices,
@@ -161,12 +203,21 @@ def create_app(model_dir: str) -> FastAPI:
         if isinstance(model, PeftModel):
             kwargs["adapter_names"] = [req.model if req.model in loras else "__base__"]
         finish, stop_reason = "length", None
+        steps: list[tuple[int, torch.Tensor]] = []  # (token, raw logprobs at its position)
+        matcher = req.structured_outputs.matcher(tokenizer) if req.structured_outputs else None
         with torch.inference_mode():
             for _ in range(req.max_tokens or 16):
                 res = model(input_ids=step_ids, past_key_values=past, use_cache=True, **kwargs)
                 past, logits = res.past_key_values, res.logits[0, -1]
+                raw = torch.log_softmax(logits.float(), dim=-1)  # vLLM's default logprobs_mode: raw_logprobs
+                logits = penalised(logits.clone(), req, out)
+                if matcher is not None:
+                    logits = guided(matcher, logits)
                 token = int(logits.argmax()) if greedy else sample(logits, req, generator)
                 out.append(token)
+                steps.append((token, raw))
+                if matcher is not None:
+                    matcher.consume_token(token)
                 step_ids = torch.tensor([[token]])
                 if token in eos:
                     finish, stop_reason = "stop", (None if token == tokenizer.eos_token_id else token)
@@ -179,7 +230,7 @@ def create_app(model_dir: str) -> FastAPI:
         text = tokenizer.decode(out, skip_special_tokens=req.skip_special_tokens)
         if isinstance(stop_reason, str):
             text = text[:text.find(stop_reason)]
-        return {"text": text, "token_ids": out, "finish_reason": finish, "stop_reason": stop_reason}
+        return {"text": text, "token_ids": out, "finish_reason": finish, "stop_reason": stop_reason, "steps": steps}
 
     def stream(req, rid, now, ids, outputs, usage):
         def chunk(choices, **extra):
@@ -193,7 +244,7 @@ def create_app(model_dir: str) -> FastAPI:
                                                                skip_special_tokens=req.skip_special_tokens)
                 delta, sent = text[len(sent):] if text.startswith(sent) else "", text
                 extra = {"prompt_token_ids": ids} if (req.return_token_ids and j == 0 and k == 0) else {}
-                yield chunk([{"index": j, "text": delta, "logprobs": None,
+                yield chunk([{"index": j, "text": delta, "logprobs": logprobs_of(req, o["steps"][k:k + 1]),
                               "finish_reason": o["finish_reason"] if last else None,
                               "stop_reason": o["stop_reason"] if last else None,
                               "token_ids": [token] if req.return_token_ids else None}], **extra)
@@ -202,6 +253,41 @@ def create_app(model_dir: str) -> FastAPI:
         yield "data: [DONE]\n\n"
 
     return app
+
+
+def penalised(logits: torch.Tensor, req: CompletionRequest, out: list[int]) -> torch.Tensor:
+    """logit_bias added, presence / frequency penalties over the output tokens so far subtracted."""
+    for token, bias in (req.logit_bias or {}).items():
+        logits[int(token)] += bias
+    for token in set(out):
+        logits[token] -= (req.frequency_penalty or 0.0) * out.count(token) + (req.presence_penalty or 0.0)
+    return logits
+
+
+def logprobs_of(req: CompletionRequest, steps: list[tuple[int, torch.Tensor]]) -> dict | None:
+    """vLLM's CompletionLogProbs: the sampled token's logprob and a dict of the top `logprobs`
+    tokens plus the sampled one; tokens as "token_id:N" with return_tokens_as_token_ids."""
+    if req.logprobs is None:
+        return None
+    if not req.return_tokens_as_token_ids:
+        raise ValueError("the stand-in only answers logprobs with return_tokens_as_token_ids")
+    name = "token_id:{}".format
+    top = []
+    for token, raw in steps:
+        values, ids = torch.topk(raw, req.logprobs) if req.logprobs else (raw[:0], raw[:0].long())
+        entry = {name(int(i)): float(v) for i, v in zip(ids.tolist(), values.tolist())}
+        entry[name(token)] = float(raw[token])
+        top.append(entry)
+    return {"text_offset": [0] * len(steps), "token_logprobs": [float(raw[t]) for t, raw in steps],
+            "tokens": [name(t) for t, _ in steps], "top_logprobs": top}
+
+
+def guided(matcher, logits: torch.Tensor) -> torch.Tensor:
+    """logits with every token the grammar does not allow next set to -inf."""
+    mask = torch.frombuffer(bytearray(matcher.compute_bitmask()), dtype=torch.int32)
+    allowed = ((mask.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1).bool().reshape(-1)
+    allowed = torch.nn.functional.pad(allowed, (0, max(0, logits.shape[0] - allowed.shape[0])))[:logits.shape[0]]
+    return logits.masked_fill(~allowed, float("-inf"))
 
 
 def sample(logits: torch.Tensor, req: CompletionRequest, generator: torch.Generator) -> int:

@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # `make reliability` runs it before the full load suite (-m slow)
 def test_load_suite_quick():
     proc = subprocess.run([sys.executable, "-m", "tests.reliability.load_suite", "--clients", "3", "--requests", "12",
                            "--jobs", "2", "--no-write"], cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -27,9 +27,15 @@ def bearer(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
-def cookie(key: str) -> dict:
-    """The dashboard's session cookie, as a browser that signed in with `key` sends it."""
-    return {"Cookie": f"{SESSION_COOKIE}={key}"}
+def cookie(client, key: str) -> dict:
+    """The headers a browser signed in with `key` sends: the dashboard's session cookie (a login
+    token from a real POST /login) and its own Origin (the edge's CSRF check, api/edge.py)."""
+    origin = {"Origin": str(client.base_url).rstrip("/")}
+    r = client.post("/login", data={"api_key": key, "next": "/"}, headers=origin, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    token = r.cookies[SESSION_COOKIE]
+    client.cookies.clear()  # the caller sends the headers returned, only where it means to
+    return {"Cookie": f"{SESSION_COOKIE}={token}", **origin}
 
 
 def ok(response, status: int = 200) -> dict:
@@ -78,7 +84,29 @@ def build_world(client, store, settings, key: str, share_with: str) -> dict:
         granted = ok(client.post(f"/v1/fine_tuning/checkpoints/{world[model]}/permissions",
                                  json={"project_ids": [share_with]}, headers=bearer(key)))
         world[name] = granted["data"][0]["id"]
+    world.update(stored_objects(store, store.keys.verify(key).project_id))
+    world["key"] = store.keys.verify(key).id  # its API key (the dashboard's revoke form)
     return world
+
+
+def stored_objects(store, project_id: str) -> dict:
+    """A stored Response and a stored chat completion of the project. Written through the store, as
+    the worker's writes are above: generating them through the API would load a model, and the
+    routes that read them are what the tenancy tests are about."""
+    from modelmill.service.ids import new_id
+
+    response = {"id": new_id("resp_"), "object": "response", "created_at": 1_700_000_000, "status": "completed",
+                "model": "modelmill-tiny", "metadata": {"owner": project_id}, "output": []}
+    item = {"id": new_id("msg_"), "type": "message", "role": "user", "status": "completed",
+            "content": [{"type": "input_text", "text": "hi"}]}
+    store.responses.add(project_id, response, [item], [{"role": "user", "content": "hi"}])
+    completion = {"id": new_id("chatcmpl-"), "object": "chat.completion", "created": 1_700_000_000,
+                  "model": "modelmill-tiny", "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                                                          "message": {"role": "assistant", "content": "hello",
+                                                                      "refusal": None}}]}
+    store.stored_completions.add(project_id, completion, {"messages": [{"role": "user", "content": "hi"}]},
+                                 {"owner": project_id})
+    return {"response": response["id"], "completion": completion["id"]}
 
 
 def queued_job(client, key: str, file_id: str) -> str:

@@ -67,7 +67,7 @@ def test_stream_without_usage_omits_it(client):
 def test_tools_and_n_on_tiny_model(client):
     r = client.post("/v1/chat/completions", json={"model": "modelmill-tiny", "messages": USER, "tools": TOOLS,
                                                   "tool_choice": "auto", "n": 2, "max_tokens": 4, "seed": 5,
-                                                  "stop": ["\n\n"], "some_new_openai_field": True})
+                                                  "stop": ["\n\n"]})
     assert r.status_code == 200, r.text
     body = r.json()
     assert_matches(body, "CreateChatCompletionResponse")
@@ -87,11 +87,11 @@ class ToolCallingSampler(Sampler):
     CALL = {"id": "call_abc", "type": "function",
             "function": {"name": "set_lights", "arguments": '{"room": "kitchen", "state": "on"}'}}
 
-    def generate(self, ref, messages, tools=None, params=None, tool_choice=None):
+    def generate(self, ref, messages, tools=None, params=None, tool_choice=None, **kw):  # kw: cancel=
         assert tools and tools[0]["function"]["name"] == "set_lights"
         return GenerationResult([Choice(0, "<tool_call>...</tool_call>", None, [self.CALL], "tool_calls", 9)], 20, 9)
 
-    def stream(self, ref, messages, tools=None, params=None, tool_choice=None):
+    def stream(self, ref, messages, tools=None, params=None, tool_choice=None, **kw):  # kw: cancel=
         yield StreamEvent(index=0, finish_reason="tool_calls", tool_calls=[self.CALL],
                           usage={"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29})
 

@@ -204,20 +204,22 @@ def test_login_sets_an_httponly_strict_cookie_and_logout_clears_it(client, store
     assert client.get("/dashboard/api/jobs").status_code == 401
     assert client.get("/login").status_code == 200
 
-    r = client.post("/login", data={"api_key": "mm-wrong", "next": "/"}, follow_redirects=False)
+    same_origin = {"Origin": "http://testserver"}  # as a browser sends it (the edge's CSRF check)
+    r = client.post("/login", data={"api_key": "mm-wrong", "next": "/"}, headers=same_origin, follow_redirects=False)
     assert r.status_code == 401 and "not valid" in r.text and SESSION_COOKIE not in r.headers.get("set-cookie", "")
-    r = client.post("/login", data={"api_key": key, "next": "//evil.example/x"}, follow_redirects=False)
+    r = client.post("/login", data={"api_key": key, "next": "//evil.example/x"}, headers=same_origin,
+                    follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/"  # never off-site
     cookie = r.headers["set-cookie"].lower()
     assert cookie.startswith(f"{SESSION_COOKIE}=") and "httponly" in cookie and "samesite=strict" in cookie
-    assert "path=/" in cookie and key not in r.headers["location"]
+    assert "path=/" in cookie and key not in r.headers["location"] and key.lower() not in cookie  # a token, not the key
 
     assert client.get("/", follow_redirects=False).status_code == 200
     assert client.get("/dashboard/api/jobs").status_code == 200
     assert client.get("/v1/models").status_code == 200  # the cookie counts as the key on /v1 too
     assert 'action="/logout"' in client.get("/").text
 
-    r = client.post("/logout", follow_redirects=False)
+    r = client.post("/logout", headers=same_origin, follow_redirects=False)
     assert r.status_code == 303 and f'{SESSION_COOKIE}=""' in r.headers["set-cookie"]
     client.cookies.clear()
     assert client.get("/dashboard/api/jobs").status_code == 401

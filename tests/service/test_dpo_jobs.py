@@ -5,6 +5,7 @@ with line numbers, and continue an SFT job's adapter."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -99,7 +100,9 @@ def test_dpo_job_trains_with_reward_metrics_and_serves(client, store, settings):
     assert "train_reward_margin" in ckpts["data"][0]["metrics"]
 
     result_id = done["result_files"][0]
-    rows = list(csv.DictReader(io.StringIO(client.get(f"/v1/files/{result_id}/content").text)))
+    # OpenAI's result files hold the CSV base64-encoded.
+    text = base64.b64decode(client.get(f"/v1/files/{result_id}/content").text).decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
     assert rows[0]["train_reward_margin"] and "full_valid_reward_accuracy" in rows[-1]
 

@@ -9,6 +9,7 @@ import pytest
 
 from modelmill.service.worker import Worker
 from tests.service.conftest import upload
+from tests.service.tenancy_world import cookie
 from tests.spec_check import assert_matches
 
 EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.label}}",
@@ -84,7 +85,8 @@ def test_eval_crud_and_pagination(client):
 
 @pytest.mark.parametrize("change, param", [
     ({"data_source_config": None}, "data_source_config"),
-    ({"data_source_config": {"type": "logs"}}, "data_source_config.type"),
+    ({"data_source_config": {"type": "logs", "item_schema": {}}}, "data_source_config.item_schema"),
+    ({"data_source_config": {"type": "nope"}}, "data_source_config.type"),
     ({"data_source_config": {"type": "custom", "item_schema": {"type": "nope"}}}, "data_source_config.item_schema"),
     ({"testing_criteria": []}, "testing_criteria"),
     ({"testing_criteria": [{**EXACT, "operation": "contains"}]}, "testing_criteria[0].operation"),
@@ -154,7 +156,9 @@ def test_bad_run_requests_name_the_field(client):
         "data_source.source.content[1].item")
     assert "label" in err["message"]
     bad(client, "POST", url, {}, "data_source")
-    bad(client, "POST", url, {"data_source": {"type": "responses", "source": inline(("a", "a"))}}, "data_source.type")
+    # a responses run over file items samples a model: it needs one (stored responses need none)
+    bad(client, "POST", url, {"data_source": {"type": "responses", "source": inline(("a", "a"))}}, "data_source.model")
+    bad(client, "POST", url, {"data_source": {"type": "chats", "source": inline(("a", "a"))}}, "data_source.type")
     bad(client, "POST", url, {"data_source": {"type": "jsonl", "source": {"type": "file_id", "id": "file-nope"}}},
         "data_source.source.id")
     bad(client, "POST", url, {"data_source": {"type": "jsonl", "source": {"type": "stored_completions"}}},
@@ -178,6 +182,8 @@ def test_bad_run_requests_name_the_field(client):
         "data_source.sampling_params.temperature")
     bad(client, "POST", url, {"data_source": {**completions, "sampling_params": {"max_completion_tokens": "x"}}},
         "data_source.sampling_params.max_completion_tokens")
+    bad(client, "POST", url, {"data_source": {**completions, "sampling_params": {"reasoning_effort": "high"}}},
+        "data_source.sampling_params.reasoning_effort")
     assert client.post("/v1/evals/eval_nope/runs", json={"data_source": completions}).status_code == 404
 
 
@@ -263,8 +269,10 @@ def test_report_page_needs_a_key_from_header_or_cookie(client, store):
     url = f"/evals/{ev['id']}/runs/{run['id']}"
     assert client.get(url).status_code == 401
     assert client.get(url, headers={"Authorization": f"Bearer {key}"}).status_code == 200
-    client.cookies.set("modelmill_key", key)
+    client.cookies.set("modelmill_key", key)  # the old cookie held the raw key: no longer accepted
     try:
-        assert client.get(url).status_code == 200
+        assert client.get(url).status_code == 401
     finally:
         client.cookies.clear()
+    session = cookie(client, key)  # a login token from a real POST /login (docs/security.md)
+    assert client.get(url, headers=session).status_code == 200

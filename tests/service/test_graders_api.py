@@ -87,10 +87,43 @@ def test_score_model_with_tiny_judge(client):
     assert "modelmill-tiny" in body["model_grader_token_usage_per_model"]
 
 
-def test_score_model_with_unknown_judge_is_a_server_error_flag(client):
-    body = run(client, {**SCORE_TINY, "model": "gpt-not-configured"})
-    assert "model_grader_server_error" in flags(body)
-    assert "gpt-not-configured" in body["metadata"]["errors"]["model_grader_server_error_details"]
+@pytest.mark.parametrize("path", [RUN, VALIDATE])
+@pytest.mark.parametrize("grader,param", [
+    ({**SCORE_TINY, "model": "gpt-4.1-not-configured"}, "grader.model"),
+    ({"type": "multi", "name": "m", "calculate_output": "j", "graders": {
+        "j": {**SCORE_TINY, "model": "gpt-4.1-not-configured"}}}, "grader.graders.j.model"),
+])
+def test_unknown_judge_model_is_a_400_naming_the_field(client, path, grader, param):
+    """A judge nobody serves (no MODELMILL_JUDGES entry, not a model of ModelMill's) is refused at
+    request time, not reported as a failure on every sample later."""
+    r = client.post(path, json={"grader": grader, "model_sample": "x", "item": {}} if path == RUN
+                    else {"grader": grader})
+    assert r.status_code == 400, r.text
+    assert_matches(r.json(), "ErrorResponse")
+    assert r.json()["error"]["param"] == param and "gpt-4.1-not-configured" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"grader": STRING_CHECK, "model_sample": "x", "item": {}, "sample": {}}, "sample"),
+    ({"grader": {**STRING_CHECK, "refrence": "x"}, "model_sample": "x"}, "grader.refrence"),
+])
+def test_unknown_fields_are_refused(client, body, param):
+    r = client.post(RUN, json=body)
+    assert r.status_code == 400 and r.json()["error"] == {
+        "message": f"Unrecognized request argument supplied: {param}", "type": "invalid_request_error",
+        "param": param, "code": None}
+
+
+def test_graders_template_item_messages(client):
+    """OpenAI's RFT cookbook graders read the training line's messages as {{item.messages}}."""
+    grader = {"type": "python", "name": "asks", "source": (
+        "def grade(sample, item):\n"
+        "    return 1.0 if item['messages'][-1]['content'] in sample['output_text'] else 0.0\n")}
+    item = {"messages": [{"role": "user", "content": "ping"}], "answer": "pong"}
+    assert run(client, grader, sample="ping pong", item=item)["reward"] == 1.0
+    check = {"type": "string_check", "name": "t", "input": "{{item.messages[0].content}}", "reference": "ping",
+             "operation": "eq"}
+    assert run(client, check, item=item)["reward"] == 1.0
 
 
 def test_label_model_only_inside_multi(client):

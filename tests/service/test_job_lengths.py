@@ -117,6 +117,11 @@ def test_nf4_on_a_cpu_worker_fails_the_job_clearly(client, store, settings):
     ({"modelmill.truncation": "yes"}, "modelmill.truncation"),
     ({"modelmill.quantization": "int3"}, "modelmill.quantization"),
     ({"modelmill.max_seq_length": "512"}, "unknown metadata key 'modelmill.max_seq_length'"),
+    ({"modelmill.early_stopping": "soon"}, "modelmill.early_stopping"),
+    ({"modelmill.early_stopping": "0"}, "modelmill.early_stopping"),
+    ({"modelmill.final_model": "first"}, "modelmill.final_model"),
+    ({"modelmill.final_model": "best"}, "'modelmill.final_model' needs a validation_file"),
+    ({"modelmill.early_stopping": "2"}, "'modelmill.early_stopping' needs a validation_file"),
 ])
 def test_bad_training_metadata_is_a_400_naming_metadata(client, settings, metadata, needle):
     models.ensure_base(settings.home, "modelmill-tiny")  # so its context can be checked at creation

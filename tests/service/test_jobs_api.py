@@ -66,9 +66,32 @@ def test_training_file_must_have_purpose_fine_tune(client):
     assert r.status_code == 400 and r.json()["error"]["param"] == "training_file"
 
 
-def test_unknown_fields_are_accepted(client, train_file):
-    job = create_job(client, train_file["id"], some_future_field={"x": 1})
-    assert job["status"] == "validating_files"
+@pytest.mark.parametrize("body,param", [
+    ({"test_file": "file-x"}, "test_file"),
+    ({"hyperparameters": {"n_epoch": 3}}, "hyperparameters.n_epoch"),
+    ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epoch": 3}}}},
+     "method.supervised.hyperparameters.n_epoch"),
+    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"betta": 0.1}}}}, "method.dpo.hyperparameters.betta"),
+    ({"method": {"type": "supervised", "supervised": {}, "extra": 1}}, "method.extra"),
+    ({"method": {"type": "reinforcement", "reinforcement": {"grader": {
+        "type": "string_check", "name": "x", "input": "{{sample.output_text}}", "reference": "a",
+        "operation": "eq", "pass_treshold": 1}}}}, "method.reinforcement.grader.pass_treshold"),
+])
+def test_unknown_fields_are_refused_as_openai_does(client, train_file, body, param):
+    """A misspelled or unknown field is never silently ignored (a job would train without the
+    validation file its author meant): OpenAI's 400, `param` the field's dotted path."""
+    r = client.post("/v1/fine_tuning/jobs", json={"model": "modelmill-tiny", "training_file": train_file["id"],
+                                                  **body})
+    assert r.status_code == 400, r.text
+    assert r.json() == {"error": {"message": f"Unrecognized request argument supplied: {param}",
+                                  "type": "invalid_request_error", "param": param, "code": None}}
+    assert client.get("/v1/fine_tuning/jobs").json()["data"] == []  # and nothing was made
+
+
+def test_modelmill_metadata_keys_still_work(client, train_file):
+    """Documented extensions live where OpenAI allows free keys (metadata), so they are not unknown fields."""
+    job = create_job(client, train_file["id"], metadata={"modelmill.truncation": "allow", "eval": "false"})
+    assert job["metadata"]["modelmill.truncation"] == "allow"
 
 
 def test_list_filters_by_metadata_and_pages(client, train_file):
@@ -114,9 +137,29 @@ def test_cancel_of_a_running_job_is_a_request_to_its_worker(client, store, setti
     lease = queue.claim("w1")
     queue.update(lease, status="running")
     r = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()
-    assert r["status"] == "running"  # the worker stops it within a step
+    # OpenAI answers the state the request put the job in; the worker stops it within a step.
+    assert r["status"] == "cancelled" and r["estimated_finish"] is None
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "cancelled"
+    assert store.jobs.get(job["id"]).status == "running"  # internally, until the step boundary
     assert queue.requested_action(lease) == "cancel"
     assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/pause").status_code == 409
+
+
+def test_pause_of_a_running_job_answers_paused_and_resume_withdraws_it(client, store, settings, train_file):
+    job = create_job(client, train_file["id"])
+    queue = store.job_queue(settings.lease_seconds)
+    lease = queue.claim("w1")
+    queue.update(lease, status="running")
+    paused = client.post(f"/v1/fine_tuning/jobs/{job['id']}/pause").json()
+    assert_matches(paused, "FineTuningJob")
+    assert paused["status"] == "paused" and queue.requested_action(lease) == "pause"
+    # Resumed before the worker reached its step boundary: the request is withdrawn, training goes on.
+    resumed = client.post(f"/v1/fine_tuning/jobs/{job['id']}/resume").json()
+    assert resumed["status"] == "running" and queue.requested_action(lease) is None
+    # Once the worker has paused it, resume re-queues it as before.
+    client.post(f"/v1/fine_tuning/jobs/{job['id']}/pause")
+    queue.finish(lease, "paused", message="Job paused")
+    assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/resume").json()["status"] == "queued"
 
 
 def test_events_newest_first_and_paged(client, store, settings, train_file):
@@ -180,3 +223,37 @@ def test_openai_sdk_drives_the_jobs_api(client):
     assert sdk.files.content(f.id).read() == training_jsonl()
     assert {"modelmill-tiny", "SmolLM2-135M-Instruct"} <= {m.id for m in sdk.models.list()}
     assert sdk.files.delete(f.id).deleted
+
+
+def test_job_with_a_validation_file_carries_its_eval_id(client, train_file):
+    """OpenAI's cookbook reads job.eval_id for the automatic before/after eval: the eval is made with
+    the job, so the create response already names it (an extra field FineTuningJob allows)."""
+    valid = upload(client, training_jsonl(4))
+    job = create_job(client, train_file["id"], validation_file=valid["id"])
+    assert_matches(job, "FineTuningJob")
+    ev = client.get(f"/v1/evals/{job['eval_id']}").json()
+    assert ev["metadata"] == {"fine_tuning_job_id": job["id"]}
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["eval_id"] == job["eval_id"]
+    assert [j.get("eval_id") for j in client.get("/v1/fine_tuning/jobs").json()["data"]] == [job["eval_id"]]
+    plain = create_job(client, train_file["id"])  # no validation file, no metadata eval: no eval
+    assert "eval_id" not in plain
+    named = create_job(client, train_file["id"], metadata={"eval": "true", "eval_id": job["eval_id"]})
+    assert named["eval_id"] == job["eval_id"]  # metadata eval_id: the caller's own eval
+
+
+GRADER = {"type": "string_check", "name": "s", "input": "{{sample.output_text}}", "reference": "a", "operation": "eq"}
+
+
+@pytest.mark.parametrize("key,value,limit", [
+    ("eval_samples", 300_000, "64"), ("eval_samples", 10**12, "64"), ("eval_interval", 10**9, "100000"),
+    ("n_epochs", 51, "50"), ("batch_size", 10_000, "256"), ("compute_multiplier", 1e6, "10"),
+])
+def test_size_like_rft_hyperparameters_are_bounded(client, train_file, key, value, limit):
+    """Issue 17.5: an RFT job asking for an unbounded evaluation is a 400 naming the limit."""
+    r = client.post("/v1/fine_tuning/jobs", json={
+        "model": "modelmill-tiny", "training_file": train_file["id"],
+        "method": {"type": "reinforcement", "reinforcement": {"grader": GRADER, "hyperparameters": {key: value}}}})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == f"method.reinforcement.hyperparameters.{key}"
+    assert limit in err["message"], err["message"]

@@ -291,3 +291,19 @@ def test_worker_gives_up_after_max_worker_losses_in_a_row(store, settings):
     job = store.jobs.get("ftjob-z")
     assert job.status == "failed" and job.error["code"] == "worker_lost"
     assert "3 times in a row without saving a checkpoint" in job.error["message"]
+
+
+def test_resumed_steps_replace_the_abandoned_attempts_metrics(store, queue, clock):
+    """Issue 17.9: a worker died after step 4; its successor resumed from the checkpoint at step 2
+    and trained steps 3 and 4 again. Each step keeps one metrics event: the resumed attempt's."""
+    job_id = add_job(store, "ftjob-resume")
+    first = queue.claim("w1", job_id)
+    for step in (1, 2, 3, 4):
+        queue.record_step(first, step, 6, f"Step {step}/6", {"step": step, "train_loss": 1.0, "attempt": 1}, None)
+    clock.t += 60  # w1 is gone; its lease runs out
+    second = queue.claim("w2", job_id)
+    for step in (3, 4, 5):
+        queue.record_step(second, step, 6, f"Step {step}/6", {"step": step, "train_loss": 0.5, "attempt": 2}, None)
+    metrics = store.events.all_for(job_id, type="metrics")
+    assert [(e.data["step"], e.data["attempt"]) for e in metrics] == [(1, 1), (2, 1), (3, 2), (4, 2), (5, 2)]
+    assert store.jobs.get(job_id).step == 5

@@ -22,16 +22,20 @@ from tests.spec_check import assert_matches
 
 # Path parameter -> the resource kind of build_world it names.
 KIND = {"file_id": "file", "job_id": "job", "eval_id": "eval", "run_id": "run", "output_item_id": "item",
-        "model": "ft", "fine_tuned_model_checkpoint": "ft", "permission_id": "perm"}
+        "model": "ft", "fine_tuned_model_checkpoint": "ft", "permission_id": "perm", "response_id": "response",
+        "completion_id": "completion", "key_id": "key"}
 # What a never-used id of each kind looks like.
 MISSING = {"file": "file-NoSuchFile000000000000", "job": "ftjob-NoSuchJob0000000000000",
            "queued": "ftjob-NoSuchJob0000000000000", "eval": "eval_NoSuchEval00000000000",
            "run": "evalrun_NoSuchRun000000000000", "item": "outputitem_NoSuchItem0000000000",
            "ft": "ft:modelmill-tiny:modelmill::nosuchid", "ckpt": "ft:modelmill-tiny:modelmill::nosuchid:ckpt-step-1",
-           "perm": "cp_NoSuchPermission0000000", "ckpt_perm": "cp_NoSuchPermission0000000"}
+           "perm": "cp_NoSuchPermission0000000", "ckpt_perm": "cp_NoSuchPermission0000000",
+           "response": "resp_NoSuchResponse000000000", "completion": "chatcmpl-NoSuchCompletion00000000",
+           "key": "key_NoSuchKey00000000"}
 BODIES = {("POST", "/v1/evals/{eval_id}"): {"name": "renamed"},
-          ("POST", "/v1/evals/{eval_id}/runs"): RUN_BODY}
-DASHBOARD_PAGES = ("/jobs/{job_id}", "/files/{file_id}")
+          ("POST", "/v1/evals/{eval_id}/runs"): RUN_BODY,
+          ("POST", "/v1/chat/completions/{completion_id}"): {"metadata": {"owner": "B"}}}
+DASHBOARD_PAGES = ("/jobs/{job_id}", "/files/{file_id}", "/keys/{key_id}/revoke")
 
 # (method, route path, overrides): each path parameter names project A's resource of KIND[param],
 # unless overridden: "kind" (A's resource of that kind) or "B:kind" (the caller's own resource, so
@@ -82,10 +86,18 @@ CASES = [
      {"eval_id": "B:eval", "run_id": "B:run"}),
     ("GET", "/evals/{eval_id}/runs/{run_id}", {}),
     ("GET", "/evals/{eval_id}/runs/{run_id}", {"eval_id": "B:eval"}),
+    ("GET", "/v1/responses/{response_id}", {}),
+    ("DELETE", "/v1/responses/{response_id}", {}),
+    ("GET", "/v1/responses/{response_id}/input_items", {}),
+    ("GET", "/v1/chat/completions/{completion_id}", {}),
+    ("POST", "/v1/chat/completions/{completion_id}", {}),
+    ("DELETE", "/v1/chat/completions/{completion_id}", {}),
+    ("GET", "/v1/chat/completions/{completion_id}/messages", {}),
     ("GET", "/dashboard/api/jobs/{job_id}", {}),
     ("GET", "/dashboard/api/files/{file_id}/report", {}),
     ("GET", "/jobs/{job_id}", {}),
     ("GET", "/files/{file_id}", {}),
+    ("POST", "/keys/{key_id}/revoke", {}),
 ]
 
 
@@ -132,7 +144,7 @@ def _ids(path: str, overrides: dict, worlds: dict, missing: bool) -> tuple[dict[
 
 
 def _call(client, method: str, path: str, ids: dict, key: str, body):
-    headers = cookie(key) if path in DASHBOARD_PAGES or path.startswith("/dashboard/") else bearer(key)
+    headers = cookie(client, key) if path in DASHBOARD_PAGES or path.startswith("/dashboard/") else bearer(key)
     return client.request(method, _url(path, ids), json=body, headers=headers)
 
 
@@ -178,6 +190,12 @@ def test_project_a_still_has_everything(tenants):
     assert [(r["id"], r["status"]) for r in runs] == [(a["run"], "completed")]  # none added, none cancelled
     item = ok(client.get(f"/v1/evals/{a['eval']}/runs/{a['run']}/output_items/{a['item']}", headers=h))
     assert item["id"] == a["item"]
+    assert ok(client.get(f"/v1/responses/{a['response']}", headers=h))["id"] == a["response"]
+    stored = ok(client.get(f"/v1/chat/completions/{a['completion']}", headers=h))
+    assert stored["metadata"] == {"owner": tenants["projects"]["A"]}  # not B's update
+    listed = ok(client.get("/v1/chat/completions", headers=h))["data"]
+    assert [c["id"] for c in listed] == [a["completion"]]  # only A's own
+    assert tenants["store"].keys.verify(key_a).id == a["key"]  # B's revoke form did not revoke A's key
 
 
 def _routes_with_path_parameters(routes, prefix: str = "") -> set[tuple[str, str]]:
@@ -203,4 +221,4 @@ def test_every_route_with_a_path_parameter_is_in_the_matrix(tenants):
     assert covered - routes == set(), "matrix cases for routes that no longer exist"
     kinds = {KIND[n] for _, p, _ in CASES for n in re.findall(r"\{(\w+)", p)}
     kinds |= {v.split(":")[-1] for _, _, o in CASES for v in o.values()}
-    assert kinds == {"file", "job", "queued", "ft", "ckpt", "perm", "ckpt_perm", "eval", "run", "item"}
+    assert kinds >= {"file", "job", "queued", "ft", "ckpt", "perm", "ckpt_perm", "eval", "run", "item", "key"}

@@ -54,7 +54,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelmill.ml import ml_imports
+from modelmill.errors import RequestCancelledError
+from modelmill.ml import constraints, logits, ml_imports
 
 with ml_imports():  # not alongside another thread's first import of the stack (see modelmill.ml)
     import torch
@@ -65,6 +66,11 @@ with ml_imports():  # not alongside another thread's first import of the stack (
     from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
 log = logging.getLogger(__name__)
+
+
+class GenerationCancelled(RequestCancelledError):
+    """A request's cancel flag was set before its rows were decoded (its caller has gone)."""
+
 
 GENERATE_LOCK = threading.Lock()  # one model.generate() at a time in the process (see above)
 DEFAULT_WINDOW_S = 0.01  # collection window: start once no request arrived for this long
@@ -81,6 +87,16 @@ class DecodeSettings:
     top_p: float  # nucleus mass, 1 = off
     stop: list[str] | None  # a row ends once one of these appears in its decoded text
     seed: int  # seeds this request's own torch.Generator (ignored when greedy)
+    logit_bias: dict[int, float] | None = None  # token id -> bias added to its logit (ml/logits.py)
+    presence_penalty: float = 0.0  # OpenAI's additive penalties over the row's generated tokens
+    frequency_penalty: float = 0.0
+    top_logprobs: int | None = None  # None = no logprobs; k >= 0 = record each token's logprob + top k
+
+    @property
+    def adjusts(self) -> bool:
+        """True when this request needs _RowSampling even if it decodes greedily."""
+        return bool(self.logit_bias or self.presence_penalty or self.frequency_penalty
+                    or self.top_logprobs is not None)
 
 
 @dataclass(eq=False)
@@ -102,17 +118,27 @@ class BatchRequest:
     copies: int  # rows per prompt (n for sampled choices, 1 for greedy)
     settings: DecodeSettings
     adapter: str | None = None  # the LoRA adapter name every row of this request decodes with; None = base
+    # Per prompt, the grammar its rows must follow (an ml.constraints.Constraint) or None: structured
+    # outputs and forced tool calls. None = no prompt is constrained.
+    constraints: list[Any] | None = None
     sink: Any = None  # a TextIteratorStreamer fed with this request's tokens (single-row requests)
-    cancel: threading.Event | None = None  # set by a stream consumer that stopped reading
+    # Set when nobody wants the rows any more (a stream consumer stopped reading, an HTTP client
+    # disconnected): every row of the request ends at the next decoding step, and a request still
+    # queued is dropped before it is decoded.
+    cancel: threading.Event | None = None
     rows: list[tuple[list[int], bool] | None] = field(default_factory=list)
     error: BaseException | None = None
     streamed: bool = False  # a token went to the sink already (such a request cannot be re-run)
     enqueued: float = 0.0  # time.monotonic() when submitted
     batch_rows: int = 0  # rows in the batch this request was decoded in (for stats and tests)
+    # Per row, one logits.StepLogprob per generated token, appended as it is decoded (before the
+    # token goes to the sink), when settings.top_logprobs is not None.
+    logprobs: list[list] = field(default_factory=list)
     _done: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self):
         self.rows = [None] * self.n_rows
+        self.logprobs = [[] for _ in range(self.n_rows)]
 
     @property
     def n_rows(self) -> int:
@@ -190,6 +216,8 @@ class Batcher:
             self._collect()
             with self._cond:
                 batch = self._take()
+            if not batch:  # every pending request was cancelled
+                continue
             self.history.append((len(batch), sum(r.n_rows for r in batch)))
             self._run(batch)
 
@@ -206,7 +234,13 @@ class Batcher:
             time.sleep(wait)
 
     def _take(self) -> list[BatchRequest]:
-        """The oldest request plus every later one for the same model that still fits."""
+        """The oldest request plus every later one for the same model that still fits. Requests
+        cancelled while they waited (their client went away) are dropped here, never decoded."""
+        for r in [r for r in self._pending if r.cancel is not None and r.cancel.is_set()]:
+            self._pending.remove(r)
+            r.fail(GenerationCancelled("the request was cancelled before it was decoded"))
+        if not self._pending:
+            return []
         first = self._pending[0]
         batch, rows, rest = [first], first.n_rows, []
         for r in self._pending[1:]:
@@ -233,6 +267,7 @@ class Batcher:
                     r.fail(e)
                 else:
                     r.rows = [None] * r.n_rows
+                    r.logprobs = [[] for _ in range(r.n_rows)]
                     self._run([r])
         except BaseException as e:
             for r in batch:
@@ -257,14 +292,16 @@ def decode_batch(batch: list[BatchRequest]) -> None:
         attention_mask[r, width - len(ids):] = 1
     for req in batch:
         req.batch_rows = len(rows_ids)
-    monitor = _BatchMonitor(batch, width)
+    sampling = _RowSampling(batch, width) if any(not r.settings.greedy or r.settings.adjusts for r in batch) else None
+    monitor = _BatchMonitor(batch, width, sampling)
     config = GenerationConfig(
         max_new_tokens=max(b for req in batch for b in req.budgets), do_sample=False, num_beams=1,
         num_return_sequences=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
         eos_token_id=first.eos_ids, pad_token_id=first.pad_id)
     kwargs: dict[str, Any] = {}
-    if not all(req.settings.greedy for req in batch):
-        kwargs["logits_processor"] = LogitsProcessorList([_RowSampling(batch)])
+    processors = [p for p in (_constraints(batch), sampling) if p is not None]  # the grammar masks come first
+    if processors:
+        kwargs["logits_processor"] = LogitsProcessorList(processors)
     started = time.perf_counter()
     if getattr(first.model, "serves_adapters", False):  # a MultiLoraModel: each row names its adapter
         kwargs["adapters_B"] = [req.adapter for req in batch for _ in range(req.n_rows)]
@@ -277,48 +314,75 @@ def decode_batch(batch: list[BatchRequest]) -> None:
               1000 * (max(r.enqueued for r in batch) - min(r.enqueued for r in batch)))
 
 
+def _constraints(batch: list[BatchRequest]):
+    """A constraints.RowConstraints over the batch's rows if any request is constrained, else None."""
+    rows = [c for req in batch for c in (req.constraints or [None] * len(req.prompt_ids)) for _ in range(req.copies)]
+    if all(c is None for c in rows):
+        return None
+    return constraints.RowConstraints(rows, batch[0].tokenizer, batch[0].tok_lock, batch[0].eos_ids)
+
+
 class _RowSampling(LogitsProcessor):
-    """Per-request temperature / top_p and per-request random streams inside one batch.
+    """Per-request logit adjustments, logprobs, temperature / top_p and random streams in one batch.
 
     transformers' own sampling applies one temperature and top_p to the whole batch and draws
     every row from the global torch RNG, so a request's tokens would depend on its batch-mates.
-    Here generate() runs greedy (argmax) and this processor, for each sampling request, applies
-    transformers' TemperatureLogitsWarper / TopPLogitsWarper to that request's rows, draws the
-    next token from the request's own torch.Generator (seeded with its seed) and leaves only that
-    token finite, so argmax picks it. Greedy requests' rows are left untouched. A request draws
-    for all of its rows at every step, finished or not, so its random stream advances the same
-    way whatever else is in the batch.
+    Here generate() runs greedy (argmax) and this processor, for each request's rows:
+    1. adds its logit_bias and subtracts its presence / frequency penalties (ml/logits.py);
+    2. if it asked for logprobs, keeps the log-softmax of those scores (before temperature and
+       top_p) for _BatchMonitor, which records the logprob of the token actually picked;
+    3. if it samples, applies transformers' TemperatureLogitsWarper / TopPLogitsWarper, draws the
+       next token from the request's own torch.Generator (seeded with its seed) and leaves only
+       that token finite, so argmax picks it. A greedy request's adjusted scores go to argmax.
+    Requests with none of these are left untouched. A sampling request draws for all of its rows
+    at every step, finished or not, so its random stream advances the same way whatever else is
+    in the batch.
     """
 
-    def __init__(self, batch: list[BatchRequest]):
-        self.groups: list[tuple[slice, LogitsProcessorList, torch.Generator]] = []
+    def __init__(self, batch: list[BatchRequest], width: int):
+        self.width = width  # prompt columns (left-padded); generated tokens start here
+        self.groups: list[tuple[slice, DecodeSettings, Any, LogitsProcessorList | None, torch.Generator | None]] = []
+        # row -> (logprobs_V, top_values_K, top_ids_K) of the current step, for _BatchMonitor
+        self.step_logprobs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         start = 0
         for req in batch:
             s = req.settings
+            warpers = generator = None
             if not s.greedy:
                 warpers = LogitsProcessorList([TemperatureLogitsWarper(float(s.temperature))])
                 if s.top_p < 1.0:
                     warpers.append(TopPLogitsWarper(float(s.top_p)))
-                self.groups.append((slice(start, start + req.n_rows), warpers,
-                                    torch.Generator().manual_seed(s.seed)))
+                generator = torch.Generator().manual_seed(s.seed)
+            if warpers is not None or s.adjusts:
+                self.groups.append((slice(start, start + req.n_rows), s, logits.bias_tensors(s.logit_bias), warpers,
+                                    generator))
             start += req.n_rows
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for rows, warpers, generator in self.groups:
-            probs = torch.softmax(warpers(input_ids[rows], scores[rows]), dim=-1)
-            picked = torch.multinomial(probs, num_samples=1, generator=generator)
-            only = torch.full_like(scores[rows], float("-inf")).scatter_(1, picked, 0.0)
-            scores[rows] = only
+        self.step_logprobs = {}
+        for rows, s, bias, warpers, generator in self.groups:
+            mine = logits.adjust(scores[rows].clone(), input_ids[rows, self.width:], bias, s.presence_penalty,
+                                 s.frequency_penalty)
+            if s.top_logprobs is not None:
+                lp_R_V, top_values_R_K, top_ids_R_K = logits.distribution(mine, s.top_logprobs)
+                for j in range(lp_R_V.shape[0]):
+                    self.step_logprobs[rows.start + j] = (lp_R_V[j], top_values_R_K[j], top_ids_R_K[j])
+            if warpers is not None:
+                probs = torch.softmax(warpers(input_ids[rows], mine), dim=-1)
+                picked = torch.multinomial(probs, num_samples=1, generator=generator)
+                mine = torch.full_like(mine, float("-inf")).scatter_(1, picked, 0.0)
+            scores[rows] = mine
         return scores
 
 
 class _BatchMonitor(StoppingCriteria):
     """Called by generate() after every step with the sequences so far. Per row: feed a streamed
     request its new token, and end the row on EOS, its own budget, one of its stop strings or a
-    cancelled stream. A request whose rows are all done is handed back at once."""
+    cancelled stream. A request whose rows are all done is handed back at once. For a request
+    that asked for logprobs, the picked token's logprob (from `sampling`) is recorded first."""
 
-    def __init__(self, batch: list[BatchRequest], width: int):
-        self.width = width
+    def __init__(self, batch: list[BatchRequest], width: int, sampling: "_RowSampling | None" = None):
+        self.width, self.sampling = width, sampling
         self.rows: list[tuple[BatchRequest, int, int]] = []  # (request, row within it, budget)
         for req in batch:
             for j in range(req.n_rows):
@@ -339,6 +403,8 @@ class _BatchMonitor(StoppingCriteria):
                     done[r] = True
                     continue
                 token = last[r]
+                if self.sampling is not None and r in self.sampling.step_logprobs:
+                    req.logprobs[j].append(logits.step(*self.sampling.step_logprobs[r], token))
                 if req.sink is not None:
                     req.streamed = True
                     req.sink.put(torch.tensor([token]))

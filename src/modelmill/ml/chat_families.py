@@ -50,6 +50,7 @@ class Family:
     args_key: str = "arguments"  # the key the model writes arguments under
     hf_messages: bool = True  # transformers' convention: arguments as dicts, tools as {"type", "function"}
     call_id: Callable[[str], str] | None = None  # rewrites tool call ids the template insists on
+    call_suffix: str = "}"  # what closes one call after its arguments (constrained tool calls: ml/constraints.py)
 
     def prefill(self, forced_name: str | None) -> str:
         """The forced start of the assistant turn for tool_choice "required" (no name) or a named function.
@@ -151,14 +152,16 @@ def mistral_call_id(call_id: str) -> str:
 
 FAMILIES: dict[str, Family] = {
     "chatml": Family("chatml", "<tool_call>{\"name\", \"arguments\"}</tool_call> (ModelMill's ChatML)",
-                     parse_hermes, ("<tool_call>",), ("<|im_end|>",), "<tool_call>\n", hf_messages=False),
+                     parse_hermes, ("<tool_call>",), ("<|im_end|>",), "<tool_call>\n", hf_messages=False,
+                     call_suffix="}\n</tool_call>"),
     "hermes": Family("hermes", "<tool_call>{\"name\", \"arguments\"}</tool_call> (Qwen2.5 / Hermes)",
-                     parse_hermes, ("<tool_call>",), ("<|im_end|>", "<|endoftext|>"), "<tool_call>\n"),
+                     parse_hermes, ("<tool_call>",), ("<|im_end|>", "<|endoftext|>"), "<tool_call>\n",
+                     call_suffix="}\n</tool_call>"),
     "llama3": Family("llama3", "{\"name\", \"parameters\"} JSON as the whole turn (Llama 3.x)",
                      parse_llama3, ('{"name"',), ("<|eot_id|>", "<|eom_id|>"), "", args_key="parameters"),
     "mistral": Family("mistral", "[TOOL_CALLS][{\"name\", \"arguments\"}] (Mistral)",
                       parse_mistral, ("[TOOL_CALLS]", '[{"name"'), ("</s>",), "[TOOL_CALLS][",
-                      call_id=mistral_call_id),
+                      call_id=mistral_call_id, call_suffix="}]"),
 }
 
 

@@ -105,6 +105,9 @@ class DPOConfig:
     eval_every_steps: int = 5  # valid_* on one validation batch every N steps; 0 = only at epoch ends
     keep_checkpoints: int = 3  # newest checkpoints kept in output_dir/checkpoints; older ones deleted
     warmup_ratio: float = 0.0  # fraction of the steps with linear LR warm-up; then linear decay to 0
+    # Stop once full_valid_loss has not improved for this many evaluations in a row; None = train every epoch.
+    early_stopping_patience: int | None = None
+    final_model: str = "last"  # the adapter returned: "last" step (OpenAI's rule) or "best" full_valid_loss
     torch_threads: int | None = None  # CPU threads torch may use during the run; None = torch's setting
     beta: float = AUTO_BETA  # DPO temperature: higher keeps the policy closer to the reference
 

@@ -61,6 +61,7 @@ import json
 import math
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -188,6 +189,9 @@ class RFTConfig:
     lora_dropout: float = 0.0  # dropout on the LoRA path; 0 = none
     keep_checkpoints: int = 3  # newest checkpoints kept (plus the best-validated one); older ones deleted
     warmup_ratio: float = 0.0  # fraction of the steps with linear LR warm-up; then linear decay to 0
+    # Stop once valid_reward_mean has not improved for this many evaluations in a row; None = train every epoch.
+    early_stopping_patience: int | None = None
+    final_model: str = "last"  # the adapter returned: "last" step (OpenAI's rule) or "best" valid_reward_mean
     torch_threads: int | None = None  # CPU threads torch may use during the run; None = torch's setting
     kl_beta: float = 0.04  # weight of the KL(policy || reference) penalty; 0 would drop the reference pass
     temperature: float = 1.0  # sampling temperature of rollouts and evaluations
@@ -295,7 +299,7 @@ def _with_validation_split(config: RFTConfig, reporter: Reporter) -> RFTConfig:
 
 
 def _line_of(e: PromptExample) -> dict:
-    return {"messages": e.messages, **({"tools": e.tools} if e.tools is not None else {}), **e.item}
+    return e.line_dict
 
 
 def render_prompt(tokenizer, example: PromptExample, instruction: str | None) -> str:
@@ -306,8 +310,8 @@ def render_prompt(tokenizer, example: PromptExample, instruction: str | None) ->
 
 
 def _load_dataset(path: Path, label: str, tokenizer, config: RFTConfig, reporter: Reporter):
-    """A datasets.Dataset of prompt (rendered text), item_json (the item as JSON: `datasets` would
-    otherwise unify every row's dict schema, adding None-valued keys the grader would see),
+    """A datasets.Dataset of prompt (rendered text), item_json (the grader's item, the whole line,
+    as JSON: `datasets` would otherwise unify every row's dict schema, adding None-valued keys),
     has_tools and question (the last user message's text). Prompts that leave no room for the
     completion budget within max_seq_len only get here with config.truncation (plan_run refuses
     them otherwise); a prompt cannot be cut without changing the question, so they are skipped
@@ -322,7 +326,8 @@ def _load_dataset(path: Path, label: str, tokenizer, config: RFTConfig, reporter
         if len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) > limit:
             dropped += 1
             continue
-        rows.append({"prompt": prompt, "item_json": json.dumps(e.item, ensure_ascii=False),
+        # The grader's item is the whole line, messages included, as on OpenAI ({{item.messages}}).
+        rows.append({"prompt": prompt, "item_json": json.dumps(e.line_dict, ensure_ascii=False),
                      "has_tools": bool(e.tools), "question": chat_format.content_text(e.messages[-1].get("content"))})
     if dropped:
         reporter.on_event("warn", f"{dropped} of {len(examples)} {label} prompts are longer than {limit} tokens "
@@ -391,6 +396,7 @@ class _RFTHooks(common.ReporterHooks):
     `valid_ds` and `check_ds` are set by _build_trainer."""
 
     METRIC_NAMES = METRIC_NAMES
+    SELECT_BY = ("valid_reward_mean", True)
 
     def __init__(self, reporter: Reporter, config: RFTConfig, has_valid: bool):
         super().__init__(reporter, config, has_valid)
@@ -409,7 +415,11 @@ class _RFTHooks(common.ReporterHooks):
     def on_train_begin(self, args, state, control, **kwargs):
         self.best = _best_published(Path(self.config.output_dir))
         if state.global_step == 0 and self.config.base_check_prompts > 0:
-            self._base_check()
+            try:
+                self._base_check()
+            except _StopRequested as stop:  # the first step's on_step_end asks again and stops there
+                self.stop = stop.action
+                control.should_training_stop = True
 
     def on_step_end(self, args, state, control, **kwargs):
         self.stop = self.reporter.should_stop()
@@ -419,14 +429,20 @@ class _RFTHooks(common.ReporterHooks):
             control.should_save = self.stop == "pause" and not common.epoch_complete(state)
         elif self.has_valid and state.global_step % self.config.eval_interval == 0 \
                 and not common.epoch_complete(state):  # at an epoch end, on_epoch_end evaluates
-            self._add(state, self._evaluate("valid"))
-            control.should_save = True  # a checkpoint ranked by this reward
+            metrics = self._interruptible_evaluate(state, control)
+            if metrics is not None:
+                self._add(state, metrics)
+                control.should_save = True  # a checkpoint ranked by this reward
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if self.stop == "cancel" or not common.epoch_complete(state):
             return
         if self.has_valid and self.stop is None:
-            self._add(state, self._evaluate("valid"))
+            metrics = self._interruptible_evaluate(state, control)
+            if metrics is not None:
+                self._add(state, metrics)
+            elif self.stop == "cancel":
+                return
         self._flush(state)
         control.should_save = True
 
@@ -449,16 +465,46 @@ class _RFTHooks(common.ReporterHooks):
         self.reporter.on_checkpoint(step, path, metrics)
         if improved:
             self._report_best("Best checkpoint so far")
+        if reward is not None:  # ranked now, so the early-stopping count sees this evaluation's verdict
+            self.stop_early_if_stalled(state, control)
 
     def on_train_end(self, args, state, control, **kwargs):
         super().on_train_end(args, state, control, **kwargs)
         if self.stop is None and self.best is not None:
             self._report_best("Training done; best checkpoint")
 
+    def evaluations(self, state) -> list[tuple[int, float]]:
+        """Each validation reward so far: the published checkpoints' (they carry it, so a resumed run
+        still has them) and this run's."""
+        found = dict(_published_scores(Path(self.config.output_dir)))
+        found.update(self.valid_by_step)
+        return sorted(found.items())
+
+    def best_evaluation(self, state) -> tuple[int, float] | None:
+        return self.best  # ranked as checkpoints are published (on_save), earliest on ties
+
     def _report_best(self, what: str) -> None:
         step, reward = self.best
         self.reporter.on_event("info", f"{what}: step {step} (valid_reward_mean {reward:.4f})",
                                {"best_checkpoint_step": step, "valid_reward_mean": reward})
+
+    def _interruptible_evaluate(self, state, control) -> dict[str, float] | None:
+        """_evaluate("valid"), or None when a cancel / pause arrived between two of its batches: the
+        training then stops as on_step_end would have (a pause still checkpoints), without the
+        evaluation's reward."""
+        try:
+            return self._evaluate("valid")
+        except _StopRequested as stop:
+            self.stop = stop.action
+            control.should_training_stop = True
+            control.should_save = stop.action == "pause" and not common.epoch_complete(state)
+            return None
+
+    def _check_stop(self) -> None:
+        """Between two batches of an evaluation: raise _StopRequested if the run should stop now."""
+        action = self.reporter.should_stop()
+        if action in ("cancel", "pause"):
+            raise _StopRequested(action)
 
     def _evaluate(self, name: str) -> dict[str, float]:
         """valid_reward_mean of the current policy: eval_samples completions per validation prompt."""
@@ -493,33 +539,56 @@ class _RFTHooks(common.ReporterHooks):
         rows = [ds[i] for i in range(len(ds)) for _ in range(n)]
         texts = sample_completions(self.trainer.model, self.tokenizer, [r["prompt"] for r in rows],
                                    max_new_tokens=self.config.completion_budget,
-                                   temperature=self.config.temperature, eos_ids=self.trainer.eos_token_ids, seed=seed)
+                                   temperature=self.config.temperature, eos_ids=self.trainer.eos_token_ids, seed=seed,
+                                   before_batch=self._check_stop)
         parse = chat_families.family_of(self.tokenizer).parse
         samples = [completion_sample(t, parse_tools=r["has_tools"], require_marker=self.config.require_answer_marker,
                                      parse=parse)
                    for t, r in zip(texts, rows, strict=True)]
         items = [json.loads(r["item_json"]) for r in rows]
-        results = graders.grade_batch(self.config.grader, samples, items, context=self.config.grader_context)
+        results = []
+        for start in range(0, len(samples), EVAL_BATCH_ROWS):  # a cancel is honoured between batches
+            if start:
+                self._check_stop()
+            end = start + EVAL_BATCH_ROWS
+            results += graders.grade_batch(self.config.grader, samples[start:end], items[start:end],
+                                           context=self.config.grader_context)
         return results, samples, items, rows
+
+
+class _StopRequested(Exception):
+    """The reporter asked to stop ("cancel" or "pause") in the middle of an evaluation."""
+
+    def __init__(self, action: str):
+        super().__init__(action)
+        self.action = action
+
+
+def _published_scores(output_dir: Path) -> list[tuple[int, float]]:
+    """(step, valid_reward_mean) of each complete checkpoint on disk that carries one, oldest first."""
+    out = []
+    for path in common.checkpoints(output_dir):
+        score = path / CHECKPOINT_SCORE_FILE
+        if score.is_file():
+            out.append((common.step_of(path), float(json.loads(score.read_text())["valid_reward_mean"])))
+    return out
 
 
 def _best_published(output_dir: Path) -> tuple[int, float] | None:
     """(step, valid_reward_mean) of the best complete checkpoint on disk (earliest on ties), or None."""
     best = None
-    for path in common.checkpoints(output_dir):
-        score = path / CHECKPOINT_SCORE_FILE
-        if score.is_file():
-            reward = float(json.loads(score.read_text())["valid_reward_mean"])
-            if best is None or reward > best[1]:
-                best = (common.step_of(path), reward)
+    for step, reward in _published_scores(output_dir):
+        if best is None or reward > best[1]:
+            best = (step, reward)
     return best
 
 
 def sample_completions(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float,
-                       eos_ids: list[int], seed: int) -> list[str]:
+                       eos_ids: list[int], seed: int, before_batch: Callable[[], None] | None = None) -> list[str]:
     """Sample one completion per prompt text with the live (training) model, EVAL_BATCH_ROWS rows per
     left-padded generate() call, under a private RNG seeded with `seed` (the training run's RNG
-    stream is left as it was). The model is put back in train mode afterwards."""
+    stream is left as it was). The model is put back in train mode afterwards. before_batch is
+    called before every generate() call but the first (it raises to stop the sampling: a cancel)."""
     import torch
     from transformers import GenerationConfig
 
@@ -532,6 +601,8 @@ def sample_completions(model, tokenizer, prompts: list[str], *, max_new_tokens: 
         with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             for start in range(0, len(prompts), EVAL_BATCH_ROWS):
+                if start and before_batch is not None:
+                    before_batch()
                 ids = [torch.tensor(x) for x in tokenizer(text=prompts[start:start + EVAL_BATCH_ROWS])["input_ids"]]
                 width = max(len(x) for x in ids)
                 input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)

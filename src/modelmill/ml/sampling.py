@@ -31,8 +31,11 @@ Semantics (OpenAI's, where they map):
   "none" neither renders the tools nor parses (so the model answers in text); "required" and
   {"type": "function", "function": {"name": ...}} are honoured by prefilling the assistant turn
   with the start of a `<tool_call>` block (with the name, for a named choice). The prefill counts
-  as prompt tokens and is part of Choice.text. A small model may still fail to finish valid JSON;
-  then the block stays in the content and finish_reason is "stop"/"length".
+  as prompt tokens and is part of Choice.text. The rest of the call (a tool's name, arguments valid
+  under its schema, the closing markup) is decoded under a grammar (ml/constraints.py), so it always
+  parses unless the token budget ends first (then the block stays in the content, finish "length").
+- response_format json_schema / json_object: every choice is decoded under that grammar
+  (ml/constraints.py); per row, so constrained and plain requests share batches.
 - max_tokens None means min(512, context left after the prompt); a larger max_tokens is clamped
   to the context left. A prompt that fills the context raises InvalidRequestError
   (code "context_length_exceeded").
@@ -40,6 +43,7 @@ Semantics (OpenAI's, where they map):
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -55,10 +59,9 @@ with ml_imports():  # not alongside another thread's first import of the stack (
     # Straight from the submodule: transformers' lazy top-level __getattr__ is not thread-safe.
     from transformers.generation.streamers import TextIteratorStreamer
 
-from modelmill.ml import batching, chat_families, chat_format, models, multi_lora
-from modelmill.ml.types import ModelRef
+from modelmill.ml import batching, chat_families, chat_format, constraints, logits, models, multi_lora
+from modelmill.ml.types import DEFAULT_MAX_TOKENS, ModelRef  # DEFAULT_MAX_TOKENS: the budget when max_tokens is None
 
-DEFAULT_MAX_TOKENS = 512  # completion budget when max_tokens is None (capped by the context left)
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_N = 128  # OpenAI's limit on choices per request
 TOOL_CALL_OPEN = "<tool_call>"  # ModelMill's ChatML tool-call marker (each family has its own: chat_families)
@@ -78,10 +81,27 @@ class SamplingParams:
     n: int = 1  # choices per prompt, 1..128
     seed: int | None = None  # None = nondeterministic; an int makes sampling repeatable
     stop: list[str] | None = None  # up to 4 strings (a single str is accepted and wrapped)
+    logprobs: bool = False  # return each generated token's logprob (ml/logits.py says of which distribution)
+    top_logprobs: int | None = None  # 0..20 most likely tokens per position; needs logprobs
+    logit_bias: dict[int, float] | None = None  # token id -> -100..100 added to its logit (str keys accepted)
+    presence_penalty: float = 0.0  # -2..2, OpenAI's formula (ml/logits.py)
+    frequency_penalty: float = 0.0  # -2..2
+    response_format: dict | None = None  # OpenAI's response_format; json_schema / json_object are enforced
+    # The grammar response_format asks for (ml/constraints.py), set from it on construction.
+    constraint: constraints.Constraint | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         _check_number(self.temperature, "temperature", 0.0, 2.0)
         _check_number(self.top_p, "top_p", 0.0, 1.0)
+        _check_number(self.presence_penalty, "presence_penalty", -2.0, 2.0)
+        _check_number(self.frequency_penalty, "frequency_penalty", -2.0, 2.0)
+        if self.top_logprobs is not None:
+            if not _is_int(self.top_logprobs) or not 0 <= self.top_logprobs <= logits.MAX_TOP_LOGPROBS:
+                raise InvalidRequestError(f"top_logprobs must be an integer from 0 to {logits.MAX_TOP_LOGPROBS}",
+                                          param="top_logprobs")
+            if not self.logprobs:
+                raise InvalidRequestError("top_logprobs needs logprobs set to true", param="top_logprobs")
+        object.__setattr__(self, "logit_bias", logits.parse_bias(self.logit_bias))
         if self.max_tokens is not None and (not _is_int(self.max_tokens) or self.max_tokens < 1):
             raise InvalidRequestError("max_tokens must be a positive integer", param="max_tokens")
         if not _is_int(self.n) or not 1 <= self.n <= MAX_N:
@@ -96,6 +116,7 @@ class SamplingParams:
                 raise InvalidRequestError(f"stop may hold at most {MAX_STOP_STRINGS} strings", param="stop")
             stop = [s for s in stop if s] or None
         object.__setattr__(self, "stop", stop)
+        object.__setattr__(self, "constraint", constraints.from_response_format(self.response_format))
 
     @property
     def greedy(self) -> bool:
@@ -110,6 +131,9 @@ class Choice:
     tool_calls: list[dict]  # OpenAI shape: {"id", "type": "function", "function": {"name", "arguments"}}
     finish_reason: str  # "stop" | "length" | "tool_calls"
     completion_tokens: int = 0  # tokens generated for this choice
+    # With params.logprobs: OpenAI ChatCompletionTokenLogprob dicts, one per generated token of
+    # `text` (tool-call markup included, the prefill and end-of-turn token not); None otherwise.
+    logprobs: list[dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +161,10 @@ class StreamEvent:
     finish_reason: str | None = None  # set on the choice's final event
     tool_calls: list[dict] | None = None  # set on the final event when tool calls were parsed
     usage: dict | None = None  # {"prompt_tokens", "completion_tokens", "total_tokens"} on the very last event
+    # With params.logprobs: the ChatCompletionTokenLogprob dicts of the tokens this event's text
+    # completes (tool-call tokens come with the final event); their concatenation over a choice
+    # equals generate()'s Choice.logprobs.
+    logprobs: list[dict] | None = None
 
 
 # (base_dir, adapter_dir) -> (model, tokenizer). The Sampler calls it with adapter_dir None (it loads
@@ -190,6 +218,7 @@ class _Prompt:
     prefill: str  # forced start of the completion (tool_choice required / named), "" otherwise
     parse_tools: bool  # parse tool calls out of the completion
     family: chat_families.Family = chat_families.FAMILIES["chatml"]  # how tool calls look and parse
+    constraint: constraints.Constraint | None = None  # the rest of a forced tool call (after the prefill)
 
 
 class Sampler:
@@ -301,12 +330,16 @@ class Sampler:
     # -- generation ----------------------------------------------------------------------------
 
     def generate(self, ref: ModelRef, messages: list[dict], tools: list[dict] | None = None,
-                 params: SamplingParams | None = None, tool_choice: Any = None) -> GenerationResult:
-        """Complete one conversation: params.n choices."""
-        return self.batch_generate(ref, [messages], params, tools=tools, tool_choice=tool_choice)[0]
+                 params: SamplingParams | None = None, tool_choice: Any = None,
+                 cancel: threading.Event | None = None) -> GenerationResult:
+        """Complete one conversation: params.n choices. Setting `cancel` (the caller's client went
+        away) ends every row at the next decoding step (the choices then hold what was decoded so
+        far), or raises batching.GenerationCancelled if the request was still queued."""
+        return self.batch_generate(ref, [messages], params, tools=tools, tool_choice=tool_choice, cancel=cancel)[0]
 
     def batch_generate(self, ref: ModelRef, conversations: list[list[dict]], params: SamplingParams | None = None,
-                       *, tools: list | None = None, tool_choice: Any = None) -> list[GenerationResult]:
+                       *, tools: list | None = None, tool_choice: Any = None,
+                       cancel: threading.Event | None = None) -> list[GenerationResult]:
         """Complete many conversations in one left-padded batch (evals, RFT rollouts).
 
         tools is either one tools list shared by all conversations or a list with one tools
@@ -321,15 +354,15 @@ class Sampler:
         try:
             per_item = _tools_per_conversation(tools, len(conversations))
             prompts = [_render(loaded.tokenizer, msgs, t, tool_choice) for msgs, t in zip(conversations, per_item)]
-            request = self._request(loaded, prompts, params, adapter=adapter)
+            request = self._request(loaded, prompts, params, adapter=adapter, cancel=cancel)
             rows = self._batcher.submit(request).wait()
         finally:
             loaded.model.release(adapter)
         copies = request.copies
         results = []
         for i, (prompt, budget) in enumerate(zip(prompts, request.budgets)):
-            mine = [_choice(loaded, ids, hit_eos, prompt, params, budget)
-                    for ids, hit_eos in rows[i * copies:(i + 1) * copies]]
+            mine = [_choice(loaded, ids, hit_eos, prompt, params, budget, request.logprobs[i * copies + j])
+                    for j, (ids, hit_eos) in enumerate(rows[i * copies:(i + 1) * copies])]
             if copies == 1:
                 mine = mine * params.n  # greedy: n identical choices from one decode
             choices = [_with_index(c, j) for j, c in enumerate(mine)]
@@ -347,14 +380,20 @@ class Sampler:
         # makes a single-threaded program repeatable.
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2 ** 62, ()).item())
         settings = batching.DecodeSettings(greedy=params.greedy, temperature=params.temperature, top_p=params.top_p,
-                                           stop=params.stop, seed=seed)
+                                           stop=params.stop, seed=seed,
+                                           logit_bias=logits.check_bias_ids(params.logit_bias, loaded.tokenizer),
+                                           presence_penalty=float(params.presence_penalty),
+                                           frequency_penalty=float(params.frequency_penalty),
+                                           top_logprobs=(params.top_logprobs or 0) if params.logprobs else None)
         return batching.BatchRequest(
             key=loaded.model, model=loaded.model, tokenizer=loaded.tokenizer, tok_lock=loaded.tok_lock,
             eos_ids=loaded.eos_ids, pad_id=loaded.tokenizer.pad_token_id, prompt_ids=prompt_ids, budgets=budgets,
-            copies=1 if params.greedy else params.n, settings=settings, sink=sink, cancel=cancel, adapter=adapter)
+            copies=1 if params.greedy else params.n, settings=settings, sink=sink, cancel=cancel, adapter=adapter,
+            constraints=_constraints(prompts, params))
 
     def stream(self, ref: ModelRef, messages: list[dict], tools: list[dict] | None = None,
-               params: SamplingParams | None = None, tool_choice: Any = None) -> Iterator[StreamEvent]:
+               params: SamplingParams | None = None, tool_choice: Any = None,
+               cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
         """Yield content deltas as they are generated, then a final event with finish_reason/usage.
 
         Text that could be the start of a stop string or of a `<tool_call>` block is held back
@@ -365,15 +404,18 @@ class Sampler:
 
         Request errors (unknown model, bad tool_choice, prompt longer than the context) raise
         here, before an iterator is returned, so a server can still answer with a 4xx.
+        `cancel`, set from another thread (the HTTP client went away), ends the generation at the
+        next decoding step, even while the consumer waits for text that is being held back.
         """
         params = params or SamplingParams()
         if params.n > 1:
-            return self._stream_from_result(self.generate(ref, messages, tools, params, tool_choice))
+            return self._stream_from_result(self.generate(ref, messages, tools, params, tool_choice, cancel=cancel))
         loaded, adapter = self._acquire(ref)
         try:
             prompt = _render(loaded.tokenizer, messages, tools, tool_choice)
             streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=False, skip_special_tokens=True)
-            request = self._request(loaded, [prompt], params, sink=streamer, cancel=threading.Event(), adapter=adapter)
+            request = self._request(loaded, [prompt], params, sink=streamer, cancel=cancel or threading.Event(),
+                                    adapter=adapter)
         except BaseException:
             loaded.model.release(adapter)
             raise
@@ -382,10 +424,12 @@ class Sampler:
     def _stream_from_result(self, result: GenerationResult) -> Iterator[StreamEvent]:
         last = len(result.choices) - 1
         for c in result.choices:
+            lps = c.logprobs  # with the content; with the final event when there is none (tool calls)
             if c.content:
-                yield StreamEvent(delta=c.content, index=c.index)
+                yield StreamEvent(delta=c.content, index=c.index, logprobs=lps)
+                lps = None
             yield StreamEvent(index=c.index, finish_reason=c.finish_reason, tool_calls=c.tool_calls or None,
-                              usage=result.usage if c.index == last else None)
+                              usage=result.usage if c.index == last else None, logprobs=lps)
 
     def _stream_one(self, loaded: _Loaded, prompt: _Prompt, request: batching.BatchRequest,
                     params: SamplingParams) -> Iterator[StreamEvent]:
@@ -401,6 +445,7 @@ class Sampler:
         self._batcher.submit(request)
         markers = (params.stop or []) + (list(prompt.family.markers) if prompt.parse_tools else [])
         text, sent, stopped = "", 0, False
+        lps = logits.StreamedLogprobs(request.tokenizer, request.tok_lock, request) if params.logprobs else None
         try:
             for piece in request.sink:
                 text += piece
@@ -411,7 +456,7 @@ class Sampler:
                     break
                 safe = _safe_prefix_len(text, markers, prompt)
                 if safe > sent:
-                    yield StreamEvent(delta=text[sent:safe])
+                    yield StreamEvent(delta=text[sent:safe], logprobs=lps.take(safe) if lps else None)
                     sent = safe
         finally:
             request.cancel.set()  # the consumer went away (or we stopped): end this row promptly
@@ -423,7 +468,8 @@ class Sampler:
             _, calls = prompt.family.parse(prompt.prefill + text)
         rest = "" if calls else prompt.prefill + text[sent:]  # sent is 0 whenever there is a prefill
         yield StreamEvent(delta=rest, finish_reason="tool_calls" if calls else finish, tool_calls=calls or None,
-                          usage=_usage(len(request.prompt_ids[0]), len(ids)))
+                          usage=_usage(len(request.prompt_ids[0]), len(ids)),
+                          logprobs=lps.rest(len(text) if stopped else None) if lps else None)
         # (text after a parsed tool call is not streamed; generate()'s content would include it)
 
 
@@ -432,21 +478,30 @@ class Sampler:
 
 
 def _choice(loaded: _Loaded, ids: list[int], hit_eos: bool, prompt: _Prompt, params: SamplingParams,
-            budget: int) -> Choice:
+            budget: int, steps: list | None = None) -> Choice:
     """One generated row -> Choice: cut at the first stop string, parse tool calls, pick finish_reason."""
     with loaded.tok_lock:
         text = loaded.tokenizer.decode(ids, skip_special_tokens=True)
+        entries = logits.entries(loaded.tokenizer, (steps or [])[:len(ids)]) if params.logprobs else None
     cut = _first_stop(text, params.stop)
     if cut is not None:
         text, finish = text[:cut], "stop"
     else:
         finish = "stop" if hit_eos or len(ids) < budget else "length"
+    if entries is not None:
+        entries = logits.up_to(entries, cut)
     full = prompt.prefill + text
     if prompt.parse_tools:
         content, calls = prompt.family.parse(full)
         if calls:
-            return Choice(0, full, content, calls, "tool_calls", len(ids))
-    return Choice(0, full, full, [], finish, len(ids))
+            return Choice(0, full, content, calls, "tool_calls", len(ids), entries)
+    return Choice(0, full, full, [], finish, len(ids), entries)
+
+
+def _constraints(prompts: list[_Prompt], params: SamplingParams) -> list[constraints.Constraint | None] | None:
+    """Per prompt: its forced tool call's grammar, else response_format's (None when nothing is constrained)."""
+    per = [p.constraint or params.constraint for p in prompts]
+    return per if any(per) else None
 
 
 def _render(tokenizer, messages: list[dict], tools: list[dict] | None, tool_choice: Any) -> _Prompt:
@@ -458,8 +513,15 @@ def _render(tokenizer, messages: list[dict], tools: list[dict] | None, tool_choi
         text = chat_format.render(tokenizer, messages, tools if mode != "none" else None, add_generation_prompt=True)
     except (TemplateError, TypeError, AttributeError, KeyError) as e:
         raise InvalidRequestError(f"could not render messages with the chat template: {e}", param="messages") from e
+    except RecursionError:  # e.g. tool parameters nested hundreds deep: the request's fault, so a 400
+        raise InvalidRequestError("could not render the chat template: the request's "
+                                  f"{'tools are' if tools else 'messages are'} nested too deeply",
+                                  param="tools" if tools else "messages", code="nested_too_deeply") from None
     prefill = family.prefill(forced_name) if mode == "required" else ""
-    return _Prompt(text + prefill, prefill, parse_tools=mode != "none", family=family)
+    # A forced call is decoded under a grammar (name + schema-valid arguments), so it always parses.
+    constraint = constraints.for_tool_call(tools, forced_name, hf_messages=family.hf_messages, args_key=family.args_key,
+                                           call_suffix=family.call_suffix) if mode == "required" else None
+    return _Prompt(text + prefill, prefill, parse_tools=mode != "none", family=family, constraint=constraint)
 
 
 def _tool_mode(tools: list[dict] | None, tool_choice: Any) -> tuple[str, str | None]:
@@ -525,7 +587,7 @@ def _safe_prefix_len(text: str, markers: list[str], prompt: _Prompt) -> int:
 
 
 def _with_index(c: Choice, index: int) -> Choice:
-    return Choice(index, c.text, c.content, c.tool_calls, c.finish_reason, c.completion_tokens)
+    return dataclasses.replace(c, index=index)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:

@@ -128,6 +128,9 @@ class SFTConfig:
     eval_every_steps: int = 5  # valid_loss on one validation batch every N steps; 0 = only at epoch ends
     keep_checkpoints: int = 3  # newest checkpoints kept in output_dir/checkpoints; older ones deleted
     warmup_ratio: float = 0.0  # fraction of the steps with linear LR warm-up; then linear decay to 0
+    # Stop once full_valid_loss has not improved for this many evaluations in a row; None = train every epoch.
+    early_stopping_patience: int | None = None
+    final_model: str = "last"  # the adapter returned: "last" step (OpenAI's rule) or "best" full_valid_loss
     # CPU threads torch may use during the run (restored afterwards); None = leave torch's setting.
     # 1 is several times faster whenever other processes share the cores (OpenMP threads stall).
     torch_threads: int | None = None

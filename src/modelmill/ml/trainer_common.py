@@ -33,6 +33,8 @@ from modelmill.ml.types import TrainResult
 # The PEFT adapter a run trains (PEFT's default name). TRL's DPOTrainer may add a frozen "ref"
 # copy next to it; only this one is ever saved as the run's result.
 TRAINED_ADAPTER = "default"
+# What PEFT's save_pretrained writes for one adapter (safetensors only): the final adapter's files.
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "README.md")
 
 
 def cuda_bf16() -> bool:
@@ -214,7 +216,7 @@ def run_trainer(trainer, callback: ReporterHooks, output_dir: Path, reporter: Re
     try:
         if not trainer.is_world_process_zero():  # rank 0 alone writes the adapter (ml/distributed.py)
             return TrainResult(status="succeeded", adapter_dir=None, trained_tokens=tokens, steps=steps)
-        adapter_dir = save_adapter_atomically(trainer.model, output_dir)
+        adapter_dir = final_adapter(trainer, callback, output_dir, reporter)
     except Exception as e:
         if disk_full(e, output_dir):
             raise disk_full_error(output_dir, "saving the final adapter") from e
@@ -318,6 +320,40 @@ def publish_checkpoint(output_dir: Path, step: int, keep: int, protect: tuple[in
     return dst
 
 
+def final_adapter(trainer, callback: ReporterHooks, output_dir: Path, reporter: Reporter) -> Path:
+    """Publish output_dir/adapter: the last step's adapter, or with config.final_model "best" the best
+    evaluated checkpoint's (one event says which, and why)."""
+    steps, name = trainer.state.global_step, callback.SELECT_BY[0]
+    best = callback.best_evaluation(trainer.state) if callback.config.final_model == "best" else None
+    if best is None or best[0] == steps:
+        if callback.config.final_model == "best":
+            why = "no validation evaluation" if best is None else f"it has the best {name}, {best[1]:.4f}"
+            reporter.on_event("info", f"fine_tuned_model is the last step, {steps} ({why})",
+                              {"final_model_step": steps})
+        return save_adapter_atomically(trainer.model, output_dir)
+    checkpoint = output_dir / "checkpoints" / f"step-{best[0]}"
+    if not (checkpoint / "adapter_model.safetensors").is_file():  # pruned by an older run's rules
+        reporter.on_event("warn", f"The best checkpoint (step {best[0]}) is gone; fine_tuned_model is the last "
+                                  f"step, {steps}", {"final_model_step": steps})
+        return save_adapter_atomically(trainer.model, output_dir)
+    reporter.on_event("info", f"fine_tuned_model is the checkpoint of step {best[0]} ({name} {best[1]:.4f}); "
+                              f"the last step was {steps}", {"final_model_step": best[0], name: best[1]})
+    return copy_adapter_atomically(checkpoint, output_dir)
+
+
+def copy_adapter_atomically(checkpoint: Path, output_dir: Path) -> Path:
+    """output_dir/adapter from a published checkpoint's adapter files (what save_pretrained wrote there)."""
+    tmp = output_dir / f".adapter-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    for name in ADAPTER_FILES:
+        if (checkpoint / name).is_file():
+            shutil.copy2(checkpoint / name, tmp / name)
+    final = output_dir / "adapter"
+    crash_point("adapter_publish")
+    rename_over(tmp, final)
+    return final
+
+
 def save_adapter_atomically(model, output_dir: Path) -> Path:
     """Save the trained adapter alone (never DPO's frozen "ref" copy) to output_dir/adapter."""
     tmp = output_dir / f".adapter-{uuid.uuid4().hex[:8]}"
@@ -371,6 +407,9 @@ class ReporterHooks:
     """
 
     METRIC_NAMES: tuple[str, ...] = ()
+    # The validation metric that ranks checkpoints, for early stopping and final_model "best":
+    # (name, higher is better). SFT and DPO: the loss over the whole validation file at each epoch end.
+    SELECT_BY: tuple[str, bool] = ("full_valid_loss", False)
 
     def train_metrics(self, logs: dict) -> dict[str, float]:
         """The train_* metrics in one trainer log that has a "loss"."""
@@ -412,6 +451,7 @@ class ReporterHooks:
             return
         if self.has_valid:
             self._add(state, self._evaluate("full_valid"))
+            self.stop_early_if_stalled(state, control)
         self._flush(state)
         control.should_save = True
 
@@ -426,11 +466,57 @@ class ReporterHooks:
         barrier()  # every rank has written its part of the staged checkpoint (its RNG state)
         if not state.is_world_process_zero:  # rank 0 alone publishes and reports (ml/distributed.py)
             return
-        path = publish_checkpoint(Path(self.config.output_dir), state.global_step, self.config.keep_checkpoints)
+        path = publish_checkpoint(Path(self.config.output_dir), state.global_step, self.config.keep_checkpoints,
+                                  protect=self.protected_steps(state))
         self.reporter.on_checkpoint(state.global_step, path, dict(self.last_metrics))
 
     def on_train_end(self, args, state, control, **kwargs):
         self._flush(state)
+
+    # -- early stopping and the best checkpoint (config.early_stopping_patience, config.final_model)
+
+    def evaluations(self, state) -> list[tuple[int, float]]:
+        """(step, value) of each SELECT_BY evaluation so far, oldest first. The trainer's log history is
+        saved with every checkpoint, so a resumed run still knows the evaluations before the crash."""
+        name = self.SELECT_BY[0]
+        found = {}
+        for entry in state.log_history:
+            value = entry.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and "step" in entry:
+                found[int(entry["step"])] = float(value)  # a step evaluated again after a resume: the newer
+        return sorted(found.items())
+
+    def best_evaluation(self, state) -> tuple[int, float] | None:
+        """(step, value) of the best evaluation (the earliest on ties), or None before the first."""
+        higher = self.SELECT_BY[1]
+        best = None
+        for step, value in self.evaluations(state):
+            if best is None or (value > best[1] if higher else value < best[1]):
+                best = (step, value)
+        return best
+
+    def protected_steps(self, state) -> tuple[int, ...]:
+        """Checkpoint steps pruning must keep: the best one, when the run may return it."""
+        if self.config.final_model != "best" and not self.config.early_stopping_patience:
+            return ()
+        best = self.best_evaluation(state)
+        return (best[0],) if best else ()
+
+    def stop_early_if_stalled(self, state, control) -> None:
+        """After an evaluation: stop training when SELECT_BY has not improved for early_stopping_patience
+        evaluations in a row (the checkpoint of this step is still written)."""
+        patience = self.config.early_stopping_patience
+        best = self.best_evaluation(state)
+        if not patience or best is None or state.global_step >= state.max_steps:
+            return
+        since = sum(1 for step, _ in self.evaluations(state) if step > best[0])
+        if since >= patience:
+            control.should_training_stop = True
+            name = self.SELECT_BY[0]
+            self.reporter.on_event(
+                "info", f"Stopped early at step {state.global_step} of {state.max_steps}: {name} has not improved "
+                        f"for {since} evaluation(s) (best {best[1]:.4f} at step {best[0]})",
+                {"early_stopped_step": state.global_step, "best_step": best[0], name: best[1]})
 
     def _evaluate(self, name: str) -> dict[str, float]:
         metrics = self.trainer.evaluate(eval_dataset=name, metric_key_prefix=name)

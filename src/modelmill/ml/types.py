@@ -45,6 +45,11 @@ class ValidationReport:
         return not self.problems
 
 
+# Completion tokens per choice when a request gives no max_tokens (ml.sampling; capped by the context
+# left). Here, in a module without torch, so the API can check request limits before loading a model.
+DEFAULT_MAX_TOKENS = 512
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """What sampling needs to load a model: a base HF directory and an optional LoRA adapter."""
@@ -79,10 +84,16 @@ class PreferencePair:
 @dataclass(frozen=True)
 class PromptExample:
     """One reinforcement (RFT) line: the prompt the policy answers (raw OpenAI messages ending with
-    a user message, plus optional tools) and `item`, every other field of the line, which graders
-    see as {{item.*}} (python graders as their `item` argument)."""
+    a user message, plus optional tools) and `item`, every other field of the line. Graders see
+    the whole line (line_dict: messages and tools too) as {{item.*}} (python graders as `item`)."""
 
     messages: list[dict]
     tools: list[dict] | None
     item: dict  # the line's fields other than the reserved "messages" and "tools"
     line: int = 0  # 1-based line number in the source file
+
+    @property
+    def line_dict(self) -> dict:
+        """The whole training line again: what graders get as `item`. OpenAI passes the line as it
+        is, so a cookbook grader templating {{item.messages}} sees the prompt."""
+        return {"messages": self.messages, **({"tools": self.tools} if self.tools is not None else {}), **self.item}

@@ -11,6 +11,14 @@ one `POST /v1/completions` per prompt to a vLLM OpenAI-compatible server, with
   adapters of the base share one copy of it and vLLM's multi-LoRA batching,
 - max_tokens = ModelMill's budget, n = rows per prompt, seed / temperature / top_p / stop as
   the request asked, stop_token_ids = the EOS ids ModelMill stops on,
+- `structured_outputs` = the request's constraint (ml/constraints.py) in vLLM's terms: `json` (a
+  json_schema response_format), `json_object`, or `grammar` (a forced tool call, an llguidance Lark
+  grammar: run vLLM with `--structured-outputs-config.backend guidance`; docs/structured-outputs.md),
+- logit_bias / presence_penalty / frequency_penalty as the request asked (vLLM applies OpenAI's
+  semantics), and with logprobs, `logprobs: k` + `return_tokens_as_token_ids: true`: each token's
+  logprob and its top k come back keyed by token id and are turned into the same StepLogprobs
+  as the transformers backend records. vLLM reports the model's raw logprobs by default (before
+  the bias, penalties and any constraint; its `--logprobs-mode` changes that), docs/api-parameters.md,
 - `return_token_ids: true`: the generated token ids come back and are decoded here, so text,
   stop-string cuts, finish_reason and completion_tokens are computed exactly as for
   transformers. Streams use `stream: true` and hand each chunk's token ids to the request's
@@ -44,7 +52,7 @@ with ml_imports():  # not alongside another thread's first import of the stack (
     from transformers.generation.configuration_utils import GenerationConfig
     from transformers.models.auto.configuration_auto import AutoConfig
 
-from modelmill.ml import batching, models
+from modelmill.ml import batching, logits, models
 from modelmill.ml.multi_lora import DEFAULT_MAX_ADAPTERS, AdapterCache
 
 log = logging.getLogger(__name__)
@@ -196,6 +204,15 @@ class VLLMBackend:
                 "stop_token_ids": request.eos_ids, "return_token_ids": True, "skip_special_tokens": True}
         if s.stop:
             body["stop"] = s.stop
+        if s.logit_bias:
+            body["logit_bias"] = {str(t): b for t, b in s.logit_bias.items()}
+        if s.presence_penalty or s.frequency_penalty:
+            body.update(presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty)
+        if s.top_logprobs is not None:
+            body.update(logprobs=s.top_logprobs, return_tokens_as_token_ids=True)
+        constraint = request.constraints[i] if request.constraints else None
+        if constraint is not None:  # response_format / a forced tool call: vLLM's own guided decoding
+            body["structured_outputs"] = constraint.structured_outputs
         return body
 
     def _complete_prompt(self, request: batching.BatchRequest, i: int) -> None:
@@ -208,6 +225,7 @@ class VLLMBackend:
             raise InferenceBackendError(f"vLLM answered {len(choices)} choices, asked for {request.copies}")
         for j, choice in enumerate(choices):
             ids = self._token_ids(request, choice)
+            request.logprobs[i * request.copies + j] += _steps(request, choice)
             request.row_done(i * request.copies + j, ids, bool(ids) and ids[-1] in request.eos_ids)
 
     def _stream_row(self, request: batching.BatchRequest) -> None:
@@ -237,6 +255,7 @@ class VLLMBackend:
                 raise InferenceBackendError(f"vLLM stream failed: {chunk['error']}")
             for choice in chunk.get("choices", []):
                 new = self._token_ids(request, choice)
+                request.logprobs[0] += _steps(request, choice)  # before the text reaches the consumer
                 if new:
                     ids += new
                     with request.tok_lock:
@@ -287,3 +306,25 @@ class VLLMBackend:
             raise InvalidRequestError(f"vLLM refused the {what}: {message}")
         raise InferenceBackendError(f"vLLM failed the {what} ({r.status_code}): {message}")
 
+
+def _steps(request: batching.BatchRequest, choice: dict) -> list[logits.StepLogprob]:
+    """vLLM's completions logprobs (tokens and top_logprobs keys as "token_id:N") -> StepLogprobs;
+    [] when the request did not ask for logprobs. vLLM's top dict may hold k + 1 entries (the
+    sampled token besides the top k): the k most likely are kept."""
+    k = request.settings.top_logprobs
+    lp = choice.get("logprobs")
+    if k is None or not lp:
+        return []
+    out = []
+    for token, value, top in zip(lp.get("tokens") or [], lp.get("token_logprobs") or [], lp.get("top_logprobs") or []):
+        ranked = sorted(((_token_id(t), v) for t, v in (top or {}).items()), key=lambda tv: -tv[1])[:k]
+        out.append(logits.StepLogprob(_token_id(token), logits.UNLIKELY if value is None else float(value),
+                                      tuple(ranked)))
+    return out
+
+
+def _token_id(token: str) -> int:
+    if not token.startswith("token_id:"):
+        raise InferenceBackendError(f"vLLM sent logprobs for token {token!r}, not as token_id:N "
+                                    "(return_tokens_as_token_ids not honoured)")
+    return int(token[len("token_id:"):])

@@ -2,7 +2,7 @@
 
 - When the store holds API keys, every request needs `Authorization: Bearer <key>` with
   one of them (checked by hash, in constant time), or the dashboard's session cookie
-  (SESSION_COOKIE) holding one.
+  (SESSION_COOKIE) holding a live login token (see identify()).
 - With no keys, any request is accepted, but only while the server binds a loopback
   address; create_app refuses to start on any other address without keys.
 
@@ -20,8 +20,11 @@ from modelmill.settings import Settings
 from modelmill.service.store import Store
 from modelmill.service.store.records import DEFAULT_PROJECT_ID
 
-# The dashboard's session cookie: it holds an API key and counts as one (HttpOnly, SameSite=Strict).
-SESSION_COOKIE = "modelmill_key"
+# The dashboard's session cookie (HttpOnly, SameSite=Strict). It holds a login token standing for
+# the key signed in with (store.keys.start_session), never the key: revoking the key ends it, and it
+# expires after settings.login_idle_seconds unused. Requests it authenticates must pass the CSRF
+# check (api/edge.py) when their method is unsafe.
+SESSION_COOKIE = "modelmill_session"
 
 
 def create_key(store: Store, name: str, project: str | None = None) -> str:
@@ -71,3 +74,17 @@ def authenticate(settings: Settings, store: Store, authorization: str | None) ->
         raise errors.AuthenticationError("This server has no API keys and is not bound to loopback.",
                                          code="no_api_keys")
     return DEFAULT_PROJECT_ID
+
+
+def identify(settings: Settings, store: Store, authorization: str | None,
+             session_token: str | None) -> tuple[str, bool]:
+    """(project id, by_cookie) for a request: its bearer key when it sends one (a header wins), else
+    its session cookie's login token, else authenticate() (keyless loopback, or a 401).
+    by_cookie tells the caller the browser's cookie vouched for the request (CSRF matters)."""
+    if bearer_token(authorization) is None and session_token and store.keys.any():
+        project_id = store.keys.session_project(session_token, settings.login_idle_seconds)
+        if project_id is None:
+            raise errors.AuthenticationError("Your dashboard session has expired or its key was revoked; "
+                                             "sign in again.", code="invalid_session")
+        return project_id, True
+    return authenticate(settings, store, authorization), False

@@ -12,19 +12,23 @@ refused exactly as a missing file or model is.
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 from modelmill import errors
 from modelmill.settings import Settings
-from modelmill.service import methods, model_registry
+from modelmill.service import graders, methods, model_registry
 from modelmill.service.ids import new_id
 from modelmill.service.schemas.jobs import CreateJobRequest
 from modelmill.service.store import JobRecord, NewJob, Store
 
+log = logging.getLogger(__name__)
+
 
 def create_job(store: Store, settings: Settings, req: CreateJobRequest, *, project_id: str) -> JobRecord:
     method_type, hyperparameters, hp_where = _method(req)
-    grader = _grader(req) if methods.get(method_type).needs_grader else None
+    grader = _grader(req, graders.judge_checker(settings, store, project_id)) \
+        if methods.get(method_type).needs_grader else None
     base_model, init_adapter = _training_model(store, settings, req.model, project_id)
     _check_file(store, req.training_file, "training_file", project_id)
     if req.validation_file:
@@ -34,7 +38,9 @@ def create_job(store: Store, settings: Settings, req: CreateJobRequest, *, proje
                                          param="suffix", code="invalid_suffix")
     _check_hyperparameters(method_type, hyperparameters, hp_where)
     _check_training_options(settings, req.metadata, base_model)
+    _check_selection_options(req.metadata, method_type, req.validation_file)
     job_id = new_id("ftjob-")
+    _own_eval(store, job_id, method_type, grader, req, project_id)
     return store.jobs.create(NewJob(
         id=job_id, model=req.model, base_model=base_model, init_adapter=init_adapter,
         training_file=req.training_file, validation_file=req.validation_file, suffix=req.suffix,
@@ -44,11 +50,31 @@ def create_job(store: Store, settings: Settings, req: CreateJobRequest, *, proje
         ft_name=model_registry.fine_tuned_model_name(base_model, settings.owner, req.suffix, job_id)))
 
 
+def _own_eval(store: Store, job_id: str, method_type: str, grader: dict | None, req: CreateJobRequest,
+              project_id: str) -> None:
+    """Make the job's before/after eval now (service/job_evals.py), so the job object shows its
+    eval_id from the create response on, as the cookbook expects. Not when the job runs an eval of
+    the caller's (metadata eval_id) or has none; a failure only means the worker makes it later."""
+    from modelmill.service import job_evals
+
+    if (not job_evals.enabled_for(req.metadata, req.validation_file) or (req.metadata or {}).get("eval_id")
+            or method_type not in job_evals.METHODS):
+        return
+    try:
+        job_evals.create_own_eval(store, job_id, method_type, grader, project_id)
+    except errors.ModelMillError as e:
+        log.warning("job %s: its before/after eval will be made by the worker: %s", job_id, e.message)
+
+
 # Job metadata keys ModelMill reads: OpenAI's API has no field for them, and metadata values are strings.
 # docs/models.md ("Precision, memory and sequence length") documents them; ml/memory.py has the rule.
 META_MAX_SEQ_LEN = "modelmill.max_seq_len"  # a whole number of tokens; default: model context / memory estimate
 META_TRUNCATION = "modelmill.truncation"  # "allow": cut over-long examples (warn event); "error" (default): fail
 META_QUANTIZATION = "modelmill.quantization"  # "auto" | "none" | "nf4"; default: the server's MODELMILL_QUANTIZATION
+# Early stopping and the best checkpoint (docs/api.md, "Early stopping and the best checkpoint"):
+META_EARLY_STOPPING = "modelmill.early_stopping"  # "off" (default) | N: stop after N evaluations without improvement
+META_FINAL_MODEL = "modelmill.final_model"  # "last" (default, OpenAI's rule) | "best": the best-validated checkpoint
+MAX_PATIENCE = 100
 META_PREFIX = "modelmill."
 MAX_SEQ_LEN_LIMIT = 1 << 20
 
@@ -58,7 +84,7 @@ def training_options(metadata: dict[str, str] | None, settings: Settings) -> dic
     quantization, quantization_from. Raises InvalidRequestError (param "metadata") naming the key of a
     bad value or an unknown modelmill.* key (a misspelled key is refused, never ignored)."""
     meta = metadata or {}
-    known = (META_MAX_SEQ_LEN, META_TRUNCATION, META_QUANTIZATION)
+    known = (META_MAX_SEQ_LEN, META_TRUNCATION, META_QUANTIZATION, META_EARLY_STOPPING, META_FINAL_MODEL)
     for key in meta:
         if key.startswith(META_PREFIX) and key not in known:
             raise _bad_metadata(f"unknown metadata key '{key}'; ModelMill reads {', '.join(known)}")
@@ -68,6 +94,13 @@ def training_options(metadata: dict[str, str] | None, settings: Settings) -> dic
     if META_QUANTIZATION in meta:
         out["quantization"] = _choice(meta, META_QUANTIZATION, ("auto", "none", "nf4"), "auto")
         out["quantization_from"] = f"job metadata '{META_QUANTIZATION}'"
+    out["final_model"] = _choice(meta, META_FINAL_MODEL, ("last", "best"), "last")
+    patience = meta.get(META_EARLY_STOPPING, "off").strip().lower()
+    if patience != "off":
+        if not patience.isdigit() or not 1 <= int(patience) <= MAX_PATIENCE:
+            raise _bad_metadata(f"metadata '{META_EARLY_STOPPING}' must be 'off' or a whole number of evaluations "
+                                f"between 1 and {MAX_PATIENCE}, got {meta[META_EARLY_STOPPING]!r}")
+        out["early_stopping_patience"] = int(patience)
     raw = meta.get(META_MAX_SEQ_LEN)
     if raw is not None:
         if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_SEQ_LEN_LIMIT:
@@ -75,6 +108,17 @@ def training_options(metadata: dict[str, str] | None, settings: Settings) -> dic
                                 f"{MAX_SEQ_LEN_LIMIT}, got {raw!r}")
         out["max_seq_len"] = int(raw)
     return out
+
+
+def _check_selection_options(metadata: dict[str, str] | None, method_type: str, validation_file: str | None) -> None:
+    """Early stopping and final_model "best" rank validation evaluations: SFT and DPO evaluate only a
+    validation_file (RFT holds one out when none is given), so without one they would do nothing."""
+    meta = metadata or {}
+    asked = [k for k, off in ((META_EARLY_STOPPING, "off"), (META_FINAL_MODEL, "last"))
+             if meta.get(k, off).strip().lower() != off]
+    if asked and method_type != "reinforcement" and not validation_file:
+        raise _bad_metadata(f"metadata '{asked[0]}' needs a validation_file: it ranks the job's validation "
+                            f"evaluations, and a {method_type} job without one has none")
 
 
 def _choice(meta: dict[str, str], key: str, choices: tuple[str, ...], default: str) -> str:
@@ -120,21 +164,19 @@ def _method(req: CreateJobRequest) -> tuple[str, dict, str]:
     return method.name, {k: requested.get(k, "auto") for k in method.hyperparameter_keys}, where
 
 
-def _grader(req: CreateJobRequest) -> dict:
+def _grader(req: CreateJobRequest, judges) -> dict:
     """method.reinforcement.grader, validated and normalised. As in OpenAI's API, a label_model
-    grader (a label, not a reward) is allowed only inside a multi grader. Errors name the field,
-    e.g. method.reinforcement.grader.graders.a.operation."""
-    from modelmill.service import graders
-
+    grader (a label, not a reward) is allowed only inside a multi grader, and a judge model must be
+    one ModelMill serves (judges: graders.judge_checker). Errors name the field, e.g.
+    method.reinforcement.grader.graders.a.operation."""
     section = req.method.reinforcement if req.method else None
     if section is None:
         raise errors.InvalidRequestError("method.reinforcement.grader is required for reinforcement fine-tuning",
                                          param="method.reinforcement.grader", code="missing_required_parameter")
-    try:
-        return graders.validate_top_level(section.grader)
-    except errors.InvalidRequestError as e:
-        e.param = "method.reinforcement." + (e.param or "grader")
-        raise
+    path = "method.reinforcement.grader"
+    grader = graders.validate_top_level(section.grader, path=path)
+    graders.check_judge_models(grader, judges, path)
+    return grader
 
 
 def _check_hyperparameters(method_type: str, requested: dict, where: str) -> None:

@@ -32,9 +32,41 @@ def build_context(settings: Settings, store: Store, get_sampler: Callable[[], An
     return GraderContext(judge=ServiceJudge(settings, store, get_sampler, project_id=project_id))
 
 
-def validate(grader: dict) -> dict:
-    """ValidateGraderResponse: the grader, normalised. InvalidRequestError names the bad field."""
-    return ValidateGraderResponse(grader=validate_top_level(grader)).model_dump()
+def validate(grader: dict, judges: Callable[[str], bool] | None = None) -> dict:
+    """ValidateGraderResponse: the grader, normalised. InvalidRequestError names the bad field.
+    judges: whether a judge model is served (judge_checker); None skips that check."""
+    checked = validate_top_level(grader)
+    if judges is not None:
+        check_judge_models(checked, judges)
+    return ValidateGraderResponse(grader=checked).model_dump()
+
+
+def judge_checker(settings: Settings, store: Store, project_id: str | None) -> Callable[[str], bool]:
+    """judges(model) for check_judge_models, as the project's ServiceJudge would route it."""
+    from modelmill.service.judge import judge_available
+
+    return lambda model: judge_available(settings, store, model, project_id=project_id)
+
+
+def check_judge_models(grader: dict, judges: Callable[[str], bool], path: str = "grader") -> None:
+    """A validated grader's judge models (score_model / label_model, inside multi too) must be ones
+    ModelMill can answer with: a MODELMILL_JUDGES entry or a model the project may use. Otherwise
+    400 naming the field, e.g. `method.reinforcement.grader.graders.judge.model` (with path)."""
+    kind = grader.get("type")
+    if kind in ("score_model", "label_model"):
+        model = grader.get("model")
+        if not judges(model):
+            raise errors.InvalidRequestError(
+                f"The judge model '{model}' at {path}.model is not served by ModelMill and no MODELMILL_JUDGES "
+                "entry names it; use a model ModelMill serves (see GET /v1/models) or configure an endpoint "
+                "for it", param=f"{path}.model", code="model_not_found")
+    elif kind == "multi":
+        subs = grader.get("graders") or {}
+        if isinstance(subs.get("type"), str):  # one grader object rather than a map of names
+            check_judge_models(subs, judges, f"{path}.graders")
+        else:
+            for name, sub in subs.items():
+                check_judge_models(sub, judges, f"{path}.graders.{name}")
 
 
 def run(context, grader: dict, model_sample: str, item: dict | None) -> dict:
@@ -46,13 +78,13 @@ def run(context, grader: dict, model_sample: str, item: dict | None) -> dict:
     return RunGraderResponse.model_validate(result.to_run_grader_response()).model_dump()
 
 
-def validate_top_level(grader: dict) -> dict:
+def validate_top_level(grader: dict, *, path: str = "grader") -> dict:
     """A grader that may stand at the top of graders/run or an RFT job, normalised; the
-    InvalidRequestError's param is the field path under "grader"."""
+    InvalidRequestError's param is the field path under `path`."""
     from modelmill.ml.graders import validate_grader
 
     if grader.get("type") == "label_model":
         raise errors.InvalidRequestError(
             "A label_model grader is allowed here only inside a multi grader; the top-level grader must be one "
-            f"of {', '.join(TOP_LEVEL_TYPES)}", param="grader.type", code="invalid_value")
-    return validate_grader(grader)
+            f"of {', '.join(TOP_LEVEL_TYPES)}", param=f"{path}.type", code="invalid_value")
+    return validate_grader(grader, path=path)

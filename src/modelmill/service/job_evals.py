@@ -34,7 +34,7 @@ tokens; with the default exact match, at the longest reference's length in bytes
 byte-level token covers at least one byte, so a longer answer could not match anyway); for RFT,
 at the job's completion budget (ml/rft.py COMPLETION_TOKENS for its reasoning_effort). Metadata
 "eval_max_tokens" (1 to TOKENS_LIMIT) overrides all three.
-The comparison becomes one job event whose data has key "eval_comparison" (docs/CONTRACTS.md).
+The comparison becomes one job event whose data has key "eval_comparison" (docs/graders-evals.md, "Before/after reports").
 The eval and its runs belong to the job's project; metadata eval_id must name one of that project's evals.
 A failure here never fails the job: it becomes a warn event.
 Both phases get the fine-tune task's TaskContext (service/tasks.py: the job's lease, its queue for
@@ -50,6 +50,7 @@ import threading
 import time
 
 from modelmill import errors
+from modelmill.reports import comparison_table
 from modelmill.service.evals import report, requests, runner
 from modelmill.service.schemas.evals import report_url
 from modelmill.service.store.evals import EvalRecord, EvalRunRecord, NewRun
@@ -72,13 +73,45 @@ CHAT_ITEM_SCHEMA = {"type": "object", "properties": {"input": {"type": "array", 
 RFT_ITEM_SCHEMA = {"type": "object", "properties": {"messages": {"type": "array", "items": {"type": "object"}}},
                    "required": ["messages"]}
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+# The methods whose lines make eval items (_items).
+METHODS = ("supervised", "dpo", "reinforcement")
 
 
 def enabled(job: JobRecord) -> bool:
-    flag = str((job.metadata or {}).get("eval", "")).lower()
+    return enabled_for(job.metadata, job.validation_file)
+
+
+def enabled_for(metadata: dict | None, validation_file: str | None) -> bool:
+    flag = str((metadata or {}).get("eval", "")).lower()
     if flag in FALSE:
         return False
-    return bool(job.validation_file) or flag in TRUE
+    return bool(validation_file) or flag in TRUE
+
+
+def create_own_eval(store, job_id: str, method: str, grader: dict | None, project_id: str) -> EvalRecord:
+    """The job's own before/after eval (found by its metadata fine_tuning_job_id). Made when the job
+    is created (service/fine_tuning.py), before the job row exists so no worker can race to make a
+    second one, so that the job object carries its eval_id from the start, as OpenAI's does."""
+    if method == "reinforcement":
+        criteria = requests.check_testing_criteria([grader], require_thresholds=False)
+        schema = RFT_ITEM_SCHEMA
+    else:
+        criteria, schema = [EXACT_MATCH], CHAT_ITEM_SCHEMA
+    config = {"type": "custom", "item_schema": schema, "include_sample_schema": True}
+    return store.evals.create(f"{job_id} before/after", config, criteria, {"fine_tuning_job_id": job_id}, project_id)
+
+
+def eval_id_of(store, job: JobRecord) -> str | None:
+    """The job object's eval_id: the eval its metadata eval_id names (when it is one of the job's
+    project's), else the job's own before/after eval; None when it has neither."""
+    named = (job.metadata or {}).get("eval_id")
+    if named:
+        try:
+            return store.evals.get(named, project_id=job.project_id).id
+        except errors.NotFoundError:
+            return None
+    ev = store.evals.by_metadata("fine_tuning_job_id", job.id, project_id=job.project_id)
+    return ev.id if ev is not None else None
 
 
 def base_first(job: JobRecord) -> bool:
@@ -167,7 +200,7 @@ class _Phase:
     def plan(self) -> _Plan | None:
         job = self.job
         method = job.method_type
-        if method not in ("supervised", "dpo", "reinforcement"):
+        if method not in METHODS:
             self.event("warn", f"Before/after eval skipped: no eval items for method '{method}'")
             return None
         file_id = job.validation_file or job.training_file
@@ -216,16 +249,9 @@ class _Phase:
                 self.event("warn", f"Before/after eval skipped: metadata eval_id {eval_id} is not an eval")
                 return None
         ev = self.store.evals.by_metadata("fine_tuning_job_id", job.id, project_id=job.project_id)
-        if ev is not None:
+        if ev is not None:  # made with the job (jobs from before that get theirs here)
             return ev
-        if method == "reinforcement":
-            criteria = requests.check_testing_criteria([job.grader], require_thresholds=False)
-            schema = RFT_ITEM_SCHEMA
-        else:
-            criteria, schema = [EXACT_MATCH], CHAT_ITEM_SCHEMA
-        config = {"type": "custom", "item_schema": schema, "include_sample_schema": True}
-        return self.store.evals.create(f"{job.id} before/after", config, criteria, {"fine_tuning_job_id": job.id},
-                                       job.project_id)
+        return create_own_eval(self.store, job.id, method, job.grader, job.project_id)
 
     # -- runs ------------------------------------------------------------------------------------
 
@@ -269,16 +295,6 @@ class _Phase:
         if rows:
             self.event("info", comparison_table(criteria, rows),
                        data={"eval_comparison": {"criteria": criteria, "rows": rows}})
-
-
-def comparison_table(criteria: list[str], rows: list[dict]) -> str:
-    """The comparison as a fixed-width text table (the event's message and `modelmill jobs report`)."""
-    head = ["run", "passed", *criteria, "model"]
-    body = [[r["label"], f"{r['passed']}/{r['total']}", *(f"{r['scores'].get(c, 0.0):.3f}" for c in criteria),
-             r["model"]] for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *body]]
-    return "Before/after eval (mean score per criterion):\n" + "\n".join(lines)
 
 
 def public_base_url(settings) -> str:

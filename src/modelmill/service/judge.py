@@ -138,6 +138,21 @@ class ServiceJudge:
             return client
 
 
+def judge_available(settings: Settings, store: Store, model: str, *, project_id: str | None) -> bool:
+    """Whether ServiceJudge could route `model` (same order as complete_batch): a MODELMILL_JUDGES
+    entry (or its "*" fallback), or a model the project may use. Checked when a grader is accepted,
+    so an unknown judge is the caller's 400 at once, not a failure on every item later."""
+    from modelmill import errors
+
+    if model in settings.judges or "*" in settings.judges:
+        return True
+    try:
+        model_registry.resolve(store, settings, model, project_id=project_id)
+    except errors.NotFoundError:
+        return False
+    return True
+
+
 def _or(value, default):
     return default if value is None else value
 

@@ -17,6 +17,7 @@ worker claims a new job as soon as the database changes, not at its next poll (W
 
 from __future__ import annotations
 
+import base64
 import csv
 import importlib
 import io
@@ -323,15 +324,28 @@ class FineTuneTask:
             self.queue.finish(lease, "cancelled", message="Job cancelled", **fields)
 
     def _fail(self, lease: Lease, error: dict, details: list[str] = ()) -> None:
-        for line in details[:EVENT_PROBLEMS]:
-            self.queue.add_event(lease, "error", line)
-        self.queue.add_event(lease, "error", error["message"])
-        self.queue.finish(lease, "failed", error=error)
+        """Record the job's failure. The store makes hostile text storable (store/text.py); should
+        a write still refuse the text, the job fails with a plain message rather than leaving the
+        worker to crash on it at every claim (which ended such jobs as worker_lost)."""
+        try:
+            for line in details[:EVENT_PROBLEMS]:
+                self.queue.add_event(lease, "error", line)
+            self.queue.add_event(lease, "error", error["message"])
+            self.queue.finish(lease, "failed", error=error)
+        except errors.FencedOutError:
+            raise
+        except Exception:  # noqa: BLE001 - whatever the text did, the job must still end failed
+            log.exception("job %s: recording its failure failed; recording a plain message instead", lease.id)
+            plain = {"code": str(error.get("code") or "training_error"), "param": None,
+                     "message": "The job failed, but its error message could not be stored: "
+                                + ascii(error.get("message"))[:2000]}
+            self.queue.finish(lease, "failed", message=plain["message"], level="error", error=plain)
 
     def _results_file(self, job: JobRecord) -> str:
         """Write the step metrics as a CSV file (purpose fine-tune-results), as OpenAI does:
         OpenAI's supervised columns first, then any other metric the method reports (DPO's reward
-        margin/accuracy, chosen/rejected log-probs), in the order they first appear."""
+        margin/accuracy, chosen/rejected log-probs), in the order they first appear. Like OpenAI's,
+        the file's content is the CSV base64-encoded (the cookbook base64-decodes it)."""
         rows = [e.data or {} for e in self.store.events.all_for(job.id, type="metrics")]
         cols = list(RESULT_COLUMNS)
         for row in rows:
@@ -340,8 +354,8 @@ class FineTuneTask:
         writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        return self.store.files.add_bytes(buf.getvalue().encode(), "step_metrics.csv", "fine-tune-results",
-                                          job.project_id).id
+        return self.store.files.add_bytes(base64.b64encode(buf.getvalue().encode()), "step_metrics.csv",
+                                          "fine-tune-results", job.project_id).id
 
 
 # What warm_up imports: the training stack (trl is a lazy module: its SFT trainer is named), under
@@ -371,6 +385,12 @@ def warm_up() -> None:
             importlib.import_module(module)
     except Exception:  # noqa: BLE001 - a broken install shows up as the first job's error instead
         log.exception("worker warm-up: importing the training stack failed")
+    try:  # say at start-up how python graders are bounded here (cgroup v2 / v1 / rlimit), not at the first one
+        from modelmill.ml.graders import sandbox, sandbox_bounds
+
+        log.info("python grader sandbox: %s", sandbox_bounds.plan(sandbox.SandboxConfig()).describe())
+    except Exception:  # noqa: BLE001 - a bad MODELMILL_SANDBOX_* shows up as the first grader's error instead
+        log.exception("worker warm-up: checking the python grader sandbox's bounds failed")
     log.info("worker warmed up in %.1f s", time.monotonic() - started)
 
 

@@ -29,9 +29,28 @@ def test_valid_graders_pass_and_are_returned(grader):
     assert validate_grader(grader) == grader
 
 
-def test_missing_name_defaults_to_type_and_unknown_fields_are_kept():
-    out = validate_grader({k: v for k, v in CHECK.items() if k != "name"} | {"x_extra": 1})
-    assert out["name"] == "string_check" and out["x_extra"] == 1
+def test_missing_name_defaults_to_type():
+    out = validate_grader({k: v for k, v in CHECK.items() if k != "name"})
+    assert out["name"] == "string_check"
+
+
+@pytest.mark.parametrize("grader,param", [
+    (CHECK | {"x_extra": 1}, "grader.x_extra"),
+    (SIM | {"pass_treshold": 0.5}, "grader.pass_treshold"),
+    ({"type": "multi", "name": "mm", "graders": {"a": CHECK | {"oops": 1}}, "calculate_output": "a"},
+     "grader.graders.a.oops"),
+    ({"type": "score_model", "name": "s", "model": "m", "modle": "m2",
+      "input": [{"role": "user", "content": "x"}]}, "grader.modle"),
+    ({"type": "score_model", "name": "s", "model": "m", "input": [{"role": "user", "content": "x", "weight": 1}]},
+     "grader.input[0].weight"),
+    ({"type": "score_model", "name": "s", "model": "m", "input": [{"role": "user", "content": "x"}],
+      "sampling_params": {"max_tokens": 5}}, "grader.sampling_params.max_tokens"),
+])
+def test_unknown_fields_are_refused_naming_their_path(grader, param):
+    """As OpenAI refuses them: a misspelled field is never silently ignored."""
+    with pytest.raises(errors.InvalidRequestError) as e:
+        validate_grader(grader)
+    assert e.value.param == param and e.value.message == f"Unrecognized request argument supplied: {param}"
 
 
 def _with(base: dict, **changes) -> dict:

@@ -24,7 +24,11 @@ The "bwrap" sandbox:
     /proc/1/environ shows the service's environment).
   - seccomp (x86_64): no ptrace/process_vm_*, mount, new namespaces, bpf, perf, keyrings, io_uring,
     kernel modules, sched_setaffinity; sockets only AF_UNIX.
-  - limits: rlimits AS/CPU/NPROC/FSIZE/NOFILE/CORE set by the harness before any user code runs;
+  - limits as a whole (sandbox_bounds.py): memory and processes of the grader and everything it starts
+    together, by a cgroup per launch (v2, or v1 memory + pids) where one can be written, else by a
+    lower process cap with each process's address space scaled so the total stays under
+    total_memory_bytes; the mechanism in use is logged once (sandbox_bounds.detected()).
+  - limits per process: rlimits AS/CPU/NPROC/FSIZE/NOFILE/CORE set by the harness before any user code runs;
     per-sample SIGALRM inside; a per-sample and per-batch wall clock enforced from outside; CPU pinning
     with taskset; stdout read at most `max_output_bytes` per line.
   - cleanup: --unshare-pid --as-pid-1 make the harness the pid namespace's init, so when it exits
@@ -46,6 +50,7 @@ import logging
 import math
 import os
 import platform
+import re
 import selectors
 import shutil
 import signal
@@ -60,6 +65,8 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from modelmill import errors
+
+from . import sandbox_bounds
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +119,19 @@ class SandboxConfig:
     # Wall-clock seconds for the whole batch, all sandbox launches included; None = 10 s of startup plus
     # wall_seconds per sample. Samples not graded by then get a timeout error.
     batch_wall_seconds: float | None = None
-    # Address-space limit (RLIMIT_AS) of the grader process, bytes; <= 2 GiB.
+    # Address-space limit (RLIMIT_AS) of each process of the grader, bytes; <= 2 GiB. Under the "rlimit"
+    # bound it is lowered to (total_memory_bytes - tmp_bytes) / rlimit_processes.
     memory_bytes: int = MAX_MEMORY_BYTES
+    # Memory of the grader and every process it starts, all together (tmpfs /tmp included), bytes;
+    # <= 2 GiB (OpenAI's limit is for the grader as a whole). See sandbox_bounds.py.
+    total_memory_bytes: int = MAX_MEMORY_BYTES
+    # How that total is enforced (MODELMILL_SANDBOX_BOUND): "auto" = a cgroup where one can be written,
+    # else "rlimit"; "cgroup" = a cgroup or the sandbox is unavailable; "rlimit" = never a cgroup.
+    bound: str = field(default_factory=lambda: os.environ.get("MODELMILL_SANDBOX_BOUND") or "auto")
+    # A delegated cgroup v2 directory for the sandboxes' cgroups (MODELMILL_SANDBOX_CGROUP); None = find one.
+    cgroup_parent: str | None = field(default_factory=lambda: os.environ.get("MODELMILL_SANDBOX_CGROUP") or None)
+    # Under the "rlimit" bound (no cgroup), the most processes plus threads the grader may have.
+    rlimit_processes: int = 4
     # CPU cores the sandbox is pinned to (taskset; sched_setaffinity is blocked inside); <= 2.
     cpus: int = 1
     # Size of the only writable place, the tmpfs at /tmp (also the largest file: RLIMIT_FSIZE); <= 1 GiB.
@@ -124,7 +142,8 @@ class SandboxConfig:
     max_output_bytes: int = 64 * 1024
     # Characters of error text (message and traceback) kept per sample.
     max_error_chars: int = 2000
-    # Processes plus threads the grader may have at once (RLIMIT_NPROC).
+    # Processes plus threads the grader may have at once, all together (RLIMIT_NPROC of its uid, and the
+    # launch cgroup's pids.max where there is one; the "rlimit" bound lowers it to rlimit_processes).
     max_processes: int = 32
     # Open file descriptors per process (RLIMIT_NOFILE).
     max_open_files: int = 256
@@ -148,6 +167,12 @@ class SandboxConfig:
             (self.batch_wall_seconds is None or self.batch_wall_seconds > 0, "batch_wall_seconds must be > 0"),
             (64 * 1024**2 <= self.memory_bytes <= MAX_MEMORY_BYTES,
              f"memory_bytes must be in [64 MiB, {MAX_MEMORY_BYTES}]"),
+            (128 * 1024**2 <= self.total_memory_bytes <= MAX_MEMORY_BYTES,
+             f"total_memory_bytes must be in [128 MiB, {MAX_MEMORY_BYTES}]"),
+            (self.bound in sandbox_bounds.BOUND_CHOICES, f"bound must be one of {sandbox_bounds.BOUND_CHOICES}"),
+            (2 <= self.rlimit_processes <= self.max_processes, "rlimit_processes must be in [2, max_processes]"),
+            ((self.total_memory_bytes - self.tmp_bytes) // max(2, self.rlimit_processes) >= 64 * 1024**2,
+             "rlimit_processes and tmp_bytes leave under 64 MiB per process of total_memory_bytes"),
             (1 <= self.cpus <= MAX_CPUS, f"cpus must be in [1, {MAX_CPUS}]"),
             (1024**2 <= self.tmp_bytes <= MAX_TMP_BYTES, f"tmp_bytes must be in [1 MiB, {MAX_TMP_BYTES}]"),
             (0 < self.max_code_bytes <= MAX_CODE_BYTES, f"max_code_bytes must be in (0, {MAX_CODE_BYTES}]"),
@@ -194,8 +219,14 @@ class SandboxOutcome:
         }
 
 
+# NUL and (necessarily unpaired) surrogate code points: a grader's error text may hold them (raise
+# ValueError("\ud800")), and no UTF-8 JSON response or database text column can.
+_UNSAFE_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
 def _runtime(details: str, t: float = 0.0) -> SandboxOutcome:
-    return SandboxOutcome(score=None, error=RUNTIME_ERROR, details=details, execution_time=t)
+    return SandboxOutcome(score=None, error=RUNTIME_ERROR, details=_UNSAFE_TEXT.sub("\ufffd", details),
+                          execution_time=t)
 
 
 def _server(kind: str, message: str) -> SandboxOutcome:
@@ -582,11 +613,11 @@ def unavailable_reason(config: SandboxConfig | None = None) -> str | None:
     launch, then cached), else why not."""
     config = config or SandboxConfig()
     backend = _backend(config)
-    key = (config.backend, config.bwrap, config.python, os.geteuid())
+    key = (config.backend, config.bwrap, config.python, os.geteuid(), config.bound, config.cgroup_parent)
     with _probe_lock:
         if key in _probe_cache:
             return _probe_cache[key]
-        reason = backend.unavailable_reason(config)
+        reason = backend.unavailable_reason(config) or sandbox_bounds.unavailable_reason(config)
         if reason is None:
             probe = SandboxConfig(**{**config.__dict__, "wall_seconds": min(config.wall_seconds, 30.0),
                                      "batch_wall_seconds": 60.0})
@@ -645,7 +676,7 @@ def run_python_grader(source: str, samples: list[dict], items: list[dict],
     size = len(source.encode("utf-8", "surrogatepass"))
     if size > config.max_code_bytes:
         return [_runtime(f"grader source is {size} bytes; the limit is {config.max_code_bytes} bytes")] * len(samples)
-    reason = backend.unavailable_reason(config)
+    reason = backend.unavailable_reason(config) or sandbox_bounds.unavailable_reason(config)
     if reason is not None:
         log.error("python grader sandbox unavailable: %s", reason)
         return [_server("sandbox_unavailable", reason)] * len(samples)
@@ -677,11 +708,11 @@ def _run(backend: SandboxBackend, source: str, samples: list, items: list,
 
 
 def _request_bytes(source: str, sample_json: list[str], item_json: list[str], first: int,
-                   config: SandboxConfig, batch_deadline: float) -> bytes:
+                   config: SandboxConfig, batch_deadline: float, bounds: sandbox_bounds.Plan) -> bytes:
     remaining = len(sample_json) - first
     budget = max(1.0, min(batch_deadline - time.monotonic(), config.wall_seconds * (remaining + 1)))
-    limits = {"as": config.memory_bytes, "cpu": math.ceil(budget * config.cpus) + 1,
-              "nproc": config.max_processes, "fsize": config.tmp_bytes, "nofile": config.max_open_files,
+    limits = {"as": bounds.rlimit_as, "cpu": math.ceil(budget * config.cpus) + 1,
+              "nproc": bounds.rlimit_nproc, "fsize": config.tmp_bytes, "nofile": config.max_open_files,
               "core": 0, "msgqueue": 0}
     head = json.dumps({"source": source, "first": first, "timeout": config.wall_seconds, "limits": limits,
                        "path": [SANDBOX_LIB] if config.backend == "bwrap" else [],
@@ -695,18 +726,23 @@ def _launch_once(backend: SandboxBackend, source: str, sample_json: list[str], i
                  config: SandboxConfig, batch_deadline: float, results: list) -> int:
     """Run one harness process over samples[first:]; fill results; return the next index to grade."""
     n = len(sample_json)
-    payload = _request_bytes(source, sample_json, item_json, first, config, batch_deadline)
+    bounds = sandbox_bounds.plan(config)
+    payload = _request_bytes(source, sample_json, item_json, first, config, batch_deadline, bounds)
     try:
         launch = backend.launch(config)
     except SandboxBusy as e:
         for k in range(first, n):
             results[k] = _server("sandbox_busy", str(e))
         return n
-    proc = None
+    proc = cgroup = None
     run = _Run(config, first)
     try:
         try:
-            proc = subprocess.Popen(launch.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            argv = launch.argv
+            if bounds.mechanism != "rlimit":
+                cgroup = sandbox_bounds.LaunchCgroup(bounds)
+                argv = cgroup.wrap(argv)
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env={}, cwd="/", close_fds=True,
                                     pass_fds=launch.pass_fds, start_new_session=True)
         except OSError as e:
@@ -729,6 +765,12 @@ def _launch_once(backend: SandboxBackend, source: str, sample_json: list[str], i
         # else in the namespace before bwrap could reap it. Otherwise make sure by uid.
         if launch.sweep_uid is not None and (proc is None or not run.done or run.killed_for is not None):
             kill_processes_of_uid(launch.sweep_uid)
+        if cgroup is not None:
+            killed = cgroup.oom_killed()
+            if killed:
+                log.warning("python grader sandbox: the OOM killer ended %d process(es) at the total memory limit "
+                            "(%d MiB)", killed, bounds.total_memory_bytes // 1024**2)
+            cgroup.destroy()  # after the sweep: nothing of this launch is left to keep it busy
         if launch.release is not None:
             launch.release()
     for index, outcome in run.outcomes.items():
@@ -860,7 +902,7 @@ class _Run:
             if msg == {"ready": True}:
                 self.ready = True
             elif set(msg) == {"load_error"} and isinstance(msg["load_error"], str):
-                self.load_error = msg["load_error"][:self.config.max_error_chars]
+                self.load_error = _UNSAFE_TEXT.sub("\ufffd", msg["load_error"][:self.config.max_error_chars])
                 self.done = True
             else:
                 self._violation("unexpected output while loading the grader")

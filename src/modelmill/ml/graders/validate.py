@@ -6,7 +6,9 @@ GraderLabelModel and GraderMulti in OpenAI's spec, plus what OpenAI's guide docu
 Every problem raises errors.InvalidRequestError whose `param` is the path of the bad field,
 e.g. `grader.graders.a.operation` or `grader.input[1].content[0].text`. Templates are checked
 too (namespace item or sample, a known sample variable, a parseable path), and so is a multi
-grader's formula. Unknown fields are kept, as OpenAI's wire models keep them.
+grader's formula. A field the grader's type does not have (FIELDS below: OpenAI's shapes plus the
+documented pass_threshold) is refused as OpenAI refuses it, "Unrecognized request argument
+supplied: grader.<field>", so a misspelled `modle` or `pass_treshold` is never silently ignored.
 
 Normalised means: a missing `name` becomes the grader's type (every result needs a name).
 """
@@ -26,6 +28,22 @@ from .text_similarity import ALL_METRICS
 ROLES = ("user", "assistant", "system", "developer")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 TEXT_PARTS = ("input_text", "output_text")
+
+# The fields each grader type has: OpenAI's Grader* shapes, plus pass_threshold where OpenAI's eval
+# variants (EvalGraderTextSimilarity / Python / ScoreModel) add it.
+FIELDS = {
+    "string_check": ("input", "reference", "operation"),
+    "text_similarity": ("input", "reference", "evaluation_metric", "pass_threshold"),
+    "python": ("source", "image_tag", "pass_threshold"),
+    "score_model": ("input", "model", "range", "sampling_params", "pass_threshold"),
+    "label_model": ("input", "model", "labels", "passing_labels"),
+    "multi": ("graders", "calculate_output"),
+}
+COMMON_FIELDS = ("type", "name")
+MESSAGE_FIELDS = ("role", "content", "type")
+PART_FIELDS = {"input_text": ("type", "text"), "output_text": ("type", "text"),
+               "input_image": ("type", "image_url", "detail"), "input_audio": ("type", "input_audio")}
+SAMPLING_FIELDS = ("seed", "top_p", "temperature", "max_completions_tokens", "reasoning_effort")
 
 
 def _bad(param: str, message: str) -> errors.InvalidRequestError:
@@ -89,6 +107,8 @@ def _content_part(part, param: str) -> None:
     if not isinstance(part, dict):
         raise _bad(param, f"{param} must be a string or a content object")
     kind = part.get("type")
+    if kind in PART_FIELDS:
+        errors.reject_unknown_fields(part, PART_FIELDS[kind], param)
     if kind in TEXT_PARTS:
         _string(part, "text", param, template=True)
     elif kind == "input_image":
@@ -112,6 +132,7 @@ def _messages(spec: dict, path: str) -> None:
         param = f"{path}.input[{i}]"
         if not isinstance(message, dict):
             raise _bad(param, f"{param} must be a message object with role and content")
+        errors.reject_unknown_fields(message, MESSAGE_FIELDS, param)
         _enum(message, "role", param, ROLES)
         if message.get("type", "message") != "message":
             raise _bad(f"{param}.type", f"{param}.type must be 'message'")
@@ -138,6 +159,7 @@ def _sampling_params(spec: dict, path: str) -> None:
     param = f"{path}.sampling_params"
     if not isinstance(params, dict):
         raise _bad(param, f"{param} must be an object")
+    errors.reject_unknown_fields(params, SAMPLING_FIELDS, param)
     for key in ("temperature", "top_p"):
         _number(params, key, param)
     for key, least in (("seed", None), ("max_completions_tokens", 1)):
@@ -223,6 +245,8 @@ def _validate(spec, path: str) -> dict:
         raise _bad(f"{path}.type", f"{path}.type must be one of {', '.join(sorted(GRADERS))}; got {kind!r}")
     if spec.get("name") is not None and not isinstance(spec["name"], str):
         raise _bad(f"{path}.name", f"{path}.name must be a string")
+    if kind in FIELDS:  # a type registered without a FIELDS entry keeps its own fields
+        errors.reject_unknown_fields(spec, COMMON_FIELDS + FIELDS[kind], path)
     check = VALIDATORS.get(kind)  # a registered type without a validator gets the generic checks only
     out = (check(spec, path) if check else None) or dict(spec)
     if not out.get("name"):

@@ -15,7 +15,8 @@ from fastapi import Depends, FastAPI
 from modelmill.settings import Settings
 from modelmill.service import auth
 from modelmill.service.api import deps, errors as api_errors
-from modelmill.service.api.routes import chat, evals, files, graders, jobs, models, permissions
+from modelmill.service.api.routes import (chat, evals, files, graders, jobs, models, permissions, responses,
+                                          stored_completions)
 from modelmill.service.store import Store, open_store
 
 log = logging.getLogger("modelmill.api")
@@ -46,34 +47,45 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
         if start_worker:
             from modelmill.service.worker import run_worker
 
-            thread = threading.Thread(target=run_worker, args=(settings, stop), name="modelmill-worker",
+            thread = threading.Thread(target=_niced, args=(run_worker, settings, stop), name="modelmill-worker",
                                       daemon=True)
             thread.start()
         try:
             yield
         finally:
             stop.set()
+            if getattr(app.state, "grader_executor", None) is not None:
+                app.state.grader_executor.shutdown()  # drop queued graders/run calls; running ones end alone
+            if getattr(app.state, "chat_executor", None) is not None:
+                app.state.chat_executor.shutdown()  # drop queued chats; running ones end at their client's disconnect
             if thread is not None:
                 thread.join(timeout=WORKER_STOP_TIMEOUT_S)
             if own_store:
                 store.close()
 
     app = FastAPI(title="ModelMill", version="0.1.0", lifespan=lifespan,
-                  description="OpenAI-compatible fine-tuning service")
+                  description="OpenAI-compatible fine-tuning service",
+                  docs_url=None, redoc_url=None)  # /docs is served offline by api/docs.py
     app.state.settings = settings
     app.state.store = store
     app.state.sampler = sampler
     api_errors.install(app)
+    from modelmill.service.api.edge import Edge
     from modelmill.service.api.timing import ProcessingTime
 
+    # Auth, CSRF, body caps and text checks before FastAPI reads any body (api/edge.py).
+    app.add_middleware(Edge, settings=settings, store=store)
     app.add_middleware(ProcessingTime)  # openai-processing-ms and x-request-id on every response
     secured = [Depends(deps.require_api_key)]
-    for module in (files, jobs, permissions, chat, models, graders, evals):
+    for module in (files, jobs, permissions, chat, stored_completions, responses, models, graders, evals):
         app.include_router(module.router, prefix="/v1", dependencies=secured)
     app.include_router(evals.report_router, dependencies=secured)  # report_url pages, outside /v1
     from modelmill.service import dashboard
 
     dashboard.install(app)  # the web dashboard at / (pages, /dashboard/api, /dashboard/static)
+    from modelmill.service.api import docs
+
+    docs.install(app)  # /docs: Swagger UI from vendored files, no CDN
     return app
 
 
@@ -95,6 +107,38 @@ def serve(settings: Settings, log_level: str = "info", worker_process: bool = Fa
             stop_worker_process(child)
 
 
+def worker_nice() -> int:
+    """MODELMILL_WORKER_NICE (default 10): how much lower the worker's CPU priority is than the API's."""
+    import os
+
+    raw = os.environ.get("MODELMILL_WORKER_NICE", "10")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"MODELMILL_WORKER_NICE must be an integer, not {raw!r}") from None
+
+
+def _niced(target, *args) -> None:
+    """Run target(*args) on this thread at `worker_nice()` lower CPU priority (Linux: a nice value is
+    per thread, and the threads this one starts, torch's OpenMP team among them, inherit it).
+
+    Why: with the in-process worker, training's torch threads took the CPU from the API's request
+    threads and event loop (RELIABILITY.md, Load: client metadata p99 686 ms with 50 clients while a
+    job trained). Niced, training yields the cores whenever requests want them and uses them
+    otherwise. Elsewhere (macOS, Windows) the thread runs at normal priority."""
+    import os
+    import sys
+
+    nice = worker_nice()
+    if nice and sys.platform.startswith("linux"):
+        tid = threading.get_native_id()
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        except OSError as e:  # a negative value needs privileges: run at normal priority
+            log.warning("could not renice the worker thread by %d: %s", nice, e)
+    target(*args)
+
+
 def start_worker_process():
     """`modelmill worker` as a child process with this process's environment (the CLI has put
     MODELMILL_HOME there, and every other setting is read from MODELMILL_* variables), at a lower
@@ -104,11 +148,7 @@ def start_worker_process():
     import subprocess
     import sys
 
-    raw = os.environ.get("MODELMILL_WORKER_NICE", "10")
-    try:
-        nice = int(raw)
-    except ValueError:
-        raise ValueError(f"MODELMILL_WORKER_NICE must be an integer, not {raw!r}") from None
+    nice = worker_nice()
 
     def in_child() -> None:
         if nice:

@@ -45,6 +45,38 @@ def grader_context(request: Request):
         return contexts[project_id]
 
 
+def grader_executor(request: Request):
+    """The app's service.limits.ProjectExecutor for graders/run (made on first use from the settings'
+    grader_concurrency, grader_project_concurrency and grader_queue)."""
+    state = request.app.state
+    with _context_lock:
+        executor = getattr(state, "grader_executor", None)
+        if executor is None:
+            from modelmill.service.limits import ProjectExecutor
+
+            s = state.settings
+            executor = state.grader_executor = ProjectExecutor(
+                "graders", max_workers=s.grader_concurrency, per_project=s.grader_project_concurrency,
+                max_queued=s.grader_queue)
+        return executor
+
+
+def chat_executor(request: Request):
+    """The app's service.limits.ProjectExecutor for chat completions (generation and tokenisation),
+    made on first use from the settings' chat_concurrency, chat_project_concurrency and chat_queue."""
+    state = request.app.state
+    with _context_lock:
+        executor = getattr(state, "chat_executor", None)
+        if executor is None:
+            from modelmill.service.limits import ProjectExecutor
+
+            s = state.settings
+            executor = state.chat_executor = ProjectExecutor(
+                "chat completions", max_workers=s.chat_concurrency, per_project=s.chat_project_concurrency,
+                max_queued=s.chat_queue)
+        return executor
+
+
 def app_sampler(app):
     """The Sampler of `app` (for holders of the app rather than a request, e.g. the judge): the one
     it was made with (create_app(sampler=...)), else the process's one (service/sampler.py), which
@@ -54,13 +86,14 @@ def app_sampler(app):
 
 
 def require_api_key(request: Request) -> None:
-    """A bearer key, or else the dashboard's session cookie holding one (same constant-time check).
-    Records the key's project on the request (see project())."""
-    authorization = request.headers.get("authorization")
-    cookie = request.cookies.get(auth.SESSION_COOKIE)
-    if auth.bearer_token(authorization) is None and cookie:
-        authorization = f"Bearer {cookie}"
-    request.state.project_id = auth.authenticate(request.app.state.settings, request.app.state.store, authorization)
+    """A bearer key, or else the dashboard's session cookie (a login token, auth.identify).
+    Records the key's project on the request (see project()). The edge (api/edge.py) has already
+    done this, before reading the body, for every unsafe method: then its answer is reused."""
+    if getattr(request.state, "project_id", None) is not None:
+        return
+    request.state.project_id, _ = auth.identify(request.app.state.settings, request.app.state.store,
+                                                request.headers.get("authorization"),
+                                                request.cookies.get(auth.SESSION_COOKIE))
 
 
 def project(request: Request) -> str:

@@ -53,12 +53,15 @@ def install(app: FastAPI) -> None:
     async def modelmill_error(request: Request, exc: errors.ModelMillError):
         if exc.status >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else getattr(exc, "headers", None)
         return JSONResponse(status_code=exc.status, content=exc.to_dict(), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
+        unknown = _extra_fields(exc.errors(), getattr(exc, "body", None))
+        if unknown:
+            return _unrecognized(unknown)
+        first = _most_specific(exc.errors())
         loc = [str(p) for p in first.get("loc", ()) if p not in _LOCATIONS]
         param = _param_path(loc)
         kind = first.get("type", "")
@@ -88,6 +91,64 @@ def install(app: FastAPI) -> None:
                         code="internal_error")
 
 
+def _extra_fields(errs, body) -> list[str]:
+    """The dotted paths of the fields pydantic refused as extra (OpenAIRequest forbids them), in
+    pydantic's order. They win over any other error of the same request: a misspelled required field
+    is also reported missing, and the misspelling is the more useful thing to name.
+
+    An object that also failed on one of its own fields does not count: when a value matched no
+    branch of a union of models, pydantic also reports the other branches' fields as "extra" to each
+    branch, and those are not the caller's unknown fields. The path is read off the body itself, which drops the union
+    branch tags pydantic puts in `loc` (a tag is never a key of the body)."""
+    locs = [tuple(e.get("loc", ())) for e in errs]
+    out = []
+    for e, loc in zip(errs, locs):
+        if e.get("type") != "extra_forbidden":
+            continue
+        container = loc[:-1]
+        if any(other[:-1] == container and err.get("type") != "extra_forbidden" for err, other in zip(errs, locs)):
+            continue  # that object failed on its own fields too: a union branch the value is not
+        path = _body_path(body, loc)
+        if path and path not in out:
+            out.append(path)
+    return out
+
+
+def _body_path(body, loc) -> str | None:
+    """Dotted path of `loc` inside the request body, skipping parts that are not in it (FastAPI's
+    "body" prefix, pydantic's union tags); falls back to _param_path when there is no body."""
+    if not isinstance(body, (dict, list)):
+        return _param_path([str(p) for p in loc if p not in _LOCATIONS])
+    out, node = "", body
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            out += ("." if out else "") + str(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out += f"[{part}]"
+            node = node[part]
+    return out or None
+
+
+def _unrecognized(params: list[str]) -> JSONResponse:
+    return JSONResponse(status_code=400, content=errors.unrecognized_arguments(params).to_dict())
+
+
+def _most_specific(errs: list[dict]) -> dict:
+    """The error to report. For a value that matched no branch of a union such as "auto" | int in
+    [1, 64], pydantic lists "Input should be 'auto'" first; the number branch's error ("less than or
+    equal to 64") is the one that names the limit, so it wins."""
+    if not errs:
+        return {}
+    first = errs[0]
+    if first.get("type") == "literal_error":
+        where = _param_path([str(p) for p in first.get("loc", ())])
+        for other in errs[1:]:
+            if other.get("type") != "literal_error" and _param_path([str(p) for p in other.get("loc", ())]) == where:
+                return other
+    return first
+
+
 def _param_path(loc: list[str]) -> str | None:
     """["method", "supervised", "hyperparameters", "n_epochs"] -> "method.supervised.hyperparameters.n_epochs";
     list indices become [i]; pydantic's union branch tags (e.g. "int", "literal['auto']") are dropped."""
@@ -95,7 +156,7 @@ def _param_path(loc: list[str]) -> str | None:
     for part in loc:
         if part.isdigit():
             out += f"[{part}]"
-        elif "[" in part or "'" in part or part in ("int", "float", "str", "bool", "constrained-int"):
+        elif "[" in part or "'" in part or part in ("int", "float", "str", "bool") or part.startswith("constrained-"):
             continue
         else:
             out += ("." if out else "") + part

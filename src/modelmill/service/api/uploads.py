@@ -7,12 +7,15 @@ sent, lets an oversized upload be refused before anything is written; without it
 transfer) the byte count is what stops it. Either way nothing is kept on disk.
 
 After refusing, the rest of the body is read and dropped (up to DRAIN_LIMIT_BYTES) so the
-client, which is still sending, gets the 413 instead of a reset connection.
+client, which is still sending, gets the 413 instead of a reset connection. A client that
+disconnects mid-body, or stalls for UPLOAD_IDLE_SECONDS, has its temp blob removed at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import anyio
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -24,6 +27,7 @@ from modelmill.service.store.files import BlobWriter, FileRepo
 MAX_FIELD_BYTES = 64 * 1024  # a non-file form field (purpose, expires_after...)
 FORM_OVERHEAD_BYTES = 64 * 1024  # boundaries, part headers and small fields around the file
 DRAIN_LIMIT_BYTES = 256 * 1024 * 1024  # most bytes read and dropped after a 413 before giving up
+UPLOAD_IDLE_SECONDS = 60.0  # an upload sending nothing for this long is abandoned, its temp file removed
 
 
 @dataclass
@@ -72,6 +76,9 @@ class _Parts:
             if self.upload.blob is not None:
                 raise errors.InvalidRequestError("Send exactly one 'file' part", param="file")
             self.upload.filename = params.get(b"filename", b"file").decode("utf-8", "replace")
+            if "\x00" in self.upload.filename:  # the edge's text rule (api/text_hygiene.py), where it can't look
+                raise errors.InvalidRequestError("Invalid value for 'file': its filename contains a NUL character",
+                                                 param="file", code="invalid_text")
             self.upload.blob = self.files.writer(self.max_bytes)
             self._to_blob = True
 
@@ -105,9 +112,13 @@ async def receive_upload(request: Request, files: FileRepo, max_bytes: int) -> U
     parser = MultipartParser(params[b"boundary"], parts.callbacks())
     stream = request.stream()
     try:
-        async for chunk in stream:
+        async for chunk in _until_idle(stream):
             parser.write(chunk)
         parser.finalize()
+    except TimeoutError:  # a stalled client (no FIN ever came): give its temp file back now
+        _discard(parts.upload)
+        raise errors.InvalidRequestError(f"The upload sent nothing for {UPLOAD_IDLE_SECONDS:.0f} s and was "
+                                         "abandoned", param="file", code="upload_stalled") from None
     except errors.ModelMillError:
         _discard(parts.upload)
         await _drain_iter(stream)
@@ -126,6 +137,19 @@ async def receive_upload(request: Request, files: FileRepo, max_bytes: int) -> U
     if parts.upload.blob is not None:
         parts.upload.blob.close()
     return parts.upload
+
+
+async def _until_idle(stream):
+    """The body's chunks; TimeoutError when none comes for UPLOAD_IDLE_SECONDS. A client that goes
+    away is seen at once (ClientDisconnect); this is for one that stalls with its connection open."""
+    chunks = stream.__aiter__()
+    while True:
+        try:
+            with anyio.fail_after(UPLOAD_IDLE_SECONDS):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        yield chunk
 
 
 def _discard(upload: Upload) -> None:

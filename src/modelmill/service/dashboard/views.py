@@ -15,6 +15,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from modelmill import errors
 from modelmill.service import auth, model_registry
@@ -147,6 +148,28 @@ def playground_page(request: Request, a: str | None = None, b: str | None = None
     return render(request, "playground.html", title="Playground", models=models, left=left, right=right)
 
 
+@router.get("/keys", dependencies=[Depends(page_auth)])
+def keys_page(request: Request):
+    """The project's own API keys, each with a revoke button (never another project's keys)."""
+    store, project_id = deps.store(request), deps.project(request)
+    keys = [k for k in store.keys.list() if k.project_id == project_id]
+    current = store.keys.session_key_id(request.cookies.get(auth.SESSION_COOKIE))
+    return render(request, "keys.html", title="API keys", keys=keys, current=current)
+
+
+@router.post("/keys/{key_id}/revoke", dependencies=[Depends(page_auth)])
+def revoke_key(key_id: str, request: Request):
+    """Revoke one of the project's keys, with its sessions (the edge has checked this form came
+    from this server's own page). Revoking the key this session signed in with signs it out."""
+    store = deps.store(request)
+    try:
+        store.keys.revoke(key_id, project_id=deps.project(request))
+    except errors.NotFoundError as e:
+        return not_found(request, e.message)
+    signed_in = store.keys.session_key_id(request.cookies.get(auth.SESSION_COOKIE)) is not None
+    return RedirectResponse("/keys" if signed_in or not store.keys.any() else "/login", status_code=303)
+
+
 # -- login / logout ---------------------------------------------------------------------
 
 @router.get("/login")
@@ -164,20 +187,33 @@ def login_page(request: Request, next: str = "/"):
 async def login(request: Request):
     form = await request.form()
     key, target = str(form.get("api_key") or "").strip(), _safe_next(str(form.get("next") or "/"))
-    store = deps.store(request)
-    if store.keys.any() and store.keys.verify(key) is None:
+    refused, token = await run_in_threadpool(_sign_in, deps.store(request), deps.settings(request), key)
+    if refused:
         return render(request, "login.html", status=401, title="Sign in", next=target,
                       error="That key is not valid.")
     response = RedirectResponse(target, status_code=303)
-    if store.keys.any():
-        # HttpOnly: page scripts never see the key; SameSite=Strict: other sites cannot send it.
-        response.set_cookie(auth.SESSION_COOKIE, key, httponly=True, samesite="strict", path="/",
+    if token is not None:
+        # The cookie holds a login token, not the key (auth.SESSION_COOKIE). HttpOnly: page scripts
+        # never see it; SameSite=Strict plus the edge's CSRF check: other sites' pages can't use it.
+        response.set_cookie(auth.SESSION_COOKIE, token, httponly=True, samesite="strict", path="/",
                             secure=request.url.scheme == "https")
     return response
 
 
+def _sign_in(store, settings, key: str) -> tuple[bool, str | None]:
+    """(refused, login token): a new session for a valid key; (False, None) on a keyless server."""
+    if not store.keys.any():
+        return False, None
+    record = store.keys.verify(key)
+    if record is None:
+        return True, None
+    store.keys.sweep_sessions(settings.login_idle_seconds)  # keeps the table small
+    return False, store.keys.start_session(record)
+
+
 @router.post("/logout")
 def logout(request: Request) -> Response:
+    deps.store(request).keys.end_session(request.cookies.get(auth.SESSION_COOKIE))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(auth.SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response

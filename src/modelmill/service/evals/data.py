@@ -32,6 +32,10 @@ def load_rows(store: Store, source: dict, param: str, *, project_id: str | None)
     """The rows of a jsonl source ({type: file_content, content} or {type: file_id, id}); a file_id
     must be project_id's file (another project's is "does not exist", as a missing one)."""
     kind = source.get("type")
+    if kind in ("stored_completions", "responses"):  # the project's stored objects (evals/stored_sources.py)
+        from modelmill.service.evals import stored_sources
+
+        return stored_sources.load(store, source, param, project_id=project_id)
     if kind == "file_content":
         content = source.get("content")
         if not isinstance(content, list):

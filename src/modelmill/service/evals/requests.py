@@ -15,7 +15,7 @@ from typing import Any
 from modelmill import errors
 from modelmill.settings import Settings
 from modelmill.service import model_registry
-from modelmill.service.evals import data
+from modelmill.service.evals import data, stored_sources
 from modelmill.service.store import Store
 from modelmill.service.store.evals import EvalRecord, EvalRunRecord, NewRun
 
@@ -23,6 +23,18 @@ DATA_SOURCE_CONFIG_TYPES = ("custom", "logs", "stored_completions")
 RUN_DATA_SOURCE_TYPES = ("jsonl", "completions", "responses")
 SAMPLING_KEYS = ("temperature", "top_p", "max_completion_tokens", "seed")
 METADATA_MAX_KEYS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 16, 64, 512
+# The fields of each request shape (OpenAI's CreateEvalRequest, UpdateEval, CreateEvalRunRequest and
+# the run data sources). These bodies are parsed by hand (their unions are easier to report on field
+# by field), so unknown fields are refused here, with the same 400 the wire models give.
+EVAL_FIELDS = ("name", "data_source_config", "testing_criteria", "metadata")
+UPDATE_FIELDS = ("name", "metadata")
+RUN_FIELDS = ("name", "data_source", "metadata")
+CUSTOM_CONFIG_FIELDS = ("type", "item_schema", "include_sample_schema")
+RUN_SOURCE_FIELDS = {"jsonl": ("type", "source"),
+                     "completions": ("type", "source", "model", "input_messages", "sampling_params"),
+                     "responses": ("type", "source", "model", "input_messages", "sampling_params")}
+SOURCE_FIELDS = {"file_content": ("type", "content"), "file_id": ("type", "id")}
+SAMPLING_FIELDS = SAMPLING_KEYS + ("tools", "reasoning_effort", "response_format")
 
 
 def _bad(message: str, param: str, code: str = "invalid_value") -> errors.InvalidRequestError:
@@ -47,9 +59,18 @@ def check_metadata(metadata, param: str = "metadata") -> dict | None:
 
 # -- evals ----------------------------------------------------------------------------------------
 
-def create_eval(store: Store, body: dict[str, Any], *, project_id: str) -> EvalRecord:
+def create_eval(store: Store, body: dict[str, Any], *, project_id: str, settings: Settings | None = None) -> EvalRecord:
+    """settings given: each model grader's judge must be one ModelMill serves to the project (400 on
+    `testing_criteria[i].model` otherwise, not a failure on every item of every run later)."""
+    from modelmill.service import graders
+
+    errors.reject_unknown_fields(body, EVAL_FIELDS)
     config = check_data_source_config(body.get("data_source_config"))
     criteria = check_testing_criteria(body.get("testing_criteria"))
+    if settings is not None:
+        judges = graders.judge_checker(settings, store, project_id)
+        for i, grader in enumerate(criteria):
+            graders.check_judge_models(grader, judges, f"testing_criteria[{i}]")
     name = body.get("name")
     if name is not None and not isinstance(name, str):
         raise _bad("name must be a string", "name")
@@ -58,6 +79,7 @@ def create_eval(store: Store, body: dict[str, Any], *, project_id: str) -> EvalR
 
 def update_eval(store: Store, eval_id: str, body: dict[str, Any], *, project_id: str) -> EvalRecord:
     store.evals.get(eval_id, project_id=project_id)  # a missing (or another project's) eval: 404 before any 400
+    errors.reject_unknown_fields(body, UPDATE_FIELDS)
     name = body.get("name")
     if name is not None and (not isinstance(name, str) or not name):
         raise _bad("name must be a non-empty string", "name")
@@ -72,11 +94,12 @@ def check_data_source_config(config) -> dict:
     if not isinstance(config, dict):
         raise _bad(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
     kind = config.get("type")
+    if kind in stored_sources.CONFIG_TYPES:  # the project's stored completions / Responses
+        return stored_sources.check_config(config)
     if kind != "custom":
-        supported = kind in DATA_SOURCE_CONFIG_TYPES
-        raise _bad(f"{param}.type {kind!r} is not supported" + (" by ModelMill (it has no stored logs or "
-                   "completions)" if supported else "") + "; use 'custom' with an item_schema",
-                   f"{param}.type", "unsupported_value")
+        raise _bad(f"{param}.type {kind!r} is not supported; use one of "
+                   f"{', '.join(repr(t) for t in DATA_SOURCE_CONFIG_TYPES)}", f"{param}.type", "unsupported_value")
+    errors.reject_unknown_fields(config, CUSTOM_CONFIG_FIELDS, param)
     schema = config.get("item_schema")
     if not isinstance(schema, dict):
         raise _bad(f"{param}.item_schema must be a JSON schema object", f"{param}.item_schema")
@@ -117,11 +140,12 @@ def check_testing_criteria(criteria, *, require_thresholds: bool = True) -> list
 def create_run(store: Store, settings: Settings, eval_id: str, body: dict[str, Any], *,
                project_id: str) -> EvalRunRecord:
     ev = store.evals.get(eval_id, project_id=project_id)
+    errors.reject_unknown_fields(body, RUN_FIELDS)
     source = check_run_data_source(store, settings, ev, body.get("data_source"))
     name = body.get("name")
     if name is not None and not isinstance(name, str):
         raise _bad("name must be a string", "name")
-    model = source.get("model") if source["type"] == "completions" else None
+    model = source.get("model") if source["type"] != "jsonl" else None
     return store.evals.create_run(NewRun(eval_id=eval_id, name=name or model or "jsonl", data_source=source,
                                          model=model, metadata=check_metadata(body.get("metadata"))))
 
@@ -134,21 +158,25 @@ def check_run_data_source(store: Store, settings: Settings, ev: EvalRecord, sour
     if not isinstance(source, dict):
         raise _bad(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
     kind = source.get("type")
-    if kind not in ("jsonl", "completions"):
-        raise _bad(f"{param}.type must be 'jsonl' or 'completions'; got {kind!r}" +
-                   (" (responses runs are not supported by ModelMill)" if kind == "responses" else ""),
+    if kind not in RUN_DATA_SOURCE_TYPES:
+        raise _bad(f"{param}.type must be 'jsonl', 'completions' or 'responses'; got {kind!r}",
                    f"{param}.type", "unsupported_value")
+    errors.reject_unknown_fields(source, RUN_SOURCE_FIELDS[kind], param)
     src = source.get("source")
     if not isinstance(src, dict):
         raise _bad(f"Missing required parameter: '{param}.source'.", f"{param}.source", "missing_required_parameter")
-    if src.get("type") == "stored_completions":
-        raise _bad(f"{param}.source.type 'stored_completions' is not supported by ModelMill; use file_content or "
-                   "file_id", f"{param}.source.type", "unsupported_value")
+    if src.get("type") in SOURCE_FIELDS:
+        errors.reject_unknown_fields(src, SOURCE_FIELDS[src["type"]], f"{param}.source")
+    stored = {"completions": "stored_completions", "responses": "responses"}.get(kind)
+    if stored_sources.is_stored(src) and src["type"] != stored:
+        raise _bad(f"{param}.source.type {src['type']!r} is not a source of a {kind} run", f"{param}.source.type",
+                   "unsupported_value")
     rows = data.load_rows(store, src, f"{param}.source", project_id=ev.project_id)
     if not rows:
         raise _bad(f"{param}.source has no items", f"{param}.source")
     data.check_items(rows, ev.data_source_config["item_schema"], _row_namer(src, f"{param}.source"))
-    if kind == "completions":
+    if kind != "jsonl" and (source.get("model") is not None or not stored_sources.is_stored(src)):
+        # sample the model anew (a stored source without a model grades what was stored)
         source = _check_completions(store, settings, source, rows, check_model, ev.project_id)
     return source
 
@@ -172,7 +200,7 @@ def _check_completions(store: Store, settings: Settings, source: dict, rows, che
                                project_id=project_id)
     data.check_input_messages(source.get("input_messages"), f"{param}.input_messages")
     source = {**source, "input_messages": data.normalize_input_messages(source["input_messages"])}
-    sampling_params(source.get("sampling_params"))
+    sampling_params(stored_sources.chat_sampling_params(source))
     for i, (item, _) in enumerate(rows):
         try:
             data.render_input(source["input_messages"], item)
@@ -183,14 +211,19 @@ def _check_completions(store: Store, settings: Settings, source: dict, rows, che
 
 def sampling_params(raw):
     """(ml.sampling.SamplingParams, tools | None) from a completions data source's sampling_params.
-    Temperature, top_p, max_completion_tokens, seed and tools are honoured; reasoning_effort and
-    response_format are accepted and ignored (local models neither reason nor constrain output)."""
+    Temperature, top_p, max_completion_tokens, seed, tools and response_format (json_schema /
+    json_object, enforced by grammar-constrained decoding) are honoured; reasoning_effort other than
+    "none" is a 400, as on chat completions (the served models do not reason)."""
     from modelmill.ml.sampling import SamplingParams
 
     param = "data_source.sampling_params"
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise _bad(f"{param} must be an object", param)
+    errors.reject_unknown_fields(raw, SAMPLING_FIELDS, param)
+    if raw.get("reasoning_effort") not in (None, "none"):
+        raise _bad(f"{param}.reasoning_effort: the models ModelMill serves are not reasoning models; leave it "
+                   f"unset or 'none'", f"{param}.reasoning_effort", "unsupported_value")
     tools = raw.get("tools")
     if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
         raise _bad(f"{param}.tools must be a list of tools", f"{param}.tools")
@@ -200,7 +233,8 @@ def sampling_params(raw):
             raise _bad(f"{param}.{key} must be an integer", f"{param}.{key}")
     try:
         params = SamplingParams(temperature=_num(raw, "temperature", 1.0), top_p=_num(raw, "top_p", 1.0),
-                                max_tokens=raw.get("max_completion_tokens"), seed=raw.get("seed", 42))
+                                max_tokens=raw.get("max_completion_tokens"), seed=raw.get("seed", 42),
+                                response_format=raw.get("response_format"))  # enforced (ml/constraints.py)
     except errors.InvalidRequestError as e:
         key = {"max_tokens": "max_completion_tokens"}.get(e.param, e.param)
         raise _bad(f"{param}.{key}: {e.message}", f"{param}.{key}") from None

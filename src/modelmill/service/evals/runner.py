@@ -24,7 +24,7 @@ from typing import Callable
 from modelmill import errors
 from modelmill.settings import Settings
 from modelmill.service import model_registry
-from modelmill.service.evals import data, requests
+from modelmill.service.evals import data, requests, stored_sources
 from modelmill.service.ids import new_id
 from modelmill.service.sampler import shared_sampler
 from modelmill.service.store import Store
@@ -93,7 +93,8 @@ class _Execution:
         rows = data.load_rows(self.store, source["source"], "data_source.source", project_id=run.project_id)
         data.check_items(rows, ev.data_source_config["item_schema"], lambda i: ("data_source", f"item {i}"))
         self.queue.start(self.lease, len(rows))
-        sampler = _Sampling(self.settings, self.store, run) if source["type"] == "completions" else None
+        # completions / responses runs with a model sample it; a stored source without one grades what was stored
+        sampler = _Sampling(self.settings, self.store, run) if source.get("model") else None
         totals = _Totals.of(run, ev.testing_criteria)
         context = grader_context(self.settings, self.store, run.project_id)
         done = self.queue.done_item_ids(run.id)
@@ -137,7 +138,7 @@ class _Sampling:
     def __init__(self, settings: Settings, store: Store, run: EvalRunRecord):
         self.spec = run.data_source
         self.model = run.model
-        self.params, self.tools = requests.sampling_params(self.spec.get("sampling_params"))
+        self.params, self.tools = requests.sampling_params(stored_sources.chat_sampling_params(self.spec))
         self.ref = model_registry.model_ref(settings, _served(settings, store, run))
         self.sampler = shared_sampler(settings)
 

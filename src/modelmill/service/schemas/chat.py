@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from modelmill.service.schemas.common import OpenAIRequest, WireModel
 
-# Most completions one request may ask for (each is a full generation on this machine).
-MAX_N = 16
+# OpenAI's own bound on n; this deployment's (lower) one is Settings.max_chat_n (service/chat_params.py).
+MAX_N = 128
 
 
 class ChatMessage(OpenAIRequest):
@@ -18,6 +18,11 @@ class ChatMessage(OpenAIRequest):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+    # OpenAI's, refused with a 400 naming them (service/chat_params.py): no audio, no legacy function_call.
+    audio: dict[str, Any] | None = None
+    function_call: dict[str, Any] | None = None
+    # An earlier reply sent back as history carries its refusal (null here: ModelMill never refuses).
+    refusal: str | None = None
 
 
 class FunctionDef(OpenAIRequest):
@@ -28,12 +33,22 @@ class FunctionDef(OpenAIRequest):
 
 
 class Tool(OpenAIRequest):
-    type: Literal["function"] = "function"
-    function: FunctionDef
+    # "custom" (free-form tools) is OpenAI's too: declared so it is refused by name
+    # (service/chat_params.py), not as an unrecognized argument.
+    type: Literal["function", "custom"] = "function"
+    function: FunctionDef | None = None
+    custom: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _function_tool_has_a_function(self):
+        if self.type == "function" and self.function is None:
+            raise ValueError("a function tool needs its `function` definition")
+        return self
 
 
 class StreamOptions(OpenAIRequest):
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # only false is honoured (service/chat_params.py)
 
 
 class ChatCompletionRequest(OpenAIRequest):
@@ -51,8 +66,41 @@ class ChatCompletionRequest(OpenAIRequest):
     tools: list[Tool] | None = None
     tool_choice: Union[Literal["none", "auto", "required"], dict[str, Any], None] = None
     parallel_tool_calls: bool | None = None
+    # text / json_object / json_schema: checked and enforced by ml/constraints.py (a bad one is a 400)
+    response_format: dict[str, Any] | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
+    # true: the request and completion are kept for the caller's project (service/stored_completions.py)
+    store: bool | None = None
+    # Honoured per request inside a batch (ml/logits.py); limits in service/chat_params.py.
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    # The rest of OpenAI's CreateChatCompletionRequest: each is honoured where its value asks for
+    # nothing ModelMill lacks, else refused with a 400 naming it (service/chat_params.py,
+    # docs/api-parameters.md). Declared so that they are not "Unrecognized request argument"s.
+    service_tier: str | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    moderation: dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: Union[str, dict[str, Any], None] = None
+    safety_identifier: str | None = Field(default=None, max_length=64)
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+
+    @field_validator("n", "stream", mode="before")
+    @classmethod
+    def _null_is_default(cls, v, info):
+        """OpenAI's schema lets n and stream be null, meaning their defaults."""
+        return ({"n": 1, "stream": False}[info.field_name]) if v is None else v
 
     @field_validator("stop")
     @classmethod
@@ -100,10 +148,30 @@ class ResponseMessage(WireModel):
     tool_calls: list[ToolCall] | None = None
 
 
+class TopLogprob(WireModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(WireModel):
+    """OpenAI's ChatCompletionTokenLogprob (which distribution: ml/logits.py)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(WireModel):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None  # ModelMill never refuses
+
+
 class Choice(WireModel):
     index: int
     message: ResponseMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None  # set when the request asked for logprobs
     finish_reason: Literal["stop", "length", "tool_calls"]
 
 
@@ -144,7 +212,7 @@ class Delta(WireModel):
 class ChunkChoice(WireModel):
     index: int
     delta: Delta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None  # the tokens of this chunk's text, when logprobs were asked for
     finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
 

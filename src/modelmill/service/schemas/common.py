@@ -1,27 +1,21 @@
-"""Shared pieces of the wire models: lenient requests, list envelopes, None-omitting dumps."""
+"""Shared pieces of the wire models: strict requests, list envelopes, None-omitting dumps."""
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
-
-log = logging.getLogger("modelmill.api")
+from pydantic import BaseModel, ConfigDict, model_serializer
 
 
 class OpenAIRequest(BaseModel):
-    """Base of every request body: unknown fields are accepted and logged, never rejected,
-    so clients written for a newer OpenAI API keep working (as vLLM's OpenAIBaseModel does)."""
+    """Base of every request body. A field that is not OpenAI's (or a documented ModelMill one) is
+    refused, as OpenAI refuses it: api/errors.py turns pydantic's extra_forbidden into a 400
+    "Unrecognized request argument supplied: <dotted path>". Silently ignoring it would let a
+    misspelled `hyperparameters.n_epoch` or a stray top-level `test_file` train a job its author
+    did not mean (docs/api.md, "Unknown fields")."""
 
-    model_config = ConfigDict(extra="allow")
-
-    @model_validator(mode="after")
-    def _log_unknown_fields(self):
-        if self.model_extra:
-            log.info("%s: ignoring unknown fields %s", type(self).__name__, sorted(self.model_extra))
-        return self
+    model_config = ConfigDict(extra="forbid")
 
 
 class WireModel(BaseModel):

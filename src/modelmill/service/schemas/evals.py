@@ -50,7 +50,10 @@ class EvalObject(WireModel):
         if config.get("include_sample_schema"):
             schema["properties"]["sample"] = SAMPLE_SCHEMA
             schema["required"].append("sample")
-        return cls(id=ev.id, name=ev.name, data_source_config={"type": "custom", "schema": schema},
+        shown = {"type": config.get("type", "custom"), "schema": schema}
+        if shown["type"] != "custom":  # stored_completions / logs: echo their metadata filter
+            shown["metadata"] = config.get("metadata")
+        return cls(id=ev.id, name=ev.name, data_source_config=shown,
                    testing_criteria=ev.testing_criteria, created_at=unix(ev.created_at), metadata=ev.metadata)
 
 

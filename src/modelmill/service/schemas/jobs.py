@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, field_validator
 
 from modelmill.service.schemas.common import OpenAIRequest, WireModel, finite_numbers, unix
-from modelmill.service.store.records import CheckpointRecord, EventRecord, JobRecord, Page
+from modelmill.service.store.records import TERMINAL_STATUSES, CheckpointRecord, EventRecord, JobRecord, Page
 
 Auto = Literal["auto"]
+
+# Upper bounds of the RFT evaluation knobs (OpenAI states none): completions sampled per validation
+# prompt per evaluation, and optimizer steps between evaluations.
+MAX_EVAL_SAMPLES = 64
+MAX_EVAL_INTERVAL = 100_000
 
 
 class Hyperparameters(OpenAIRequest):
@@ -40,8 +45,10 @@ class ReinforcementHyperparameters(Hyperparameters):
 
     reasoning_effort: Literal["default", "low", "medium", "high"] = "default"
     compute_multiplier: Union[Auto, Annotated[float, Field(gt=1e-5, le=10)]] = "auto"
-    eval_interval: Union[Auto, Annotated[int, Field(ge=1, strict=True)]] = "auto"
-    eval_samples: Union[Auto, Annotated[int, Field(ge=1, strict=True)]] = "auto"
+    # Bounded so one job can not hold the worker for days (docs/limits.md): each evaluation samples
+    # eval_samples completions for each of up to 50 validation prompts.
+    eval_interval: Union[Auto, Annotated[int, Field(ge=1, le=MAX_EVAL_INTERVAL, strict=True)]] = "auto"
+    eval_samples: Union[Auto, Annotated[int, Field(ge=1, le=MAX_EVAL_SAMPLES, strict=True)]] = "auto"
 
 
 class ReinforcementMethod(OpenAIRequest):
@@ -112,10 +119,15 @@ class JobObject(WireModel):
     estimated_finish: int | None
     method: dict[str, Any]
     metadata: dict[str, str] | None
+    # The job's automatic before/after eval (service/job_evals.py), which OpenAI's cookbook reads as
+    # job.eval_id. Not in OpenAI's FineTuningJob schema, which allows extra fields; omitted when none.
+    eval_id: str | None = None
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"eval_id"})
 
     @classmethod
-    def of(cls, job: JobRecord, organization_id: str) -> "JobObject":
+    def of(cls, job: JobRecord, organization_id: str, eval_id: str | None = None) -> "JobObject":
         hp = dict(job.hyperparameters)
+        status = wire_status(job)
         # The top-level field is OpenAI's legacy (supervised) shape: it carries the shared keys only.
         legacy = {k: hp[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier") if k in hp}
         return cls(
@@ -123,12 +135,23 @@ class JobObject(WireModel):
             error=JobError(**job.error) if job.error else None,
             fine_tuned_model=job.fine_tuned_model, finished_at=unix(job.finished_at), hyperparameters=legacy,
             model=job.model, organization_id=organization_id, result_files=list(job.result_files),
-            status=job.status, trained_tokens=job.trained_tokens, training_file=job.training_file,
+            status=status, trained_tokens=job.trained_tokens, training_file=job.training_file,
             validation_file=job.validation_file, integrations=job.integrations, seed=job.seed,
-            estimated_finish=unix(job.estimated_finish) if job.status == "running" else None,
+            estimated_finish=unix(job.estimated_finish) if status == "running" else None, eval_id=eval_id,
             method={"type": job.method_type, job.method_type: {"hyperparameters": hp,
                                                                **({"grader": job.grader} if job.grader else {})}},
             metadata=job.metadata)
+
+
+# What a pending cancel / pause request shows as (store/jobs.py): the state the request put the job
+# in, as OpenAI answers. The worker reaching its next step boundary to honour it stays internal.
+REQUESTED_STATUS = {"cancel": "cancelled", "pause": "paused"}
+
+
+def wire_status(job: JobRecord) -> str:
+    if job.status in TERMINAL_STATUSES or job.status == "paused":
+        return job.status
+    return REQUESTED_STATUS.get(job.requested_action or "", job.status)
 
 
 class JobList(WireModel):

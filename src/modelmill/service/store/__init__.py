@@ -4,6 +4,7 @@ MODELMILL_DATABASE_URL set, the same tables in Postgres (pg.py) and the blobs st
     store = open_store(settings)        # creates dirs, applies migrations
     store.files / store.jobs / store.events / store.checkpoints / store.keys / store.evals
     store.projects / store.permissions (tenancy) / store.manifests (what the platform wrote to disk)
+    store.stored_completions / store.responses (stored chat completions and Responses, per project)
 
 Background work is claimed through the lease queue (lease.py): JobQueue (job_queue.py) and
 EvalRunQueue (run_queue.py) are LeaseQueues on the jobs and eval_runs tables. Every SQL
@@ -28,6 +29,7 @@ from modelmill.service.store.projects import PermissionRepo, ProjectRepo
 from modelmill.service.store.records import (ApiKeyRecord, CheckpointRecord, EventRecord, FileRecord,
                                              JobRecord, Page)
 from modelmill.service.store.run_queue import EvalRunQueue
+from modelmill.service.store.stored import ResponseRepo, StoredCompletionRepo
 
 
 def open_database(db_path: Path, database_url: str | None = None):
@@ -56,6 +58,8 @@ class Store:
         self.projects = ProjectRepo(self.db)
         self.permissions = PermissionRepo(self.db)  # fine-tuned models shared with other projects
         self.manifests = ManifestRepo(self.db)  # file hashes of every adapter and checkpoint dir written
+        self.stored_completions = StoredCompletionRepo(self.db, clock)  # chat completions made with store: true
+        self.responses = ResponseRepo(self.db, clock)  # /v1/responses objects (stored unless store: false)
 
     def job_queue(self, lease_seconds: float, *, clock=None) -> JobQueue:
         """The lease queue workers claim fine-tuning jobs from (job_queue.py), on the store's clock

@@ -10,6 +10,7 @@ from modelmill.service.ids import new_id
 from modelmill.service.store.db import Database
 from modelmill.service.store.pagination import page_rows
 from modelmill.service.store.records import CheckpointRecord, EventRecord, Page, from_row, to_json
+from modelmill.service.store.text import clean
 
 EVENT_LEVELS = ("info", "warn", "error")
 EVENT_TYPES = ("message", "metrics")
@@ -23,7 +24,7 @@ def insert_event(c: sqlite3.Connection, job_id: str, level: str, message: str, *
     event_id = new_id("ftevent-")
     c.execute("INSERT INTO events (id, job_id, created_at, level, type, message, data)"
               " VALUES (?, ?, ?, ?, ?, ?, ?)",
-              (event_id, job_id, time.time(), level, type, message, to_json(data)))
+              (event_id, job_id, time.time(), level, type, clean(message), to_json(clean(data))))
     return event_id
 
 

@@ -40,8 +40,21 @@ class JobQueue(LeaseQueue):
 
     def record_step(self, lease: Lease, step: int, total_steps: int, message: str, data: dict,
                     estimated_finish: float | None) -> None:
-        """One metrics event plus the job's progress fields, in one fenced transaction."""
+        """One metrics event plus the job's progress fields, in one fenced transaction.
+
+        A step at or below the job's recorded progress is a re-run: the job resumed from an
+        earlier checkpoint after a crash, pause or takeover. The abandoned attempt's metrics
+        events from this step on are deleted first, so each step has exactly one metrics event,
+        the one of the attempt whose weights the job kept. (Replaced rather than marked as
+        re-runs: the events list, the dashboard's curves and the results CSV all read one point
+        per step, and the abandoned points describe weights that no longer exist. The "Resuming
+        from checkpoint at step N" event still records that the steps were run again.)"""
         with self.fenced(lease) as c:
+            row = c.execute("SELECT step FROM jobs WHERE id = ?", (lease.id,)).fetchone()
+            if row is not None and row["step"] is not None and step <= row["step"]:
+                at, key = self.db.json_field("data", "step")
+                c.execute(f"DELETE FROM events WHERE job_id = ? AND type = 'metrics' AND CAST({at} AS INTEGER) >= ?",
+                          (lease.id, key, step))
             insert_event(c, lease.id, "info", message, type="metrics", data=data)
             self.write(c, lease, {"step": step, "total_steps": total_steps, "estimated_finish": estimated_finish})
 

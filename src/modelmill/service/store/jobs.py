@@ -138,11 +138,17 @@ class JobRepo:
     def resume(self, job_id: str, *, project_id: str | None = None) -> JobRecord:
         with self.db.transaction() as c:
             job = self._locked_get(c, job_id, project_id, lock=True)
-            if job.status != "paused":
+            if job.requested_action == "pause" and job.status != "paused":
+                # The API already answered "paused" (schemas/jobs.py wire_status) but no worker has
+                # honoured it yet: resuming withdraws the request and the job trains on.
+                self._set(c, job_id, requested_action=None)
+                insert_event(c, job_id, "info", "Pause withdrawn by resume; the job continues")
+            elif job.status != "paused":
                 raise errors.ConflictError(f"Job {job_id} is {job.status}; only a paused job can be resumed",
                                            param="fine_tuning_job_id")
-            self._take_over(c, job_id, status="queued")
-            insert_event(c, job_id, "info", "Job resumed; queued to continue from its last checkpoint")
+            else:
+                self._take_over(c, job_id, status="queued")
+                insert_event(c, job_id, "info", "Job resumed; queued to continue from its last checkpoint")
         return self.get(job_id)
 
     def _locked_get(self, c, job_id: str, project_id: str | None = None, *, lock: bool = False) -> JobRecord:

@@ -36,6 +36,7 @@ from typing import Iterator
 
 from modelmill import errors
 from modelmill.service.store.db import Database
+from modelmill.service.store.text import clean
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ class LeaseQueue:
         bad = set(fields) - t.writable
         if bad:
             raise ValueError(f"not writable by a worker: {sorted(bad)}")
-        values = [json.dumps(v) if k in t.json_columns and v is not None else v for k, v in fields.items()]
+        values = [json.dumps(v) if k in t.json_columns and v is not None else v
+                  for k, v in clean(fields).items()]  # a grader's hostile error text must not crash the write
         sets = "".join(f"{k} = ?, " for k in fields)
         c.execute(f"UPDATE {t.name} SET {sets}updated_at = ? WHERE id = ?", (*values, self.clock(), lease.id))
 

@@ -207,4 +207,46 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX adapter_manifests_job ON adapter_manifests (job_id);
     """),
+    ("0011_login_sessions", """
+        -- The dashboard's sign-ins: the cookie holds a random token (only its sha256 is stored here),
+        -- never the API key. Revoking the key deletes its sessions, and an idle one expires (auth.py).
+        CREATE TABLE login_sessions (
+            token_hash TEXT PRIMARY KEY,      -- hex sha256 of the cookie's token (256-bit random)
+            key_id TEXT NOT NULL,             -- the api_keys row it signed in with
+            project_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            last_used_at REAL NOT NULL        -- idle expiry counts from here
+        );
+        CREATE INDEX login_sessions_key ON login_sessions (key_id);
+    """),
+    ("0012_stored_completions_responses", """
+        -- Chat completions made with store: true, and Responses (stored unless store: false), per
+        -- project (store/stored.py). The wire object is kept as returned, and model, metadata and
+        -- created_at are columns because lists and eval data sources filter on them.
+        CREATE TABLE stored_completions (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,          -- chatcmpl-...
+            project_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            model TEXT NOT NULL,
+            metadata TEXT,                    -- JSON object or NULL
+            request TEXT NOT NULL,            -- JSON: the request's messages, tools and sampling fields
+            completion TEXT NOT NULL          -- JSON: the chat.completion object returned
+        );
+        CREATE INDEX stored_completions_project ON stored_completions (project_id, seq);
+        CREATE TABLE responses (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,          -- resp_...
+            project_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            model TEXT NOT NULL,
+            metadata TEXT,                    -- JSON object or NULL
+            previous_response_id TEXT,
+            instructions TEXT,
+            input_items TEXT NOT NULL,        -- JSON list: this request's input items, with ids
+            history TEXT NOT NULL,            -- JSON list: the conversation's chat messages, output included
+            response TEXT NOT NULL            -- JSON: the response object returned
+        );
+        CREATE INDEX responses_project ON responses (project_id, seq);
+    """),
 ]

@@ -32,8 +32,8 @@ def _base(request: Request) -> str:
 
 @router.post("")
 def create_eval(body: dict[str, Any] = Body(...), store: Store = Depends(deps.store),
-                project: str = Depends(deps.project)) -> dict:
-    return EvalObject.of(requests.create_eval(store, body, project_id=project)).model_dump()
+                settings: Settings = Depends(deps.settings), project: str = Depends(deps.project)) -> dict:
+    return EvalObject.of(requests.create_eval(store, body, project_id=project, settings=settings)).model_dump()
 
 
 @router.get("")

@@ -35,6 +35,7 @@ async def create_file(request: Request) -> dict:
         if upload.blob is None:
             raise errors.InvalidRequestError("Missing required parameter: 'file'", param="file",
                                              code="missing_required_parameter")
+        _check_fields(upload.fields)
         purpose = upload.fields.get("purpose")
         if not purpose:
             raise errors.InvalidRequestError("Missing required parameter: 'purpose'", param="purpose",
@@ -49,6 +50,16 @@ async def create_file(request: Request) -> dict:
             upload.blob.discard()
         raise
     return FileObject.of(record).model_dump()
+
+
+def _check_fields(fields: dict) -> None:
+    """The upload's form fields besides `file`: OpenAI's are purpose and expires_after (files here
+    do not expire, so that one is refused by name); anything else gets OpenAI's unknown-field 400."""
+    unsupported = [k for k in fields if k == "expires_after" or k.startswith("expires_after[")]
+    if unsupported:
+        raise errors.InvalidRequestError("expires_after is not supported by ModelMill: uploaded files are kept "
+                                         "until deleted", param=unsupported[0], code="unsupported_parameter")
+    errors.reject_unknown_fields(fields, ("purpose",))
 
 
 @router.get("/files")

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from modelmill import errors
 from modelmill.settings import Settings
+from modelmill.service import job_evals
 from modelmill.service.api import deps
 from modelmill.service.fine_tuning import create_job
 from modelmill.service.schemas.jobs import CheckpointList, CreateJobRequest, EventList, JobList, JobObject
@@ -15,14 +16,14 @@ from modelmill.service.store import Store
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
 
 
-def _job(job, settings: Settings) -> dict:
-    return JobObject.of(job, settings.owner).model_dump()
+def _job(job, settings: Settings, store: Store) -> dict:
+    return JobObject.of(job, settings.owner, job_evals.eval_id_of(store, job)).model_dump()
 
 
 @router.post("")
 def create(body: CreateJobRequest, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
            project: str = Depends(deps.project)) -> dict:
-    return _job(create_job(store, settings, body, project_id=project), settings)
+    return _job(create_job(store, settings, body, project_id=project), settings, store)
 
 
 @router.get("")
@@ -30,31 +31,32 @@ def list_jobs(request: Request, after: str | None = None, limit: int = Query(20,
               store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
               project: str = Depends(deps.project)) -> dict:
     page = store.jobs.list(after=after, limit=limit, metadata=_metadata_filter(request), project_id=project)
-    return JobList(data=[JobObject.of(j, settings.owner) for j in page.items], has_more=page.has_more).model_dump()
+    return JobList(data=[JobObject.of(j, settings.owner, job_evals.eval_id_of(store, j)) for j in page.items],
+                   has_more=page.has_more).model_dump()
 
 
 @router.get("/{job_id}")
 def retrieve(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
              project: str = Depends(deps.project)) -> dict:
-    return _job(store.jobs.get(job_id, project_id=project), settings)
+    return _job(store.jobs.get(job_id, project_id=project), settings, store)
 
 
 @router.post("/{job_id}/cancel")
 def cancel(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
            project: str = Depends(deps.project)) -> dict:
-    return _job(store.jobs.cancel(job_id, project_id=project), settings)
+    return _job(store.jobs.cancel(job_id, project_id=project), settings, store)
 
 
 @router.post("/{job_id}/pause")
 def pause(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
           project: str = Depends(deps.project)) -> dict:
-    return _job(store.jobs.pause(job_id, project_id=project), settings)
+    return _job(store.jobs.pause(job_id, project_id=project), settings, store)
 
 
 @router.post("/{job_id}/resume")
 def resume(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
            project: str = Depends(deps.project)) -> dict:
-    return _job(store.jobs.resume(job_id, project_id=project), settings)
+    return _job(store.jobs.resume(job_id, project_id=project), settings, store)
 
 
 @router.get("/{job_id}/events")
