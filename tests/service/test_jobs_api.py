@@ -162,6 +162,24 @@ def test_pause_of_a_running_job_answers_paused_and_resume_withdraws_it(client, s
     assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/resume").json()["status"] == "queued"
 
 
+def test_resume_that_lands_while_the_worker_is_pausing_requeues_the_job(client, store, settings, train_file):
+    # The worker has read the pause request and is writing its checkpoint when the user resumes
+    # (the dashboard's Resume is enabled as soon as the API answers "paused"). The resume wins.
+    job = create_job(client, train_file["id"])
+    queue = store.job_queue(settings.lease_seconds)
+    lease = queue.claim("w1")
+    queue.update(lease, status="running")
+    client.post(f"/v1/fine_tuning/jobs/{job['id']}/pause")
+    assert queue.requested_action(lease) == "pause"  # the worker sees it and stops at the step
+    assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/resume").json()["status"] == "running"
+    queue.finish(lease, "paused", message="Job paused; resume it to continue from this checkpoint")
+    assert store.jobs.get(job["id"]).status == "queued"
+    events = [e["message"] for e in client.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()["data"]]
+    assert events[0].startswith("Pause withdrawn by resume; queued") and not any(
+        m.startswith("Job paused") for m in events)
+    assert queue.claim("w2").id == job["id"]  # and a worker picks it up again
+
+
 def test_events_newest_first_and_paged(client, store, settings, train_file):
     job = create_job(client, train_file["id"])
     queue = store.job_queue(settings.lease_seconds)

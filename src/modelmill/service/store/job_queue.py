@@ -83,9 +83,18 @@ class JobQueue(LeaseQueue):
         one fenced transaction. `status` is terminal (succeeded / failed / cancelled), "paused", or
         "queued" (hand the job back, e.g. when the worker shuts down)."""
         with self.fenced(lease) as c:
+            if status == "paused" and _requested(c, lease.id) != "pause":
+                # The worker read the pause request, then the user resumed before this write (the
+                # resume withdrew the request): honour the later word and hand the job back to run on
+                # from the checkpoint the pause just wrote, rather than park it paused for good.
+                status, message = "queued", "Pause withdrawn by resume; queued to continue from its checkpoint"
             if message:
                 insert_event(c, lease.id, level, message)
             self.finish_in(c, lease, status, dict(fields, estimated_finish=None))
+
+
+def _requested(c: sqlite3.Connection, job_id: str) -> str | None:
+    return c.execute("SELECT requested_action FROM jobs WHERE id = ?", (job_id,)).fetchone()["requested_action"]
 
 
 def _forget_pruned(c: sqlite3.Connection, job_id: str) -> None:
