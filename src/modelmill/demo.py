@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from modelmill.local_server import LocalServer, free_port, wait_until_up  # noqa: F401 (callers being moved)
+from modelmill.local_server import LocalServer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "smart_home"
 

@@ -39,7 +39,7 @@ import openai  # noqa: E402
 from benchmarks_md import write_section  # noqa: E402
 from openai import OpenAI  # noqa: E402
 
-from modelmill.demo import free_port, wait_until_up  # noqa: E402
+from modelmill.local_server import free_port, wait_until_up  # noqa: E402
 from tests.e2e.conftest import short_dataset  # noqa: E402
 
 RELIABILITY = REPO / "RELIABILITY.md"

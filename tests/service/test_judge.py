@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from modelmill.demo import free_port
+from modelmill.local_server import free_port
 from modelmill.ml.sampling import Choice, GenerationResult
 from modelmill.ml.types import ModelRef
 from modelmill.service import model_registry
