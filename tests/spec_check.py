@@ -35,6 +35,10 @@ EXTENSIONS = {
 # Fields OpenAI returns as null when there is nothing to report (its own examples show
 # `"error": null`) though its schema types them as objects: (schema, property path).
 NULLABLE = [("EvalRun", ("error",)), ("EvalRunOutputItem", ("sample", "error"))]
+# A batch's errors, file ids and stamps are null until they happen, as in OpenAI's own Batch examples.
+NULLABLE += [("Batch", (name,)) for name in ("errors", "output_file_id", "error_file_id", "in_progress_at",
+                                              "expires_at", "finalizing_at", "completed_at", "failed_at",
+                                              "expired_at", "cancelling_at", "cancelled_at")]
 # The spec types a multi grader's `graders` as ONE grader, but OpenAI's RFT guide and API take a map of
 # name -> grader (the names are calculate_output's variables). ModelMill accepts both and echoes what it
 # was given, so a map of the spec's own grader shapes is allowed too: (schema, property).

@@ -30,9 +30,12 @@ def _client(args):
 # --- service ---------------------------------------------------------------------------
 
 def cmd_serve(args) -> int:
-    from modelmill.service.api.app import serve
-
     settings = _settings(args).with_(run_worker=not args.no_worker)
+    if args.worker_process and settings.run_worker:  # before prometheus_client is imported (service/metrics_dir.py)
+        from modelmill.service import metrics_dir
+
+        metrics_dir.use_for_this_server(settings.home)
+    from modelmill.service.api.app import serve
     from modelmill.ml import inference  # light: imports torch only to check MODELMILL_VLLM_START's GPU
 
     try:
@@ -155,6 +158,25 @@ def cmd_models_add(args) -> int:
     with step_progress(f"adding {args.name}") as say:
         info = add_model(_settings(args).ensure_dirs().home, args.name, args.path, progress=say)
     print(f"added {info.name} from {info.source}")
+    return 0
+
+
+def cmd_models_export(args) -> int:
+    """Download a fine-tuned or checkpoint model from the server (GET /v1/models/{model}/export)."""
+    import httpx
+
+    from modelmill.export_download import download_export
+    from modelmill.progress import download_progress
+
+    out = Path(args.out or "".join(c if c.isalnum() or c in "-_." else "_" for c in args.model).strip("_")
+               + f"-{args.format}")
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(base_url=args.base_url.rstrip("/") + "/", headers=headers,
+                      timeout=httpx.Timeout(30.0, read=3600.0)) as http, \
+            download_progress(f"exporting {args.model} ({args.format})") as progress:
+        files = download_export(http, args.model, args.format, out, gguf_type=args.gguf_type, progress=progress)
+    print(out)
+    print(f"{len(files)} files: {', '.join(p.name for p in files)}", file=sys.stderr)
     return 0
 
 
@@ -384,6 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name", help="the model name clients will use")
     sp.add_argument("path", help="local Hugging Face directory, or a hub id when online")
     sp.set_defaults(func=cmd_models_add)
+    sp = remote(models.add_parser("export", help="download a fine-tuned model: adapter, merged HF directory or GGUF",
+                                  description="Download an ft: or checkpoint model from the server into a directory: "
+                                              "its PEFT adapter, a merged Hugging Face directory (transformers, "
+                                              "vLLM) or a GGUF file (llama.cpp). See docs/operations.md."))
+    sp.add_argument("model", help="the ft: model or checkpoint name")
+    sp.add_argument("--format", required=True, choices=["adapter", "merged", "gguf"], help="what to export")
+    sp.add_argument("--gguf-type", choices=["f32", "f16", "bf16", "q8_0"],
+                    help="with --format gguf: tensor type (default f16; f32 is lossless)")
+    sp.add_argument("--out", help="directory to create (default ./<model>-<format>)")
+    sp.set_defaults(func=cmd_models_export)
 
     files = sub.add_parser("files", help="training files").add_subparsers(dest="files_cmd", required=True,
                                                                           metavar="ACTION")
@@ -466,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     from modelmill.datagen.cli import add_commands  # data synth/label/from-stored, import openai
 
     add_commands(sub, remote)
+    from modelmill import webhooks_cli  # webhooks add/list/delete
+
+    webhooks_cli.add_commands(sub, remote)
     return p
 
 

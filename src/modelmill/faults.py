@@ -16,7 +16,7 @@ import signal
 import threading
 
 ENV = "MODELMILL_CRASH_AT"
-POINTS = ("store_commit", "checkpoint_publish", "adapter_publish")
+POINTS = ("store_commit", "checkpoint_publish", "adapter_publish", "batch_record")
 
 _hits: dict[str, int] = {}
 _lock = threading.Lock()

@@ -91,3 +91,17 @@ def step_progress(desc: str, out=None, tick: float = 0.5) -> Iterator[Callable[[
 
 def _is_tty(out) -> bool:
     return hasattr(out, "isatty") and out.isatty()
+
+
+@contextlib.contextmanager
+def download_progress(desc: str, out=None) -> Iterator[Callable[[int, int | None], None]]:
+    """A bytes bar for a download; the callable it yields takes (bytes so far, total or None), since the
+    total is known only once the response's headers arrive (an export is built before it is sent)."""
+    out = out or sys.stderr
+    with tqdm(total=None, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=out,
+              disable=not _is_tty(out), dynamic_ncols=True) as bar:
+        def on_bytes(done: int, total: int | None) -> None:
+            if total is not None and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+        yield on_bytes

@@ -161,6 +161,27 @@ class Settings:
     chat_concurrency: int = 16
     chat_project_concurrency: int = 8
     chat_queue: int = 64
+    # MLflow tracking URI for jobs with a {"type": "mlflow"} integration (MODELMILL_MLFLOW_TRACKING_URI:
+    # http(s)://, file:, databricks, ...; docs/operations.md); None = such jobs are refused with a 400.
+    mlflow_tracking_uri: str | None = None
+    # Who may read GET /metrics (MODELMILL_METRICS, docs/operations.md): "key" = any valid API key
+    # (the default), "public" = anyone who can reach the port, "off" = a 404.
+    metrics: str = "key"
+    # Webhooks (service/webhooks.py, docs/operations.md). Endpoint URLs on loopback, private or
+    # link-local addresses are refused unless this is set (MODELMILL_WEBHOOK_ALLOW_PRIVATE=1).
+    webhook_allow_private: bool = False
+    # Seconds each network step of one delivery attempt (connect, send, each read) may take before the
+    # attempt fails as a timeout (MODELMILL_WEBHOOK_TIMEOUT_SECONDS): a receiver that hangs is cut off.
+    webhook_timeout_seconds: float = 10.0
+    # Retry backoff: the n-th retry waits base x 2^(n-1) seconds (+-20% jitter), at most max_interval
+    # (MODELMILL_WEBHOOK_RETRY_BASE_SECONDS, MODELMILL_WEBHOOK_RETRY_MAX_INTERVAL_SECONDS); a delivery
+    # still failing retry_for seconds after its event is marked failed (MODELMILL_WEBHOOK_RETRY_FOR_SECONDS;
+    # default 3 days, as OpenAI retries for 72 hours).
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_max_interval_seconds: float = 3600.0
+    webhook_retry_for_seconds: float = 72 * 3600.0
+    # Deliveries sent at once by each worker process, each on its own thread (MODELMILL_WEBHOOK_CONCURRENCY).
+    webhook_concurrency: int = 2
 
     @property
     def db_path(self) -> Path:
@@ -219,6 +240,14 @@ class Settings:
             chat_concurrency=max(1, _env_int("MODELMILL_CHAT_CONCURRENCY", 16)),
             chat_project_concurrency=max(1, _env_int("MODELMILL_CHAT_PROJECT_CONCURRENCY", 8)),
             chat_queue=max(0, _env_int("MODELMILL_CHAT_QUEUE", 64)),
+            mlflow_tracking_uri=os.environ.get("MODELMILL_MLFLOW_TRACKING_URI") or None,
+            metrics=_env_choice("MODELMILL_METRICS", ("key", "public", "off"), "key"),
+            webhook_allow_private=os.environ.get("MODELMILL_WEBHOOK_ALLOW_PRIVATE", "").lower() in ("1", "true", "yes"),
+            webhook_timeout_seconds=_env_float("MODELMILL_WEBHOOK_TIMEOUT_SECONDS", 10.0),
+            webhook_retry_base_seconds=_env_float("MODELMILL_WEBHOOK_RETRY_BASE_SECONDS", 5.0),
+            webhook_retry_max_interval_seconds=_env_float("MODELMILL_WEBHOOK_RETRY_MAX_INTERVAL_SECONDS", 3600.0),
+            webhook_retry_for_seconds=_env_float("MODELMILL_WEBHOOK_RETRY_FOR_SECONDS", 72 * 3600.0),
+            webhook_concurrency=max(1, _env_int("MODELMILL_WEBHOOK_CONCURRENCY", 2)),
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "home" in overrides:

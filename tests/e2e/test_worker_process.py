@@ -7,7 +7,9 @@ import os
 import signal
 import time
 
+import httpx
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelmill.local_server import LocalServer
 
@@ -48,6 +50,12 @@ def test_job_succeeds_through_a_worker_process_that_dies_with_the_api(tmp_path):
             time.sleep(0.5)
         assert job.status == "succeeded", job.error
         assert job.fine_tuned_model and job.trained_tokens > 0
+        # The child's step times reach the API's /metrics (multiprocess mode, service/metrics_dir.py):
+        # 12 examples in batches of 4 are 3 steps, each timed but the first.
+        scraped = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=30).text
+        [count] = [s.value for f in text_string_to_metric_families(scraped) for s in f.samples
+                   if s.name == "modelmill_train_step_seconds_count" and s.labels == {"method": "supervised"}]
+        assert count == 2
 
         os.kill(proc.pid, signal.SIGKILL)  # no clean shutdown: the worker must still go
         proc.wait(timeout=10)

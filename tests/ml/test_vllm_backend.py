@@ -172,6 +172,18 @@ def test_response_format_and_forced_calls_are_sent_as_structured_outputs(vllm, s
         assert any("grammar" in s and "%json" in s["grammar"] for s in sent)
 
 
+def test_strict_tools_under_auto_send_their_grammar(vllm, server_url, base_dir):
+    """Text or a schema-valid call (ml/constraints.py for_auto_tools) goes as a `grammar`; the random
+    model answers in text, which the grammar leaves free."""
+    tools = [{"type": "function", "function": {"name": "set_light", "strict": True, "parameters": TOOLS[0]["function"][
+        "parameters"]}}]
+    got = vllm.generate(ModelRef(base_dir), USER, tools, SamplingParams(temperature=0, max_tokens=6))
+    assert not got.choices[0].tool_calls and got.choices[0].content
+    if STANDIN:
+        sent = httpx.get(server_url + "/standin/structured_outputs").json()
+        assert any('"<tool_call>"' in s.get("grammar", "") and "set_light" in s["grammar"] for s in sent)
+
+
 def test_concurrent_requests_for_different_adapters(vllm, base_dir, adapters):
     refs = [ModelRef(base_dir), ModelRef(base_dir, adapters[0]), ModelRef(base_dir, adapters[1])] * 2
     alone = {r: texts(vllm.generate(r, USER, None, GREEDY)) for r in refs[:3]}

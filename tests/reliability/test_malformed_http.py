@@ -163,6 +163,10 @@ def unknown_field_requests(http, file_id: str, eval_id: str) -> list[tuple[str, 
             **chat, "stream": True, "stream_options": {"include_usages": True}})),
         ("project_id", post("/v1/fine_tuning/checkpoints/ft:modelmill-tiny:x::y/permissions",
                             json={"project_ids": ["p"], "project_id": "p"})),
+        # query parameters (service/api/query_params.py): a misspelt one would list the default page
+        ("limt", http.get("/v1/files", params={"limt": 5})),
+        ("status", http.get("/v1/fine_tuning/jobs", params={"status": "failed"})),
+        ("statu", http.get(f"/v1/evals/{eval_id}/runs", params={"statu": "failed"})),
     ]
 
 

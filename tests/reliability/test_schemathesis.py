@@ -99,7 +99,11 @@ def world():
         source = {"type": "file_content", "content": [{"item": {"label": "a"}, "sample": {"output_text": "a"}}]}
         run_id = http.post(f"/v1/evals/{eval_id}/runs",
                            json={"data_source": {"type": "jsonl", "source": source}}).json()["id"]
-    return {"file_id": file_id, "job_id": job_id, "eval_id": eval_id, "run_id": run_id, "model": "modelmill-tiny"}
+        upload_id = http.post("/v1/uploads", json={"filename": "u.jsonl", "purpose": "fine-tune", "bytes": 64,
+                                                    "mime_type": "text/jsonl"}).json()["id"]
+        endpoint_id = http.post("/v1/webhook_endpoints", json={"url": "http://8.8.8.8/hook"}).json()["id"]
+    return {"file_id": file_id, "job_id": job_id, "eval_id": eval_id, "run_id": run_id, "model": "modelmill-tiny",
+            "upload_id": upload_id, "endpoint_id": endpoint_id}
 
 
 @schema.parametrize()

@@ -19,6 +19,8 @@ EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text
          "operation": "eq"}
 EVAL_BODY = {"name": "tenancy", "data_source_config": {"type": "custom", "item_schema": {
     "type": "object", "properties": {"ref": {"type": "string"}}, "required": ["ref"]}}, "testing_criteria": [EXACT]}
+BATCH_LINE = (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "modelmill-tiny",'
+              b' "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}}\n')
 RUN_BODY = {"name": "r", "data_source": {"type": "jsonl", "source": {"type": "file_content", "content": [
     {"item": {"ref": "a"}, "sample": {"output_text": "a"}}]}}}
 
@@ -86,6 +88,13 @@ def build_world(client, store, settings, key: str, share_with: str) -> dict:
         world[name] = granted["data"][0]["id"]
     world.update(stored_objects(store, store.keys.verify(key).project_id))
     world["key"] = store.keys.verify(key).id  # its API key (the dashboard's revoke form)
+    world["upload"] = ok(client.post("/v1/uploads", headers=bearer(key), json={  # a pending Upload
+        "filename": "big.jsonl", "purpose": "fine-tune", "bytes": 2, "mime_type": "text/jsonl"}))["id"]
+    world["webhook"] = ok(client.post("/v1/webhook_endpoints", headers=bearer(key),  # a public address: no DNS
+                                      json={"url": "http://8.8.8.8/hook"}))["id"]
+    batch_file = upload_as(client, key, BATCH_LINE, purpose="batch")["id"]
+    world["batch"] = ok(client.post("/v1/batches", headers=bearer(key), json={  # validating: no worker runs here
+        "input_file_id": batch_file, "endpoint": "/v1/chat/completions", "completion_window": "24h"}))["id"]
     return world
 
 

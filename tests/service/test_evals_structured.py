@@ -43,3 +43,12 @@ def test_a_bad_response_format_is_a_400_naming_it(client):
     err = bad(client, "POST", f"/v1/evals/{ev['id']}/runs", {"data_source": completions(response_format=fmt)},
               "data_source.sampling_params.response_format")
     assert "Invalid schema" in err["message"]
+
+
+def test_a_strict_tool_whose_schema_cannot_compile_is_a_400_naming_it(client):
+    ev = make_eval(client, testing_criteria=[CHECK])
+    tool = {"type": "function", "function": {"name": "f", "strict": True,
+                                             "parameters": {"type": "object", "properties": {"a": {"type": 7}}}}}
+    err = bad(client, "POST", f"/v1/evals/{ev['id']}/runs", {"data_source": completions(tools=[tool])},
+              "data_source.sampling_params.tools[0].function.parameters")
+    assert "Invalid schema for function 'f'" in err["message"]

@@ -23,7 +23,8 @@ from tests.spec_check import assert_matches
 # Path parameter -> the resource kind of build_world it names.
 KIND = {"file_id": "file", "job_id": "job", "eval_id": "eval", "run_id": "run", "output_item_id": "item",
         "model": "ft", "fine_tuned_model_checkpoint": "ft", "permission_id": "perm", "response_id": "response",
-        "completion_id": "completion", "key_id": "key"}
+        "completion_id": "completion", "key_id": "key", "upload_id": "upload",
+        "endpoint_id": "webhook", "batch_id": "batch"}
 # What a never-used id of each kind looks like.
 MISSING = {"file": "file-NoSuchFile000000000000", "job": "ftjob-NoSuchJob0000000000000",
            "queued": "ftjob-NoSuchJob0000000000000", "eval": "eval_NoSuchEval00000000000",
@@ -31,10 +32,12 @@ MISSING = {"file": "file-NoSuchFile000000000000", "job": "ftjob-NoSuchJob0000000
            "ft": "ft:modelmill-tiny:modelmill::nosuchid", "ckpt": "ft:modelmill-tiny:modelmill::nosuchid:ckpt-step-1",
            "perm": "cp_NoSuchPermission0000000", "ckpt_perm": "cp_NoSuchPermission0000000",
            "response": "resp_NoSuchResponse000000000", "completion": "chatcmpl-NoSuchCompletion00000000",
-           "key": "key_NoSuchKey00000000"}
+           "key": "key_NoSuchKey00000000", "upload": "upload_NoSuchUpload0000000000",
+           "webhook": "whep_NoSuchEndpoint00000000", "batch": "batch_NoSuchBatch000000000000"}
 BODIES = {("POST", "/v1/evals/{eval_id}"): {"name": "renamed"},
           ("POST", "/v1/evals/{eval_id}/runs"): RUN_BODY,
-          ("POST", "/v1/chat/completions/{completion_id}"): {"metadata": {"owner": "B"}}}
+          ("POST", "/v1/chat/completions/{completion_id}"): {"metadata": {"owner": "B"}},
+          ("POST", "/v1/uploads/{upload_id}/complete"): {"part_ids": ["part_x"]}}
 DASHBOARD_PAGES = ("/jobs/{job_id}", "/files/{file_id}", "/keys/{key_id}/revoke")
 
 # (method, route path, overrides): each path parameter names project A's resource of KIND[param],
@@ -54,6 +57,8 @@ CASES = [
     ("GET", "/v1/models/{model:path}", {"model": "ckpt"}),
     ("DELETE", "/v1/models/{model:path}", {}),
     ("DELETE", "/v1/models/{model:path}", {"model": "ckpt"}),
+    ("GET", "/v1/models/{model:path}/export", {}),
+    ("GET", "/v1/models/{model:path}/export", {"model": "ckpt"}),
     ("POST", "/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint:path}/permissions", {}),
     ("POST", "/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint:path}/permissions",
      {"fine_tuned_model_checkpoint": "ckpt"}),
@@ -93,6 +98,14 @@ CASES = [
     ("POST", "/v1/chat/completions/{completion_id}", {}),
     ("DELETE", "/v1/chat/completions/{completion_id}", {}),
     ("GET", "/v1/chat/completions/{completion_id}/messages", {}),
+    ("POST", "/v1/uploads/{upload_id}/parts", {}),
+    ("POST", "/v1/uploads/{upload_id}/complete", {}),
+    ("POST", "/v1/uploads/{upload_id}/cancel", {}),
+    ("GET", "/v1/webhook_endpoints/{endpoint_id}", {}),
+    ("DELETE", "/v1/webhook_endpoints/{endpoint_id}", {}),
+    ("GET", "/v1/webhook_endpoints/{endpoint_id}/deliveries", {}),
+    ("GET", "/v1/batches/{batch_id}", {}),
+    ("POST", "/v1/batches/{batch_id}/cancel", {}),
     ("GET", "/dashboard/api/jobs/{job_id}", {}),
     ("GET", "/dashboard/api/files/{file_id}/report", {}),
     ("GET", "/jobs/{job_id}", {}),
@@ -179,6 +192,7 @@ def test_project_a_still_has_everything(tenants):
     client, a, key_a = tenants["client"], tenants["worlds"]["A"], tenants["keys"]["A"]
     h = bearer(key_a)
     assert ok(client.get(f"/v1/files/{a['file']}", headers=h))["id"] == a["file"]
+    assert tenants["store"].uploads.get(a["upload"], tenants["projects"]["A"]).status == "pending"  # not cancelled
     assert ok(client.get(f"/v1/fine_tuning/jobs/{a['queued']}", headers=h))["status"] == "validating_files"
     assert ok(client.get(f"/v1/fine_tuning/jobs/{a['job']}", headers=h))["status"] == "succeeded"
     for model in (a["ft"], a["ckpt"]):
@@ -196,6 +210,8 @@ def test_project_a_still_has_everything(tenants):
     listed = ok(client.get("/v1/chat/completions", headers=h))["data"]
     assert [c["id"] for c in listed] == [a["completion"]]  # only A's own
     assert tenants["store"].keys.verify(key_a).id == a["key"]  # B's revoke form did not revoke A's key
+    assert ok(client.get(f"/v1/webhook_endpoints/{a['webhook']}", headers=h))["id"] == a["webhook"]  # not deleted
+    assert ok(client.get(f"/v1/batches/{a['batch']}", headers=h))["status"] == "validating"  # not cancelled
 
 
 def _routes_with_path_parameters(routes, prefix: str = "") -> set[tuple[str, str]]:

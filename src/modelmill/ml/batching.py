@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelmill.errors import RequestCancelledError
-from modelmill.ml import constraints, logits, ml_imports
+from modelmill.ml import constraints, logits, ml_imports, observers
 
 with ml_imports():  # not alongside another thread's first import of the stack (see modelmill.ml)
     import torch
@@ -219,6 +219,7 @@ class Batcher:
             if not batch:  # every pending request was cancelled
                 continue
             self.history.append((len(batch), sum(r.n_rows for r in batch)))
+            observers.notify(observers.BATCH, *self.history[-1])
             self._run(batch)
 
     def _collect(self) -> None:

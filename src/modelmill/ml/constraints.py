@@ -6,7 +6,9 @@ A Constraint is what every completion of one request must match, as an llguidanc
 - a forced tool call (tool_choice "required" or a named function): the rest of the call after the
   family's prefill (ml/sampling.py `_render`), i.e. the function name (one of the tools) and its
   arguments as JSON valid under that tool's `parameters`, closed in the family's format
-  (chat_families.Family.call_suffix), so the call always parses.
+  (chat_families.Family.call_suffix), so the call always parses;
+- `tools` with a `strict: true` function under tool_choice "auto" (or none given): free text, or tool
+  calls in the family's format whose arguments follow a strict tool's schema (for_auto_tools).
 
 The transformers sampler applies it per row (RowConstraints, a LogitsProcessor that ml/batching.py
 puts in front of the per-row sampling): every step, each constrained row's logits outside the
@@ -136,6 +138,95 @@ def for_tool_call(tools: list[dict], forced_name: str | None, *, hf_messages: bo
     if error:
         raise InvalidRequestError(f"Invalid tool schema: {error}", param="tools")
     return Constraint(grammar, {"grammar": lark}, "tools")
+
+
+def for_tools(tools: list[dict] | None, mode: str, forced_name: str | None, family, tokenizer) -> Constraint | None:
+    """The grammar a request's tool calls decode under (`mode` and `forced_name` from ml/sampling.py's
+    _tool_mode, `family` a chat_families.Family): the rest of a forced call for "required", text or
+    calls when a tool is strict under "auto", else None."""
+    if mode == "required":
+        return for_tool_call(tools, forced_name, hf_messages=family.hf_messages, args_key=family.args_key,
+                             call_suffix=family.call_suffix)
+    if mode == "auto":
+        return for_auto_tools(tools, family.name, family.args_key, tokenizer.get_added_vocab())
+    return None
+
+
+def for_auto_tools(tools: list[dict] | None, family_name: str, args_key: str,
+                   added_vocab: dict[str, int]) -> Constraint | None:
+    """tool_choice "auto" (or omitted) with at least one `strict: true` tool: free text, or tool
+    calls in the family's native format (chat_families.FAMILIES), where once a call has started its
+    name is one of the tools and its arguments are JSON valid under the tool's `parameters` (closed,
+    as for a forced call) for a strict tool, and any JSON object for the others. So a strict tool's
+    call always parses and validates, and a model that answers in text is not constrained. None when
+    no tool is strict: nothing is constrained then, as on OpenAI.
+
+    `added_vocab` (tokenizer.get_added_vocab()) says which markers are single added tokens, as Qwen's
+    <tool_call> and Mistral's [TOOL_CALLS] are: llguidance never lets text match an added token, so
+    such a marker is offered both as the token (`<[id]>`, what a trained model writes) and as text.
+    The free text is shaped so that the family's parser never reads a call out of it: Llama 3 and
+    Mistral calls are the whole turn, so text may not start the way a call does."""
+    if not any((t.get("function") or {}).get("strict") is True for t in tools or []):
+        return None
+    calls = []
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") or {}
+        name = fn.get("name")
+        if not isinstance(name, str):
+            continue
+        schema = {"type": "object"}  # a non-strict tool: any arguments object, so its call still parses
+        if fn.get("strict") is True:
+            param = f"tools[{i}].function.parameters"
+            schema = fn.get("parameters") or NO_ARGS_SCHEMA
+            if not isinstance(schema, dict):
+                raise InvalidRequestError(f"{param} must be a JSON schema object", param=param)
+            schema = _closed(schema)
+            _json_grammar(schema, param, f"Invalid schema for function '{name}'")
+        head = "{" + f'"name": {json.dumps(name, ensure_ascii=False)}, "{args_key}": '
+        calls.append(f'{_lark_str(head)} %json{json.dumps(_styled(schema), ensure_ascii=False)}')  # "}" by family
+    if not calls:
+        return None
+    rules = _AUTO_FORMATS.get(family_name, _AUTO_FORMATS["chatml"])
+
+    def marker(text: str) -> str:
+        return f"{_lark_str(text)} | <[{added_vocab[text]}]>" if text in added_vocab else _lark_str(text)
+
+    lark = rules.format(open=marker("<tool_call>"), close=marker("</tool_call>"), tool_calls=marker("[TOOL_CALLS]"))
+    lark += "call: " + "\n    | ".join(calls) + "\n"
+    grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if error:
+        raise InvalidRequestError(f"Invalid tool schema: {error}", param="tools")
+    return Constraint(grammar, {"grammar": lark}, "tools")
+
+
+# The free-text-or-calls grammar of each family (for_auto_tools fills in the markers and `call`: one
+# {"name", args_key} object up to its closing brace). ChatML / Hermes: any text, then <tool_call> blocks,
+# one call each, one per line; the lazy `head` ends the text at the first "<tool_call>" written as text,
+# after which only the call may follow. Mistral: [TOOL_CALLS] and a list of calls is the whole turn
+# (decoding drops the marker token, so text before it would hide the call from the parser); a call may
+# end with the 9-character "id" Mistral's template writes; text may not start with "[" nor spell the
+# marker. Llama 3: one call object is the whole turn; text may not start with "{".
+_AUTO_FORMATS = {
+    "chatml": """start: TEXT | first ("\\n" opener body)*
+first: head body | TEXT opener body
+head[lazy]: TEXT "<tool_call>"
+opener: {open}
+body: "\\n" call "}}\\n" closer
+closer: {close}
+TEXT: /(?s:.*)/
+""",
+    "mistral": """start: TEXT | marker "[" mcall (", " mcall)* "]"
+mcall: call ", \\"id\\": " CALL_ID "}}" | call "}}"
+CALL_ID: /"[a-zA-Z0-9]{{9}}"/
+marker: {tool_calls}
+TEXT: /[ \\t\\r\\n]*([^\\[ \\t\\r\\n](?s:.*))?/ & ~/(?s:.*)\\[TOOL_CALLS\\](?s:.*)/
+""",
+    "llama3": """start: TEXT | call "}}"
+TEXT: /[ \\t\\r\\n]*([^{{ \\t\\r\\n](?s:.*))?/
+""",
+}
+_AUTO_FORMATS["hermes"] = _AUTO_FORMATS["chatml"]
 
 
 def check_tools(tools: list[dict] | None, tool_choice: Any = None) -> None:

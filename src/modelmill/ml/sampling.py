@@ -27,8 +27,8 @@ Semantics (OpenAI's, where they map):
 - stop: up to 4 strings; generation of a choice ends once one appears, the text is cut before
   its first occurrence and finish_reason is "stop". EOS also gives "stop"; hitting the token
   budget gives "length"; a parsed tool call gives "tool_calls".
-- tools / tool_choice: "auto" (default with tools) renders the tools and parses tool calls;
-  "none" neither renders the tools nor parses (so the model answers in text); "required" and
+- tools / tool_choice: "auto" (default with tools) renders the tools and parses tool calls (with a
+  strict tool, text or calls under a grammar); "none" neither renders nor parses; "required" and
   {"type": "function", "function": {"name": ...}} are honoured by prefilling the assistant turn
   with the start of a `<tool_call>` block (with the name, for a named choice). The prefill counts
   as prompt tokens and is part of Choice.text. The rest of the call (a tool's name, arguments valid
@@ -194,6 +194,15 @@ def _prepare(model, tokenizer) -> _Loaded:
         model = model.merge_and_unload()
     model.eval()
     tokenizer.padding_side = "left"  # batched decoding needs the prompts right-aligned
+    eos_ids = end_token_ids(tokenizer, model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    context = getattr(model.config, "max_position_embeddings", None) or 2048
+    return _Loaded(model, tokenizer, eos_ids, int(context))
+
+
+def end_token_ids(tokenizer, model) -> list[int]:
+    """The token ids a completion ends on (also what ml/export.py writes to generation_config.json)."""
     eos = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
     # The family's end-of-turn tokens (Llama's <|eot_id|>, ...) end a completion even when the
     # tokenizer's eos_token is another one.
@@ -201,11 +210,7 @@ def _prepare(model, tokenizer) -> _Loaded:
                if t in tokenizer.get_vocab())
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-    eos_ids = sorted(i for i in eos if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    context = getattr(model.config, "max_position_embeddings", None) or 2048
-    return _Loaded(model, tokenizer, eos_ids, int(context))
+    return sorted(i for i in eos if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,8 +504,8 @@ def _choice(loaded: _Loaded, ids: list[int], hit_eos: bool, prompt: _Prompt, par
 
 
 def _constraints(prompts: list[_Prompt], params: SamplingParams) -> list[constraints.Constraint | None] | None:
-    """Per prompt: its forced tool call's grammar, else response_format's (None when nothing is constrained)."""
-    per = [p.constraint or params.constraint for p in prompts]
+    """Per prompt: a forced call's grammar, else response_format's, else strict tools' (None: nothing constrained)."""
+    per = [p.constraint if p.prefill else params.constraint or p.constraint for p in prompts]
     return per if any(per) else None
 
 
@@ -518,9 +523,8 @@ def _render(tokenizer, messages: list[dict], tools: list[dict] | None, tool_choi
                                   f"{'tools are' if tools else 'messages are'} nested too deeply",
                                   param="tools" if tools else "messages", code="nested_too_deeply") from None
     prefill = family.prefill(forced_name) if mode == "required" else ""
-    # A forced call is decoded under a grammar (name + schema-valid arguments), so it always parses.
-    constraint = constraints.for_tool_call(tools, forced_name, hf_messages=family.hf_messages, args_key=family.args_key,
-                                           call_suffix=family.call_suffix) if mode == "required" else None
+    # A forced call, or any call under "auto" with a strict tool, is decoded under a grammar (ml/constraints.py).
+    constraint = constraints.for_tools(tools, mode, forced_name, family, tokenizer)
     return _Prompt(text + prefill, prefill, parse_tools=mode != "none", family=family, constraint=constraint)
 
 

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from modelmill import errors
 from modelmill.settings import Settings
-from modelmill.service import model_registry
+from modelmill.service import metrics, model_registry
 from modelmill.service.ids import new_id
 from modelmill.service.model_registry import ServedModel
 from modelmill.service.schemas.chat import (ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
@@ -100,9 +100,11 @@ def complete(sampler, settings: Settings, served: ServedModel, req: ChatCompleti
              cancel: threading.Event | None = None) -> dict:
     """A whole chat.completion object (blocking). Setting `cancel` (the client went away) ends the
     generation at its next decoding step."""
+    started = time.monotonic()
     ref = model_registry.model_ref(settings, served)
     result = sampler.generate(ref, req.message_dicts(), req.tool_dicts(), sampling_params(req, settings),
                               tool_choice=req.tool_choice, cancel=cancel)
+    metrics.chat_done(False, time.monotonic() - started, result.prompt_tokens, result.completion_tokens)
     choices = [Choice(index=c.index, finish_reason=_finish(c.finish_reason), logprobs=_logprobs(c.logprobs),
                       message=ResponseMessage(content=c.content,
                                               tool_calls=_tool_calls(_parallel(req, c.tool_calls))))
@@ -123,7 +125,7 @@ def stream_sse(sampler, settings: Settings, served: ServedModel, req: ChatComple
     An error after the stream started is sent as an `{"error": ...}` event.
     """
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    chunk_id, created = new_id("chatcmpl-"), int(time.time())
+    chunk_id, created, started = new_id("chatcmpl-"), int(time.time()), time.monotonic()
 
     def event(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
         chunk = ChatCompletionChunk(id=chunk_id, created=created, model=req.model,
@@ -156,6 +158,7 @@ def stream_sse(sampler, settings: Settings, served: ServedModel, req: ChatComple
                                          logprobs=lps if lps and lps.content else None)])
             if ev.usage:
                 usage = Usage(**{k: int(ev.usage[k]) for k in ("prompt_tokens", "completion_tokens", "total_tokens")})
+                metrics.chat_done(True, time.monotonic() - started, usage.prompt_tokens, usage.completion_tokens)
         if include_usage and usage is not None:
             yield event([], usage=usage)
     except errors.ModelMillError as e:

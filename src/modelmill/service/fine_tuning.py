@@ -45,9 +45,36 @@ def create_job(store: Store, settings: Settings, req: CreateJobRequest, *, proje
         id=job_id, model=req.model, base_model=base_model, init_adapter=init_adapter,
         training_file=req.training_file, validation_file=req.validation_file, suffix=req.suffix,
         seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
-        metadata=req.metadata, integrations=req.integrations, method_type=method_type,
+        metadata=req.metadata, integrations=_integrations(req, settings), method_type=method_type,
         hyperparameters=hyperparameters, grader=grader, project_id=project_id,
         ft_name=model_registry.fine_tuned_model_name(base_model, settings.owner, req.suffix, job_id)))
+
+
+def _integrations(req: CreateJobRequest, settings: Settings) -> list[dict] | None:
+    """The job's trackers as stored and echoed (service/trackers.py runs them). The schema has checked
+    each one's type and fields; here: one of each type, and MLflow only where the server has a URI."""
+    if not req.integrations:
+        return None
+    seen: set[str] = set()
+    for i, integration in enumerate(req.integrations):
+        if getattr(integration, integration.type) is None:
+            raise errors.InvalidRequestError(f"Missing required parameter: 'integrations[{i}].{integration.type}'.",
+                                             param=f"integrations[{i}].{integration.type}",
+                                             code="missing_required_parameter")
+        other = [k for k in ("wandb", "mlflow") if k != integration.type and getattr(integration, k) is not None]
+        if other:
+            raise errors.InvalidRequestError(
+                f"integrations[{i}] is of type '{integration.type}' but configures '{other[0]}'",
+                param=f"integrations[{i}].{other[0]}", code="invalid_value")
+        if integration.type in seen:
+            raise errors.InvalidRequestError(f"integrations[{i}]: a job may have one {integration.type} integration",
+                                             param=f"integrations[{i}].type", code="invalid_value")
+        seen.add(integration.type)
+        if integration.type == "mlflow" and not settings.mlflow_tracking_uri:
+            raise errors.InvalidRequestError(
+                "The mlflow integration needs the server's MODELMILL_MLFLOW_TRACKING_URI, which is not set",
+                param=f"integrations[{i}].type", code="integration_not_configured")
+    return [integration.model_dump(exclude_none=True) for integration in req.integrations]
 
 
 def _own_eval(store: Store, job_id: str, method_type: str, grader: dict | None, req: CreateJobRequest,

@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from modelmill import errors
+from modelmill.service import metrics as service_metrics, trackers
 from modelmill.service.model_registry import checkpoint_model_name
 from modelmill.service.schemas.common import finite_numbers
+from modelmill.service.store import JobRecord
 from modelmill.service.tasks import TaskContext
 
 log = logging.getLogger(__name__)
 
 
 class StoreReporter:
-    def __init__(self, ctx: TaskContext, ft_name: str):
+    """job: the job's record when the task starts; its integrations become this attempt's trackers
+    (service/trackers.py), fed by on_step, start_trackers and close_trackers."""
+
+    def __init__(self, ctx: TaskContext, ft_name: str, job: JobRecord | None = None):
         self.store = ctx.store
         self.queue = ctx.queue  # a JobQueue
         self.lease = ctx.lease
@@ -31,6 +37,10 @@ class StoreReporter:
         self.lost = threading.Event()  # set by the heartbeat or a refused write
         self.stop_reason: str | None = None  # why should_stop() last said stop: "cancel" | "pause" | "shutdown"
         self._first_step: tuple[int, float] | None = None  # (step, time) of this attempt's first step
+        self._last_step_at: float | None = None  # monotonic time of the previous on_step (the step-time metric)
+        self.method = job.method_type if job else ""
+        self.trackers = trackers.JobTrackers(job.integrations if job else None, ctx.settings,
+                                             lambda message: ctx.store.events.add(ctx.lease.id, "warn", message))
 
     # -- ml.report.Reporter ------------------------------------------------------------
 
@@ -44,6 +54,11 @@ class StoreReporter:
         message = f"Step {step}/{total_steps}" + (f": {shown}" if shown else "")
         self._fenced(self.queue.record_step, self.lease, step, total_steps, message, data,
                      self._estimated_finish(step, total_steps))
+        now = time.monotonic()
+        if self._last_step_at is not None:
+            service_metrics.train_step(self.method, now - self._last_step_at)
+        self._last_step_at = now
+        self.trackers.on_step(step, finite_numbers(metrics))
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, float]) -> None:
         from modelmill.service import adapters
@@ -71,6 +86,28 @@ class StoreReporter:
             self.stop_reason = "shutdown"
             return "pause"
         return None
+
+    # -- trackers (the job's integrations) ------------------------------------------------
+
+    def start_trackers(self, job: JobRecord) -> None:
+        """Open the job's tracker runs with its resolved hyperparameters (the worker calls this as
+        training starts)."""
+        self.trackers.start(trackers.RunInfo(
+            job_id=job.id, model=job.model, base_model=job.base_model, method=job.method_type,
+            hyperparameters=dict(job.hyperparameters or {}), training_file=job.training_file,
+            validation_file=job.validation_file, seed=job.seed, suffix=job.suffix, fine_tuned_model=job.ft_name))
+
+    def close_trackers(self) -> None:
+        """Finish the tracker runs with the job's state as this attempt leaves it (the worker calls this
+        once the attempt has ended, whatever the outcome). Never raises."""
+        if not self.trackers.running:
+            return
+        try:
+            job = self.store.jobs.get(self.lease.id)
+            error = (job.error or {}).get("message") if isinstance(job.error, dict) else None
+            self.trackers.close(trackers.Outcome(job.status, job.fine_tuned_model, job.trained_tokens, error))
+        except Exception:  # noqa: BLE001 - trackers never fail or hang the worker
+            log.exception("closing the trackers of job %s failed", self.lease.id)
 
     # -- helpers -----------------------------------------------------------------------
 

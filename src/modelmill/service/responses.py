@@ -456,10 +456,15 @@ def _optional_bool(v, name: str):
 
 # -- reads ---------------------------------------------------------------------------------------
 
-def refuse_retrieve_options(*, stream: bool | None, include: list[str] | None) -> None:
-    """GET /v1/responses/{id}: replaying a stored response as a stream, and `include`, are not supported."""
+def refuse_retrieve_options(*, stream: bool | None, include: list[str] | None,
+                            starting_after: int | None = None) -> None:
+    """GET /v1/responses/{id} (and its input_items): replaying a stored response as a stream (`stream`,
+    `starting_after`), and `include`, are not supported."""
     if stream:
         raise _bad("'stream' is not supported when retrieving a response", "stream", "unsupported_parameter")
+    if starting_after is not None:
+        raise _bad("'starting_after' (replaying a response's stream) is not supported by ModelMill", "starting_after",
+                   "unsupported_parameter")
     if include:
         raise _bad("'include' is not supported by ModelMill", "include", "unsupported_parameter")
 

@@ -68,7 +68,11 @@ class Worker:
         self.clock = self.queue.clock
 
     def run(self) -> None:
-        """Process jobs until stop_event is set."""
+        """Process jobs until stop_event is set. Webhook deliveries go out meanwhile, on threads of
+        their own (service/webhooks.py), so a long job never holds an event up."""
+        from modelmill.service import webhooks
+
+        senders = webhooks.start_dispatchers(self.settings, self.store, self.id, self.stop_event)
         warm_up()
         log.info("worker %s polling %s", self.id,
                  "the Postgres store (MODELMILL_DATABASE_URL)" if self.settings.database_url else self.settings.db_path)
@@ -81,6 +85,8 @@ class Worker:
                 did = None
             if did is None:
                 self._idle(version)
+        for sender in senders:  # each stops within one attempt (its timeout) of stop_event
+            sender.join(timeout=5)
 
     def _idle(self, version: int | None = None) -> None:
         """Wait for work: until poll_seconds pass, stop_event is set, or the database changes
@@ -95,10 +101,12 @@ class Worker:
     def run_once(self) -> str | None:
         """Claim and process one job; return its id, or None if nothing was runnable."""
         lease = self.queue.claim(self.id)
-        if lease is None:  # no training job: an eval run, if any (service/evals/runner.py)
+        if lease is None:  # no training job: an eval run (service/evals/runner.py), else a batch (batch_run.py)
+            from modelmill.service.batch_run import run_next_batch
             from modelmill.service.evals.runner import run_next_eval
 
-            return run_next_eval(self.settings, self.store, self.id, self.stop_event)
+            return (run_next_eval(self.settings, self.store, self.id, self.stop_event)
+                    or run_next_batch(self.settings, self.store, self.id, self.stop_event))
         log.info("worker %s claimed %s (attempt %d)", self.id, lease.id, lease.attempt)
         FineTuneTask(TaskContext(self.store, self.settings, self.queue, lease, self.stop_event)).run()
         return lease.id
@@ -111,7 +119,8 @@ class FineTuneTask:
     def __init__(self, ctx: TaskContext):
         self.ctx = ctx
         self.store, self.settings, self.queue, self.clock = ctx.store, ctx.settings, ctx.queue, ctx.queue.clock
-        self.reporter = StoreReporter(ctx, self.store.jobs.get(ctx.lease.id).ft_name)
+        job = self.store.jobs.get(ctx.lease.id)
+        self.reporter = StoreReporter(ctx, job.ft_name, job)  # job: its integrations (service/trackers.py)
 
     def run(self) -> None:
         """Process the job while a heartbeat holds its lease. A lost lease ends it quietly: whoever
@@ -122,6 +131,8 @@ class FineTuneTask:
                 self._process(lease, self.reporter)
         except errors.FencedOutError:
             log.warning("worker %s lost job %s to another claim; its result was discarded", lease.owner, lease.id)
+        finally:
+            self.reporter.close_trackers()  # the W&B / MLflow runs get the outcome (a no-op without integrations)
 
     # -- one job ------------------------------------------------------------------------
 
@@ -280,6 +291,7 @@ class FineTuneTask:
             fields["started_at"] = self.clock()
         self.queue.update(lease, **fields)
         self.queue.add_event(lease, "info", "Fine-tuning job started")
+        reporter.start_trackers(self.store.jobs.get(job.id))  # with the hyperparameters resolved by _prepare
         if job.started_at is None:  # first attempt: the base eval, if the job wants it first (job_evals.py)
             job_evals.before_training(self.ctx, job, reporter)
         result = self._run_method(lease, job, config, reporter)

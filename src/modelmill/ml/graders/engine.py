@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from modelmill.ml import observers
+
 from .templating import InvalidVariable
 
 log = logging.getLogger(__name__)
@@ -215,7 +217,11 @@ def grade_batch(grader: dict, samples: list, items: list | None = None, *,
             raise TypeError(f"items[{i}] must be a dict, not {type(item).__name__}")
     samples_N = [normalize_sample(s) for s in samples]
     items_N = [item or {} for item in items]
-    return run_grader(spec, samples_N, items_N, context or GraderContext())
+    started = time.perf_counter()
+    results = run_grader(spec, samples_N, items_N, context or GraderContext())
+    observers.notify(observers.GRADE, spec["type"], len(results), sum(1 for r in results if r.has_error),
+                     time.perf_counter() - started)
+    return results
 
 
 def run_grader(spec: dict, samples: list[dict], items: list[dict], context: GraderContext) -> list[GradeResult]:

@@ -14,9 +14,9 @@ from fastapi import Depends, FastAPI
 
 from modelmill.settings import Settings
 from modelmill.service import auth
-from modelmill.service.api import deps, errors as api_errors
-from modelmill.service.api.routes import (chat, evals, files, graders, jobs, models, permissions, responses,
-                                          stored_completions)
+from modelmill.service.api import deps, errors as api_errors, housekeeping, query_params
+from modelmill.service.api.routes import (batches, chat, evals, files, graders, jobs, models, permissions,
+                                          responses, stored_completions, uploads)
 from modelmill.service.store import Store, open_store
 
 log = logging.getLogger("modelmill.api")
@@ -51,7 +51,8 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
                                       daemon=True)
             thread.start()
         try:
-            yield
+            async with housekeeping.running(store):  # expired uploads and files swept (api/housekeeping.py)
+                yield
         finally:
             stop.set()
             if getattr(app.state, "grader_executor", None) is not None:
@@ -77,9 +78,17 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
     app.add_middleware(Edge, settings=settings, store=store)
     app.add_middleware(ProcessingTime)  # openai-processing-ms and x-request-id on every response
     secured = [Depends(deps.require_api_key)]
-    for module in (files, jobs, permissions, chat, stored_completions, responses, models, graders, evals):
-        app.include_router(module.router, prefix="/v1", dependencies=secured)
+    v1 = [*secured, Depends(query_params.refuse_unknown)]  # unknown query parameters: 400 (api/query_params.py)
+    for module in (files, uploads, jobs, permissions, chat, stored_completions, responses, models, graders, evals,
+                   batches):
+        app.include_router(module.router, prefix="/v1", dependencies=v1)
     app.include_router(evals.report_router, dependencies=secured)  # report_url pages, outside /v1
+    from modelmill.service.api.routes import metrics
+
+    app.include_router(metrics.router)  # GET /metrics for Prometheus; access per MODELMILL_METRICS
+    from modelmill.service.api.routes import webhooks as webhook_routes
+
+    app.include_router(webhook_routes.router, prefix="/v1", dependencies=v1)  # /v1/webhook_endpoints
     from modelmill.service import dashboard
 
     dashboard.install(app)  # the web dashboard at / (pages, /dashboard/api, /dashboard/static)

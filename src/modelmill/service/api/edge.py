@@ -15,7 +15,8 @@ was parsed in full before its 401. Here, for every unsafe method (POST, PUT, PAT
    all (a keyless loopback server) is refused only when its headers say cross-site.
 3. A body cap per route kind, counted while the body streams in (Content-Length, when sent, lets
    a too-large body be refused before any of it is read): uploads (multipart, UPLOAD_PATHS)
-   settings.max_upload_bytes plus the form's overhead; `/login` and `/logout` LOGIN_MAX_BYTES;
+   settings.max_upload_bytes plus the form's overhead; an Upload's part (PART_PATH) OpenAI's 64 MiB
+   plus that overhead; `/login` and `/logout` LOGIN_MAX_BYTES;
    anything else (JSON) settings.max_json_bytes. Past it: a 413 in OpenAI's error shape.
 4. Text hygiene (text_hygiene.py): NUL characters or unpaired UTF-16 surrogates anywhere in a
    JSON body, the query string or the path are a 400 naming the field, once, here, instead of a
@@ -29,6 +30,7 @@ dependency (deps.require_api_key), and only the query and path are checked here.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -40,10 +42,12 @@ from modelmill import errors
 from modelmill.service import auth
 from modelmill.service.api import text_hygiene
 from modelmill.service.api.uploads import FORM_OVERHEAD_BYTES
+from modelmill.service.store.uploads import MAX_PART_BYTES
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOGIN_PATHS = frozenset({"/login", "/logout"})
 UPLOAD_PATHS = frozenset({"/v1/files"})  # the routes that take multipart/form-data (api/uploads.py)
+PART_PATH = re.compile(r"/v1/uploads/[^/]+/parts")  # an Upload's part: multipart too, capped at OpenAI's 64 MiB
 LOGIN_MAX_BYTES = 16 * 1024  # a sign-in form is a key and a `next` path
 SAME_ORIGIN_FETCH_SITES = frozenset({"same-origin", "none"})  # "none": typed or bookmarked by the user
 
@@ -84,7 +88,7 @@ class Edge:
         if declared.isdigit() and int(declared) > limit:
             await too_large(limit, setting)(scope, receive, send)
             return
-        if scope["path"] in UPLOAD_PATHS:  # streamed by the route itself: count as it reads
+        if _streamed(scope["path"]):  # streamed by the route itself: count as it reads
             await self._counted(scope, receive, send, limit, setting)
             return
         try:
@@ -126,6 +130,8 @@ class Edge:
             return LOGIN_MAX_BYTES, None
         if path in UPLOAD_PATHS:
             return self.settings.max_upload_bytes + FORM_OVERHEAD_BYTES, "MODELMILL_MAX_UPLOAD_BYTES"
+        if PART_PATH.fullmatch(path):
+            return MAX_PART_BYTES + FORM_OVERHEAD_BYTES, None
         return self.settings.max_json_bytes, "MODELMILL_MAX_JSON_BYTES"
 
     async def _counted(self, scope, receive, send, limit: int, setting: str | None) -> None:
@@ -158,6 +164,11 @@ class Edge:
             await send(message)
 
         await self.app(scope, counting_receive, guarded_send)
+
+
+def _streamed(path: str) -> bool:
+    """A multipart route whose body the route streams to disk itself (api/uploads.py)."""
+    return path in UPLOAD_PATHS or PART_PATH.fullmatch(path) is not None
 
 
 def same_origin(headers: Headers) -> bool:

@@ -22,7 +22,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from modelmill import errors
-from modelmill.service.store.files import BlobWriter, FileRepo
+from modelmill.service.store.files import BlobWriter, FileRepo, too_large
 
 MAX_FIELD_BYTES = 64 * 1024  # a non-file form field (purpose, expires_after...)
 FORM_OVERHEAD_BYTES = 64 * 1024  # boundaries, part headers and small fields around the file
@@ -38,10 +38,10 @@ class Upload:
 
 
 class _Parts:
-    """python-multipart callbacks: the `file` part streams into a BlobWriter, others into fields."""
+    """python-multipart callbacks: the `file` part (`field`) streams into a BlobWriter, others into fields."""
 
-    def __init__(self, files: FileRepo, max_bytes: int):
-        self.files, self.max_bytes = files, max_bytes
+    def __init__(self, files: FileRepo, max_bytes: int, field: str = "file"):
+        self.files, self.max_bytes, self.field = files, max_bytes, field
         self.upload = Upload()
         self._header_field = b""
         self._header_value = b""
@@ -72,14 +72,14 @@ class _Parts:
     def headers_finished(self):
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = params.get(b"name", b"").decode("utf-8", "replace")
-        if self._name == "file":
+        if self._name == self.field:
             if self.upload.blob is not None:
-                raise errors.InvalidRequestError("Send exactly one 'file' part", param="file")
+                raise errors.InvalidRequestError(f"Send exactly one '{self.field}' part", param=self.field)
             self.upload.filename = params.get(b"filename", b"file").decode("utf-8", "replace")
             if "\x00" in self.upload.filename:  # the edge's text rule (api/text_hygiene.py), where it can't look
-                raise errors.InvalidRequestError("Invalid value for 'file': its filename contains a NUL character",
-                                                 param="file", code="invalid_text")
-            self.upload.blob = self.files.writer(self.max_bytes)
+                raise errors.InvalidRequestError(f"Invalid value for '{self.field}': its filename contains a NUL "
+                                                 "character", param=self.field, code="invalid_text")
+            self.upload.blob = self.files.writer(self.max_bytes, self.field)
             self._to_blob = True
 
     def part_data(self, data, start, end):
@@ -96,19 +96,20 @@ class _Parts:
         self._to_blob = False
 
 
-async def receive_upload(request: Request, files: FileRepo, max_bytes: int) -> Upload:
-    """Parse a multipart/form-data body; the `file` part lands in a temp blob (caller commits or discards)."""
+async def receive_upload(request: Request, files: FileRepo, max_bytes: int, field: str = "file") -> Upload:
+    """Parse a multipart/form-data body; the `field` part ("file"; an upload part's "data") lands in a
+    temp blob (caller commits or discards)."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or not params.get(b"boundary"):
-        await _drain(request)
-        raise errors.InvalidRequestError("Upload a file as multipart/form-data with a 'file' part and a "
-                                         "'purpose' field", param="file", code="invalid_content_type")
+        await drain(request)
+        wanted = "Upload a file as multipart/form-data with a 'file' part and a 'purpose' field" if field == "file" \
+            else f"Send the part as multipart/form-data with a '{field}' part"
+        raise errors.InvalidRequestError(wanted, param=field, code="invalid_content_type")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD_BYTES:
-        await _drain(request)
-        raise errors.PayloadTooLargeError(
-            f"File is larger than the maximum upload size of {max_bytes} bytes", param="file")
-    parts = _Parts(files, max_bytes)
+        await drain(request)
+        raise too_large(max_bytes, field)
+    parts = _Parts(files, max_bytes, field)
     parser = MultipartParser(params[b"boundary"], parts.callbacks())
     stream = request.stream()
     try:
@@ -118,7 +119,7 @@ async def receive_upload(request: Request, files: FileRepo, max_bytes: int) -> U
     except TimeoutError:  # a stalled client (no FIN ever came): give its temp file back now
         _discard(parts.upload)
         raise errors.InvalidRequestError(f"The upload sent nothing for {UPLOAD_IDLE_SECONDS:.0f} s and was "
-                                         "abandoned", param="file", code="upload_stalled") from None
+                                         "abandoned", param=field, code="upload_stalled") from None
     except errors.ModelMillError:
         _discard(parts.upload)
         await _drain_iter(stream)
@@ -126,11 +127,11 @@ async def receive_upload(request: Request, files: FileRepo, max_bytes: int) -> U
     except MultipartParseError as e:
         _discard(parts.upload)
         await _drain_iter(stream)
-        raise errors.InvalidRequestError(f"Malformed multipart body: {e}", param="file",
+        raise errors.InvalidRequestError(f"Malformed multipart body: {e}", param=field,
                                          code="invalid_multipart") from None
     except ClientDisconnect:
         _discard(parts.upload)
-        raise errors.InvalidRequestError("The client disconnected during the upload", param="file") from None
+        raise errors.InvalidRequestError("The client disconnected during the upload", param=field) from None
     except BaseException:
         _discard(parts.upload)
         raise
@@ -157,8 +158,11 @@ def _discard(upload: Upload) -> None:
         upload.blob.discard()
 
 
-async def _drain(request: Request) -> None:
+async def drain(request: Request) -> None:
+    """Read and drop the body (up to DRAIN_LIMIT_BYTES), so a client still sending gets the error that
+    follows instead of a reset connection."""
     await _drain_iter(request.stream())
+
 
 
 async def _drain_iter(stream) -> None:

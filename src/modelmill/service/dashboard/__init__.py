@@ -28,4 +28,7 @@ def install(app: FastAPI) -> None:
     app.mount("/dashboard/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
     app.include_router(api.router)
     app.include_router(views.router)
+    from modelmill.service.dashboard import webhooks_view
+
+    app.include_router(webhooks_view.router)  # /webhooks: endpoints, deliveries and their attempts
     views.install_handlers(app)

@@ -227,6 +227,12 @@ def sampling_params(raw):
     tools = raw.get("tools")
     if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
         raise _bad(f"{param}.tools must be a list of tools", f"{param}.tools")
+    from modelmill.ml import constraints
+
+    try:  # a strict tool's schema is enforced by a grammar (ml/constraints.py): a 400 now, not a failed run
+        constraints.check_tools(tools)
+    except errors.InvalidRequestError as e:
+        raise _bad(f"{param}.{e.param}: {e.message}", f"{param}.{e.param}") from None
     for key in ("max_completion_tokens", "seed"):
         v = raw.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int)):

@@ -64,6 +64,35 @@ class Method(OpenAIRequest):
     reinforcement: ReinforcementMethod | None = None
 
 
+class WandbSettings(OpenAIRequest):
+    """OpenAI's FineTuningIntegration.wandb: the W&B run the job's metrics go to (service/trackers.py)."""
+
+    project: str = Field(min_length=1, max_length=128)
+    name: str | None = Field(default=None, max_length=128)  # the run's display name; None: the job id
+    entity: str | None = Field(default=None, max_length=128)  # None: the W&B API key's default entity
+    tags: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=50)
+
+
+class MlflowSettings(OpenAIRequest):
+    """ModelMill's MLflow integration (not OpenAI's): the run goes to the server's
+    MODELMILL_MLFLOW_TRACKING_URI, in this experiment (created when missing)."""
+
+    experiment_name: str = Field(default="modelmill", min_length=1, max_length=256)
+    run_name: str | None = Field(default=None, max_length=256)  # None: the job id
+    tags: dict[Annotated[str, Field(max_length=250)], Annotated[str, Field(max_length=5000)]] | None = \
+        Field(default=None, max_length=50)
+
+
+class Integration(OpenAIRequest):
+    """One of a job's trackers, shaped like `Method`: `type` names the section that configures it
+    (OpenAI's FineTuningIntegration for "wandb"; "mlflow" is ModelMill's). fine_tuning._integrations
+    checks that the named section is there and no other is."""
+
+    type: Literal["wandb", "mlflow"]
+    wandb: WandbSettings | None = None
+    mlflow: MlflowSettings | None = None
+
+
 class CreateJobRequest(OpenAIRequest):
     model: str = Field(min_length=1)
     training_file: str = Field(min_length=1)
@@ -71,7 +100,7 @@ class CreateJobRequest(OpenAIRequest):
     suffix: str | None = Field(default=None, min_length=1, max_length=64)
     seed: int | None = Field(default=None, ge=0, le=2147483647)
     metadata: dict[str, str] | None = None
-    integrations: list[dict[str, Any]] | None = None
+    integrations: list[Integration] | None = Field(default=None, max_length=8)
     hyperparameters: Hyperparameters | None = None  # legacy; `method` wins when both are given
     method: Method | None = None
 

@@ -5,9 +5,12 @@ MODELMILL_DATABASE_URL set, the same tables in Postgres (pg.py) and the blobs st
     store.files / store.jobs / store.events / store.checkpoints / store.keys / store.evals
     store.projects / store.permissions (tenancy) / store.manifests (what the platform wrote to disk)
     store.stored_completions / store.responses (stored chat completions and Responses, per project)
+    store.uploads (the Uploads API: files sent as parts, uploads.py)
+    store.webhooks (webhook endpoints, the events outbox, deliveries and attempts: webhooks.py)
 
 Background work is claimed through the lease queue (lease.py): JobQueue (job_queue.py) and
-EvalRunQueue (run_queue.py) are LeaseQueues on the jobs and eval_runs tables. Every SQL
+EvalRunQueue (run_queue.py) are LeaseQueues on the jobs and eval_runs tables, DeliveryQueue
+(webhook_queue.py) on webhook_deliveries. Every SQL
 statement ModelMill runs lives in this package.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelmill.settings import Settings
+from modelmill.service.store.batches import BatchQueue, BatchRepo
 from modelmill.service.store.db import Database
 from modelmill.service.store.evals import EvalRepo
 from modelmill.service.store.events import CheckpointRepo, EventRepo
@@ -30,6 +34,9 @@ from modelmill.service.store.records import (ApiKeyRecord, CheckpointRecord, Eve
                                              JobRecord, Page)
 from modelmill.service.store.run_queue import EvalRunQueue
 from modelmill.service.store.stored import ResponseRepo, StoredCompletionRepo
+from modelmill.service.store.uploads import UploadRepo
+from modelmill.service.store.webhook_queue import DeliveryQueue
+from modelmill.service.store.webhooks import WebhookRepo
 
 
 def open_database(db_path: Path, database_url: str | None = None):
@@ -60,6 +67,9 @@ class Store:
         self.manifests = ManifestRepo(self.db)  # file hashes of every adapter and checkpoint dir written
         self.stored_completions = StoredCompletionRepo(self.db, clock)  # chat completions made with store: true
         self.responses = ResponseRepo(self.db, clock)  # /v1/responses objects (stored unless store: false)
+        self.batches = BatchRepo(self.db, clock)  # the Batch API's batches (batches.py)
+        self.uploads = UploadRepo(self.db, self.files, clock)  # /v1/uploads: files sent as parts (uploads.py)
+        self.webhooks = WebhookRepo(self.db, clock)  # webhook endpoints, the events outbox, deliveries (webhooks.py)
 
     def job_queue(self, lease_seconds: float, *, clock=None) -> JobQueue:
         """The lease queue workers claim fine-tuning jobs from (job_queue.py), on the store's clock
@@ -70,6 +80,15 @@ class Store:
         """The lease queue workers claim eval runs from (run_queue.py), on the store's clock unless
         `clock` is given."""
         return EvalRunQueue(self.db, lease_seconds, clock=clock or self.clock)
+
+    def webhook_queue(self, lease_seconds: float, *, clock=None) -> DeliveryQueue:
+        """The lease queue workers claim webhook deliveries from (webhook_queue.py)."""
+        return DeliveryQueue(self.db, lease_seconds, clock=clock or self.clock)
+
+    def batch_queue(self, lease_seconds: float, *, clock=None) -> BatchQueue:
+        """The lease queue workers claim batches from (batches.py), on the store's clock unless
+        `clock` is given."""
+        return BatchQueue(self.db, lease_seconds, clock=clock or self.clock)
 
     def close(self) -> None:
         self.db.close()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from modelmill import errors
 from modelmill.service.ids import new_id
+from modelmill.service.store import webhooks
 from modelmill.service.store.db import Database
 from modelmill.service.store.pagination import MAX_LIMIT
 from modelmill.service.store.records import DEFAULT_PROJECT_ID, Page, to_json
@@ -244,6 +245,7 @@ class EvalRepo:
                 c.execute("UPDATE eval_runs SET status = 'canceled', requested_action = NULL, lease_owner = NULL,"
                           " lease_expires_at = NULL, lease_token = lease_token + 1, finished_at = ?,"
                           " updated_at = ? WHERE id = ?", (now, now, run_id))
+                webhooks.eval_run_finished(c, run_id, "canceled", now)  # as a worker's finish would
         return self.get_run(eval_id, run_id)
 
     def delete_run(self, eval_id: str, run_id: str, *, project_id: str | None = None) -> None:

@@ -20,17 +20,19 @@ from modelmill.service.store.records import DEFAULT_PROJECT_ID, FileRecord, Page
 
 # Purposes accepted on upload (OpenAI's CreateFileRequest enum) plus the ones the server writes.
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
-SERVER_PURPOSES = ("fine-tune-results",)
+SERVER_PURPOSES = ("fine-tune-results", "batch_output")
 MAX_FILENAME_CHARS = 255
 
 
 class BlobWriter:
-    """A temp blob being written; refuses to grow past max_bytes (nothing is kept then)."""
+    """A temp blob being written; refuses to grow past max_bytes (nothing is kept then).
+    param: the request field the bytes came from, named by the 413 ("file"; an upload part's "data")."""
 
-    def __init__(self, files_dir: Path, max_bytes: int):
+    def __init__(self, files_dir: Path, max_bytes: int, param: str = "file"):
         files_dir.mkdir(parents=True, exist_ok=True)
         self.path = files_dir / f".upload-{uuid.uuid4().hex}.part"
         self.max_bytes = max_bytes
+        self.param = param
         self.size = 0
         self._f = open(self.path, "wb")
 
@@ -38,8 +40,7 @@ class BlobWriter:
         self.size += len(data)
         if self.size > self.max_bytes:
             self.discard()
-            raise errors.PayloadTooLargeError(
-                f"File is larger than the maximum upload size of {self.max_bytes} bytes", param="file")
+            raise too_large(self.max_bytes, self.param)
         self._f.write(data)
 
     def close(self) -> None:
@@ -51,6 +52,12 @@ class BlobWriter:
         self.path.unlink(missing_ok=True)
 
 
+def too_large(max_bytes: int, param: str = "file") -> errors.PayloadTooLargeError:
+    what = "File" if param == "file" else f"'{param}'"
+    return errors.PayloadTooLargeError(f"{what} is larger than the maximum upload size of {max_bytes} bytes",
+                                       param=param)
+
+
 class FileRepo:
     def __init__(self, db: Database, files_dir: Path):
         self.db = db
@@ -59,16 +66,18 @@ class FileRepo:
     def blob_path(self, file_id: str) -> Path:
         return self.files_dir / file_id
 
-    def writer(self, max_bytes: int) -> BlobWriter:
-        return BlobWriter(self.files_dir, max_bytes)
+    def writer(self, max_bytes: int, param: str = "file") -> BlobWriter:
+        return BlobWriter(self.files_dir, max_bytes, param)
 
-    def add(self, blob: BlobWriter, filename: str, purpose: str, project_id: str = DEFAULT_PROJECT_ID) -> FileRecord:
-        """Move a completed temp blob into place and record it as `project_id`'s."""
+    def add(self, blob: BlobWriter, filename: str, purpose: str, project_id: str = DEFAULT_PROJECT_ID, *,
+            expires_after_s: int | None = None) -> FileRecord:
+        """Move a completed temp blob into place and record it as `project_id`'s.
+        expires_after_s: seconds after its creation the file is deleted (None: kept until deleted)."""
         blob.close()
         file_id = new_id("file-")
         os.replace(blob.path, self.blob_path(file_id))
         try:
-            return self._insert(file_id, filename, purpose, blob.size, project_id)
+            return self._insert(file_id, filename, purpose, blob.size, project_id, expires_after_s)
         except BaseException:
             self.blob_path(file_id).unlink(missing_ok=True)
             raise
@@ -79,11 +88,14 @@ class FileRepo:
         blob.write(data)
         return self.add(blob, filename, purpose, project_id)
 
-    def _insert(self, file_id: str, filename: str, purpose: str, size: int, project_id: str) -> FileRecord:
+    def _insert(self, file_id: str, filename: str, purpose: str, size: int, project_id: str,
+                expires_after_s: int | None = None) -> FileRecord:
         filename = (filename or "file")[:MAX_FILENAME_CHARS]
-        self.db.execute("INSERT INTO files (id, filename, purpose, bytes, status, created_at, project_id)"
-                        " VALUES (?, ?, ?, ?, 'processed', ?, ?)",
-                        (file_id, filename, purpose, size, time.time(), project_id))
+        now = time.time()
+        expires_at = None if expires_after_s is None else now + expires_after_s
+        self.db.execute("INSERT INTO files (id, filename, purpose, bytes, status, created_at, project_id, expires_at)"
+                        " VALUES (?, ?, ?, ?, 'processed', ?, ?, ?)",
+                        (file_id, filename, purpose, size, now, project_id, expires_at))
         return self.get(file_id)
 
     def get(self, file_id: str, *, param: str = "file_id", project_id: str | None = None) -> FileRecord:
@@ -93,6 +105,9 @@ class FileRepo:
         if project_id is not None:
             sql, params = sql + " AND project_id = ?", params + [project_id]
         row = self.db.one(sql, params)
+        if row is not None and row["expires_at"] is not None and row["expires_at"] <= time.time():
+            self._remove(file_id)  # expired (an Upload's expires_after): gone on access, as at the next sweep
+            row = None
         if row is None:
             raise errors.NotFoundError(f"No such File object: {file_id}", param=param)
         return from_row(FileRecord, row)
@@ -109,8 +124,18 @@ class FileRepo:
 
     def delete(self, file_id: str, *, project_id: str | None = None) -> None:
         self.get(file_id, project_id=project_id)
+        self._remove(file_id)
+
+    def _remove(self, file_id: str) -> None:
         self.db.execute("DELETE FROM files WHERE id = ?", (file_id,))
         self.blob_path(file_id).unlink(missing_ok=True)
+
+    def sweep_expired(self) -> int:
+        """Delete the files whose expires_at has passed (row and blob). Returns how many."""
+        rows = self.db.all("SELECT id FROM files WHERE expires_at IS NOT NULL AND expires_at <= ?", (time.time(),))
+        for row in rows:
+            self._remove(row["id"])
+        return len(rows)
 
     def sweep_partial_uploads(self, older_than_s: float = 3600) -> int:
         """Remove temp blobs left by a crash mid-upload. Returns how many were removed."""

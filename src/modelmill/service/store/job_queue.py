@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from modelmill.service.ids import new_id
+from modelmill.service.store import webhooks
 from modelmill.service.store.db import Database
 from modelmill.service.store.events import insert_event
 from modelmill.service.store.lease import Lease, LeaseQueue, LeaseTable
@@ -26,7 +27,7 @@ JOBS = LeaseTable(
     writable=frozenset({"status", "error", "fine_tuned_model", "adapter_dir", "finished_at", "started_at",
                         "trained_tokens", "total_steps", "step", "estimated_finish", "hyperparameters",
                         "hyperparameters_resolved", "result_files", "requested_action"}),
-    json_columns=frozenset({"error", "hyperparameters", "result_files"}))
+    json_columns=frozenset({"error", "hyperparameters", "result_files"}), on_terminal=webhooks.job_finished)
 
 
 class JobQueue(LeaseQueue):

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from modelmill import errors
+from modelmill.service.store import webhooks
 from modelmill.service.store.db import Database
 from modelmill.service.store.events import insert_event
 from modelmill.service.store.pagination import page_rows
@@ -61,8 +62,6 @@ class JobRepo:
                  new.method_type, to_json(new.hyperparameters), new.ft_name, to_json(new.grader), now,
                  new.project_id))
             insert_event(c, new.id, "info", f"Created fine-tuning job: {new.id}")
-            if new.integrations:
-                insert_event(c, new.id, "warn", "Integrations are not supported by ModelMill and were ignored")
         return self.get(new.id)
 
     def get(self, job_id: str, *, project_id: str | None = None) -> JobRecord:
@@ -116,6 +115,7 @@ class JobRepo:
             else:
                 self._take_over(c, job_id, status="cancelled", finished_at=self.clock(), estimated_finish=None)
                 insert_event(c, job_id, "info", "Job cancelled")
+                webhooks.job_finished(c, job_id, "cancelled", self.clock())  # as a worker's finish would
         return self.get(job_id)
 
     def pause(self, job_id: str, *, project_id: str | None = None) -> JobRecord:

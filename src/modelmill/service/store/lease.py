@@ -1,8 +1,8 @@
 """The lease queue: durable claims with a heartbeat and fencing, for any table of background work.
 
 One LeaseQueue, configured by a LeaseTable, serves every kind of background work a worker
-claims: fine-tuning jobs (store/job_queue.py) and eval runs (store/run_queue.py) today, and
-later batches and webhook deliveries. The table needs the columns id, seq, status,
+claims: fine-tuning jobs (store/job_queue.py), eval runs (store/run_queue.py), batches and webhook
+deliveries (store/webhook_queue.py). The table needs the columns id, seq, status,
 requested_action, lease_owner, lease_token, lease_expires_at, attempts, reclaims and updated_at.
 
 - claim: the oldest row (by seq) whose status is claimable and whose lease is absent or
@@ -32,7 +32,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from modelmill import errors
 from modelmill.service.store.db import Database
@@ -50,6 +50,13 @@ class LeaseTable:
     terminal: tuple[str, ...]  # outcomes that set finished_at
     writable: frozenset[str]  # columns a lease holder may write through write()/finish()
     json_columns: frozenset[str] = frozenset()  # writable columns stored as JSON text
+    # A column holding the earliest time a row may be claimed (a webhook delivery's retry backoff);
+    # None = claimable at once.
+    ready_column: str | None = None
+    # Called inside the transaction that moves a row into a terminal status, by whichever path
+    # (finish_in here, or the API's take-over): on_terminal(c, row_id, status, now). Webhooks use it
+    # to write their outbox row in the same transaction (store/webhooks.py). None = nothing to do.
+    on_terminal: Callable[[sqlite3.Connection, str, str, float], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,8 @@ class LeaseQueue:
         sql = (f"SELECT id, status, lease_token, attempts FROM {t.name} WHERE status IN ({marks})"
                " AND (lease_expires_at IS NULL OR lease_expires_at < ?)")
         params: list = [*t.claimable, now]
+        if t.ready_column:
+            sql, params = sql + f" AND {t.ready_column} <= ?", params + [now]
         if row_id is not None:
             sql, params = sql + " AND id = ?", params + [row_id]
         with self.db.transaction() as c:
@@ -142,6 +151,8 @@ class LeaseQueue:
         fields = dict(fields, status=status, requested_action=None)
         if status in self.table.terminal:
             fields.setdefault("finished_at", self.clock())
+            if self.table.on_terminal is not None:
+                self.table.on_terminal(c, lease.id, status, self.clock())
         self.write(c, lease, fields)
         c.execute(f"UPDATE {self.table.name} SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ?",
                   (lease.id,))

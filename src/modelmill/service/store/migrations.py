@@ -249,4 +249,143 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX responses_project ON responses (project_id, seq);
     """),
+    ("0013_webhooks", """
+        -- Webhooks (store/webhooks.py): endpoints per project, an outbox of events written in the
+        -- same transaction as the state change they announce, one delivery per (event, endpoint)
+        -- claimed on the lease queue (store/webhook_queue.py), and every attempt made.
+        CREATE TABLE webhook_endpoints (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,          -- whep_...
+            project_id TEXT NOT NULL,
+            url TEXT NOT NULL,
+            events TEXT,                      -- JSON list of event types, NULL = every event
+            secret TEXT NOT NULL,             -- whsec_... kept as is: signing needs the key itself
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX webhook_endpoints_project ON webhook_endpoints (project_id, seq);
+        CREATE TABLE webhook_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,          -- evt_...
+            project_id TEXT NOT NULL,
+            type TEXT NOT NULL,               -- fine_tuning.job.succeeded, eval.run.failed, batch.completed...
+            created_at REAL NOT NULL,
+            payload TEXT NOT NULL             -- JSON: the event body, byte for byte as delivered
+        );
+        CREATE TABLE webhook_deliveries (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,          -- whdel_...
+            event_id TEXT NOT NULL REFERENCES webhook_events (id) ON DELETE CASCADE,
+            endpoint_id TEXT NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+            project_id TEXT NOT NULL,
+            status TEXT NOT NULL,             -- pending | sending | delivered | failed
+            requested_action TEXT,            -- unused by deliveries (a lease queue column)
+            next_attempt_at REAL NOT NULL,    -- not claimed before this time (the retry backoff)
+            last_status_code INTEGER,         -- HTTP status of the newest attempt, NULL if none answered
+            last_error TEXT,                  -- why the newest attempt failed, NULL on success
+            created_at REAL NOT NULL,
+            finished_at REAL,
+            updated_at REAL NOT NULL,
+            lease_owner TEXT,
+            lease_token INTEGER NOT NULL DEFAULT 0,
+            lease_expires_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            reclaims INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX webhook_deliveries_claim ON webhook_deliveries (status, next_attempt_at, seq);
+        CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, seq);
+        CREATE TABLE webhook_attempts (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            delivery_id TEXT NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
+            started_at REAL NOT NULL,
+            duration_ms INTEGER NOT NULL,
+            status_code INTEGER,              -- NULL when no HTTP answer came (refused, timeout)
+            error TEXT                        -- NULL on a 2xx
+        );
+        CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id, seq);
+    """),
+    ("0014_uploads", """
+        -- The Uploads API (store/uploads.py): a file sent as parts, assembled into a `files` row on
+        -- completion. Part blobs live at files_dir/.uploads/<upload id>/<part id> until the upload
+        -- completes, is cancelled or expires, and are removed then (the upload rows stay).
+        CREATE TABLE uploads (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,          -- upload_...
+            project_id TEXT NOT NULL,
+            filename TEXT NOT NULL,           -- the client's name: metadata only, never a path
+            purpose TEXT NOT NULL,
+            bytes INTEGER NOT NULL,           -- what the client declared: the parts must sum to it
+            mime_type TEXT NOT NULL,
+            file_expires_after INTEGER,       -- expires_after.seconds for the File made, or NULL: kept
+            status TEXT NOT NULL,             -- pending | completed | cancelled | expired
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,         -- a pending upload past this is expired
+            file_id TEXT                      -- the File made on completion
+        );
+        CREATE INDEX uploads_project ON uploads (project_id, seq);
+        CREATE INDEX uploads_pending ON uploads (status, expires_at);
+        CREATE TABLE upload_parts (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,          -- part_...
+            upload_id TEXT NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
+            bytes INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX upload_parts_upload ON upload_parts (upload_id, seq);
+    """),
+    ("0015_batches", """
+        -- The Batch API (store/batches.py): a batch is background work on the lease queue, like jobs
+        -- and eval runs. batch_results holds each answered input line, written fenced with the
+        -- batch's counters, so a reclaimed batch skips them and no line is answered twice.
+        CREATE TABLE batches (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,          -- batch_...
+            project_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            endpoint TEXT NOT NULL,           -- /v1/chat/completions | /v1/responses
+            model TEXT,                       -- the model every line names, NULL when they differ
+            input_file_id TEXT NOT NULL,
+            completion_window TEXT NOT NULL,  -- 24h
+            metadata TEXT,                    -- JSON object or NULL
+            output_expires_after INTEGER,     -- seconds the output/error files are kept, NULL: until deleted
+            status TEXT NOT NULL,             -- validating | in_progress | finalizing | completed | failed
+                                              -- | expired | cancelling | cancelled
+            requested_action TEXT,            -- NULL | 'cancel': asked of the lease holder
+            errors TEXT,                      -- JSON list of BatchError, or NULL
+            output_file_id TEXT,
+            error_file_id TEXT,
+            total INTEGER NOT NULL,           -- request counts
+            completed INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            expires_at REAL NOT NULL,         -- created_at + the completion window
+            in_progress_at REAL,
+            finalizing_at REAL,
+            completed_at REAL,
+            failed_at REAL,
+            expired_at REAL,
+            cancelling_at REAL,
+            cancelled_at REAL,
+            finished_at REAL,
+            updated_at REAL NOT NULL,
+            -- the lease, as on jobs: owner, fencing token, expiry
+            lease_owner TEXT,
+            lease_token INTEGER NOT NULL DEFAULT 0,
+            lease_expires_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            reclaims INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX batches_claim ON batches (status, seq);
+        CREATE INDEX batches_project ON batches (project_id, seq);
+        CREATE TABLE batch_results (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            batch_id TEXT NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
+            line INTEGER NOT NULL,            -- 1-based line number in the input file
+            custom_id TEXT NOT NULL,
+            ok INTEGER NOT NULL,              -- 1: an output-file line (HTTP 200), 0: an error-file line
+            result TEXT NOT NULL,             -- JSON: the output line, as written to the file
+            created_at REAL NOT NULL,
+            UNIQUE (batch_id, line)
+        );
+    """),
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from modelmill.service.store import webhooks
 from modelmill.service.store.db import Database
 from modelmill.service.store.evals import RUN_ACTIVE, RUN_TERMINAL
 from modelmill.service.store.lease import Lease, LeaseQueue, LeaseTable
@@ -19,7 +20,8 @@ from modelmill.service.store.records import to_json
 
 EVAL_RUNS = LeaseTable(
     name="eval_runs", what="eval run", claimable=RUN_ACTIVE, running="in_progress", terminal=RUN_TERMINAL,
-    writable=frozenset({"status", "error", "finished_at", "requested_action"}), json_columns=frozenset({"error"}))
+    writable=frozenset({"status", "error", "finished_at", "requested_action"}), json_columns=frozenset({"error"}),
+    on_terminal=webhooks.eval_run_finished)
 
 
 class EvalRunQueue(LeaseQueue):

@@ -37,12 +37,7 @@ async def create_file(request: Request) -> dict:
                                              code="missing_required_parameter")
         _check_fields(upload.fields)
         purpose = upload.fields.get("purpose")
-        if not purpose:
-            raise errors.InvalidRequestError("Missing required parameter: 'purpose'", param="purpose",
-                                             code="missing_required_parameter")
-        if purpose not in UPLOAD_PURPOSES:
-            raise errors.InvalidRequestError(f"Invalid purpose '{purpose}'; expected one of "
-                                             f"{', '.join(UPLOAD_PURPOSES)}", param="purpose", code="invalid_value")
+        check_purpose(purpose)
         record = await run_in_threadpool(store.files.add, upload.blob, upload.filename, purpose,
                                          deps.project(request))
     except BaseException:
@@ -50,6 +45,16 @@ async def create_file(request: Request) -> dict:
             upload.blob.discard()
         raise
     return FileObject.of(record).model_dump()
+
+
+def check_purpose(purpose: str | None) -> None:
+    """A file's purpose as OpenAI accepts it on upload (also /v1/uploads, routes/uploads.py)."""
+    if not purpose:
+        raise errors.InvalidRequestError("Missing required parameter: 'purpose'", param="purpose",
+                                         code="missing_required_parameter")
+    if purpose not in UPLOAD_PURPOSES:
+        raise errors.InvalidRequestError(f"Invalid purpose '{purpose}'; expected one of "
+                                         f"{', '.join(UPLOAD_PURPOSES)}", param="purpose", code="invalid_value")
 
 
 def _check_fields(fields: dict) -> None:

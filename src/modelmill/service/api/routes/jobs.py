@@ -9,6 +9,7 @@ from modelmill import errors
 from modelmill.settings import Settings
 from modelmill.service import job_evals
 from modelmill.service.api import deps
+from modelmill.service.api.query_params import query_maps
 from modelmill.service.fine_tuning import create_job
 from modelmill.service.schemas.jobs import CheckpointList, CreateJobRequest, EventList, JobList, JobObject
 from modelmill.service.store import Store
@@ -27,6 +28,7 @@ def create(body: CreateJobRequest, store: Store = Depends(deps.store), settings:
 
 
 @router.get("")
+@query_maps("metadata")
 def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=10_000),
               store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
               project: str = Depends(deps.project)) -> dict:
@@ -77,6 +79,9 @@ def _metadata_filter(request: Request) -> dict[str, str]:
     """metadata[key]=value query parameters (how the openai SDK sends `metadata={...}`)."""
     out = {}
     for name, value in request.query_params.multi_items():
+        if name == "metadata":  # OpenAI's metadata=null (jobs without metadata): not served, so refused
+            raise errors.InvalidRequestError("metadata must be sent as metadata[key]=value; ModelMill does not "
+                                             "filter for jobs without metadata (metadata=null)", param="metadata")
         if name.startswith("metadata[") and name.endswith("]"):
             key = name[len("metadata["):-1]
             if not key:

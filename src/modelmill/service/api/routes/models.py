@@ -4,9 +4,10 @@ models, its own fine-tuned and checkpoint models, and those shared with it (chec
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
 
 from modelmill.settings import Settings
-from modelmill.service import model_registry
+from modelmill.service import model_export, model_registry
 from modelmill.service.api import deps
 from modelmill.service.schemas.models import ModelDeleted, ModelList, ModelObject
 from modelmill.service.store import Store
@@ -19,6 +20,17 @@ def list_models(store: Store = Depends(deps.store), settings: Settings = Depends
                 project: str = Depends(deps.project)) -> dict:
     served = model_registry.list_served(store, settings, project_id=project)
     return ModelList(data=[ModelObject.of(m) for m in served]).model_dump()
+
+
+@router.get("/{model:path}/export")
+def export_model(model: str, format: str = "adapter", gguf_type: str = "f16", store: Store = Depends(deps.store),
+                 settings: Settings = Depends(deps.settings), project: str = Depends(deps.project)):
+    """A ModelMill extension: the model as a tar of its adapter, merged weights or GGUF (service/model_export.py).
+    Declared before GET /{model:path}, which would otherwise take ".../export" as part of the name."""
+    built = model_export.build(store, settings, model, project_id=project, format=format, gguf_type=gguf_type)
+    archive = built.archive()
+    return StreamingResponse(iter(archive), media_type="application/x-tar", background=archive.cleanup(), headers={
+        "Content-Length": str(archive.length), "Content-Disposition": f'attachment; filename="{built.folder}.tar"'})
 
 
 @router.get("/{model:path}")

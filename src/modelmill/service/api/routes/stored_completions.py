@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 
 from modelmill.service import stored_completions
 from modelmill.service.api import deps
+from modelmill.service.api.query_params import query_maps
 from modelmill.service.store import Store
 
 router = APIRouter(prefix="/chat/completions", tags=["chat"])
@@ -19,6 +20,7 @@ Order = Literal["asc", "desc"]
 
 
 @router.get("")
+@query_maps("metadata")
 def list_stored_completions(request: Request, model: str | None = None, after: str | None = None,
                             limit: int = Query(20, ge=1, le=100), order: Order = "asc",
                             store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
