@@ -107,6 +107,51 @@ def test_processes_starting_at_once_apply_each_migration_once(settings):
         s.close()
 
 
+# -- SQLite only -----------------------------------------------------------------------------------
+
+CLOSE_RACE = """
+import sqlite3, sys, threading
+from pathlib import Path
+from modelmill.service.store.db import Database
+
+outcomes = []
+for n in range(20):
+    db = Database(Path(sys.argv[1]) / f"r{n}.sqlite3")
+    db.execute("CREATE TABLE t (x)")
+    db.execute("INSERT INTO t VALUES (1)")
+    started = threading.Event()
+
+    def reader():
+        try:
+            while True:
+                db.one("WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 2000) "
+                       "SELECT sum(n) FROM c, t")
+                started.set()
+        except sqlite3.ProgrammingError as e:
+            outcomes.append(str(e))
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for t in readers:
+        t.start()
+    started.wait()
+    db.close()
+    for t in readers:
+        t.join(timeout=30)
+        assert not t.is_alive(), "a reader went on after close()"
+print(len(outcomes), sum("is closed" in o for o in outcomes))
+"""
+
+
+def test_closing_a_sqlite_database_while_other_threads_read_it_ends_them_with_an_error(tmp_path):
+    """What CI saw: an app shut down (Database.close()) while a dashboard report thread was inside a
+    query, and the sqlite3 module segfaulted. close() now leaves a running thread's connection to that
+    thread, whose next use raises "closed"; run in a child so a crash fails the test, not the session."""
+    result = subprocess.run([sys.executable, "-c", CLOSE_RACE, str(tmp_path)], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["60", "60"]  # every reader of every round ended on "closed"
+
+
 # -- Postgres only ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dialect", ["postgres"])

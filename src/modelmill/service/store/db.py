@@ -42,15 +42,17 @@ class Database:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []  # (the thread it belongs to, it)
         self._all_lock = threading.Lock()
+        self._closed = False
         self.migrate()
 
     # -- connections -------------------------------------------------------------------
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use)."""
-        c = getattr(self._local, "conn", None)
+        local = self._local  # read once: close() replaces it, and a connection made now must not land on the new one
+        c = getattr(local, "conn", None)
         if c is None:
             # isolation_level=None: autocommit; transactions are explicit (see transaction()).
             c = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
@@ -60,21 +62,33 @@ class Database:
             c.execute("PRAGMA synchronous=NORMAL")
             c.execute("PRAGMA foreign_keys=ON")
             c.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            self._local.conn = c
             with self._all_lock:
-                self._all.append(c)
+                if self._closed:
+                    c.close()
+                    raise sqlite3.ProgrammingError(f"the database {self.path} is closed (the server is shutting down)")
+                self._all.append((threading.current_thread(), c))
+            local.conn = c
         return c
 
     def close(self) -> None:
-        """Close every connection this Database opened (call once, at shutdown)."""
+        """Close this Database at shutdown: this thread's connection and those of threads that have
+        ended now; a connection of a thread still running (a background report, a pool thread) is
+        closed when that thread ends or this Database is collected, never under it. Closing a
+        connection from another thread while that thread is inside execute() crashes the sqlite3
+        module (CI saw a segfault from a dashboard report thread during an app's shutdown)."""
         with self._all_lock:
+            self._closed = True
             conns, self._all = self._all, []
-        for c in conns:
-            try:
-                c.close()
-            except sqlite3.ProgrammingError:  # closed from another thread already
-                pass
-        self._local = threading.local()
+            # Drops this Database's references to the live threads' connections: each is closed when
+            # its thread lets go of it (the thread ends, or its next conn() finds none and raises).
+            self._local = threading.local()
+        me = threading.current_thread()
+        for owner, c in conns:
+            if owner is me or not owner.is_alive():
+                try:
+                    c.close()
+                except sqlite3.ProgrammingError:
+                    pass
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
