@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test serve clean
+.PHONY: help install demo test test-fast serve clean
+
+help:  ## list every target with one line each
+	@awk -F ':.*## ' '/^[a-z][a-z0-9-]*:.*## /{printf "  %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -36,24 +39,45 @@ $(STAMP): $(PY) pyproject.toml
 	  echo "warning: postgresql is not installed; the Postgres store tests will fail (MODELMILL_REQUIRE_POSTGRES=1)"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP)  ## create .venv and install ModelMill, its test extras and the Debian packages the tests use
 
-demo: $(STAMP)
+demo: $(STAMP)  ## fine-tune SmolLM2-135M-Instruct for smart-home function calling, before/after table (docs/demo.md)
 	$(PY) -m modelmill.cli demo
 
 # MODELMILL_REQUIRE_POSTGRES=1: a Postgres that can't start fails the store and queue suites, never skips them.
-test: $(STAMP)
+test: $(STAMP)  ## the whole test suite, as CI runs it (everything not marked slow; about 17 minutes on 2 cores)
 	MODELMILL_REQUIRE_POSTGRES=1 $(PY) -m pytest -q tests
 
-serve: $(STAMP)
+# Unit tests only: tests/ml, tests/service and the CLI tests, and nothing marked slow; no e2e, browser,
+# reliability or bench suite. HEAVY_TESTS are the modules that train models, start processes, servers or a
+# sandbox per test, or repeat every case on Postgres (each took 8 s or more on 2 busy cores). Under 3 minutes
+# on 2 CPU cores: a quick check while working; `make test` stays the CI command and runs all of these too.
+FAST_TESTS := tests/ml tests/service tests/test_cli.py tests/test_cli_output.py tests/test_layers.py tests/test_quiet.py \
+  tests/test_webhooks_cli.py
+HEAVY_TESTS := tests/ml/test_chat_families.py tests/ml/test_import_race.py tests/ml/test_models.py tests/ml/test_rft.py \
+  tests/ml/test_dpo.py tests/ml/test_sft.py tests/ml/test_distributed.py tests/ml/test_sampling_batching.py \
+  tests/ml/test_sft_batching.py tests/ml/test_sampling.py tests/ml/test_vllm_backend.py tests/ml/test_multi_lora.py \
+  tests/ml/test_early_stopping.py \
+  tests/ml/graders/test_sandbox.py tests/ml/graders/test_sandbox_escapes.py \
+  tests/service/test_worker_ranks.py tests/service/test_model_export.py tests/service/test_worker.py \
+  tests/service/test_tenancy.py tests/service/test_job_lengths.py tests/service/test_job_evals.py \
+  tests/service/test_queue.py tests/service/test_dpo_jobs.py tests/service/test_no_pickle.py \
+  tests/service/test_webhooks.py tests/service/test_adapter_integrity.py
+# Loads a model in a child process to check its output (about 60 s); the rest of its module is fast.
+HEAVY_TEST_CASES := tests/test_cli_output.py::test_third_party_progress_bars_and_deprecations_stay_quiet
+test-fast: $(STAMP)  ## unit tests only (no e2e, browser, reliability, bench or slow tests): under 3 minutes
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(addprefix --ignore=,$(HEAVY_TESTS)) $(addprefix --deselect=,$(HEAVY_TEST_CASES)) \
+	  $(FAST_TESTS)
+
+serve: $(STAMP)  ## the API, a worker and the dashboard on 127.0.0.1:8000
 	$(PY) -m modelmill.cli serve
 
-clean:
+clean:  ## remove .venv and build outputs
 	rm -rf $(VENV) build *.egg-info
 
 .PHONY: bench-graders
 # Python-grader sandbox throughput and graders/run latency, each against a baseline in the same run.
-bench-graders: $(STAMP)
+bench-graders: $(STAMP)  ## python-grader sandbox throughput and graders/run latency against baselines
 	$(PY) bench/bench_python_grader.py
 	$(PY) bench/bench_graders.py
 
@@ -61,7 +85,7 @@ bench-graders: $(STAMP)
 # The dashboard's chart library is vendored (committed) so a fresh clone needs no npm; this refreshes it.
 UPLOT_VERSION ?= 1.6.32
 UPLOT_DIR := src/modelmill/service/dashboard/static/vendor/uplot
-vendor-uplot:
+vendor-uplot:  ## refresh the dashboard's vendored uPlot (needs npm)
 	rm -rf .uplot-tmp && mkdir .uplot-tmp
 	cd .uplot-tmp && npm pack --silent uplot@$(UPLOT_VERSION) && tar xzf uplot-$(UPLOT_VERSION).tgz
 	cp .uplot-tmp/package/dist/uPlot.iife.min.js .uplot-tmp/package/dist/uPlot.min.css .uplot-tmp/package/LICENSE $(UPLOT_DIR)/
@@ -72,7 +96,7 @@ vendor-uplot:
 # /docs serves Swagger UI from this server, never a CDN (offline promise); vendored like uPlot, this refreshes it.
 SWAGGER_UI_VERSION ?= 5.35.0
 SWAGGER_UI_DIR := src/modelmill/service/dashboard/static/vendor/swagger-ui
-vendor-swagger-ui:
+vendor-swagger-ui:  ## refresh the vendored Swagger UI behind /docs (needs npm)
 	rm -rf .swagger-tmp && mkdir .swagger-tmp
 	cd .swagger-tmp && npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) && tar xzf swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz
 	cd .swagger-tmp/package && cp swagger-ui-bundle.js swagger-ui.css favicon-32x32.png LICENSE NOTICE ../../$(SWAGGER_UI_DIR)/
@@ -81,46 +105,46 @@ vendor-swagger-ui:
 
 .PHONY: bench-rollouts
 # RFT rollout throughput: one batched generate() per prompt group vs one call per completion.
-bench-rollouts: $(STAMP)
+bench-rollouts: $(STAMP)  ## RFT rollout throughput: batched generate() vs one call per completion
 	$(PY) bench/bench_rollouts.py
 
 .PHONY: reliability
-# Bad input (RELIABILITY.md): every malformed file of tests/reliability/malformed.py through ml.data and
+# Bad input (RELIABILITY.md): every malformed file of tools/reliability/malformed.py through ml.data and
 # through the HTTP API, the huge inputs in fresh processes, then a longer, random schemathesis run.
 # `make test` runs the fast part (all files at the ml level, a sample over HTTP, 6 examples per operation).
-reliability: $(STAMP)
+reliability: $(STAMP)  ## bad input, edge, work, sandbox, webhook, crash and load suites (tools/reliability/, RELIABILITY.md; long)
 	mkdir -p bench/out
 	$(PY) -m pytest -q -p no:cacheprovider -m slow tests/reliability/test_load_suite_quick.py
-	$(PY) -m tests.reliability.figures --json bench/out/reliability_bad_input.json
+	$(PY) -m tools.reliability.figures --json bench/out/reliability_bad_input.json
 	# Hostile input at the edge: big bodies without a key, CSRF, odd text, revocation (issue 17).
-	$(PY) -m tests.reliability.edge_probe --json bench/out/reliability_edge.json
+	$(PY) -m tools.reliability.edge_probe --json bench/out/reliability_edge.json
 	# Unbounded work: a chat whose client gave up, RFT eval_samples limits, cancel mid-evaluation (issue 17).
-	$(PY) -m tests.reliability.work_probe --json bench/out/reliability_work.json
+	$(PY) -m tools.reliability.work_probe --json bench/out/reliability_work.json
 	# The grader sandbox bounded as a whole (fork test) and graders off the request pool (issue 17).
-	$(PY) -m tests.reliability.sandbox_probe --graders 40 --sleep 5 --json bench/out/reliability_sandbox.json
+	$(PY) -m tools.reliability.sandbox_probe --graders 40 --sleep 5 --json bench/out/reliability_sandbox.json
 	# Webhooks: SIGKILL the server 10 times while deliveries are in flight; events lost must be 0 (issue 20).
-	$(PY) -m tests.reliability.webhook_durability --json bench/out/reliability_webhooks.json
+	$(PY) -m tools.reliability.webhook_durability --json bench/out/reliability_webhooks.json
 	MODELMILL_FUZZ_EXAMPLES=50 MODELMILL_FUZZ_STATS=bench/out/reliability_fuzz.json \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/reliability/test_schemathesis.py
 	# Crashes: SIGKILL at 20 points of an SFT, a DPO and an RFT job, plus a SIGSTOPped stale worker.
-	$(PY) -m tests.reliability.crash_suite
+	$(PY) -m tools.reliability.crash_suite
 	# Load: 50 clients x 200 mixed requests while a job trains; 4 workers racing for 12 jobs.
-	$(PY) -m tests.reliability.load_suite
+	$(PY) -m tools.reliability.load_suite
 
 .PHONY: bench bench-first-step bench-gpu
 # Every issue-9 bench in sequence (under 30 min on 2 CPU cores), then BENCHMARKS.md's summary table.
 # JSON results go to bench/out/ (git-ignored); bench/run_all.py --only NAME,... runs a subset.
-bench: $(STAMP)
+bench: $(STAMP)  ## every bench in sequence, then BENCHMARKS.md's summary table (under 30 min on 2 cores)
 	# The benches' own quick smoke runs first (tests marked slow; not in make test): a broken bench fails fast.
 	$(PY) -m pytest -q -p no:cacheprovider -m slow tests/bench
 	$(PY) bench/run_all.py
 
 # From jobs.create to the first metrics event, modelmill-tiny and SmolLM2, against a plain TRL script.
-bench-first-step: $(STAMP)
+bench-first-step: $(STAMP)  ## jobs.create to the first metrics event vs a plain TRL script
 	$(PY) bench/bench_first_step.py --json bench/out/first_step.json
 
 # ModelMill vs plain TRL on a random 1B Llama in bf16 on a CUDA device (skips without one).
-bench-gpu: $(STAMP)
+bench-gpu: $(STAMP)  ## ModelMill vs plain TRL on a random 1B Llama in bf16 on CUDA (skips without one)
 	$(PY) bench/bench_gpu.py --json bench/out/gpu.json
 
 .PHONY: results
@@ -135,31 +159,31 @@ $(RESULTS_STAMP): $(STAMP)
 	$(PY) -c "import bfcl_eval" 2>/dev/null || $(PIP) install --no-deps "bfcl-eval==$(BFCL_VERSION)"
 	touch $(RESULTS_STAMP)
 
-results: $(RESULTS_STAMP)
+results: $(RESULTS_STAMP)  ## the learning-results suite (bench/results/; STORY=one story or all; about 1.5 h)
 	$(PY) bench/results/run.py --story $(STORY)
 
 .PHONY: bench-overhead bench-efficiency bench-memory
 # An SFT job through the API (live server, openai SDK) vs a plain TRL script: wall time and training tokens/s.
-bench-overhead: $(STAMP)
+bench-overhead: $(STAMP)  ## an SFT job through the API vs a plain TRL script: wall time and tokens/s
 	$(PY) bench/bench_job_overhead.py --json bench/out/job_overhead.json
 
 # ModelMill's auto SFT configuration vs TRL's SFTConfig defaults on long-tailed chat data: tokens/s, valid loss.
-bench-efficiency: $(STAMP)
+bench-efficiency: $(STAMP)  ## ModelMill's auto SFT configuration vs TRL's defaults on long-tailed chat data
 	$(PY) bench/bench_sft_efficiency.py --json bench/out/sft_efficiency.json
 
 # Peak RSS of LoRA SFT (batch 8 x 128 tokens): train_sft vs a plain TRL script, each in its own process.
-bench-memory: $(STAMP)
+bench-memory: $(STAMP)  ## peak RSS of LoRA SFT: train_sft vs a plain TRL script
 	$(PY) bench/bench_memory.py --json bench/out/memory.json
 
 .PHONY: bench-serving
 # Chat completions through a live server: an ft: LoRA model vs plain transformers, adapter switching,
 # 8 concurrent requests (batched) vs 8 one after another.
-bench-serving: $(STAMP)
+bench-serving: $(STAMP)  ## chat completions through a live server vs plain transformers; batching, adapters
 	$(PY) bench/bench_serving.py --json bench/out/serving.json
 
 .PHONY: bench-pg-wakeup
 # An idle worker's wake-up: job created -> running, Postgres (LISTEN/NOTIFY) vs SQLite (data_version), 50 jobs each.
-bench-pg-wakeup: $(STAMP)
+bench-pg-wakeup: $(STAMP)  ## an idle worker's wake-up: Postgres LISTEN/NOTIFY vs SQLite data_version
 	$(PY) bench/bench_pg_wakeup.py --json bench/out/pg_wakeup.json
 
 .PHONY: vendor-chat-templates
@@ -167,7 +191,7 @@ bench-pg-wakeup: $(STAMP)
 # each comes from): llama.cpp keeps copies of them, and llama-cpp-python's sdist on PyPI carries llama.cpp.
 LLAMA_CPP_PYTHON_VERSION ?= 0.3.36
 CHAT_TEMPLATES_DIR := tests/fixtures/chat_templates
-vendor-chat-templates:
+vendor-chat-templates:  ## refresh the real chat templates the family tests use (tests/fixtures/chat_templates)
 	rm -rf .templates-tmp && mkdir .templates-tmp
 	cd .templates-tmp && pip download --quiet --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION) && \
 	  tar xzf llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz
@@ -183,7 +207,7 @@ vendor-chat-templates:
 # run `make gpu-wheels` where PyPI is reachable, then carry wheels/ (git-ignored) with the working tree.
 GPU_WHEELS := wheels/gpu
 GPU_PYTHON ?= python3
-gpu-wheels: $(STAMP)
+gpu-wheels: $(STAMP)  ## download the wheels the GPU check machine lacks into wheels/gpu (needs PyPI)
 	mkdir -p $(GPU_WHEELS)
 	$(PIP) download --quiet --no-deps --only-binary :all: --python-version 3.11 --platform manylinux_2_24_x86_64 \
 	  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d $(GPU_WHEELS) \
@@ -192,7 +216,7 @@ gpu-wheels: $(STAMP)
 
 # bench/gpu_check.py on the GPU machine: installs the carried wheels it needs (only those missing), then
 # bf16 SFT vs TRL (MFU), QLoRA vs bf16 peak memory, 4 GRPO steps, the native-template path. Under 8 minutes.
-gpu-check:
+gpu-check:  ## bench/gpu_check.py on a GPU machine: bf16 SFT vs TRL, QLoRA memory, GRPO steps (under 8 min)
 	for pkg in trl bitsandbytes datasets dill multiprocess xxhash pyarrow; do \
 	  $(GPU_PYTHON) -c "import $$pkg" 2>/dev/null || $(GPU_PYTHON) -m pip install --quiet --no-index --no-deps \
 	    $(GPU_WHEELS)/$$pkg-*.whl || echo "gpu-check: $$pkg is missing and not in $(GPU_WHEELS)"; \

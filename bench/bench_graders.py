@@ -59,11 +59,11 @@ def latency_ms(call, n: int, warmup: int = 20) -> list[float]:
 
 
 def bench_latency(n: int) -> dict[str, list[float]]:
-    from modelmill.local_server import LocalServer
+    from modelmill.local_server import running_server
     from modelmill.ml.graders import grade
 
     body = {"grader": STRING_CHECK, "model_sample": "kitchen on", "item": {"label": "kitchen on"}}
-    with tempfile.TemporaryDirectory() as home, LocalServer(home, worker=False, log_level="warning") as server:
+    with tempfile.TemporaryDirectory() as home, running_server(home, worker=False, log_level="warning") as server:
         base = server.base_url
         with httpx.Client(base_url=base, timeout=30) as http:
             def run():

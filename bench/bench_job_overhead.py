@@ -50,15 +50,15 @@ def run_service(model_name: str, model_dir: Path, train: Path, work: Path, hp: d
     """One job through a fresh `modelmill serve`; returns wall-clock marks and the job's phases."""
     from openai import OpenAI
 
-    from modelmill.local_server import LocalServer
+    from modelmill.local_server import running_server
 
     home = work / "home"
     (home / "models").mkdir(parents=True)
     os.symlink(model_dir, home / "models" / model_name)  # converted once, outside the measurement
     launched = time.time()
     with open(work / "server.log", "w") as log, \
-            LocalServer(home, env=child_env(threads), args=["--worker-process"] if worker_process else [],
-                        log=log, log_level="warning") as server:
+            running_server(home, env=child_env(threads), args=["--worker-process"] if worker_process else [],
+                           log=log, log_level="warning") as server:
         up = time.time()
         client = OpenAI(base_url=server.base_url, api_key="bench", max_retries=0)
         file = client.files.create(file=("train.jsonl", train.read_bytes()), purpose="fine-tune")

@@ -1,5 +1,5 @@
 """Python-grader throughput: the bwrap sandbox (run_python_grader) against a bare, unsandboxed
-`python -I -S sandbox_harness.py` subprocess doing the same work (same harness, same request bytes),
+`python -I -S harness.py` subprocess doing the same work (same harness, same request bytes),
 measured alternately in the same run.
 
     .venv/bin/python bench/bench_python_grader.py [--samples 2000] [--reps 7] [--json out.json]
@@ -19,7 +19,8 @@ import sys
 import time
 
 from modelmill.ml.graders import sandbox
-from modelmill.ml.graders.sandbox import SandboxConfig, run_python_grader
+from modelmill.ml.graders.sandbox import SandboxConfig, backends, bounds, run_python_grader
+from modelmill.ml.graders.sandbox.run import _request_bytes
 
 # A typical stdlib grader: token F1 plus a difflib similarity against the reference.
 GRADER = '''
@@ -59,8 +60,8 @@ def run_bare(config: SandboxConfig, samples: list[dict], items: list[dict]) -> l
     sample_json = [json.dumps(s, separators=(",", ":")) for s in samples]
     item_json = [json.dumps(i, separators=(",", ":")) for i in items]
     bare = SandboxConfig(**{**config.__dict__, "backend": "unsafe-subprocess"})
-    request = sandbox._request_bytes(GRADER, sample_json, item_json, 0, bare, time.monotonic() + 600)
-    python, _ = sandbox._interpreter(config)
+    request = _request_bytes(GRADER, sample_json, item_json, 0, bare, time.monotonic() + 600, bounds.plan(bare))
+    python, _ = backends._interpreter(config)
     proc = subprocess.run([python, "-I", "-S", "-B", str(sandbox.HARNESS)], input=request, capture_output=True,
                           env={}, check=True, timeout=600)
     scores = []

@@ -4,7 +4,7 @@ generations) vs one generate() call per completion, same prompts, same model, sa
     python bench/bench_rollouts.py [--prompts 3] [--generations 8] [--max-tokens 48] [--threads 2]
 
 Model: SmolLM2-135M-Instruct (fp32), loaded once through ml.sampling.Sampler. Each prompt is an
-RFT-style prompt (a small arithmetic question plus ml.rft_grading's reasoning instruction).
+RFT-style prompt (a small arithmetic question plus ml.rft.rewards' reasoning instruction).
 - batched:    Sampler.generate(..., SamplingParams(n=G)) per prompt: one left-padded generate()
               with G sequences, as TRL's GRPOTrainer does for a step's groups.
 - one-by-one: G calls of Sampler.generate(..., SamplingParams(n=1)) per prompt.
@@ -46,7 +46,7 @@ def main() -> None:
     import torch
 
     from modelmill.ml import models
-    from modelmill.ml.rft_grading import REASONING_INSTRUCTION, with_instruction
+    from modelmill.ml.rft.rewards import REASONING_INSTRUCTION, with_instruction
     from modelmill.ml.sampling import Sampler, SamplingParams
     from modelmill.ml.types import ModelRef
 
@@ -86,7 +86,7 @@ def main() -> None:
         f"**{bat_tps:.1f} tokens/s**",
         "",
         f"Batched / one-by-one: **{ratio:.2f}x** (target >= {TARGET_RATIO:g}x at 8 generations per prompt: "
-        f"{verdict}). RFT training (TRL's GRPOTrainer, ml/rft.py) generates a whole step's groups in one call.",
+        f"{verdict}). RFT training (TRL's GRPOTrainer, ml/rft/) generates a whole step's groups in one call.",
     ])
     print(body)
     if args.json:

@@ -85,6 +85,7 @@ def main() -> None:
     machine_line = machine()
     started = time.perf_counter()
 
+    from modelmill.local_server import running_server
     from modelmill.ml import models
 
     base_dir = models.ensure_base(Path(args.home), model)
@@ -93,19 +94,12 @@ def main() -> None:
         (home / "models").mkdir(parents=True)
         (home / "models" / model).symlink_to(base_dir, target_is_directory=True)  # no second conversion
         log_path = Path(tmp) / "server.log"
-        server, base_url = start_server(home, log_path)
-        try:
-            with httpx.Client(base_url=base_url, timeout=900,
-                              limits=httpx.Limits(max_connections=2 * CONCURRENT)) as http:
-                ft_a, ft_b = make_fine_tuned_models(http, home, base_dir, model)
-                bench = Bench(http, max_tokens, repeats)
-                rows, notes = bench.run_all(ft_a, ft_b, base_dir, only_concurrency=args.only_concurrency)
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        with running_server(home, worker=False, log=log_path, log_level="debug") as server, \
+                httpx.Client(base_url=server.base_url, timeout=900,
+                             limits=httpx.Limits(max_connections=2 * CONCURRENT)) as http:
+            ft_a, ft_b = make_fine_tuned_models(http, home, base_dir, model)
+            bench = Bench(http, max_tokens, repeats)
+            rows, notes = bench.run_all(ft_a, ft_b, base_dir, only_concurrency=args.only_concurrency)
         batches = [(int(r), int(n)) for r, n in BATCH_LOG.findall(log_path.read_text())]
     notes = [
         f"{model}, float32, temperature 0, max_tokens {max_tokens}, {repeats} repeats; medians with min-max. "
@@ -131,14 +125,6 @@ def main() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Server and fine-tuned models
-
-
-def start_server(home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    from modelmill.local_server import LocalServer
-
-    log = open(log_path, "w")  # noqa: SIM115 - the server writes to it until it is terminated
-    server = LocalServer(home, worker=False, log=log, log_level="debug")
-    return server.proc, server.base_url
 
 
 def make_fine_tuned_models(http: httpx.Client, home: Path, base_dir: Path, model: str) -> tuple[str, str]:

@@ -81,14 +81,14 @@ def write_file(path: Path, size: int) -> str:
 def measure(size: int, part_size: int, work: Path) -> dict:
     from openai import OpenAI
 
-    from modelmill.local_server import LocalServer
+    from modelmill.local_server import running_server
 
     data = work / "big.bin"
     md5 = write_file(data, size)
     home = work / "home"
     home.mkdir()
     with open(work / "server.log", "wb") as log, \
-            LocalServer(home, worker=False, log=log, log_level="warning") as server:
+            running_server(home, worker=False, log=log, log_level="warning") as server:
         client = OpenAI(base_url=server.base_url, api_key="bench", max_retries=0, timeout=600)
         pid = server.proc.pid
         warm = client.uploads.upload_file_chunked(file=b"warm-up\n", filename="warm.jsonl", bytes=8,

@@ -151,9 +151,9 @@ def main() -> int:
             results = check(args.base_url, args.api_key, args.ft, base_name, home, formats, args.gguf_type,
                             args.max_tokens, work)
         else:
-            from modelmill.local_server import LocalServer
+            from modelmill.local_server import running_server
 
-            with LocalServer(home) as server:
+            with running_server(home) as server:
                 client = OpenAI(base_url=server.base_url, api_key="local", max_retries=0)
                 print(f"fine-tuning {args.model} on 16 short examples (one epoch)...", flush=True)
                 ft = fine_tune(client, args.model)

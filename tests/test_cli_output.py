@@ -14,37 +14,18 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
-from openai import OpenAI
 
-from modelmill import cli, watch
+from modelmill import cli, quiet, watch
 from modelmill.progress import step_progress, upload_progress
-from modelmill.service.api.app import create_app
-from modelmill.service.store import NewJob, open_store
+from modelmill.service.store import NewJob
 from modelmill.service.store.records import to_json
 from modelmill.settings import Settings
+from tests.cli_app import sdk, store  # noqa: F401 - pytest fixtures
 
 
 class TTY(io.StringIO):
     def isatty(self) -> bool:
         return True
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MODELMILL_HOME", str(tmp_path))
-    s = open_store(Settings(home=tmp_path).ensure_dirs())
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def sdk(tmp_path, store, monkeypatch):
-    """An openai client talking to a real app; the CLI's commands use it."""
-    with TestClient(create_app(Settings(home=tmp_path), store=store)) as http:
-        client = OpenAI(base_url="http://testserver/v1", api_key="local", http_client=http, max_retries=0)
-        monkeypatch.setattr(cli, "_client", lambda args: client)
-        yield client
 
 
 def add_job(store, job_id: str, method: str = "supervised", **fields) -> str:
@@ -329,9 +310,13 @@ def test_third_party_progress_bars_and_deprecations_stay_quiet(tmp_path):
     script = ("from modelmill.cli import quiet_third_party_output\nquiet_third_party_output()\n"
               "import warnings\nfrom pathlib import Path\nfrom modelmill.ml import models\n"
               f"base = models.ensure_base(Path({str(tmp_path)!r}), 'modelmill-tiny')\n"
-              "models.load_model(base)\nwarnings.warn('a library deprecation', FutureWarning)\n"
+              "model = models.load_model(base)[0]\nmodel.is_gradient_checkpointing\n"
+              "warnings.warn('a library deprecation', FutureWarning)\n"
               "from transformers.utils import logging\nassert not logging.is_progress_bar_enabled()\n")
-    env = {k: v for k, v in os.environ.items() if k not in cli.QUIET_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in (*quiet.QUIET_ENV, "PYTHONWARNINGS")}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "Loading weights" not in done.stderr and "FutureWarning" not in done.stderr, done.stderr
+    assert "Loading weights" not in done.stderr and "is_gradient_checkpointing" not in done.stderr, done.stderr
+    # Only the known messages are filtered, never a whole category: ModelMill's own warnings (and a new
+    # third-party one) still show.
+    assert "a library deprecation" in done.stderr, done.stderr

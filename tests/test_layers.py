@@ -35,6 +35,16 @@ def test_api_clients_never_reach_into_the_service():
         assert not bad, f"{name} imports {bad}"
 
 
+def test_the_dashboard_reads_through_the_store_and_tokenises_through_ml():
+    """service/dashboard/ calls store and service functions (no SQL of its own) and counts tokens with
+    ml/file_stats.py (no tokenizer library of its own)."""
+    for path in sorted((ML.parent / "service" / "dashboard").glob("*.py")):
+        bad = {m for m in imported_modules(path) if m.split(".")[0] in ("transformers", "tokenizers", "sqlite3",
+                                                                         "psycopg")}
+        assert not bad, f"{path.name} imports {bad}"
+        assert ".execute(" not in path.read_text(), f"{path.name} runs SQL itself"
+
+
 def test_errors_subclass_builtins():
     from modelmill import errors
 

@@ -7,29 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from fastapi.testclient import TestClient
-from openai import OpenAI
 
-from modelmill import cli, webhooks_cli
-from modelmill.service.api.app import create_app
-from modelmill.service.store import open_store
-from modelmill.settings import Settings
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MODELMILL_HOME", str(tmp_path))
-    s = open_store(Settings(home=tmp_path).ensure_dirs())
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def sdk(tmp_path, store, monkeypatch):
-    with TestClient(create_app(Settings(home=tmp_path), store=store)) as http:
-        client = OpenAI(base_url="http://testserver/v1", api_key="local", http_client=http, max_retries=0)
-        monkeypatch.setattr(webhooks_cli, "_client", lambda args: client)
-        yield client
+from modelmill import cli
+from tests.cli_app import sdk, store  # noqa: F401 - pytest fixtures
 
 
 def test_add_list_delete(sdk, store, capsys):

@@ -78,7 +78,7 @@ def run_stories(stories: list[str], home: Path, quick: bool, out: Path) -> None:
 
     from openai import OpenAI
 
-    from modelmill.demo import running_server
+    from modelmill.local_server import running_server
     from modelmill.ml import models
 
     home.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,8 @@ def run_stories(stories: list[str], home: Path, quick: bool, out: Path) -> None:
         for name in {cfg.model, getattr(cfg, "judge_model", cfg.model)}:
             models.ensure_base(home, name)
     api_key = os.environ.get("MODELMILL_API_KEY", "local")
-    with running_server(home=home) as base_url:
+    with running_server(home, log_level="warning") as server:
+        base_url = server.base_url
         client = OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=600)
         ctx = common.Context(client=client, base_url=base_url, api_key=api_key, home=home, quick=quick)
         # The home persists (its converted models are reused): a job an interrupted run left queued or

@@ -79,7 +79,7 @@ def answer_diagnostic(client, model: str) -> dict:
     import json
     import re
 
-    from modelmill.ml.rft_grading import REASONING_INSTRUCTION
+    from modelmill.ml.rft.rewards import REASONING_INSTRUCTION
 
     rows = [json.loads(line) for line in (HERE / "valid.jsonl").read_text().splitlines()]
     last = contains = tokens = 0
@@ -129,10 +129,10 @@ def main() -> None:
 
     from openai import OpenAI
 
-    from modelmill.demo import running_server
+    from modelmill.local_server import running_server
 
-    server = contextlib.nullcontext(args.base_url) if args.base_url else running_server()
-    with server as base_url:
+    with contextlib.ExitStack() as stack:
+        base_url = args.base_url or stack.enter_context(running_server(log_level="warning")).base_url
         client = OpenAI(base_url=base_url, api_key=args.api_key, max_retries=2)
         r = None if args.diagnose else run(client, args.model)
         tuned = args.diagnose or r["job"].fine_tuned_model

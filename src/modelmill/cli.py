@@ -10,15 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+from modelmill.quiet import quiet_third_party_output  # third-party bars and warnings, unless --verbose
 from modelmill.settings import Settings
 
 
 def _settings(args) -> Settings:
-    settings = Settings.from_env(home=getattr(args, "home", None), host=getattr(args, "host", None),
-                                 port=getattr(args, "port", None))
-    # Code that reads the environment (the graders' WordNet cache, child processes) sees --home too.
-    os.environ["MODELMILL_HOME"] = str(settings.home)
-    return settings
+    # Read once here; code that needs the home gets it from these Settings (a `serve --worker-process`
+    # child through settings.child_env, the graders' WordNet cache through create_app and run_worker).
+    return Settings.from_env(home=getattr(args, "home", None), host=getattr(args, "host", None),
+                             port=getattr(args, "port", None))
 
 
 def _client(args):
@@ -339,6 +339,8 @@ def cmd_evals_run(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelmill", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true",
+                   help="also show the ML libraries' progress bars and warnings (hidden by default)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def local(sp):
@@ -504,28 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# The ML libraries' own progress bars and deprecation notices ("Loading weights", "Truncating train
-# dataset", transformers' FutureWarnings about calls TRL makes) say nothing a ModelMill user can act on;
-# the job's events and `jobs watch` are the progress. Environment variables, not calls, so the worker
-# process and training ranks started from here inherit them; setdefault, so a user can turn them back on.
-QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
-
-
-def quiet_third_party_output() -> None:
-    import warnings
-
-    for name, value in QUIET_ENV.items():
-        os.environ.setdefault(name, value)
-    if os.environ["PYTHONWARNINGS"] == QUIET_ENV["PYTHONWARNINGS"]:
-        warnings.filterwarnings("ignore", category=FutureWarning)
-
-
 def main(argv: list[str] | None = None) -> int:
     from modelmill.errors import ModelMillError
 
     args = build_parser().parse_args(argv)
-    quiet_third_party_output()
+    quiet_third_party_output(verbose=args.verbose)
     try:
         return args.func(args) or 0
     except ModelMillError as e:  # e.g. binding a public address with no API key

@@ -10,19 +10,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from modelmill.local_server import LocalServer
+from modelmill.local_server import running_server
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "smart_home"
-
-
-@contextmanager
-def running_server(home: Path | None = None, port: int | None = None, extra_env: dict | None = None):
-    """Start `modelmill serve` in a subprocess on 127.0.0.1; yield its base URL; stop it."""
-    with LocalServer(home, port=port, env=extra_env, log_level="warning") as server:
-        yield server.base_url
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -67,8 +59,8 @@ def run_demo(model: str = "SmolLM2-135M-Instruct", n_epochs: int = 1, data_dir: 
     from modelmill.watch import watch_job
 
     if base_url is None:
-        with running_server() as url:
-            return run_demo(model, n_epochs, data_dir, url)
+        with running_server(log_level="warning") as server:
+            return run_demo(model, n_epochs, data_dir, server.base_url)
     client = OpenAI(base_url=base_url, api_key=os.environ.get("MODELMILL_API_KEY", "local"))
     test = read_jsonl(data_dir / "test.jsonl")
     t_start = time.monotonic()

@@ -1,4 +1,4 @@
-"""Crash points for the reliability suite (tests/reliability/crash_suite.py).
+"""Crash points for the reliability suite (tools/reliability/crash_suite.py).
 
 `crash_point(name)` marks a place where a crash is worth testing: in the middle of a store write
 (statements run, COMMIT not yet sent), a checkpoint fully staged but not yet published, the final

@@ -24,6 +24,22 @@ def _env_float(name: str, default: float) -> float:
     return float(raw) if raw not in (None, "") else default
 
 
+def _env_nice(default: int) -> int:
+    raw = os.environ.get("MODELMILL_WORKER_NICE")
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"MODELMILL_WORKER_NICE must be an integer, not {raw!r}") from None
+
+
+def home_from_env() -> Path:
+    """MODELMILL_HOME, default ~/.modelmill: the one place the data directory is read from the environment
+    (Settings.from_env, and library code run without a Settings, e.g. the graders' WordNet cache)."""
+    return Path(os.environ.get("MODELMILL_HOME") or Path.home() / ".modelmill").expanduser()
+
+
 def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
     raw = (os.environ.get(name) or "").strip().lower()
     if raw and raw not in choices:
@@ -116,6 +132,10 @@ class Settings:
     default_model: str = "SmolLM2-135M-Instruct"
     # Run an in-process worker alongside the API in `modelmill serve`.
     run_worker: bool = True
+    # How much lower the worker's CPU priority (nice value, Linux) is than the API's
+    # (MODELMILL_WORKER_NICE): the in-process worker thread and a `serve --worker-process` child both
+    # get it, so requests come first while a job trains. 0 = the same priority; negative needs privileges.
+    worker_nice: int = 10
     # Maximum number of base models kept loaded for sampling (each with its LoRA adapters by name).
     model_cache_size: int = 4
     # Where chat completions, evals and judges get their tokens (ml/inference.py): "transformers"
@@ -207,11 +227,17 @@ class Settings:
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)
 
+    def child_env(self, **extra: str) -> dict[str, str]:
+        """The environment for a ModelMill child process (a `modelmill worker`) that must see these
+        settings: this process's environment, with MODELMILL_HOME set explicitly (it may have come from
+        --home, not the environment), plus `extra`."""
+        return {**os.environ, "MODELMILL_HOME": str(self.home), **extra}
+
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
         """Read MODELMILL_* environment variables; keyword overrides (from CLI flags) win."""
         s = cls(
-            home=Path(os.environ.get("MODELMILL_HOME") or Path.home() / ".modelmill").expanduser(),
+            home=home_from_env(),
             host=os.environ.get("MODELMILL_HOST", "127.0.0.1"),
             port=_env_int("MODELMILL_PORT", 8000),
             max_upload_bytes=_env_int("MODELMILL_MAX_UPLOAD_BYTES", 512 * 1024 * 1024),
@@ -221,6 +247,7 @@ class Settings:
             lease_seconds=_env_float("MODELMILL_LEASE_SECONDS", 30.0),
             heartbeat_seconds=_env_float("MODELMILL_HEARTBEAT_SECONDS", 5.0),
             max_worker_losses=_env_int("MODELMILL_MAX_WORKER_LOSSES", 3),
+            worker_nice=_env_nice(10),
             train_processes=_train_processes(os.environ.get("MODELMILL_TRAIN_PROCESSES") or "auto"),
             owner=os.environ.get("MODELMILL_OWNER", "modelmill"),
             judges=parse_judges(os.environ.get("MODELMILL_JUDGES")),

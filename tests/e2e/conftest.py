@@ -17,7 +17,8 @@ SMART_HOME = REPO / "examples" / "smart_home"
 
 
 class Server(LocalServer):
-    """A server subprocess (API, optionally with its in-process worker) and an openai client for it."""
+    """A server subprocess (modelmill.local_server: API, optionally with its in-process worker) and the
+    official openai SDK on it, without retries so that a test sees every error."""
 
     def __init__(self, home: Path, worker: bool = True, env: dict | None = None):
         super().__init__(home, worker=worker, env=env)
@@ -26,9 +27,8 @@ class Server(LocalServer):
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    s = Server(tmp_path_factory.mktemp("home"))
-    yield s
-    s.stop()
+    with Server(tmp_path_factory.mktemp("home")) as s:  # stopped however the session ends
+        yield s
 
 
 @pytest.fixture(scope="session")

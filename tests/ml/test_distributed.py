@@ -43,7 +43,7 @@ def test_fsdp_is_planned_only_for_cuda_ranks(monkeypatch):
     replicate, and the plan says so rather than claiming FSDP."""
     import torch
 
-    from modelmill.ml import trainer_common
+    from modelmill.ml import run_config
 
     plan = distributed.plan_processes(2, 8, fits_one_device=False)
     assert not plan.fsdp and "FSDP needs CUDA" in plan.why
@@ -51,6 +51,6 @@ def test_fsdp_is_planned_only_for_cuda_ranks(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     plan = distributed.plan_processes("auto", 8, fits_one_device=False)
     assert plan.processes == 2 and plan.fsdp and plan.why.startswith("FSDP over 2 processes (NCCL")
-    assert trainer_common.fsdp_args() == {}
+    assert run_config.fsdp_args() == {}
     monkeypatch.setenv(distributed.FSDP_ENV, "1")
-    assert trainer_common.fsdp_args()["fsdp"] == "full_shard auto_wrap"
+    assert run_config.fsdp_args()["fsdp"] == "full_shard auto_wrap"

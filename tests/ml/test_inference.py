@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from modelmill.errors import InvalidRequestError
-from modelmill.ml import inference, sampling
+from modelmill.ml import inference
+from modelmill.ml.rft import rollouts
 from modelmill.settings import Settings
 
 
@@ -66,20 +67,20 @@ def test_rollout_backend_args_build_a_valid_grpo_config(tmp_path, monkeypatch):
     from trl import GRPOConfig
 
     common = dict(output_dir=str(tmp_path), bf16=False, fp16=False, use_cpu=True, report_to=[])
-    config = GRPOConfig(**common, **sampling.rollout_backend_args("transformers"))
+    config = GRPOConfig(**common, **rollouts.rollout_backend_args("transformers"))
     assert config.use_vllm is False
     with pytest.raises(InvalidRequestError) as ei:
-        sampling.rollout_backend_args("sglang")
+        rollouts.rollout_backend_args("sglang")
     assert ei.value.param == "rollout_backend"
     if not torch.cuda.is_available():
         with pytest.raises(InvalidRequestError, match="CUDA GPU"):
-            sampling.rollout_backend_args("vllm")
+            rollouts.rollout_backend_args("vllm")
     # What a GPU box with vllm installed gets, checked against the installed TRL's GRPOConfig.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: object() if name == "vllm" else real_find_spec(name, *a))
-    args = sampling.rollout_backend_args("vllm")
+    args = rollouts.rollout_backend_args("vllm")
     config = GRPOConfig(**common, **args)
     assert config.use_vllm is True and config.vllm_mode == "colocate"
     assert 0 < config.vllm_gpu_memory_utilization <= 0.5

@@ -13,11 +13,11 @@ import pytest
 from safetensors.torch import load_file
 
 from modelmill.errors import GraderFailedError, InvalidRequestError
-from modelmill.ml import rft, sampling
+from modelmill.ml import rft
 from modelmill.ml.graders import GraderContext
 from modelmill.ml.graders import sandbox as sandbox_mod
 from modelmill.ml.graders.sandbox import SandboxConfig
-from modelmill.ml.rft_grading import completion_sample, split_answer, with_instruction
+from modelmill.ml.rft.rewards import completion_sample, split_answer, with_instruction
 from tests.ml.reporters import ListReporter
 
 # like "" always passes, like "zzqx-never" never does, a missing {{item.answer}} is an invalid_variable_error
@@ -81,12 +81,12 @@ def test_compute_multiplier_and_reasoning_effort_mapping(tmp_path):
 
 
 def test_rollout_backends():
-    assert sampling.rollout_backend_args() == {"use_vllm": False}
+    assert rft.rollout_backend_args() == {"use_vllm": False}
     with pytest.raises(InvalidRequestError, match="CUDA GPU|vllm package") as ei:
-        sampling.rollout_backend_args("vllm")  # this machine has no GPU (and no vllm)
+        rft.rollout_backend_args("vllm")  # this machine has no GPU (and no vllm)
     assert ei.value.param == "rollout_backend"
     with pytest.raises(InvalidRequestError, match="unknown rollout backend"):
-        sampling.rollout_backend_args("tgi")
+        rft.rollout_backend_args("tgi")
 
 
 # ---------------------------------------------------------------- the reasoning format

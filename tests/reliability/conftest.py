@@ -10,7 +10,7 @@ from openai import OpenAI
 from modelmill.settings import Settings
 from modelmill.service.api.app import create_app
 from modelmill.service.store import open_store
-from tests.reliability.malformed import generate
+from tools.reliability.malformed import generate
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # room for the 4 MB over-long lines; the 413 check sends more
 

@@ -1,4 +1,4 @@
-"""Bad input at the ml level: every file of the malformed corpus (tests/reliability/malformed.py,
+"""Bad input at the ml level: every file of the malformed corpus (tools/reliability/malformed.py,
 over 1,000 files) is rejected by ml.data.validate_file with the expected code, line and field,
 good lines are neither blamed nor lost, and memory stays bounded, also for a 50 MB single line
 and a million-deep nesting."""
@@ -10,7 +10,7 @@ import tracemalloc
 from collections import Counter
 
 from modelmill.ml import data
-from tests.reliability.malformed import METHODS, failures, good_objects
+from tools.reliability.malformed import METHODS, failures, good_objects
 
 # The kinds of bad input the brief names, as corpus categories.
 REQUIRED_CATEGORIES = {

@@ -4,7 +4,7 @@ OpenAI does: content is checked when a job uses the file), a job is created for 
 worker's validation must fail every job with OpenAI's error shape naming the line and field,
 never a 5xx. The uploaded bytes come back unchanged (nothing lost), and the dashboard's file
 report lists the exact (line, field, code) problem (that last check, and every file rather than
-a sample, in `make reliability`: tests/reliability/figures.py)."""
+a sample, in `make reliability`: tools/reliability/figures.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from modelmill.service.worker import Worker
 from tests.reliability.conftest import MAX_UPLOAD_BYTES
-from tests.reliability.malformed import Case, sample
+from tools.reliability.malformed import Case, sample
 from tests.spec_check import assert_matches
 
 PER_CATEGORY = 6  # 115 files: every category, spread over methods and kinds

@@ -1,7 +1,7 @@
 """The edge over a real socket (uvicorn on 127.0.0.1, in a thread): a request without a valid key,
 or with too large a body, is answered while most of its body is still unsent, so the server never
 read it; an upload cut off mid-body leaves no temp file behind, at once.
-The long versions, with memory figures: tests/reliability/edge_probe.py (make reliability)."""
+The long versions, with memory figures: tools/reliability/edge_probe.py (make reliability)."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from modelmill.service import webhooks
 from modelmill.service.api.app import create_app
 from modelmill.service.store import EvalRunQueue, JobQueue
 from modelmill.service.store.evals import NewRun
+from modelmill.service.store.webhook_queue import DeliveryQueue
 from modelmill.service.store.webhooks import EVENT_TYPES
 from tests.service.conftest import DIALECTS, create_job, training_jsonl, upload
 from tests.service.test_queue import add_job
@@ -213,6 +214,35 @@ def test_a_receiver_that_is_down_gets_the_event_when_it_comes_back(store, settin
         for t in threads:
             t.join(timeout=5)
     assert json.loads(rx.received()[0].body)["data"] == {"id": "batch_1"}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)  # SQLite: data_version moves; Postgres: enqueue's NOTIFY
+def test_idle_dispatchers_read_nothing_until_an_event_is_queued_then_send_it_at_once(store, settings, rx,
+                                                                                   monkeypatch):
+    """The delivery threads wait on the store's change signal, not a timer: idle, they leave the
+    deliveries table alone (settings.poll_seconds is 0.05 s here: a timer would read it ~20 times a
+    second per thread), and a new event still goes out at once (not after webhooks.IDLE_RECHECK_S)."""
+    add_endpoint(store, settings, rx.url)
+    reads: list[float] = []
+    next_due = DeliveryQueue.next_due
+    monkeypatch.setattr(DeliveryQueue, "next_due", lambda self: reads.append(time.monotonic()) or next_due(self))
+    stop = threading.Event()
+    threads = webhooks.start_dispatchers(settings, store, "test-worker", stop)
+    try:
+        time.sleep(0.3)  # each thread has read once (nothing due) and is waiting now
+        before = len(reads)
+        time.sleep(1.0)
+        assert len(reads) == before <= len(threads)
+        queued = time.monotonic()
+        with store.db.transaction() as c:
+            webhooks.enqueue(c, "proj_default", "batch.completed", {"id": "batch_1"})
+        rx.wait_for(lambda got: len(got) == 1, timeout=webhooks.IDLE_RECHECK_S / 2)
+        assert time.monotonic() - queued < 5  # woken by the commit, not the 30 s safety net
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+    assert only_delivery(store).status == "delivered"
 
 
 def test_a_receiver_that_hangs_is_cut_off_by_the_timeout(store, settings, rx):

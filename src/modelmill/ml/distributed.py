@@ -56,7 +56,7 @@ from modelmill.ml.types import TrainResult
 CONNECT_TIMEOUT_S = 600.0
 # How often torch's elastic agent checks its ranks: a dead rank stops the others within about this.
 MONITOR_INTERVAL_S = 1
-# Set in each rank's environment: "1" asks trainer_common to shard the model with FSDP instead of DDP.
+# Set in each rank's environment: "1" asks run_config.fsdp_args to shard the model with FSDP instead of DDP.
 FSDP_ENV = "MODELMILL_FSDP"
 PR_SET_PDEATHSIG = 1
 

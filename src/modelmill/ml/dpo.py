@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelmill.errors import InvalidRequestError, TrainingError
-from modelmill.ml import chat_format, data, memory, sft
+from modelmill.ml import chat_format, data, memory, run_config
 from modelmill.ml import trainer_common as common
 from modelmill.ml.report import Reporter
+from modelmill.ml.run_config import RunConfig, resolve_run_hyperparameters
 from modelmill.ml.types import PreferencePair, TrainResult
 
 # LoRA learning rate at learning_rate_multiplier=1.0: half of SFT's, since DPO moves a model
@@ -56,7 +57,7 @@ def resolve_dpo_hyperparameters(requested: dict, n_train_examples: int) -> dict:
     """Resolve "auto" (or missing) DPO hyperparameters; explicit values are checked and kept.
 
     The "auto" rule: n_epochs, batch_size and learning_rate_multiplier follow SFT's rule
-    (sft.resolve_sft_hyperparameters: about 100 example-passes at least, 3 epochs typically;
+    (run_config.resolve_run_hyperparameters: about 100 example-passes at least, 3 epochs typically;
     batch the largest power of two <= n/10 capped at 4; multiplier 1.0, here meaning a LoRA
     learning rate of BASE_LEARNING_RATE = 1e-4). beta: 0.1.
 
@@ -64,8 +65,7 @@ def resolve_dpo_hyperparameters(requested: dict, n_train_examples: int) -> dict:
     Raises InvalidRequestError (param "hyperparameters.<key>") for a bad explicit value.
     """
     requested = requested or {}
-    resolved = sft.resolve_sft_hyperparameters({k: v for k, v in requested.items() if k != "beta"},
-                                               n_train_examples)
+    resolved = resolve_run_hyperparameters({k: v for k, v in requested.items() if k != "beta"}, n_train_examples)
     beta = requested.get("beta", "auto")
     if beta in ("auto", None):
         resolved["beta"] = AUTO_BETA
@@ -78,37 +78,13 @@ def resolve_dpo_hyperparameters(requested: dict, n_train_examples: int) -> dict:
     return resolved
 
 
-@dataclass(frozen=True)
-class DPOConfig:
-    """One DPO run. Build it once (the worker or a notebook) and pass it to train_dpo."""
+@dataclass(frozen=True, kw_only=True)
+class DPOConfig(RunConfig):
+    """One DPO run: the shared RunConfig fields (paths, seed, schedule, LoRA, precision...; train_path holds
+    preference lines, data.validate_preference_line; batch_size counts pairs; init_adapter is also the
+    reference) plus DPO's own. Build it once (the worker or a notebook) and pass it to train_dpo."""
 
-    base_dir: Path  # base model HF dir, from models.ensure_base
-    train_path: Path  # training JSONL of preference lines (data.validate_preference_line)
-    valid_path: Path | None  # validation JSONL; None = no valid_* / full_valid_* metrics
-    output_dir: Path  # where checkpoints/ and adapter/ go (the job's directory); created if missing
-    n_epochs: int  # passes over the training pairs (resolved, not "auto")
-    batch_size: int  # preference pairs per optimizer step (resolved, not "auto")
-    learning_rate_multiplier: float  # LR = BASE_LEARNING_RATE * this
-    seed: int = 0  # seeds LoRA init, data order and dropout; same seed + data = same run
-    # continue training this LoRA adapter (an ft: model); it is also the DPO reference. None = fresh LoRA,
-    # reference = the base model
-    init_adapter: Path | None = None
-    # Tokens of prompt + the longer answer; None = ml/memory.plan_memory's limit (context, memory estimate).
-    max_seq_len: int | None = None
-    truncation: bool = False  # over max_seq_len: False = DataValidationError naming it; True = cut (warn event)
-    quantization: str = "auto"  # "auto" | "none" | "nf4" (QLoRA, CUDA only): see ml/memory.py
-    quantization_from: str = "the config"  # who asked for `quantization`, named in the plan's event and errors
-    gradient_checkpointing: bool | None = None  # activation checkpointing; None = from the memory estimate
-    lora_r: int = 8  # LoRA rank (ignored with init_adapter, which brings its own)
-    lora_alpha: int = 16  # LoRA scaling numerator (effective scale alpha / r)
-    lora_dropout: float = 0.0  # dropout on the LoRA path; 0 = none
     eval_every_steps: int = 5  # valid_* on one validation batch every N steps; 0 = only at epoch ends
-    keep_checkpoints: int = 3  # newest checkpoints kept in output_dir/checkpoints; older ones deleted
-    warmup_ratio: float = 0.0  # fraction of the steps with linear LR warm-up; then linear decay to 0
-    # Stop once full_valid_loss has not improved for this many evaluations in a row; None = train every epoch.
-    early_stopping_patience: int | None = None
-    final_model: str = "last"  # the adapter returned: "last" step (OpenAI's rule) or "best" full_valid_loss
-    torch_threads: int | None = None  # CPU threads torch may use during the run; None = torch's setting
     beta: float = AUTO_BETA  # DPO temperature: higher keeps the policy closer to the reference
 
     def plan_run(self, tokenizer):
@@ -191,11 +167,11 @@ def _build_trainer(config: DPOConfig, model, tokenizer, train_ds, valid_ds, call
     from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
-    args = TRLDPOConfig(**common.trainer_args(config, BASE_LEARNING_RATE), beta=config.beta,
+    args = TRLDPOConfig(**run_config.trainer_args(config, BASE_LEARNING_RATE), beta=config.beta,
                         truncation_mode="keep_start")
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds,
                          eval_dataset=common.eval_datasets(config, valid_ds), processing_class=tokenizer,
-                         peft_config=common.lora_config(config), callbacks=[callback])
+                         peft_config=run_config.lora_config(config), callbacks=[callback])
     return common.finish_trainer_setup(trainer, callback)
 
 
@@ -203,6 +179,10 @@ class _DPOHooks(common.ReporterHooks):
     """DPO's metrics: loss, reward margin/accuracy and answer log-probs (train, valid batch, full valid)."""
 
     METRIC_NAMES = METRIC_NAMES
+    config: DPOConfig
+
+    def batch_eval_every(self) -> int:
+        return self.config.eval_every_steps
 
     def train_metrics(self, logs: dict) -> dict[str, float]:
         out = {"train_loss": logs["loss"]}

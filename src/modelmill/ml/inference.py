@@ -63,7 +63,7 @@ def check(settings: Settings) -> None:
 
 
 def rollout_backend(settings: Settings) -> str:
-    """The RFT rollout backend (sampling.rollout_backend_args) for these settings: "vllm" when the
+    """The RFT rollout backend (rft.rollouts.rollout_backend_args) for these settings: "vllm" when the
     inference backend is vllm, a CUDA GPU is present and vllm is installed, else "transformers"."""
     if settings.inference_backend == "vllm" and _cuda_available() and importlib.util.find_spec("vllm"):
         return "vllm"

@@ -611,38 +611,3 @@ def _check_number(v: Any, name: str, lo: float, hi: float) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
         raise InvalidRequestError(f"{name} must be a number from {lo:g} to {hi:g}", param=name)
 
-
-# ---------------------------------------------------------------------------------------------
-# RFT rollout backends
-
-
-# How RFT training generates its rollouts (see rollout_backend_args). "transformers": the policy's
-# own model.generate(), one left-padded call for a whole step (every prompt x its group of
-# generations), works on CPU and GPU. "vllm": TRL's colocated vLLM engine on the training GPU,
-# which gets the current LoRA weights synced before each step's generation.
-ROLLOUT_BACKENDS = ("transformers", "vllm")
-
-
-def rollout_backend_args(backend: str = "transformers") -> dict:
-    """The trl.GRPOConfig keyword arguments that select the RFT rollout backend.
-
-    "transformers" (default): use_vllm=False; TRL repeats each prompt num_generations times in
-    one batch and calls generate() once per step (generation_batch_size = the step's completions).
-    "vllm": use_vllm=True in "colocate" mode (vLLM shares the training GPU, 30% of its memory,
-    no separate server). Needs a CUDA GPU and the vllm package; raises InvalidRequestError
-    (param "rollout_backend") otherwise, and for an unknown backend name.
-    """
-    if backend == "transformers":
-        return {"use_vllm": False}
-    if backend == "vllm":
-        import importlib.util
-
-        if not torch.cuda.is_available():
-            raise InvalidRequestError("the vllm rollout backend needs a CUDA GPU; on CPU use 'transformers'",
-                                      param="rollout_backend")
-        if importlib.util.find_spec("vllm") is None:
-            raise InvalidRequestError("the vllm rollout backend needs the vllm package (pip install vllm)",
-                                      param="rollout_backend")
-        return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
-    raise InvalidRequestError(f"unknown rollout backend {backend!r} (known: {', '.join(ROLLOUT_BACKENDS)})",
-                              param="rollout_backend")

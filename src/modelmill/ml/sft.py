@@ -26,114 +26,41 @@ Output directory layout, checkpoints, resume and pause/cancel: see ml/trainer_co
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelmill.errors import InvalidRequestError, TrainingError
-from modelmill.ml import chat_format, data, memory
+from modelmill.errors import TrainingError
+from modelmill.ml import chat_format, data, memory, run_config
 from modelmill.ml import trainer_common as common
 from modelmill.ml.report import Reporter
+from modelmill.ml.run_config import RunConfig, resolve_run_hyperparameters
 from modelmill.ml.types import ChatExample, TrainResult
 
 BASE_LEARNING_RATE = 2e-4  # LoRA learning rate at learning_rate_multiplier=1.0
-# "auto" rule constants (see resolve_sft_hyperparameters).
-TARGET_EPOCHS = 3
-MIN_TARGET_EXAMPLES = 100
-MAX_TARGET_EXAMPLES = 25_000
-MAX_AUTO_EPOCHS = 10
-EXAMPLES_PER_BATCH_ROW = 10
-MAX_AUTO_BATCH_SIZE = 4
 # Random batches drawn from the training set to compare the cost of padded and padding-free batches.
 COST_SAMPLE_BATCHES = 256
 # The metrics reporter.on_step sends (OpenAI's names), in this order.
 METRIC_NAMES = ("train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
                 "full_valid_loss", "full_valid_mean_token_accuracy")
-# Accepted ranges for explicit values (OpenAI's limits).
-LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256), "learning_rate_multiplier": (1e-6, 10.0)}
 
 
 def resolve_sft_hyperparameters(requested: dict, n_train_examples: int) -> dict:
-    """Resolve "auto" (or missing) hyperparameters; explicit values are checked and kept.
-
-    The "auto" rule, for n = number of training examples:
-    - n_epochs: 3, raised so that n * n_epochs reaches at least 100 example-passes
-      (capped at 10 epochs, a CPU budget), lowered so it stays under 25,000 (at least 1).
-      This is OpenAI's published default rule with a lower epoch cap.
-    - batch_size: the largest power of two <= n / 10, between 1 and 4. Small datasets get
-      small batches (more optimizer steps). The cap is CPU memory: one step of 4 x 1024
-      tokens on SmolLM2-135M in fp32 peaks at about 14.5 GB (measured); 8 x 1024 would not
-      fit a 24 GB machine.
-    - learning_rate_multiplier: 1.0, i.e. a LoRA learning rate of BASE_LEARNING_RATE (2e-4).
+    """Resolve "auto" (or missing) SFT hyperparameters: the shared rule, run_config.resolve_run_hyperparameters
+    (its docstring has it); learning_rate_multiplier 1.0 means a LoRA learning rate of BASE_LEARNING_RATE.
 
     Returns {"n_epochs": int, "batch_size": int, "learning_rate_multiplier": float}.
     Raises InvalidRequestError for a value of the wrong type or out of range.
     """
-    n = max(1, int(n_train_examples))
-    auto = {"n_epochs": _auto_epochs(n), "batch_size": _auto_batch_size(n), "learning_rate_multiplier": 1.0}
-    resolved = {}
-    for key, default in auto.items():
-        value = requested.get(key, "auto") if requested else "auto"
-        resolved[key] = default if value in ("auto", None) else _checked(key, value)
-    return resolved
+    return resolve_run_hyperparameters(requested, n_train_examples)
 
 
-def _auto_epochs(n: int) -> int:
-    if n * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
-        return min(MAX_AUTO_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / n))
-    if n * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
-        return max(1, MAX_TARGET_EXAMPLES // n)
-    return TARGET_EPOCHS
+@dataclass(frozen=True, kw_only=True)
+class SFTConfig(RunConfig):
+    """One SFT run: the shared RunConfig fields (paths, seed, schedule, LoRA, precision...) plus SFT's own.
+    Build it once (the worker or a notebook) and pass it to train_sft."""
 
-
-def _auto_batch_size(n: int) -> int:
-    rows = max(1, n // EXAMPLES_PER_BATCH_ROW)
-    return min(MAX_AUTO_BATCH_SIZE, 2 ** (rows.bit_length() - 1))
-
-
-def _checked(key: str, value) -> int | float:
-    lo, hi = LIMITS[key]
-    is_int = key != "learning_rate_multiplier"
-    ok_type = isinstance(value, int) if is_int else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or not (lo <= value <= hi) or not math.isfinite(value):
-        kind = "an integer" if is_int else "a number"
-        raise InvalidRequestError(f"{key} must be 'auto' or {kind} between {lo:g} and {hi:g}, got {value!r}",
-                                  param=f"hyperparameters.{key}")
-    return int(value) if is_int else float(value)
-
-
-@dataclass(frozen=True)
-class SFTConfig:
-    """One SFT run. Build it once (the worker or a notebook) and pass it to train_sft."""
-
-    base_dir: Path  # base model HF dir, from models.ensure_base
-    train_path: Path  # training JSONL in OpenAI chat format
-    valid_path: Path | None  # validation JSONL; None = no valid_* / full_valid_* metrics
-    output_dir: Path  # where checkpoints/ and adapter/ go (the job's directory); created if missing
-    n_epochs: int  # passes over the training set (resolved, not "auto")
-    batch_size: int  # examples per optimizer step (resolved, not "auto")
-    learning_rate_multiplier: float  # LR = BASE_LEARNING_RATE * this
-    seed: int = 0  # seeds LoRA init, data order and dropout; same seed + data = same run
-    init_adapter: Path | None = None  # continue training this LoRA adapter (an ft: model); None = fresh LoRA
-    # Tokens per example; None = ml/memory.plan_memory's limit (model context, capped by the memory estimate).
-    max_seq_len: int | None = None
-    truncation: bool = False  # over max_seq_len: False = DataValidationError naming it; True = cut (warn event)
-    quantization: str = "auto"  # "auto" | "none" | "nf4" (QLoRA, CUDA only): see ml/memory.py
-    quantization_from: str = "the config"  # who asked for `quantization`, named in the plan's event and errors
-    gradient_checkpointing: bool | None = None  # activation checkpointing; None = from the memory estimate
-    lora_r: int = 8  # LoRA rank (ignored with init_adapter, which brings its own)
-    lora_alpha: int = 16  # LoRA scaling numerator (effective scale alpha / r)
-    lora_dropout: float = 0.0  # dropout on the LoRA path; 0 = none
     eval_every_steps: int = 5  # valid_loss on one validation batch every N steps; 0 = only at epoch ends
-    keep_checkpoints: int = 3  # newest checkpoints kept in output_dir/checkpoints; older ones deleted
-    warmup_ratio: float = 0.0  # fraction of the steps with linear LR warm-up; then linear decay to 0
-    # Stop once full_valid_loss has not improved for this many evaluations in a row; None = train every epoch.
-    early_stopping_patience: int | None = None
-    final_model: str = "last"  # the adapter returned: "last" step (OpenAI's rule) or "best" full_valid_loss
-    # CPU threads torch may use during the run (restored afterwards); None = leave torch's setting.
-    # 1 is several times faster whenever other processes share the cores (OpenMP threads stall).
-    torch_threads: int | None = None
     # Padding-free batches (each batch's examples laid end to end, no padding); None = auto: whichever
     # of padded / padding-free computes less for this data (see padding_free_cost_ratio).
     padding_free: bool | None = None
@@ -225,7 +152,7 @@ def _build_trainer(config: SFTConfig, model, tokenizer, train_ds, valid_ds, call
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    args = common.trainer_args(config, BASE_LEARNING_RATE)
+    args = run_config.trainer_args(config, BASE_LEARNING_RATE)
     lengths, context = [len(ids) for ids in train_ds["input_ids"]], attention_context(model)
     padding_free = use_padding_free(config, lengths, context)
     if padding_free:
@@ -240,7 +167,7 @@ def _build_trainer(config: SFTConfig, model, tokenizer, train_ds, valid_ds, call
                                        f"{config.batch_size} examples ({why})")
     trainer = SFTTrainer(model=model, args=TRLSFTConfig(**args, shuffle_dataset=False), train_dataset=train_ds,
                          eval_dataset=common.eval_datasets(config, valid_ds), processing_class=tokenizer,
-                         peft_config=common.lora_config(config), callbacks=[callback])
+                         peft_config=run_config.lora_config(config), callbacks=[callback])
     return common.finish_trainer_setup(trainer, callback)
 
 
@@ -299,6 +226,10 @@ class _SFTHooks(common.ReporterHooks):
     """SFT's metrics: loss and mean token accuracy (train, valid batch, full valid set)."""
 
     METRIC_NAMES = METRIC_NAMES
+    config: SFTConfig
+
+    def batch_eval_every(self) -> int:
+        return self.config.eval_every_steps
 
     def train_metrics(self, logs: dict) -> dict[str, float]:
         return {"train_loss": logs["loss"], "train_mean_token_accuracy": logs["mean_token_accuracy"]}

@@ -1,7 +1,9 @@
 """What every LoRA training method shares: the checkpoint layout on disk, the trainer <-> reporter
 bridge (metrics, validation, stop requests, atomic checkpoint publishing) and the run/finish story.
 
-sft.py and dpo.py each build their TRL trainer and a `ReporterHooks` subclass that says which
+Every function here takes the method's config as a run_config.RunConfig (the fields all methods
+share); how a RunConfig becomes TRL / PEFT arguments (schedule, precision, LoRA) is in run_config.py.
+sft.py, dpo.py and rft/ each build their TRL trainer and a `ReporterHooks` subclass that says which
 metrics to send and how to read them from the trainer's logs; `run_trainer` does the rest.
 
 Output directory layout (the same for every method):
@@ -28,6 +30,7 @@ from pathlib import Path
 from modelmill.errors import DataValidationError, ModelMillError, TrainingError
 from modelmill.faults import crash_point
 from modelmill.ml.report import Reporter
+from modelmill.ml.run_config import RunConfig
 from modelmill.ml.types import TrainResult
 
 # The PEFT adapter a run trains (PEFT's default name). TRL's DPOTrainer may add a frozen "ref"
@@ -35,55 +38,6 @@ from modelmill.ml.types import TrainResult
 TRAINED_ADAPTER = "default"
 # What PEFT's save_pretrained writes for one adapter (safetensors only): the final adapter's files.
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "README.md")
-
-
-def cuda_bf16() -> bool:
-    """Train in bf16 mixed precision (fp32 weights, bf16 autocast) only on a CUDA GPU that supports it.
-    On CPU stay in fp32: bf16 autocast there is ~20x slower (docs: OFFLINE.md)."""
-    import torch
-
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-
-
-def trainer_args(config, base_learning_rate: float) -> dict:
-    """The TRL config arguments SFT and DPO share: our schedule, fp32, and no saving or logging
-    of TRL's own (the reporter callback decides when to evaluate and checkpoint)."""
-    return dict(
-        output_dir=str(Path(config.output_dir) / ".staging"),
-        # Over N ranks (ml/distributed.py) each takes batch_size / N examples, so an optimizer step is
-        # still batch_size examples and the run takes the same steps as in one process.
-        num_train_epochs=config.n_epochs, per_device_train_batch_size=per_rank(config.batch_size),
-        per_device_eval_batch_size=per_rank(config.batch_size),
-        learning_rate=base_learning_rate * config.learning_rate_multiplier,
-        lr_scheduler_type="linear", warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio
-        seed=config.seed, data_seed=config.seed, max_length=config.max_seq_len,
-        bf16=cuda_bf16(), fp16=False,  # CPU: fp32 (bf16 autocast is ~20x slower there); CUDA: bf16 autocast
-        # From the memory plan (ml/memory.py): off unless the estimate says the longest step needs it.
-        activation_checkpointing=bool(getattr(config, "gradient_checkpointing", False)),
-        logging_steps=1, save_strategy="no", eval_strategy="no",  # the callback decides when
-        include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=True,
-        dataloader_num_workers=0, dataloader_pin_memory=False,
-        ddp_find_unused_parameters=False,  # over ranks (DDP): every LoRA weight gets a gradient each step
-        **fsdp_args())
-
-
-def fsdp_args() -> dict:
-    """Shard the model over the ranks (FSDP through accelerate) when ml/distributed.py planned it: the
-    model does not fit one device. LoRA needs use_orig_params (frozen and trainable weights share flat
-    parameters); the wrap policy is PEFT's (finish_trainer_setup), which wraps the LoRA layers apart."""
-    from modelmill.ml.distributed import FSDP_ENV
-
-    if os.environ.get(FSDP_ENV) != "1":
-        return {}
-    return dict(fsdp="full_shard auto_wrap", fsdp_config={"use_orig_params": True})
-
-
-def per_rank(batch_size: int) -> int:
-    """Examples per rank when a run is split over distributed.world_size() ranks (it divides evenly:
-    distributed.plan_processes chooses the rank count so)."""
-    from modelmill.ml.distributed import world_size
-
-    return max(1, batch_size // world_size())
 
 
 def barrier() -> None:
@@ -94,17 +48,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def lora_config(config):
-    """A fresh LoRA adapter on every linear layer, or None when continuing an existing adapter."""
-    from peft import LoraConfig
-
-    if config.init_adapter:
-        return None
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
-
-
-def eval_datasets(config, valid_ds) -> dict | None:
+def eval_datasets(config: RunConfig, valid_ds) -> dict | None:
     """"valid" is one batch (the cheap every-N-steps signal); "full_valid" is the whole file."""
     if valid_ds is None:
         return None
@@ -125,7 +69,7 @@ def finish_trainer_setup(trainer, callback):
     return trainer
 
 
-def train(config, reporter: Reporter, *, load_dataset, hooks_cls: type[ReporterHooks], build_trainer,
+def train(config: RunConfig, reporter: Reporter, *, load_dataset, hooks_cls: type[ReporterHooks], build_trainer,
           describe, example_lengths, rows_per_example: int = 1) -> TrainResult:
     """The story every method shares: plan precision, memory and the sequence limit (plan_run, one
     event), load the model (plus init_adapter) and the data, find the checkpoint to resume from,
@@ -156,7 +100,7 @@ def train(config, reporter: Reporter, *, load_dataset, hooks_cls: type[ReporterH
     return run_trainer(trainer, callback, output_dir, reporter, resume_from, config.torch_threads)
 
 
-def plan_run(config, tokenizer, example_lengths, rows_per_example: int = 1):
+def plan_run(config: RunConfig, tokenizer, example_lengths, rows_per_example: int = 1):
     """(config with max_seq_len, quantization and gradient_checkpointing resolved, its memory.MemoryPlan).
 
     example_lengths(path, tokenizer, config) -> [memory.ExampleLength] counts each example of a file
@@ -380,11 +324,11 @@ def epoch_complete(state) -> bool:
     return state.epoch is not None and abs(state.epoch - round(state.epoch)) < 1e-9
 
 
-def reporter_callback(hooks_cls: type[ReporterHooks], reporter: Reporter, config, has_valid: bool):
+def reporter_callback(hooks_cls: type[ReporterHooks], reporter: Reporter, config: RunConfig, has_valid: bool):
     """A TrainerCallback running `hooks_cls` (transformers is imported lazily, so importing
     this module stays cheap for the API process, which only resolves hyperparameters).
 
-    `config` needs output_dir, eval_every_steps and keep_checkpoints.
+    `config` is the method's own config (hooks_cls reads its method fields, e.g. eval_every_steps).
     """
     from transformers import TrainerCallback
 
@@ -419,7 +363,13 @@ class ReporterHooks:
         """The `name`_* metrics ("valid" or "full_valid") from trainer.evaluate(metric_key_prefix=name)."""
         raise NotImplementedError
 
-    def __init__(self, reporter: Reporter, config, has_valid: bool):
+    def batch_eval_every(self) -> int:
+        """Optimizer steps between evaluations of one validation batch ("valid"); 0 = only the full
+        validation set at epoch ends. SFT and DPO: their config's eval_every_steps (RFT overrides
+        on_step_end with its own eval_interval)."""
+        raise NotImplementedError
+
+    def __init__(self, reporter: Reporter, config: RunConfig, has_valid: bool):
         self.reporter, self.config, self.has_valid = reporter, config, has_valid
         self.trainer = None  # set once the trainer exists (it evaluates for us)
         self.stop: str | None = None  # "cancel" | "pause" once the reporter asked
@@ -436,7 +386,7 @@ class ReporterHooks:
             control.should_training_stop = True
             # A pause checkpoint is written now, unless the epoch just ended (on_epoch_end saves then).
             control.should_save = self.stop == "pause" and not epoch_complete(state)
-        every = self.config.eval_every_steps
+        every = self.batch_eval_every()
         if self.has_valid and every > 0 and state.global_step % every == 0 and self.stop != "cancel":
             should_log = control.should_log  # evaluate() logs, which clears the flag for this step's train log
             self._add(state, self._evaluate("valid"))

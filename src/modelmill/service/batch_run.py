@@ -31,7 +31,7 @@ from typing import Iterator
 from modelmill import errors
 from modelmill.faults import crash_point
 from modelmill.settings import Settings
-from modelmill.service import batch_lines, batches
+from modelmill.service import batch_lines, batches, tasks
 from modelmill.service.sampler import shared_sampler
 from modelmill.service.store import Store
 from modelmill.service.store.batches import BatchRecord, LineResult
@@ -49,25 +49,14 @@ FIRST = (JOBS, EVAL_RUNS)  # work a batch makes way for: its worker hands it bac
 
 def run_next_batch(settings: Settings, store: Store, owner: str, stop_event: threading.Event) -> str | None:
     """Claim and run the oldest runnable batch; its id, or None if there was none."""
-    queue = store.batch_queue(settings.lease_seconds)
-    lease = queue.claim(owner)
-    if lease is None:
-        return None
-    log.info("worker %s claimed batch %s (attempt %d)", owner, lease.id, lease.attempt)
-    execute(TaskContext(store, settings, queue, lease, stop_event))
-    return lease.id
+    return tasks.run_next(store.batch_queue(settings.lease_seconds), settings, store, owner, stop_event, execute)
 
 
 def execute(ctx: TaskContext) -> str:
     """Run the claimed batch (ctx.lease, from a BatchQueue) to its end; the status it ended in,
-    "handed back" (the worker is stopping, or a job is waiting), or "lost" (the lease was lost)."""
-    lost = threading.Event()
-    try:
-        with ctx.heartbeat(lost):
-            return _Execution(ctx, lost).run()
-    except errors.FencedOutError:
-        log.warning("batch %s: lease lost; its remaining lines are left to the next claim", ctx.lease.id)
-        return "lost"
+    "handed back" (the worker is stopping, or a job is waiting), or "lost" (the lease was lost:
+    its remaining lines are left to the next claim)."""
+    return tasks.run_with_heartbeat(ctx, lambda lost: _Execution(ctx, lost).run())
 
 
 class _Execution:

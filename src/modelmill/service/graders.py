@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from modelmill import errors
+from modelmill.ml.graders import GraderContext, grade, validate_grader
 from modelmill.settings import Settings
 from modelmill.service.schemas.graders import RunGraderResponse, ValidateGraderResponse
 from modelmill.service.store import Store
@@ -26,7 +27,6 @@ def build_context(settings: Settings, store: Store, get_sampler: Callable[[], An
     """The GraderContext the API grades with: the service judge (own models + MODELMILL_JUDGES
     endpoints) and the engine's default sandbox and embedder. project_id: the project whose
     models the judge may use (its own and those shared with it; None: every model)."""
-    from modelmill.ml.graders import GraderContext
     from modelmill.service.judge import ServiceJudge
 
     return GraderContext(judge=ServiceJudge(settings, store, get_sampler, project_id=project_id))
@@ -72,8 +72,6 @@ def check_judge_models(grader: dict, judges: Callable[[str], bool], path: str = 
 def run(context, grader: dict, model_sample: str, item: dict | None) -> dict:
     """RunGraderResponse for one sample. Grading failures are reported in metadata.errors
     (OpenAI does the same); only a malformed grader is an error response."""
-    from modelmill.ml.graders import grade
-
     result = grade(validate_top_level(grader), model_sample, item or {}, context=context)
     return RunGraderResponse.model_validate(result.to_run_grader_response()).model_dump()
 
@@ -81,8 +79,6 @@ def run(context, grader: dict, model_sample: str, item: dict | None) -> dict:
 def validate_top_level(grader: dict, *, path: str = "grader") -> dict:
     """A grader that may stand at the top of graders/run or an RFT job, normalised; the
     InvalidRequestError's param is the field path under `path`."""
-    from modelmill.ml.graders import validate_grader
-
     if grader.get("type") == "label_model":
         raise errors.InvalidRequestError(
             "A label_model grader is allowed here only inside a multi grader; the top-level grader must be one "

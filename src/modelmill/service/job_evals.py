@@ -32,7 +32,7 @@ runs then appear under that eval; its item_schema must accept the items above).
 Sampling is greedy (temperature 0) and seeded with the job's seed. Answers are cut at MAX_TOKENS
 tokens; with the default exact match, at the longest reference's length in bytes plus 2 (a
 byte-level token covers at least one byte, so a longer answer could not match anyway); for RFT,
-at the job's completion budget (ml/rft.py COMPLETION_TOKENS for its reasoning_effort). Metadata
+at the job's completion budget (ml/rft/config.py COMPLETION_TOKENS for its reasoning_effort). Metadata
 "eval_max_tokens" (1 to TOKENS_LIMIT) overrides all three.
 The comparison becomes one job event whose data has key "eval_comparison" (docs/graders-evals.md, "Before/after reports").
 The eval and its runs belong to the job's project; metadata eval_id must name one of that project's evals.

@@ -5,11 +5,11 @@ hyperparameters, training) look a method up here, so a new method is one new ent
 
 Each entry names its ml functions directly (ml.sft, ml.dpo, ml.rft), but imports its module
 only when they are first used (`Method.ml`), not when this module is imported: ml.rft imports
-torch and transformers (through ml.sampling), about 4 s on a 2-core machine, which every API
+torch and transformers (through ml.rft.rollouts), about 4 s on a 2-core machine, which every API
 start would pay, and which an API creating a supervised job never needs (ml.sft and ml.dpo
 import no torch). The import of one method's module is per entry, so checking a supervised
 job's hyperparameters never imports ml.rft. Racing the worker's warm-up on that first import
-is safe: ml.sampling imports torch under modelmill.ml's import lock (tests/ml/test_import_race.py).
+is safe: ml.sampling and ml.rft.rollouts import torch under modelmill.ml's import lock (tests/ml/test_import_race.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class MethodML:
     """A method's entry points in its ml module."""
 
     resolve: Callable[[dict, int], dict]  # (requested hyperparameters, n_train_examples) -> resolved values
-    config: type  # frozen dataclass: SFTConfig fields (+ the method's own, e.g. beta)
+    config: type  # frozen dataclass: run_config.RunConfig fields (+ the method's own, e.g. beta)
     train: Callable  # (config, reporter) -> TrainResult
 
 
@@ -65,7 +65,7 @@ class Method:
         return self.ml.resolve(requested, n_train_examples)
 
     def build_config(self, hp: dict, **common: Any):
-        """The method's config from resolved hyperparameters plus the SFTConfig fields in `common`."""
+        """The method's config from resolved hyperparameters plus the RunConfig fields in `common`."""
         extra = {k: hp[k] for k in self.hyperparameter_keys if k not in SFT_KEYS}  # already typed by resolve
         return self.ml.config(n_epochs=int(hp["n_epochs"]), batch_size=int(hp["batch_size"]),
                               learning_rate_multiplier=float(hp["learning_rate_multiplier"]), **extra, **common)

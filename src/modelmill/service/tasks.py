@@ -4,6 +4,10 @@ The worker (worker.py) claims a row from a lease queue (store/lease.py) and hand
 TaskContext, never itself: the fine-tune task (worker.FineTuneTask), an eval run
 (evals/runner.execute) and a job's before/after evals (job_evals.py). Everything a task writes
 goes through `ctx.queue`, fenced by `ctx.lease`, so a task that lost its claim can not write.
+
+Tasks that run under their own lease (an eval run, a batch) share their claim and heartbeat setup
+here: run_next claims the oldest runnable row and hands it to the task; run_with_heartbeat keeps
+the lease alive while the task runs and turns a lost lease into "lost".
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ import logging
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 from modelmill import errors
 from modelmill.settings import Settings
 from modelmill.service.store import Lease, LeaseQueue, Store
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,32 @@ class TaskContext:
             yield
         finally:
             beat.stop()
+
+
+def run_next(queue: LeaseQueue, settings: Settings, store: Store, owner: str, stop_event: threading.Event,
+             execute: Callable[[TaskContext], object]) -> str | None:
+    """Claim the oldest runnable row of `queue` for `owner` and run `execute` on it; its id, or None
+    if there was none."""
+    lease = queue.claim(owner)
+    if lease is None:
+        return None
+    log.info("worker %s claimed %s %s (attempt %d)", owner, queue.table.what, lease.id, lease.attempt)
+    execute(TaskContext(store, settings, queue, lease, stop_event))
+    return lease.id
+
+
+def run_with_heartbeat(ctx: TaskContext, body: Callable[[threading.Event], T],
+                       lost_on: tuple[type[BaseException], ...] = (errors.FencedOutError,)) -> T | str:
+    """Run `body(lost)` while ctx's lease is kept alive (`lost` is set if the heartbeat loses it).
+    An error in `lost_on` (the lease was reclaimed, ...) ends it as "lost": the remaining work is
+    left to the next claim, which resumes it."""
+    lost = threading.Event()
+    try:
+        with ctx.heartbeat(lost):
+            return body(lost)
+    except lost_on:
+        log.warning("%s: lease lost; its remaining work is left to the next claim", ctx.what)
+        return "lost"
 
 
 class Heartbeat(threading.Thread):

@@ -51,6 +51,9 @@ MAX_URL_CHARS = 2048
 ERROR_BODY_CHARS = 300
 # Longest retry exponent: 2^40 x base is far past any max interval, and keeps the float finite.
 MAX_EXPONENT = 40
+# Seconds an idle dispatcher waits on the change signal before it reads the next due time anyway: only
+# a safety net (e.g. a delivery whose worker on another Postgres host died mid-attempt sends no NOTIFY).
+IDLE_RECHECK_S = 30.0
 
 
 def enqueue(c: sqlite3.Connection, project_id: str, event_type: str, data: dict, *, now: float | None = None) -> None:
@@ -239,10 +242,13 @@ def _deliver(settings: Settings, store: Store, queue: DeliveryQueue, http: httpx
 
 class Dispatcher(threading.Thread):
     """One delivery thread of a worker process: claims due deliveries and sends them until `stop`.
-    Idle, it reads when the next delivery is due (no write lock, unlike a claim) every
-    settings.poll_seconds, and sleeps until then: a new event goes out within poll_seconds. (Not
-    Database.wait_for_change, as the job loop does: that reads data_version every 20 ms, and these
-    threads idle beside training all the time, where the job loop idles only between jobs.)"""
+
+    Idle, it waits on the store's change signal (Database.wait_for_change), never on a timer: it reads
+    when the next delivery is due (no write lock, unlike a claim) only when something was committed
+    or that time has come, so an idle server never queries the deliveries table. On SQLite the signal
+    is data_version, which one thread per process reads (lock-free) for every idle waiter, the job
+    loop's included; on Postgres it is the LISTEN connection, which store/webhooks.enqueue NOTIFYs
+    when it queues a delivery. Either way a new event goes out within milliseconds of its commit."""
 
     def __init__(self, settings: Settings, store: Store, owner: str, stop: threading.Event):
         super().__init__(name=f"webhooks-{owner}", daemon=True)
@@ -262,13 +268,14 @@ class Dispatcher(threading.Thread):
                     self.stop.wait(1.0)
 
     def _step(self, http: httpx.Client) -> None:
+        version = self.queue.data_version()  # before the read: a delivery queued during it still wakes us
         due, now = self.queue.next_due(), self.queue.clock()
         if due is not None and due <= now:
             if deliver_next(self.settings, self.store, self.queue, http, self.owner) is not None:
                 return
             due = now + 0.05  # another dispatcher took it as we looked
-        poll = self.settings.poll_seconds
-        self.stop.wait(poll if due is None else min(max(due - now, 0.01), poll))
+        wait = IDLE_RECHECK_S if due is None else min(max(due - now, 0.01), IDLE_RECHECK_S)
+        self.queue.db.wait_for_change(version, wait, self.stop)
 
 
 def start_dispatchers(settings: Settings, store: Store, worker_id: str, stop: threading.Event) -> list[Dispatcher]:

@@ -398,9 +398,9 @@ def warm_up() -> None:
     except Exception:  # noqa: BLE001 - a broken install shows up as the first job's error instead
         log.exception("worker warm-up: importing the training stack failed")
     try:  # say at start-up how python graders are bounded here (cgroup v2 / v1 / rlimit), not at the first one
-        from modelmill.ml.graders import sandbox, sandbox_bounds
+        from modelmill.ml.graders import sandbox
 
-        log.info("python grader sandbox: %s", sandbox_bounds.plan(sandbox.SandboxConfig()).describe())
+        log.info("python grader sandbox: %s", sandbox.bounds.plan(sandbox.SandboxConfig()).describe())
     except Exception:  # noqa: BLE001 - a bad MODELMILL_SANDBOX_* shows up as the first grader's error instead
         log.exception("worker warm-up: checking the python grader sandbox's bounds failed")
     log.info("worker warmed up in %.1f s", time.monotonic() - started)
@@ -413,6 +413,9 @@ def run_worker(settings: Settings, stop_event: threading.Event | None = None) ->
     checkpointed and re-queued for the next worker. A second signal exits at once.
     """
     settings.ensure_dirs()
+    from modelmill.ml.graders import resources
+
+    resources.set_cache_home(settings.home)  # graders' WordNet cache under this worker's home
     stop_event = stop_event or threading.Event()
     restore = _stop_on_signals(stop_event)
     worker = Worker(settings, stop_event=stop_event)

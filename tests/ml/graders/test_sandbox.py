@@ -1,4 +1,4 @@
-"""The python-grader sandbox (ml/graders/sandbox.py): API, config, batching, classification, fail-closed.
+"""The python-grader sandbox (ml/graders/sandbox/): API, config, batching, classification, fail-closed.
 Escape attempts are in test_sandbox_escapes.py. Tests needing bubblewrap skip where it cannot run."""
 
 from __future__ import annotations
@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
 
 import pytest
 
 from modelmill import errors
 from modelmill.ml.graders import sandbox
 from modelmill.ml.graders.sandbox import RUNTIME_ERROR, SERVER_ERROR, SandboxConfig, run_python_grader
+from modelmill.ml.graders.sandbox.stream import _Run
 
 FAST = SandboxConfig(wall_seconds=2.0, batch_wall_seconds=30.0, uid=2_100_000_000, uid_pool_size=16)
 
@@ -82,7 +84,7 @@ def test_outcome_errors_map_onto_openai_keys():
     (3, RUNTIME_ERROR, "the grader process exited (status 3) during grade()"),
 ])
 def test_how_a_dead_process_is_classified(rc, error, details):
-    outcome = sandbox._Run(FAST, 0)._death(rc, "", "grade()")
+    outcome = _Run(FAST, 0)._death(rc, "", "grade()")
     assert outcome.error == error and outcome.details == details and outcome.score is None
 
 
@@ -300,6 +302,30 @@ def test_seccomp_program_shape():
     if program is None:
         pytest.skip("no seccomp program for this architecture")
     assert len(program) % 8 == 0 and 40 < len(program) // 8 < 200
+    # Its first check is the architecture: a syscall of any other ABI is killed, never judged by
+    # x86_64's numbers (struct sock_filter: u16 code, u8 jt, u8 jf, u32 k).
+    (ld, _, _, k0), (jeq, jt, jf, k1) = struct.iter_unpack("<HBBI", program[:16])
+    assert (ld, k0) == (0x20, 4) and (jeq, jt, k1) == (0x15, 0, 0xC000003E) and jf > 0
+
+
+def test_no_seccomp_numbers_on_another_architecture(monkeypatch, caplog):
+    """The deny list holds x86_64's syscall numbers: elsewhere no filter is built, and the bwrap
+    launch says so instead of loading numbers meant for another ABI."""
+    from modelmill.ml.graders.sandbox import backends, policy
+
+    monkeypatch.setattr(policy.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(backends, "_warned", set())
+    assert sandbox.seccomp_program() is None
+    with caplog.at_level(logging.WARNING, logger="modelmill.ml.graders.sandbox"):
+        launch = sandbox.BACKENDS["bwrap"].launch(FAST)
+    try:
+        assert "--seccomp" not in launch.argv
+        assert any("no seccomp filter" in r.getMessage() and "aarch64" in r.getMessage() for r in caplog.records)
+    finally:
+        for fd in [*launch.pass_fds, launch.info_fd]:
+            os.close(fd)
+        if launch.release is not None:
+            launch.release()
 
 
 @needs_bwrap

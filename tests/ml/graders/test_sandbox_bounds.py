@@ -1,4 +1,4 @@
-"""The python-grader sandbox bounded as a whole (ml/graders/sandbox_bounds.py): memory and processes of
+"""The python-grader sandbox bounded as a whole (ml/graders/sandbox/bounds.py): memory and processes of
 the grader and all its children together, by a cgroup where one can be written, else by rlimits scaled
 so processes x address space stays under the total. The fork test runs on every mechanism this host
 offers; the cgroup parsing and v2 delegation are tested on fake cgroup trees."""
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from modelmill.ml.graders import sandbox, sandbox_bounds
+from modelmill.ml.graders import sandbox
 from modelmill.ml.graders.sandbox import SandboxConfig, run_python_grader
-from tests.reliability.sandbox_probe import FORK_4_X_1_5_GIB, FORK_BOMB, DescendantSampler
+from modelmill.ml.graders.sandbox import bounds as sandbox_bounds
+from tools.reliability.sandbox_probe import FORK_4_X_1_5_GIB, FORK_BOMB, DescendantSampler
 
 MIB = 1024**2
 BASE = dict(wall_seconds=10.0, batch_wall_seconds=30.0, total_memory_bytes=512 * MIB, tmp_bytes=8 * MIB,

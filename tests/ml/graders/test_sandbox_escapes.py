@@ -133,7 +133,7 @@ def test_read_the_services_database(tmp_path):
 
 
 def test_read_the_service_home_and_sources():
-    paths = [str(Path.home()), "/root/.modelmill", str(Path(sandbox.__file__).resolve().parents[3]), "/work"]
+    paths = [str(Path.home()), "/root/.modelmill", str(Path(sandbox.__file__).resolve().parents[4]), "/work"]
     body = ("import os\n"
             "for p in item['paths']:\n"
             "    if os.path.exists(p) and os.listdir(p):\n"

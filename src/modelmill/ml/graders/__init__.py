@@ -5,19 +5,22 @@
                     "reference": "{{item.answer}}", "operation": "eq"}, "Paris", {"answer": "Paris"})
     result.reward, result.to_run_grader_response()
 
-Grader types live one per module and register themselves in engine.GRADERS (and their checks
-in validate.VALIDATORS) when this package is imported; a new type registers the same way.
+Grader types live one per module; each registers its grade function, its validate function and
+its pydantic wire model with registry.register when this package is imported, and a new type
+registers the same way. registry.wire_union() is the discriminated union (on `type`) of the
+registered wire models, which the service's /openapi.json uses.
 """
 
-from .engine import (GRADERS, GradeResult, GraderContext, Judge, JudgeReply, grade, grade_batch,
-                     normalize_sample, register, sample_from_text)
+from .engine import (GradeResult, GraderContext, Judge, JudgeReply, grade, grade_batch, normalize_sample,
+                     sample_from_text)
+from .registry import GRADERS, GraderType, register, wire_union
 from .templating import InvalidVariable, render
-from .validate import VALIDATORS, validate_grader
+from .validate import validate_grader
 
 # Built-in grader types (importing registers them).
 from . import string_check, text_similarity, python_grader, model_graders, multi  # noqa: E402,F401  isort: skip
 
 __all__ = [
-    "GRADERS", "VALIDATORS", "GradeResult", "GraderContext", "InvalidVariable", "Judge", "JudgeReply", "grade",
-    "grade_batch", "normalize_sample", "register", "render", "sample_from_text", "validate_grader",
+    "GRADERS", "GradeResult", "GraderContext", "GraderType", "InvalidVariable", "Judge", "JudgeReply", "grade",
+    "grade_batch", "normalize_sample", "register", "render", "sample_from_text", "validate_grader", "wire_union",
 ]

@@ -1,7 +1,7 @@
 """The grading engine: one result shape, one context, one registry, two entry points.
 
 Every grader type registers a *batch* function `fn(spec, samples, items, context) ->
-list[GradeResult]` in GRADERS (built-ins register the same way, from their own modules).
+list[GradeResult]` with registry.register, from its own module (built-ins the same way).
 Batch, because two types need the whole list at once: python graders run a list of samples in
 one sandboxed process and model graders send one judge call per batch. Per-sample types use
 `map_samples`, which grades samples in parallel on a thread pool and turns an unknown template
@@ -23,7 +23,9 @@ from typing import Any, Callable, Protocol
 
 from modelmill.ml import observers
 
+from .registry import GRADERS, register  # noqa: F401  register: re-exported, the old home
 from .templating import InvalidVariable
+from .validate import validate_grader
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +123,7 @@ class GraderContext:
 # Types whose results always say passed / not passed (others only with a pass_threshold).
 PASS_FAIL_TYPES = {"string_check", "label_model"}
 
-BatchGradeFn = Callable[[dict, list, list, GraderContext], list]
 SampleGradeFn = Callable[[dict, dict, dict, GraderContext], GradeResult]
-
-# type -> batch grade function. Built-ins add themselves when modelmill.ml.graders is imported.
-GRADERS: dict[str, BatchGradeFn] = {}
-
-
-def register(type_name: str, fn: BatchGradeFn) -> BatchGradeFn:
-    GRADERS[type_name] = fn
-    return fn
 
 
 # -- samples ----------------------------------------------------------------------------------------
@@ -206,8 +199,6 @@ def grade_batch(grader: dict, samples: list, items: list | None = None, *,
                 context: GraderContext | None = None) -> list[GradeResult]:
     """Grade samples[i] against items[i]; results in input order. Raises InvalidRequestError
     for a malformed grader, ValueError when the two lists differ in length."""
-    from .validate import validate_grader
-
     spec = validate_grader(grader)
     items = list(items) if items is not None else [{} for _ in samples]
     if len(items) != len(samples):
@@ -231,7 +222,7 @@ def run_grader(spec: dict, samples: list[dict], items: list[dict], context: Grad
         return []
     started = time.perf_counter()
     try:
-        results = GRADERS[spec["type"]](spec, samples, items, context)
+        results = GRADERS[spec["type"]].grade(spec, samples, items, context)
         if len(results) != len(samples):
             raise RuntimeError(f"{spec['type']} grader returned {len(results)} results for {len(samples)} samples")
     except Exception:  # noqa: BLE001 - a grader bug is reported per sample, never raised

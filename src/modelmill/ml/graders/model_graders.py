@@ -22,11 +22,18 @@ import json
 import math
 import re
 import time
+from typing import Literal
 
-from .engine import (GradeResult, GraderContext, JudgeReply, apply_threshold, error_result, register,
-                     template_error_result)
+from modelmill import errors
+
+from . import checks
+from .engine import GradeResult, GraderContext, JudgeReply, apply_threshold, error_result, template_error_result
+from .model_input import (MESSAGE_FIELDS, PART_FIELDS, REASONING_EFFORTS, ROLES, SAMPLING_FIELDS, InputMessage,
+                          SamplingParams)
+from .registry import register
 from .templating import InvalidVariable, render
 
+TEXT_PARTS = ("input_text", "output_text")
 DEFAULT_RANGE = (0.0, 1.0)
 MAX_DETAILS = 2000  # chars of a judge's error message kept in the result
 _FENCE = re.compile(r"^```[\w-]*\s*\n?(.*?)\n?```$", re.S)
@@ -178,5 +185,129 @@ def _grade_with(parse):
     return grade_batch
 
 
-register("score_model", _grade_with(score_result))
-register("label_model", _grade_with(label_result))
+# -- wire models and validation --------------------------------------------------------------------
+
+class ScoreModelGrader(checks.GraderWire):
+    """OpenAI's GraderScoreModel, plus the pass_threshold of its eval variant."""
+
+    type: Literal["score_model"]
+    input: list[InputMessage]
+    model: str
+    range: tuple[float, float] | None = None  # [min, max]; default [0, 1]
+    sampling_params: SamplingParams | None = None
+    pass_threshold: float | None = None
+
+
+class LabelModelGrader(checks.GraderWire):
+    """OpenAI's GraderLabelModel: the judge picks one of labels; passed if it is a passing label."""
+
+    type: Literal["label_model"]
+    input: list[InputMessage]
+    model: str
+    labels: list[str]
+    passing_labels: list[str]
+
+
+def _content_part(part, param: str) -> None:
+    if isinstance(part, str):
+        return checks.check_template(part, param)
+    if not isinstance(part, dict):
+        raise checks.bad(param, f"{param} must be a string or a content object")
+    kind = part.get("type")
+    if kind in PART_FIELDS:
+        errors.reject_unknown_fields(part, PART_FIELDS[kind], param)
+    if kind in TEXT_PARTS:
+        checks.string(part, "text", param, template=True)
+    elif kind == "input_image":
+        checks.string(part, "image_url", param, template=True)
+        checks.string(part, "detail", param, required=False)
+    elif kind == "input_audio":
+        audio = part.get("input_audio")
+        if not isinstance(audio, dict) or not isinstance(audio.get("data"), str):
+            raise checks.bad(f"{param}.input_audio", f"{param}.input_audio must be an object with data and format")
+        checks.enum(audio, "format", f"{param}.input_audio", ("mp3", "wav"))
+    else:
+        raise checks.bad(f"{param}.type", f"{param}.type must be one of input_text, output_text, input_image, "
+                                          f"input_audio; got {kind!r}")
+
+
+def _messages(spec: dict, path: str) -> None:
+    messages = spec.get("input")
+    if not isinstance(messages, list) or not messages:
+        raise checks.bad(f"{path}.input", f"{path}.input must be a non-empty list of messages")
+    for i, message in enumerate(messages):
+        param = f"{path}.input[{i}]"
+        if not isinstance(message, dict):
+            raise checks.bad(param, f"{param} must be a message object with role and content")
+        errors.reject_unknown_fields(message, MESSAGE_FIELDS, param)
+        checks.enum(message, "role", param, ROLES)
+        if message.get("type", "message") != "message":
+            raise checks.bad(f"{param}.type", f"{param}.type must be 'message'")
+        content = message.get("content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                _content_part(part, f"{param}.content[{j}]")
+        elif content is None:
+            raise checks.bad(f"{param}.content", f"{param}.content is required")
+        else:
+            _content_part(content, f"{param}.content")
+
+
+def _model(spec: dict, path: str) -> None:
+    if not isinstance(spec.get("model"), str) or not spec["model"].strip():
+        raise checks.bad(f"{path}.model", f"{path}.model must be a non-empty model name")
+    _messages(spec, path)
+
+
+def _sampling_params(spec: dict, path: str) -> None:
+    params = spec.get("sampling_params")
+    if params is None:
+        return
+    param = f"{path}.sampling_params"
+    if not isinstance(params, dict):
+        raise checks.bad(param, f"{param} must be an object")
+    errors.reject_unknown_fields(params, SAMPLING_FIELDS, param)
+    for key in ("temperature", "top_p"):
+        checks.number(params, key, param)
+    for key, least in (("seed", None), ("max_completions_tokens", 1)):
+        value = params.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or (least is not None and value < least)):
+            raise checks.bad(f"{param}.{key}", f"{param}.{key} must be an integer" + (f" >= {least}" if least else ""))
+    if params.get("reasoning_effort") is not None:
+        checks.enum(params, "reasoning_effort", param, REASONING_EFFORTS)
+
+
+def validate_score_model(spec: dict, path: str) -> None:
+    _model(spec, path)
+    _sampling_params(spec, path)
+    checks.number(spec, "pass_threshold", path)
+    bounds = spec.get("range") if spec.get("range") is not None else DEFAULT_RANGE
+    ok = (isinstance(bounds, (list, tuple)) and len(bounds) == 2
+          and all(not isinstance(b, bool) and isinstance(b, (int, float)) and math.isfinite(b) for b in bounds))
+    if not ok or bounds[0] >= bounds[1]:
+        raise checks.bad(f"{path}.range", f"{path}.range must be [min, max] with min < max")
+
+
+def _label_list(spec: dict, key: str, path: str) -> list:
+    labels = spec.get(key)
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+        raise checks.bad(f"{path}.{key}", f"{path}.{key} must be a non-empty list of non-empty strings")
+    if len(set(labels)) != len(labels):
+        raise checks.bad(f"{path}.{key}", f"{path}.{key} has duplicates")
+    return labels
+
+
+def validate_label_model(spec: dict, path: str) -> None:
+    _model(spec, path)
+    _sampling_params(spec, path)
+    labels = _label_list(spec, "labels", path)
+    passing = _label_list(spec, "passing_labels", path)
+    missing = [x for x in passing if x not in labels]
+    if missing:
+        raise checks.bad(f"{path}.passing_labels", f"{path}.passing_labels must be a subset of labels; "
+                                                   f"not in labels: {', '.join(missing)}")
+
+
+register("score_model", _grade_with(score_result), validate=validate_score_model, model=ScoreModelGrader)
+register("label_model", _grade_with(label_result), validate=validate_label_model, model=LabelModelGrader)

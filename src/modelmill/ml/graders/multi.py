@@ -14,9 +14,12 @@ from __future__ import annotations
 import keyword
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
-from . import formula
-from .engine import GradeResult, GraderContext, merge_errors, register, run_grader
+from . import checks, formula
+from .engine import GradeResult, GraderContext, merge_errors, run_grader
+from .registry import register
+from .validate import validate_grader
 
 
 def is_variable_name(name) -> bool:
@@ -87,4 +90,40 @@ def grade_batch(spec: dict, samples: list[dict], items: list[dict], context: Gra
     return results
 
 
-register("multi", grade_batch)
+class MultiGrader(checks.GraderWire):
+    """OpenAI's GraderMulti: graders is a map name -> grader (or one grader object) of any other
+    type; calculate_output a formula over their names (formula.py). SubGrader is the union of the
+    other registered types, filled in by registry.wire_union."""
+
+    type: Literal["multi"]
+    graders: dict[str, SubGrader] | SubGrader  # noqa: F821  resolved by registry.wire_union
+    calculate_output: str
+
+
+def validate(spec: dict, path: str) -> dict:
+    graders = spec.get("graders")
+    if not isinstance(graders, dict) or not graders:
+        raise checks.bad(f"{path}.graders", f"{path}.graders must be a grader object or a non-empty map of "
+                                            "name -> grader")
+    single = isinstance(graders.get("type"), str)
+    entries = {None: graders} if single else graders
+    normalised = {}
+    for name, sub in entries.items():
+        sub_path = f"{path}.graders" if single else f"{path}.graders.{name}"
+        if not single and not is_variable_name(name):
+            raise checks.bad(sub_path, f"grader name {name!r} must be an identifier (letters, digits, _) so "
+                                       "calculate_output can use it")
+        if isinstance(sub, dict) and sub.get("type") == "multi":
+            raise checks.bad(f"{sub_path}.type", "a multi grader cannot contain another multi grader")
+        normalised[name] = validate_grader(sub, path=sub_path)
+    out = dict(spec, graders=normalised[None] if single else normalised)
+    if not isinstance(spec.get("calculate_output"), str):
+        raise checks.bad(f"{path}.calculate_output", f"{path}.calculate_output must be a string")
+    try:
+        formula.parse(spec["calculate_output"], formula_names(out))
+    except formula.FormulaError as e:
+        raise checks.bad(f"{path}.calculate_output", f"{path}.calculate_output: {e}") from None
+    return out
+
+
+register("multi", grade_batch, validate=validate, model=MultiGrader)

@@ -1,4 +1,4 @@
-"""python: the user's `grade(sample, item) -> float`, run in the sandbox (sandbox.py).
+"""python: the user's `grade(sample, item) -> float`, run in the sandbox (sandbox/).
 
 The whole batch goes to `sandbox.run_python_grader` in one call (one sandboxed process grades
 every sample). Each sample's SandboxOutcome maps onto OpenAI's error keys: the grader's own
@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Literal
 
 from modelmill import errors
 
-from .engine import GradeResult, GraderContext, apply_threshold, error_result, register
+from . import checks
+from .engine import GradeResult, GraderContext, apply_threshold, error_result
+from .registry import register
 
 MAX_SOURCE_BYTES = 256 * 1024  # OpenAI's limit on a python grader's source
 
@@ -82,4 +85,20 @@ def _from_outcome(spec: dict, outcome) -> GradeResult:
     return apply_threshold(result, spec)
 
 
-register("python", grade_batch)
+class PythonGrader(checks.GraderWire):
+    """OpenAI's GraderPython, plus the pass_threshold of its eval variant. source defines
+    grade(sample, item) -> float; image_tag is accepted and ignored (one sandbox image)."""
+
+    type: Literal["python"]
+    source: str
+    image_tag: str | None = None
+    pass_threshold: float | None = None
+
+
+def validate(spec: dict, path: str) -> None:
+    check_source(spec.get("source"), param=f"{path}.source")
+    checks.string(spec, "image_tag", path, required=False)
+    checks.number(spec, "pass_threshold", path)
+
+
+register("python", grade_batch, validate=validate, model=PythonGrader)

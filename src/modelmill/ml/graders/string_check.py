@@ -7,7 +7,11 @@ the SQL names there are no wildcards: `%` and `_` are literal characters.
 
 from __future__ import annotations
 
-from .engine import GradeResult, GraderContext, map_samples, register
+from typing import Literal
+
+from . import checks
+from .engine import GradeResult, GraderContext, map_samples
+from .registry import register
 from .templating import render
 
 OPERATIONS = {
@@ -30,4 +34,19 @@ def grade_batch(spec: dict, samples: list[dict], items: list[dict], context: Gra
     return map_samples(grade_one, spec, samples, items, context)
 
 
-register("string_check", grade_batch)
+class StringCheckGrader(checks.GraderWire):
+    """OpenAI's GraderStringCheck. input and reference are templates."""
+
+    type: Literal["string_check"]
+    input: str
+    reference: str
+    operation: Literal["eq", "ne", "like", "ilike"]
+
+
+def validate(spec: dict, path: str) -> None:
+    checks.string(spec, "input", path, template=True)
+    checks.string(spec, "reference", path, template=True)
+    checks.enum(spec, "operation", path, tuple(OPERATIONS))
+
+
+register("string_check", grade_batch, validate=validate, model=StringCheckGrader)

@@ -22,12 +22,13 @@ import logging
 import re
 import threading
 import time
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
-from . import resources
-from .engine import GradeResult, GraderContext, apply_threshold, error_result, register, template_error_result
+from . import checks, resources
+from .engine import GradeResult, GraderContext, apply_threshold, error_result, template_error_result
+from .registry import register
 from .templating import InvalidVariable, render
 
 log = logging.getLogger(__name__)
@@ -144,4 +145,26 @@ def grade_batch(spec: dict, samples: list[dict], items: list[dict], context: Gra
     return results
 
 
-register("text_similarity", grade_batch)
+Metric = Literal["cosine", "fuzzy_match", "bleu", "gleu", "meteor", "rouge_1", "rouge_2", "rouge_3", "rouge_4",
+                 "rouge_5", "rouge_l"]
+assert set(Metric.__args__) == set(ALL_METRICS)  # the wire model names every metric we compute
+
+
+class TextSimilarityGrader(checks.GraderWire):
+    """OpenAI's GraderTextSimilarity, plus the pass_threshold of its eval variant."""
+
+    type: Literal["text_similarity"]
+    input: str
+    reference: str
+    evaluation_metric: Metric
+    pass_threshold: float | None = None
+
+
+def validate(spec: dict, path: str) -> None:
+    checks.string(spec, "input", path, template=True)
+    checks.string(spec, "reference", path, template=True)
+    checks.enum(spec, "evaluation_metric", path, ALL_METRICS)
+    checks.number(spec, "pass_threshold", path)
+
+
+register("text_similarity", grade_batch, validate=validate, model=TextSimilarityGrader)

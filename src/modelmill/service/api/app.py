@@ -38,6 +38,9 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
     store = store or open_store(settings)
     settings.ensure_dirs()
     auth.check_bind(settings, store)
+    from modelmill.ml.graders import resources
+
+    resources.set_cache_home(settings.home)  # graders/run and evals cache WordNet under this home
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -47,8 +50,8 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
         if start_worker:
             from modelmill.service.worker import run_worker
 
-            thread = threading.Thread(target=_niced, args=(run_worker, settings, stop), name="modelmill-worker",
-                                      daemon=True)
+            thread = threading.Thread(target=_niced, args=(settings.worker_nice, run_worker, settings, stop),
+                                      name="modelmill-worker", daemon=True)
             thread.start()
         try:
             async with housekeeping.running(store):  # expired uploads and files swept (api/housekeeping.py)
@@ -108,7 +111,7 @@ def serve(settings: Settings, log_level: str = "info", worker_process: bool = Fa
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, start_worker=settings.run_worker and not worker_process)
-    child = start_worker_process() if settings.run_worker and worker_process else None
+    child = start_worker_process(settings) if settings.run_worker and worker_process else None
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=5)
     finally:
@@ -116,19 +119,8 @@ def serve(settings: Settings, log_level: str = "info", worker_process: bool = Fa
             stop_worker_process(child)
 
 
-def worker_nice() -> int:
-    """MODELMILL_WORKER_NICE (default 10): how much lower the worker's CPU priority is than the API's."""
-    import os
-
-    raw = os.environ.get("MODELMILL_WORKER_NICE", "10")
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"MODELMILL_WORKER_NICE must be an integer, not {raw!r}") from None
-
-
-def _niced(target, *args) -> None:
-    """Run target(*args) on this thread at `worker_nice()` lower CPU priority (Linux: a nice value is
+def _niced(nice: int, target, *args) -> None:
+    """Run target(*args) on this thread at `nice` (settings.worker_nice) lower CPU priority (Linux: a nice value is
     per thread, and the threads this one starts, torch's OpenMP team among them, inherit it).
 
     Why: with the in-process worker, training's torch threads took the CPU from the API's request
@@ -138,7 +130,6 @@ def _niced(target, *args) -> None:
     import os
     import sys
 
-    nice = worker_nice()
     if nice and sys.platform.startswith("linux"):
         tid = threading.get_native_id()
         try:
@@ -148,16 +139,16 @@ def _niced(target, *args) -> None:
     target(*args)
 
 
-def start_worker_process():
-    """`modelmill worker` as a child process with this process's environment (the CLI has put
-    MODELMILL_HOME there, and every other setting is read from MODELMILL_* variables), at a lower
-    CPU priority (MODELMILL_WORKER_NICE, default 10) so that API requests come first."""
+def start_worker_process(settings: Settings):
+    """`modelmill worker` as a child process on the same settings (settings.child_env: this process's
+    environment, where every other setting comes from MODELMILL_* variables, plus MODELMILL_HOME, which
+    may have come from --home), at settings.worker_nice lower CPU priority so that API requests come first."""
     import os
     import signal
     import subprocess
     import sys
 
-    nice = worker_nice()
+    nice = settings.worker_nice
 
     def in_child() -> None:
         if nice:
@@ -170,7 +161,7 @@ def start_worker_process():
             pass
 
     log.info("starting the worker process (nice %d)", nice)
-    return subprocess.Popen([sys.executable, "-m", "modelmill.cli", "worker"], env=dict(os.environ),
+    return subprocess.Popen([sys.executable, "-m", "modelmill.cli", "worker"], env=settings.child_env(),
                             preexec_fn=in_child if sys.platform.startswith("linux") else None)
 
 

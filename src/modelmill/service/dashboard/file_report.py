@@ -1,4 +1,5 @@
-"""A training file's report for the dashboard: ml.data's validation plus token-length statistics.
+"""A training file's report for the dashboard: ml.data's validation plus token-length statistics
+(ml/file_stats.py counts the tokens; this module picks the method, model and limit, and caches).
 
     report = FileReports(settings, store).get(file_id, method=None, model=None, project_id=None)
 
@@ -17,16 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import threading
 from pathlib import Path
 
 from modelmill import errors
+from modelmill.ml.file_stats import detect_method, length_stats, load_tokenizer, token_lengths
 from modelmill.settings import Settings
 from modelmill.service.store import Store
 
-MAX_TOKENIZED = 20_000  # examples tokenized per file; a bigger file's statistics are over its first ones
-HISTOGRAM_BINS = 20
 REPORT_VERSION = 3  # bump when the cached report's shape changes
 
 
@@ -102,18 +101,12 @@ class FileReports:
 
     def _tokenizer(self, model: str, project_id: str | None):
         """(tokenizer, base model name) for `model` (a base, ft: or checkpoint name); loaded once."""
-        from modelmill.ml import models
         from modelmill.service import model_registry
 
         base = model_registry.resolve(self.store, self.settings, model, project_id=project_id, verify=False).base_model
         with self._lock:
             if base not in self._tokenizers:
-                from modelmill.ml import import_ml_stack
-
-                import_ml_stack()  # not alongside the in-process worker's warm-up (see modelmill.ml)
-                from transformers import AutoTokenizer
-
-                self._tokenizers[base] = AutoTokenizer.from_pretrained(models.ensure_base(self.settings.home, base))
+                self._tokenizers[base] = load_tokenizer(self.settings.home, base)
             return self._tokenizers[base], base
 
     def _path(self, file_id: str) -> Path:
@@ -149,93 +142,6 @@ def _data_format(method_type: str) -> str | None:
         return methods.get(method_type).data_format
     except errors.InvalidRequestError:
         return None
-
-
-def detect_method(path: Path) -> str:
-    """Guess a file's format from its first JSON object: DPO lines have input + preferred_output;
-    RFT items have messages that do not end with an assistant turn (the model writes that one)."""
-    from modelmill.ml import data
-    from modelmill.ml.jsonl import JsonlReader
-
-    with open(path, "rb") as f:
-        for _line, obj, _problem in JsonlReader(f):
-            if obj is None:
-                continue
-            if "input" in obj or "preferred_output" in obj:
-                return "preference"
-            messages = obj.get("messages")
-            last = messages[-1] if isinstance(messages, list) and messages else None
-            ends_with_answer = isinstance(last, dict) and last.get("role") == "assistant"
-            if not ends_with_answer and "reinforcement" in data.LINE_VALIDATORS:
-                return "reinforcement"
-            return "supervised"
-    return "supervised"
-
-
-def conversation(obj: dict) -> tuple[list[dict], list[dict] | None] | None:
-    """The messages (and tools) one line trains on: a chat line's messages, an RFT item's prompt,
-    or a DPO pair's prompt plus its longer answer."""
-    if isinstance(obj.get("messages"), list):
-        return obj["messages"], obj.get("tools")
-    inp = obj.get("input")
-    if isinstance(inp, dict) and isinstance(inp.get("messages"), list):
-        answers = [a for a in (obj.get("preferred_output"), obj.get("non_preferred_output")) if isinstance(a, list)]
-        longest = max(answers, key=lambda a: len(json.dumps(a)), default=[])
-        return inp["messages"] + longest, inp.get("tools")
-    return None
-
-
-def token_lengths(path: Path, tokenizer, *, skip_lines: set[int] = frozenset(),
-                  limit: int = MAX_TOKENIZED) -> tuple[list[int], bool]:
-    """Tokens per valid line, rendered with the tokenizer's chat template as training renders it.
-    Returns (lengths, sampled) where sampled means the file had more than `limit` lines to count."""
-    from modelmill.ml import chat_format
-    from modelmill.ml.jsonl import JsonlReader
-
-    lengths: list[int] = []
-    with open(path, "rb") as f:
-        for line, obj, problem in JsonlReader(f):
-            if problem is not None or obj is None or line in skip_lines:
-                continue
-            if len(lengths) >= limit:
-                return lengths, True
-            conv = conversation(obj)
-            if conv is None:
-                continue
-            try:
-                rendered = tokenizer.apply_chat_template(
-                    chat_format.normalize_messages(conv[0]), tools=chat_format.normalize_tools(conv[1]),
-                    tokenize=True, return_dict=True)
-            except Exception:  # noqa: BLE001 - a line the template cannot render is simply not counted
-                continue
-            lengths.append(len(rendered["input_ids"]))
-    return lengths, False
-
-
-def length_stats(lengths: list[int], *, max_seq_len: int, sampled: bool = False,
-                 bins: int = HISTOGRAM_BINS) -> dict | None:
-    """count, total, min, mean, p50/p90/p95 (nearest rank), max, over max_seq_len, and a histogram
-    of equal-width bins from min to max (at most `bins`): [{"lo", "hi", "count"}], lo inclusive,
-    hi exclusive."""
-    if not lengths:
-        return None
-    ordered = sorted(lengths)
-    n = len(ordered)
-
-    def pct(p: float) -> int:
-        return ordered[max(0, math.ceil(p / 100 * n) - 1)]
-
-    low, top = ordered[0], ordered[-1]
-    bins = max(1, min(bins, top - low + 1))
-    width = math.ceil((top - low + 1) / bins)
-    counts = [0] * bins
-    for x in ordered:
-        counts[min((x - low) // width, bins - 1)] += 1
-    histogram = [{"lo": low + i * width, "hi": low + (i + 1) * width, "count": c} for i, c in enumerate(counts)]
-    return {"count": n, "total": sum(ordered), "min": ordered[0], "mean": sum(ordered) / n, "p50": pct(50),
-            "p90": pct(90), "p95": pct(95), "max": top, "max_seq_len": max_seq_len,
-            "over_max_seq_len": sum(x > max_seq_len for x in ordered), "sampled": sampled,
-            "histogram": histogram}
 
 
 class Warmer:

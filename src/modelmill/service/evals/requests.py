@@ -16,6 +16,8 @@ from modelmill import errors
 from modelmill.settings import Settings
 from modelmill.service import model_registry
 from modelmill.service.evals import data, stored_sources
+from modelmill.service.schemas import eval_requests as wire
+from modelmill.service.schemas.eval_requests import fields_of
 from modelmill.service.store import Store
 from modelmill.service.store.evals import EvalRecord, EvalRunRecord, NewRun
 
@@ -23,18 +25,19 @@ DATA_SOURCE_CONFIG_TYPES = ("custom", "logs", "stored_completions")
 RUN_DATA_SOURCE_TYPES = ("jsonl", "completions", "responses")
 SAMPLING_KEYS = ("temperature", "top_p", "max_completion_tokens", "seed")
 METADATA_MAX_KEYS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 16, 64, 512
-# The fields of each request shape (OpenAI's CreateEvalRequest, UpdateEval, CreateEvalRunRequest and
-# the run data sources). These bodies are parsed by hand (their unions are easier to report on field
-# by field), so unknown fields are refused here, with the same 400 the wire models give.
-EVAL_FIELDS = ("name", "data_source_config", "testing_criteria", "metadata")
-UPDATE_FIELDS = ("name", "metadata")
-RUN_FIELDS = ("name", "data_source", "metadata")
-CUSTOM_CONFIG_FIELDS = ("type", "item_schema", "include_sample_schema")
-RUN_SOURCE_FIELDS = {"jsonl": ("type", "source"),
-                     "completions": ("type", "source", "model", "input_messages", "sampling_params"),
-                     "responses": ("type", "source", "model", "input_messages", "sampling_params")}
-SOURCE_FIELDS = {"file_content": ("type", "content"), "file_id": ("type", "id")}
-SAMPLING_FIELDS = SAMPLING_KEYS + ("tools", "reasoning_effort", "response_format")
+# The fields of each request shape: those of its wire model (schemas/eval_requests.py, OpenAI's
+# CreateEvalRequest, UpdateEvalRequest, CreateEvalRunRequest and the run data sources). These bodies are
+# checked here field by field (the checks need the store and the eval, and each 400 names its field), so
+# unknown fields are refused here, with the same 400 the wire models give.
+EVAL_FIELDS = fields_of(wire.CreateEvalRequest)
+UPDATE_FIELDS = fields_of(wire.UpdateEvalRequest)
+RUN_FIELDS = fields_of(wire.CreateEvalRunRequest)
+CUSTOM_CONFIG_FIELDS = fields_of(wire.CustomDataSourceConfig)
+RUN_SOURCE_FIELDS = {"jsonl": fields_of(wire.JsonlRunDataSource),
+                     "completions": fields_of(wire.CompletionsRunDataSource),
+                     "responses": fields_of(wire.ResponsesRunDataSource)}
+SOURCE_FIELDS = {"file_content": fields_of(wire.FileContentSource), "file_id": fields_of(wire.FileIdSource)}
+SAMPLING_FIELDS = fields_of(wire.CompletionsSamplingParams)
 
 
 def _bad(message: str, param: str, code: str = "invalid_value") -> errors.InvalidRequestError:

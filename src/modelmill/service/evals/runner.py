@@ -29,6 +29,7 @@ from modelmill.service.ids import new_id
 from modelmill.service.sampler import shared_sampler
 from modelmill.service.store import Store
 from modelmill.service.store.evals import EvalRecord, EvalRunRecord
+from modelmill.service import tasks
 from modelmill.service.tasks import TaskContext
 
 log = logging.getLogger(__name__)
@@ -42,26 +43,15 @@ DEFAULT_MAX_TOKENS = 512
 
 def run_next_eval(settings: Settings, store: Store, owner: str, stop_event: threading.Event) -> str | None:
     """Claim and execute the oldest runnable eval run; its id, or None if there was none."""
-    queue = store.eval_run_queue(settings.lease_seconds)
-    lease = queue.claim(owner)
-    if lease is None:
-        return None
-    log.info("worker %s claimed eval run %s (attempt %d)", owner, lease.id, lease.attempt)
-    execute(TaskContext(store, settings, queue, lease, stop_event))
-    return lease.id
+    return tasks.run_next(store.eval_run_queue(settings.lease_seconds), settings, store, owner, stop_event, execute)
 
 
 def execute(ctx: TaskContext, *, should_stop: Callable[[], str | None] | None = None) -> str:
     """Run a claimed run (ctx.lease, from an EvalRunQueue) to its end; returns the status it ended
     in, or "lost" (lease lost). should_stop: an extra stop signal ("cancel" ends the run canceled,
     "pause" hands it back), besides ctx.stop_event (a worker shutting down hands it back)."""
-    lost = threading.Event()
-    try:
-        with ctx.heartbeat(lost):
-            return _Execution(ctx, should_stop, lost).run()
-    except (errors.FencedOutError, errors.NotFoundError):  # reclaimed, or deleted with its eval
-        log.warning("eval run %s: lease lost; its remaining work is left to the next claim", ctx.lease.id)
-        return "lost"
+    lost_on = (errors.FencedOutError, errors.NotFoundError)  # reclaimed, or deleted with its eval
+    return tasks.run_with_heartbeat(ctx, lambda lost: _Execution(ctx, should_stop, lost).run(), lost_on)
 
 
 class _Execution:

@@ -14,6 +14,8 @@ input_messages (as a completions run does), e.g. to compare a fine-tuned model w
 from __future__ import annotations
 
 from modelmill import errors
+from modelmill.service.schemas import eval_requests as wire
+from modelmill.service.schemas.eval_requests import fields_of
 from modelmill.service.store import Store
 from modelmill.service.store.stored import ResponseRecord, StoredCompletionRecord
 
@@ -23,9 +25,11 @@ ITEM_SCHEMA = {"type": "object", "properties": {
     "id": {"type": "string"}, "created_at": {"type": "integer"}, "model": {"type": "string"},
     "metadata": {"type": ["object", "null"]}, "instructions": {"type": ["string", "null"]},
     "input": {"type": "array", "items": {"type": "object"}}}, "required": ["id", "model", "input"]}
-COMPLETIONS_SOURCE_FIELDS = ("type", "metadata", "model", "created_after", "created_before", "limit")
-RESPONSES_SOURCE_FIELDS = ("type", "metadata", "model", "instructions_search", "created_after", "created_before",
-                           "reasoning_effort", "temperature", "top_p", "users", "tools", "limit")
+# The fields of each shape: its wire model's (schemas/eval_requests.py).
+COMPLETIONS_SOURCE_FIELDS = fields_of(wire.StoredCompletionsSource)
+RESPONSES_SOURCE_FIELDS = fields_of(wire.ResponsesSource)
+CONFIG_FIELDS = fields_of(wire.StoredCompletionsDataSourceConfig)
+assert CONFIG_FIELDS == fields_of(wire.LogsDataSourceConfig)
 
 
 def _bad(message: str, param: str, code: str = "invalid_value") -> errors.InvalidRequestError:
@@ -37,7 +41,7 @@ def check_config(config: dict) -> dict:
     from modelmill.service.evals.requests import check_metadata
 
     param = "data_source_config"
-    errors.reject_unknown_fields(config, ("type", "metadata"), param)
+    errors.reject_unknown_fields(config, CONFIG_FIELDS, param)
     return {"type": config["type"], "metadata": check_metadata(config.get("metadata"), f"{param}.metadata"),
             "item_schema": ITEM_SCHEMA, "include_sample_schema": True}
 

@@ -1,26 +1,49 @@
 """Wire models for /v1/fine_tuning/alpha/graders/{run,validate} (OpenAI's RunGraderRequest,
 RunGraderResponse, ValidateGraderRequest, ValidateGraderResponse).
 
-The grader object itself stays a dict here: ml.graders.validate_grader is the one checker of
-grader shapes (it names the bad field, e.g. `grader.graders.a.operation`), so the wire layer
-does not keep a second copy of those rules.
+Graders are described by the discriminated union (on `type`) of the grader types' own wire models
+(ml/graders/registry.py: each type registers its model beside its grade and validate), so
+/openapi.json documents every grader shape. They are *checked* by ml.graders.validate_grader, the
+one checker of grader shapes: its 400s name the exact field (`grader.graders.a.operation`,
+`grader.input[0].content`) with the messages docs/graders-evals.md shows, where pydantic's would
+read differently. So a grader field is validated as a JSON object here and handed to that checker
+(service/graders.py, evals/requests.py); GraderObject / TopLevelGrader change what the schema says.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
+from modelmill.ml import graders as ml_graders
 from modelmill.service.schemas.common import OpenAIRequest, WireModel
 
 
+def described_as(described: Any) -> Any:
+    """A field validated as a JSON object (dict[str, Any]: a non-object is still "Input should be a
+    valid dictionary") and described in the request's JSON schema as `described`, through
+    pydantic's json_schema_input_type (the input a validator accepts, documented)."""
+    return Annotated[dict[str, Any], BeforeValidator(_unchanged, json_schema_input_type=described)]
+
+
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+# Any grader type (evals' testing_criteria, multi's sub-graders).
+GraderObject = described_as(ml_graders.wire_union())
+# The top level of graders/run, graders/validate and an RFT job: OpenAI allows label_model only inside
+# a multi grader there (service/graders.py).
+TopLevelGrader = described_as(ml_graders.wire_union(exclude=("label_model",)))
+
+
 class ValidateGraderRequest(OpenAIRequest):
-    grader: dict[str, Any]
+    grader: TopLevelGrader
 
 
 class RunGraderRequest(OpenAIRequest):
-    grader: dict[str, Any]
+    grader: TopLevelGrader
     # The text being graded; fills the `sample` namespace (output_json too when it is JSON).
     model_sample: str
     # The dataset item; fills the `item` namespace. Missing means {}.
@@ -64,4 +87,4 @@ class RunGraderResponse(WireModel):
 
 
 class ValidateGraderResponse(WireModel):
-    grader: dict[str, Any]
+    grader: TopLevelGrader

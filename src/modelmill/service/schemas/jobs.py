@@ -7,6 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, field_validator
 
 from modelmill.service.schemas.common import OpenAIRequest, WireModel, finite_numbers, unix
+from modelmill.service.schemas.graders import TopLevelGrader
 from modelmill.service.store.records import TERMINAL_STATUSES, CheckpointRecord, EventRecord, JobRecord, Page
 
 Auto = Literal["auto"]
@@ -41,7 +42,7 @@ class DPOMethod(OpenAIRequest):
 
 class ReinforcementHyperparameters(Hyperparameters):
     """OpenAI's FineTuneReinforcementHyperparameters: the supervised ones plus the RFT knobs
-    (ml/rft.py resolve_rft_hyperparameters says what each one does here)."""
+    (ml/rft/config.py resolve_rft_hyperparameters says what each one does here)."""
 
     reasoning_effort: Literal["default", "low", "medium", "high"] = "default"
     compute_multiplier: Union[Auto, Annotated[float, Field(gt=1e-5, le=10)]] = "auto"
@@ -52,8 +53,9 @@ class ReinforcementHyperparameters(Hyperparameters):
 
 
 class ReinforcementMethod(OpenAIRequest):
-    # Checked by ml.graders.validate_grader in fine_tuning.create_job, so its errors name the exact field.
-    grader: dict[str, Any]
+    # Checked by ml.graders.validate_grader in fine_tuning.create_job, so its errors name the exact field;
+    # described in /openapi.json as the grader union (schemas/graders.py).
+    grader: TopLevelGrader
     hyperparameters: ReinforcementHyperparameters | None = None
 
 

@@ -33,7 +33,7 @@ from modelmill.service.store import webhooks
 from modelmill.service.store.db import Database
 from modelmill.service.store.lease import Lease, LeaseQueue, LeaseTable
 from modelmill.service.store.pagination import page_rows
-from modelmill.service.store.records import Page, to_json
+from modelmill.service.store.records import Leased, Page, to_json
 from modelmill.service.store.text import clean
 
 BATCH_ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
@@ -52,7 +52,7 @@ BATCHES = LeaseTable(
 
 
 @dataclass(frozen=True)
-class BatchRecord:
+class BatchRecord(Leased):
     id: str
     project_id: str
     created_at: float
@@ -82,14 +82,6 @@ class BatchRecord:
     cancelled_at: float | None = None
     finished_at: float | None = None
     updated_at: float = 0.0
-    lease_owner: str | None = None
-    lease_token: int = 0
-    lease_expires_at: float | None = None
-    attempts: int = 0
-    reclaims: int = 0
-
-    def lease_live(self, now: float) -> bool:
-        return self.lease_owner is not None and (self.lease_expires_at or 0) >= now
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class Database:
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []  # (the thread it belongs to, it)
         self._all_lock = threading.Lock()
         self._closed = False
+        self._changes = _Changes(self.path)
         self.migrate()
 
     # -- connections -------------------------------------------------------------------
@@ -82,6 +83,7 @@ class Database:
             # Drops this Database's references to the live threads' connections: each is closed when
             # its thread lets go of it (the thread ends, or its next conn() finds none and raises).
             self._local = threading.local()
+        self._changes.close()
         me = threading.current_thread()
         for owner, c in conns:
             if owner is me or not owner.is_alive():
@@ -114,24 +116,19 @@ class Database:
         return self.conn().execute(sql, params).fetchall()
 
     def data_version(self) -> int:
-        """SQLite's PRAGMA data_version on this thread's connection: it changes whenever another
-        connection (the API creating a job, another worker) commits. A read without a lock, so an
-        idle worker can check it every few milliseconds where a claim (a write transaction) would
+        """A number that moves whenever a connection commits (another process, or another thread of
+        this one: the API creating a job, another worker). Read it before a claim, then
+        wait_for_change(version, ...) after one that found nothing: a commit in between is not missed.
+        A lock-free read (SQLite's PRAGMA data_version), where a claim (a write transaction) would
         contend with the API."""
-        return int(self.one("PRAGMA data_version")[0])
+        return self._changes.version()
 
     def wait_for_change(self, since: int, timeout: float, stop: threading.Event | None = None) -> bool:
         """Block until data_version() differs from `since` (True), `timeout` seconds pass or `stop` is
-        set (False). SQLite can't push a change to another process, so this polls data_version every
-        CHANGE_CHECK_S: a lock-free read, cheap enough to do that often."""
-        deadline = time.monotonic() + timeout
-        stop = stop or threading.Event()
-        while not stop.wait(max(0.0, min(CHANGE_CHECK_S, deadline - time.monotonic()))):
-            if self.data_version() != since:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-        return False
+        set (False). SQLite can't push a change to another process, so one thread per Database reads
+        data_version every CHANGE_CHECK_S while anyone waits, and wakes every waiter: the job loop
+        and the webhook delivery threads idle on one lock-free read, not one each."""
+        return self._changes.wait(since, timeout, stop)
 
     @staticmethod
     def now() -> float:
@@ -174,3 +171,81 @@ class Database:
 def _split_sql(script: str) -> list[str]:
     # executescript() would COMMIT our transaction, so statements run one by one.
     return [s.strip() for s in script.split(";") if s.strip()]
+
+
+class _Changes:
+    """Database.data_version / wait_for_change: commits to one SQLite file, as this process sees them.
+
+    `count` moves when PRAGMA data_version on a connection of its own moves (any other connection's
+    commit; this one never writes). A watcher thread re-reads it every CHANGE_CHECK_S, only while a
+    thread waits, and wakes the waiters; it also wakes a waiter whose `stop` event was set. Its
+    connection is used only under `_cond`, so close() never closes it under a running statement."""
+
+    def __init__(self, path: Path):
+        self._path = path
+        self._cond = threading.Condition()
+        self._conn: sqlite3.Connection | None = None
+        self._raw: int | None = None  # the connection's data_version at the last read
+        self._closed = False
+        self._stops: list[threading.Event] = []  # one entry per waiting thread (a fresh Event if none given)
+        self._watcher: threading.Thread | None = None
+        self.count = 0
+
+    def version(self) -> int:
+        with self._cond:
+            self._read()
+            return self.count
+
+    def wait(self, since: int, timeout: float, stop: threading.Event | None) -> bool:
+        deadline = time.monotonic() + timeout
+        stop = stop or threading.Event()
+        with self._cond:
+            self._stops.append(stop)
+            try:
+                if self._watcher is None:
+                    self._watcher = threading.Thread(target=self._watch, name=f"sqlite-changes-{self._path.name}",
+                                                     daemon=True)
+                    self._watcher.start()
+                while self.count == since:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or stop.is_set() or self._closed:
+                        return False
+                    self._cond.wait(left)
+                return True
+            finally:
+                self._stops.remove(stop)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._cond.notify_all()
+
+    def _watch(self) -> None:
+        while True:
+            with self._cond:
+                if not self._stops or self._closed:  # nobody waits: the next wait() starts a new watcher
+                    self._watcher = None
+                    return
+                try:
+                    self._read()
+                except sqlite3.Error:  # e.g. a locked schema change; the next tick tries again
+                    log.debug("reading data_version failed", exc_info=True)
+                if any(s.is_set() for s in self._stops):
+                    self._cond.notify_all()
+            time.sleep(CHANGE_CHECK_S)
+
+    def _read(self) -> None:
+        """Re-read data_version (under _cond); a change moves `count` and wakes the waiters."""
+        if self._closed:
+            raise sqlite3.ProgrammingError(f"the database {self._path} is closed (the server is shutting down)")
+        if self._conn is None:
+            self._conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                         check_same_thread=False)
+        raw = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        if self._raw is not None and raw != self._raw:
+            self.count += 1
+            self._cond.notify_all()
+        self._raw = raw

@@ -22,7 +22,7 @@ from modelmill.service.ids import new_id
 from modelmill.service.store import webhooks
 from modelmill.service.store.db import Database
 from modelmill.service.store.pagination import MAX_LIMIT
-from modelmill.service.store.records import DEFAULT_PROJECT_ID, Page, to_json
+from modelmill.service.store.records import DEFAULT_PROJECT_ID, Leased, Page, to_json
 
 RUN_STATUSES = ("queued", "in_progress", "completed", "failed", "canceled")
 RUN_TERMINAL = ("completed", "failed", "canceled")
@@ -44,7 +44,7 @@ class EvalRecord:
 
 
 @dataclass(frozen=True)
-class EvalRunRecord:
+class EvalRunRecord(Leased):
     id: str
     eval_id: str
     name: str
@@ -64,15 +64,7 @@ class EvalRunRecord:
     started_at: float | None = None
     finished_at: float | None = None
     updated_at: float = 0.0
-    lease_owner: str | None = None
-    lease_token: int = 0
-    lease_expires_at: float | None = None
-    attempts: int = 0
-    reclaims: int = 0
     project_id: str = DEFAULT_PROJECT_ID  # always its eval's
-
-    def lease_live(self, now: float) -> bool:
-        return self.lease_owner is not None and (self.lease_expires_at or 0) >= now
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,8 @@ def _run(conn: psycopg.Connection, sql: str, params) -> Result:
 class _Tx:
     """What transaction() yields: statements on the transaction's connection, sqlite3-style."""
 
+    dialect = "postgres"  # for store code that has only the transaction (store/webhooks.enqueue's NOTIFY)
+
     def __init__(self, conn: psycopg.Connection):
         self.raw = conn
 

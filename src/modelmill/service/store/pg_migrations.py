@@ -51,8 +51,8 @@ EXTRA: dict[str, str] = {
     # The claimable statuses as in store/job_queue.py (records.ACTIVE_STATUSES) and store/evals.py (RUN_ACTIVE).
     "0002_jobs": _NOTIFY_FUNCTION + _notify_trigger("jobs", ("validating_files", "queued", "running")),
     "0008_evals": _notify_trigger("eval_runs", ("queued", "in_progress")),
-    # No trigger on webhook_deliveries: the delivery threads poll (service/webhooks.Dispatcher), and a
-    # NOTIFY per delivery write would only wake the job loops for nothing.
+    # No trigger on webhook_deliveries: store/webhooks.enqueue NOTIFYs when it queues deliveries, and a
+    # NOTIFY per delivery write (each attempt, each retry) would only wake the job loops for nothing.
     # store/batches.py BATCH_ACTIVE
     "0015_batches": _notify_trigger("batches", ("validating", "in_progress", "finalizing", "cancelling")),
 }

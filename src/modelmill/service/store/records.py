@@ -38,8 +38,27 @@ class FileRecord:
     project_id: str = DEFAULT_PROJECT_ID
 
 
+@dataclass(frozen=True, kw_only=True)
+class Leased:
+    """The lease columns every row on the lease spine (store/lease.py) carries: jobs, eval runs, batches.
+
+    A mixin for the records of those tables. Keyword-only, so a record's own fields keep their
+    order and need no defaults (the store builds records by name: from_row).
+    """
+
+    lease_owner: str | None = None
+    lease_token: int = 0  # the fencing token: bumped on every claim
+    lease_expires_at: float | None = None
+    attempts: int = 0
+    reclaims: int = 0
+
+    def lease_live(self, now: float) -> bool:
+        """Whether a worker holds this row now (an expired lease is up for reclaim)."""
+        return self.lease_owner is not None and (self.lease_expires_at or 0) >= now
+
+
 @dataclass(frozen=True)
-class JobRecord:
+class JobRecord(Leased):
     id: str
     created_at: float
     model: str
@@ -69,16 +88,8 @@ class JobRecord:
     estimated_finish: float | None
     result_files: list[str] = field(default_factory=list)
     grader: dict | None = None  # the reinforcement method's grader; None for other methods
-    lease_owner: str | None = None
-    lease_token: int = 0
-    lease_expires_at: float | None = None
-    attempts: int = 0
-    reclaims: int = 0
     updated_at: float = 0.0
     project_id: str = DEFAULT_PROJECT_ID
-
-    def lease_live(self, now: float) -> bool:
-        return self.lease_owner is not None and (self.lease_expires_at or 0) >= now
 
 
 @dataclass(frozen=True)

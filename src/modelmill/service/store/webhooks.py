@@ -109,7 +109,17 @@ def enqueue(c: sqlite3.Connection, project_id: str, event_type: str, data: dict,
         c.execute("INSERT INTO webhook_deliveries (id, event_id, endpoint_id, project_id, status, next_attempt_at,"
                   " created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
                   (new_id("whdel_"), event_id, endpoint_id, project_id, now, now, now))
+    _wake_dispatchers(c)
     return event_id
+
+
+def _wake_dispatchers(c) -> None:
+    """Wake idle delivery threads (service/webhooks.Dispatcher waits on Database.wait_for_change) when
+    `c` commits. SQLite's data_version moves with any commit by itself; Postgres needs a NOTIFY on the
+    channel its listener follows (pg.CHANNEL), which the database sends at commit (none on rollback).
+    Sent here, not by a trigger, so that the deliveries' own retries and claims wake nobody."""
+    if getattr(c, "dialect", "sqlite") == "postgres":
+        c.execute("SELECT pg_notify(?, ?)", ("modelmill_work", "webhook_deliveries"))
 
 
 def job_finished(c: sqlite3.Connection, job_id: str, status: str, now: float) -> None:

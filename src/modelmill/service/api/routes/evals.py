@@ -1,14 +1,16 @@
 """/v1/evals: evals, their runs and output items; plus the HTML report each run's report_url
 points to (/evals/{eval_id}/runs/{run_id}, outside /v1, for browsers).
 
-Plain `def` handlers: FastAPI runs them in its threadpool, so reading a data source or
-rendering a report never blocks the event loop. Everything is scoped to the caller's project:
+Request bodies are JSON objects, described in /openapi.json by their wire models
+(schemas/eval_requests.py) and checked field by field by service/evals/requests.py. Plain `def`
+handlers: FastAPI runs them in its threadpool, so reading a data source or rendering a report never
+blocks the event loop. Everything is scoped to the caller's project:
 another project's eval, run or output item is a 404, exactly like a missing one.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import HTMLResponse
@@ -16,6 +18,7 @@ from fastapi.responses import HTMLResponse
 from modelmill.settings import Settings
 from modelmill.service.api import deps
 from modelmill.service.evals import report, requests
+from modelmill.service.schemas.eval_requests import CreateEvalBody, CreateEvalRunBody, UpdateEvalBody
 from modelmill.service.schemas.evals import (EvalDeleted, EvalList, EvalObject, EvalRunDeleted, EvalRunList,
                                              EvalRunObject, OutputItemList, OutputItemObject)
 from modelmill.service.store import Store
@@ -31,9 +34,9 @@ def _base(request: Request) -> str:
 
 
 @router.post("")
-def create_eval(body: dict[str, Any] = Body(...), store: Store = Depends(deps.store),
+def create_eval(body: CreateEvalBody = Body(...), store: Store = Depends(deps.store),
                 settings: Settings = Depends(deps.settings), project: str = Depends(deps.project)) -> dict:
-    return EvalObject.of(requests.create_eval(store, body, project_id=project, settings=settings)).model_dump()
+    return EvalObject.of(requests.create_eval(store, body.root, project_id=project, settings=settings)).model_dump()
 
 
 @router.get("")
@@ -50,9 +53,9 @@ def retrieve_eval(eval_id: str, store: Store = Depends(deps.store), project: str
 
 
 @router.post("/{eval_id}")
-def update_eval(eval_id: str, body: dict[str, Any] = Body(...), store: Store = Depends(deps.store),
+def update_eval(eval_id: str, body: UpdateEvalBody = Body(...), store: Store = Depends(deps.store),
                 project: str = Depends(deps.project)) -> dict:
-    return EvalObject.of(requests.update_eval(store, eval_id, body, project_id=project)).model_dump()
+    return EvalObject.of(requests.update_eval(store, eval_id, body.root, project_id=project)).model_dump()
 
 
 @router.delete("/{eval_id}")
@@ -62,9 +65,10 @@ def delete_eval(eval_id: str, store: Store = Depends(deps.store), project: str =
 
 
 @router.post("/{eval_id}/runs")
-def create_run(eval_id: str, request: Request, body: dict[str, Any] = Body(...), store: Store = Depends(deps.store),
-               settings: Settings = Depends(deps.settings), project: str = Depends(deps.project)) -> dict:
-    run = requests.create_run(store, settings, eval_id, body, project_id=project)
+def create_run(eval_id: str, request: Request, body: CreateEvalRunBody = Body(...),
+               store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
+               project: str = Depends(deps.project)) -> dict:
+    run = requests.create_run(store, settings, eval_id, body.root, project_id=project)
     return EvalRunObject.of(run, _base(request)).model_dump()
 
 

@@ -1,7 +1,7 @@
 """Issue 17's hostile-input probes at the edge, against a real `modelmill serve` (RELIABILITY.md,
 "Hostile input and denial of service"; `make reliability`):
 
-    python -m tests.reliability.edge_probe [--json PATH] [--big-mb 40] [--login-mb 300] [--chat-mb 20]
+    python -m tools.reliability.edge_probe [--json PATH] [--big-mb 40] [--login-mb 300] [--chat-mb 20]
 
 Each probe prints its HTTP status, its latency, the server's peak RSS growth during it (VmHWM reset
 before each probe), the slowest `GET /v1/models` another client saw meanwhile, and, for uploads,

@@ -1,8 +1,8 @@
 """The "Bad input" figures of RELIABILITY.md (`make reliability`):
 
-    python -m tests.reliability.figures [--json PATH] [--skip-http]
+    python -m tools.reliability.figures [--json PATH] [--skip-http]
 
-1. ml level: every file of the malformed corpus (tests/reliability/malformed.py) through
+1. ml level: every file of the malformed corpus (tools/reliability/malformed.py) through
    ml.data.validate_file: how many are rejected with the expected (line, field, code), how many
    good examples in them were still read, the time, the peak traced memory and the RSS growth.
 2. Huge inputs, each validated in a fresh process (so its RSS growth is its own): a 50 MB line,
@@ -61,7 +61,7 @@ def reset_peak_rss() -> None:
 
 def ml_level(cases, tmp: Path) -> dict:
     from modelmill.ml import data
-    from tests.reliability.malformed import failures
+    from tools.reliability.malformed import failures
 
     path = tmp / "case.jsonl"
     wrong, kept, expected = {}, 0, 0
@@ -97,7 +97,7 @@ def ml_level(cases, tmp: Path) -> dict:
 
 
 def _good(n: int = 11) -> bytes:
-    from tests.reliability.malformed import good_objects
+    from tools.reliability.malformed import good_objects
 
     return "".join(json.dumps(o) + "\n" for o in good_objects("supervised", n)).encode()
 
@@ -162,7 +162,7 @@ def huge_inputs(tmp: Path) -> dict:
     for name in HUGE:
         path = tmp / f"{name}.jsonl"
         what = _write_huge(name, path)
-        run = subprocess.run([sys.executable, "-m", "tests.reliability.figures", "--measure", name, str(path)],
+        run = subprocess.run([sys.executable, "-m", "tools.reliability.figures", "--measure", name, str(path)],
                              capture_output=True, text=True, check=True)
         out[name] = {"what": what, "bytes": path.stat().st_size, **json.loads(run.stdout.strip().splitlines()[-1])}
         path.unlink()
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure:
         _measure_one(*args.measure)
         return 0
-    from tests.reliability.malformed import generate
+    from tools.reliability.malformed import generate
 
     cases = generate()
     figures = {"date": time.strftime("%Y-%m-%d"), "python": sys.version.split()[0]}

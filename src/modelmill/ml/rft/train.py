@@ -1,94 +1,25 @@
-"""Reinforcement fine-tuning (RFT) with LoRA: TRL's GRPOTrainer + PEFT, rewards from ml.graders.
-
-The story of one run (`train_rft`):
-1. Read the reinforcement file through ml.data ("reinforcement" lines -> PromptExample). Without a
-   validation file, hold out HOLDOUT_SHARE of the training prompts (chosen by the seed) as the
-   validation set; the split is written to output_dir/data/ so a resumed run uses the same one.
-2. Render each prompt with our chat template plus the reasoning instruction (ml/rft_grading.py
-   explains the reasoning format and what the grader sees).
-3. Build a GRPOTrainer with a fresh LoRA adapter (or the `init_adapter` of an earlier fine-tune).
-   Each step samples `num_generations` completions for each of `batch_size` prompts in one batched
-   generate() call (sampling.rollout_backend_args picks the backend), grades them with ONE
-   graders.grade_batch call, and takes a GRPO step: group-normalised advantages, clipped policy
-   ratio, plus beta * KL to the reference. With PEFT the reference is the policy with its adapter
-   disabled (the base model), or TRL's frozen copy of the starting adapter with init_adapter; no
-   second model copy is loaded.
-4. Before the first step (not again on resume): grade one sample of the starting policy (the base
-   model; with init_adapter, that adapter) for each of the first `base_check_prompts` validation
-   prompts (info event "Base model reward ...", data {"base_reward", "samples"}); a warn event (data
-   {"constant_reward", "samples"}) when every sample got the same reward; GraderFailedError when the
-   grader failed on more than `base_max_error_share` of them.
-5. Every `eval_interval` steps and at each epoch end: sample `eval_samples` completions for each
-   validation prompt (the first `max_valid_items`) with the current policy, grade them:
-   valid_reward_mean. Each evaluation also writes a checkpoint, so checkpoints are ranked by
-   validation reward; the best one is never pruned. Grader errors here only count as reward 0.
-6. Resume, pause, cancel, atomic checkpoints and the final adapter exactly as SFT/DPO
-   (ml/trainer_common.py). The final adapter (output_dir/adapter) is the LAST policy; the info event
-   {"best_checkpoint_step", "valid_reward_mean"} names the best-validated checkpoint, sent whenever
-   the best changes and once more when the run succeeds.
-
-Hyperparameters (OpenAI's names; `resolve_rft_hyperparameters` resolves "auto", its docstring has
-the rule for each). How each one maps onto GRPO:
-
-    OpenAI hyperparameter     GRPO / this module                                      auto
-    batch_size                prompts per optimizer step (TRL's per-device batch       1 if n < 20, else 2
-                              counts completions: batch_size * num_generations)
-    n_epochs                  passes over the training prompts                         ceil(24 / n), 1..3
-    learning_rate_multiplier  LoRA learning rate = BASE_LEARNING_RATE (5e-5) * this   1.0
-    compute_multiplier        num_generations (group size) = round(4 * this),          1.0 -> 4
-                              clamped to 2..32; rollouts per step = batch_size * that
-    reasoning_effort          max_completion_length: low 64, medium 128, high 256      "default" -> low
-                              completion tokens (reasoning + final answer)
-    eval_interval             optimizer steps between validation evaluations           about 5 per run
-                              (and checkpoints)
-    eval_samples              completions sampled per validation prompt per eval       2
-
-Steps per epoch are n // batch_size (TRL drops a last partial batch of prompts, a different one each
-epoch since prompts are shuffled). Fixed choices (RFTConfig fields, documented there): KL beta 0.04
-(the GRPO paper's), temperature 1.0, one GRPO iteration per generation (on-policy), TRL's "dapo"
-token-level loss, advantages scaled by the group's reward std.
-
-Metrics (reporter.on_step each step): train_reward_mean, train_reward_std, train_grader_error_rate,
-train_grader_error_rate_<flag> (for each OpenAI metadata.errors flag seen so far in the run),
-completion_tokens_mean, kl, train_loss; valid_reward_mean on evaluation steps.
-Failures: errors.GraderFailedError (code "grader_error") when the grader fails on more than
-`max_grader_error_share` of a step's samples; the message quotes one failing sample.
-"""
+"""RFT training: train_rft (the story is in ml/rft/__init__.py), its data (holdout split, rendered prompts),
+the GRPOTrainer and the trainer <-> reporter hooks (base-model check, validation reward, checkpoint ranking)."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from modelmill.errors import InvalidRequestError, TrainingError
-from modelmill.ml import chat_families, chat_format, data, graders, memory, sampling, sft
+from modelmill.errors import TrainingError
+from modelmill.ml import chat_families, chat_format, data, graders, memory, run_config
 from modelmill.ml import trainer_common as common
 from modelmill.ml.report import Reporter
-from modelmill.ml.rft_grading import (ERROR_FLAGS, REASONING_INSTRUCTION, GraderReward, check_error_share,
-                                      completion_sample, with_instruction)
+from modelmill.ml.rft.config import BASE_LEARNING_RATE, RFTConfig
+from modelmill.ml.rft.rewards import ERROR_FLAGS, GraderReward, check_error_share, completion_sample, with_instruction
+from modelmill.ml.rft.rollouts import EVAL_BATCH_ROWS, rollout_backend_args, sample_completions
 from modelmill.ml.types import PromptExample, TrainResult
 
-BASE_LEARNING_RATE = 5e-5  # LoRA learning rate at learning_rate_multiplier=1.0
-AUTO_PROMPT_PASSES = 24  # "auto" n_epochs: at least this many prompt-passes (a CPU budget)
-MAX_AUTO_EPOCHS = 3
-MAX_AUTO_BATCH_SIZE = 2  # "auto" batch_size cap (prompts per step): rollouts are the CPU cost
-BASE_GROUP_SIZE = 4  # num_generations at compute_multiplier 1.0
-GROUP_SIZE_LIMITS = (2, 32)  # GRPO needs 2 to compare; 32 bounds one step's rollouts
-COMPLETION_TOKENS = {"low": 64, "medium": 128, "high": 256}  # reasoning_effort -> max_completion_length
-# What "default" resolves to. OpenAI's default is "medium"; on CPU a step's rollouts cost about 10 s at
-# 64 tokens and 20 s at 128 (SmolLM2-135M, 1 prompt x 4 generations, 2 cores), so "low" keeps an
-# "auto" run on a small file (about 27 steps) to about 5 minutes.
-DEFAULT_EFFORT = "low"
-AUTO_EVALS_PER_RUN = 5  # "auto" eval_interval: about this many evaluations over the run
-AUTO_EVAL_SAMPLES = 2
 HOLDOUT_SHARE = 0.1  # without a validation file: this share of the training prompts (at least 1, at most 50)
 MAX_HOLDOUT = 50
-EVAL_BATCH_ROWS = 16  # completions generated per generate() call when evaluating (bounds the KV cache)
 CHECKPOINT_SCORE_FILE = "rft_valid_reward.json"  # in a checkpoint dir: its valid_reward_mean, for ranking
 
 # The metrics reporter.on_step sends, in this order.
@@ -97,132 +28,9 @@ METRIC_NAMES = ("train_loss", "train_reward_mean", "train_reward_std", "valid_re
                 *(f"train_grader_error_rate_{flag}" for flag in ERROR_FLAGS))
 
 
-def resolve_rft_hyperparameters(requested: dict, n_train_examples: int) -> dict:
-    """Resolve "auto" (or missing) RFT hyperparameters; explicit values are checked and kept.
-
-    The "auto" rule, for n training prompts (see the module docstring for what each one does):
-    - n_epochs: ceil(24 / n) between 1 and 3, so a small file still gets tens of steps.
-    - batch_size: the largest power of two <= n / 10, between 1 and 2 (prompts per step; each
-      brings num_generations rollouts, the dominant CPU cost).
-    - learning_rate_multiplier: 1.0 (a LoRA learning rate of 5e-5).
-    - reasoning_effort: "default" -> "low" (64 completion tokens; a CPU budget, see DEFAULT_EFFORT).
-    - compute_multiplier: 1.0 (4 generations per prompt).
-    - eval_interval: ceil(total steps / 5), at least 1, where total steps = n_epochs * (n // batch_size).
-    - eval_samples: 2.
-
-    Returns {"n_epochs", "batch_size", "learning_rate_multiplier", "reasoning_effort",
-    "compute_multiplier", "eval_interval", "eval_samples"}. Raises InvalidRequestError
-    (param "hyperparameters.<key>") for a bad explicit value; ranges are OpenAI's
-    (FineTuneReinforcementHyperparameters), learning_rate_multiplier as for SFT.
-    """
-    requested = requested or {}
-    n = max(1, int(n_train_examples))
-
-    def asked(key: str):
-        value = requested.get(key, "auto")
-        return None if value in ("auto", None) else value
-
-    out = sft.resolve_sft_hyperparameters(  # explicit values checked with SFT's (OpenAI's) limits
-        {k: requested[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier") if k in requested}, n)
-    if asked("n_epochs") is None:
-        out["n_epochs"] = min(MAX_AUTO_EPOCHS, max(1, math.ceil(AUTO_PROMPT_PASSES / n)))
-    if asked("batch_size") is None:
-        out["batch_size"] = min(MAX_AUTO_BATCH_SIZE, 2 ** (max(1, n // 10).bit_length() - 1))
-    effort = requested.get("reasoning_effort", "default")
-    if effort in ("default", None):
-        effort = DEFAULT_EFFORT
-    if effort not in COMPLETION_TOKENS:
-        raise InvalidRequestError(f"reasoning_effort must be one of 'default', 'low', 'medium', 'high', got {effort!r}",
-                                  param="hyperparameters.reasoning_effort")
-    out["reasoning_effort"] = effort
-    cm = asked("compute_multiplier")
-    if cm is not None and (isinstance(cm, bool) or not isinstance(cm, (int, float)) or not 1e-5 < cm <= 10):
-        raise InvalidRequestError(f"compute_multiplier must be 'auto' or a number in (0.00001, 10], got {cm!r}",
-                                  param="hyperparameters.compute_multiplier")
-    out["compute_multiplier"] = 1.0 if cm is None else float(cm)
-    for key in ("eval_interval", "eval_samples"):
-        value = asked(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise InvalidRequestError(f"{key} must be 'auto' or an integer >= 1, got {value!r}",
-                                      param=f"hyperparameters.{key}")
-    total_steps = out["n_epochs"] * max(1, n // out["batch_size"])
-    out["eval_interval"] = asked("eval_interval") or max(1, math.ceil(total_steps / AUTO_EVALS_PER_RUN))
-    out["eval_samples"] = asked("eval_samples") or AUTO_EVAL_SAMPLES
-    return out
-
-
-def group_size(compute_multiplier: float) -> int:
-    """num_generations: completions sampled per prompt, compared with each other by GRPO."""
-    lo, hi = GROUP_SIZE_LIMITS
-    return min(hi, max(lo, round(BASE_GROUP_SIZE * compute_multiplier)))
-
-
-@dataclass(frozen=True)
-class RFTConfig:
-    """One RFT run. Build it once (the worker or a notebook) and pass it to train_rft."""
-
-    base_dir: Path  # base model HF dir, from models.ensure_base
-    train_path: Path  # training JSONL of reinforcement lines (data.validate_reinforcement_line)
-    valid_path: Path | None  # validation JSONL; None = hold out HOLDOUT_SHARE of the training prompts
-    output_dir: Path  # where data/, checkpoints/ and adapter/ go (the job's directory); created if missing
-    n_epochs: int  # passes over the training prompts (resolved, not "auto")
-    batch_size: int  # prompts per optimizer step; each is sampled num_generations times
-    learning_rate_multiplier: float  # LR = BASE_LEARNING_RATE * this
-    grader: dict  # the reward: an OpenAI grader object, already validated (graders.validate_grader)
-    grader_context: graders.GraderContext | None = None  # judge / sandbox / embedder; None = defaults
-    reasoning_effort: str = DEFAULT_EFFORT  # "low" | "medium" | "high": the completion token budget
-    compute_multiplier: float = 1.0  # group size = round(4 * this), 2..32 (group_size)
-    eval_interval: int = 5  # valid_reward_mean (and a checkpoint) every N steps, plus at epoch ends
-    eval_samples: int = AUTO_EVAL_SAMPLES  # completions per validation prompt per evaluation
-    seed: int = 0  # seeds LoRA init, prompt order, sampling and the holdout split
-    # continue training this LoRA adapter (an ft: model); it is also the KL reference. None = fresh LoRA,
-    # reference = the base model
-    init_adapter: Path | None = None
-    # Tokens of prompt + completion budget; None = ml/memory.plan_memory's limit (context, memory estimate).
-    max_seq_len: int | None = None
-    truncation: bool = False  # over max_seq_len: False = DataValidationError naming it; True = skip it (warn event)
-    quantization: str = "auto"  # "auto" | "none" | "nf4" (QLoRA, CUDA only): see ml/memory.py
-    quantization_from: str = "the config"  # who asked for `quantization`, named in the plan's event and errors
-    gradient_checkpointing: bool | None = None  # activation checkpointing; None = from the memory estimate
-    lora_r: int = 8  # LoRA rank (ignored with init_adapter, which brings its own)
-    lora_alpha: int = 16  # LoRA scaling numerator (effective scale alpha / r)
-    lora_dropout: float = 0.0  # dropout on the LoRA path; 0 = none
-    keep_checkpoints: int = 3  # newest checkpoints kept (plus the best-validated one); older ones deleted
-    warmup_ratio: float = 0.0  # fraction of the steps with linear LR warm-up; then linear decay to 0
-    # Stop once valid_reward_mean has not improved for this many evaluations in a row; None = train every epoch.
-    early_stopping_patience: int | None = None
-    final_model: str = "last"  # the adapter returned: "last" step (OpenAI's rule) or "best" valid_reward_mean
-    torch_threads: int | None = None  # CPU threads torch may use during the run; None = torch's setting
-    kl_beta: float = 0.04  # weight of the KL(policy || reference) penalty; 0 would drop the reference pass
-    temperature: float = 1.0  # sampling temperature of rollouts and evaluations
-    max_completion_tokens: int | None = None  # override of the reasoning_effort budget; None = COMPLETION_TOKENS
-    reasoning_instruction: str | None = REASONING_INSTRUCTION  # system instruction added to prompts; None = none
-    require_answer_marker: bool = False  # True: a completion without "Answer:" is graded as an empty answer
-    # Safety rails: fail when the grader errs on more than this share of one step's samples ...
-    max_grader_error_share: float = 0.5
-    # ... or of the base model's samples before training (the grader is broken, not the model).
-    base_max_error_share: float = 0.8
-    base_check_prompts: int = 8  # base-model samples graded before training (one per validation prompt); 0 = skip
-    max_valid_items: int = 32  # validation prompts used per evaluation (file order); 0 = all
-    rollout_backend: str = "transformers"  # sampling.rollout_backend_args: "transformers" | "vllm" (GPU)
-
-    @property
-    def num_generations(self) -> int:
-        return group_size(self.compute_multiplier)
-
-    @property
-    def completion_budget(self) -> int:
-        return self.max_completion_tokens or COMPLETION_TOKENS[self.reasoning_effort]
-
-    def plan_run(self, tokenizer):
-        """(this config with max_seq_len, quantization and gradient_checkpointing resolved, its
-        memory.MemoryPlan); raises DataValidationError naming over-long examples: trainer_common.plan_run."""
-        return common.plan_run(self, tokenizer, example_lengths, rows_per_example=self.num_generations)
-
-
 def train_rft(config: RFTConfig, reporter: Reporter) -> TrainResult:
     """Train a LoRA adapter with GRPO on config.train_path, rewarded by config.grader; see the
-    module docstring for the story.
+    package docstring (ml/rft/__init__.py) for the story.
 
     Returns TrainResult with status "succeeded" (adapter at output_dir/adapter), "cancelled"
     or "paused" (a later call with the same config resumes from the pause checkpoint).
@@ -363,7 +171,7 @@ def _build_trainer(config: RFTConfig, model, tokenizer, train_ds, valid_ds, call
 
     n_gen = config.num_generations
     completions_per_step = config.batch_size * n_gen  # TRL's per-device batch counts completions
-    args = common.trainer_args(config, BASE_LEARNING_RATE)
+    args = run_config.trainer_args(config, BASE_LEARNING_RATE)
     args.pop("max_length")  # GRPO bounds prompts in _load_dataset and completions by max_completion_length
     args.update(per_device_train_batch_size=completions_per_step, per_device_eval_batch_size=completions_per_step,
                 include_num_input_tokens_seen="no")  # GRPO counts prompt + completion tokens itself
@@ -371,7 +179,7 @@ def _build_trainer(config: RFTConfig, model, tokenizer, train_ds, valid_ds, call
                           max_completion_length=config.completion_budget, beta=config.kl_beta,
                           temperature=config.temperature, top_p=1.0, top_k=0, num_iterations=1,
                           loss_type="dapo", scale_rewards="group", shuffle_dataset=True, log_completions=False,
-                          **sampling.rollout_backend_args(config.rollout_backend))
+                          **rollout_backend_args(config.rollout_backend))
     reward = GraderReward(config.grader, config.grader_context, max_error_share=config.max_grader_error_share,
                           require_marker=config.require_answer_marker, parse=chat_families.family_of(tokenizer).parse)
     tokenizer.padding_side = "left"  # TRL left-pads prompts for generation
@@ -380,7 +188,7 @@ def _build_trainer(config: RFTConfig, model, tokenizer, train_ds, valid_ds, call
             return epoch_seeded(super()._get_train_sampler(dataset), self.args.seed)
 
     trainer = _GRPOTrainer(model=model, reward_funcs=[reward], args=trl_args, train_dataset=train_ds,
-                           processing_class=tokenizer, peft_config=common.lora_config(config), callbacks=[callback])
+                           processing_class=tokenizer, peft_config=run_config.lora_config(config), callbacks=[callback])
     callback.reward, callback.tokenizer = reward, tokenizer
     callback.valid_ds = valid_ds
     callback.check_ds = valid_ds if valid_ds is not None else train_ds
@@ -581,39 +389,3 @@ def _best_published(output_dir: Path) -> tuple[int, float] | None:
         if best is None or reward > best[1]:
             best = (step, reward)
     return best
-
-
-def sample_completions(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float,
-                       eos_ids: list[int], seed: int, before_batch: Callable[[], None] | None = None) -> list[str]:
-    """Sample one completion per prompt text with the live (training) model, EVAL_BATCH_ROWS rows per
-    left-padded generate() call, under a private RNG seeded with `seed` (the training run's RNG
-    stream is left as it was). The model is put back in train mode afterwards. before_batch is
-    called before every generate() call but the first (it raises to stop the sampling: a cancel)."""
-    import torch
-    from transformers import GenerationConfig
-
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=1.0,
-                           top_k=0, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id)
-    device = next(model.parameters()).device
-    texts: list[str] = []
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for start in range(0, len(prompts), EVAL_BATCH_ROWS):
-                if start and before_batch is not None:
-                    before_batch()
-                ids = [torch.tensor(x) for x in tokenizer(text=prompts[start:start + EVAL_BATCH_ROWS])["input_ids"]]
-                width = max(len(x) for x in ids)
-                input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-                mask = torch.zeros((len(ids), width), dtype=torch.long)
-                for r, x in enumerate(ids):
-                    input_ids[r, width - len(x):], mask[r, width - len(x):] = x, 1
-                out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                     generation_config=gen)
-                for row in out[:, width:].tolist():
-                    cut = next((i for i, t in enumerate(row) if t in eos_ids), len(row))
-                    texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
-    finally:
-        model.train()
-    return texts

@@ -1,7 +1,7 @@
 """Issue 17's probes of unbounded work, against a real `modelmill serve` with its worker
 (RELIABILITY.md, "Hostile input and denial of service"; `make reliability`):
 
-    python -m tests.reliability.work_probe [--json PATH] [--give-up-s 5]
+    python -m tools.reliability.work_probe [--json PATH] [--give-up-s 5]
 
 1. A chat with n=16, max_tokens=100000 (the original probe): its status.
 2. A chat within the limits that asks for minutes of generation (n=4, max_tokens=4000), whose client

@@ -1,7 +1,7 @@
 """Issue 17's sandbox and grader probes, long versions (the fast ones are in make test:
 tests/ml/graders/test_sandbox_bounds.py, tests/service/test_grader_concurrency.py).
 
-    python -m tests.reliability.sandbox_probe [--graders N] [--sleep S] [--json PATH]
+    python -m tools.reliability.sandbox_probe [--graders N] [--sleep S] [--json PATH]
 
 1. Memory as a whole: a python grader forks 4 children that each allocate (and touch) 1.5 GiB, with
    the default SandboxConfig (2 GiB). Prints, per bound mechanism this host offers, how many children
@@ -136,7 +136,7 @@ def sandbox_figures() -> list[dict]:
     from modelmill.ml.graders.sandbox import SandboxConfig, run_python_grader
 
     try:
-        from modelmill.ml.graders import sandbox_bounds
+        from modelmill.ml.graders.sandbox import bounds as sandbox_bounds
         bounds = ["auto", "rlimit"] if sandbox_bounds.detect().mechanism != "rlimit" else ["rlimit"]
     except ImportError:
         sandbox_bounds, bounds = None, [None]

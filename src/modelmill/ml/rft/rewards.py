@@ -1,5 +1,5 @@
-"""RFT's side of grading: the reasoning format, completion -> grader sample, the TRL reward function,
-per-step grading statistics and the grader-failure safety rail. ml/rft.py runs the training.
+"""RFT's rewards: the reasoning format, completion -> grader sample, the TRL reward function,
+per-step grading statistics and the grader-failure safety rail. ml/rft/train.py runs the training.
 
 The reasoning format. Small instruct models (SmolLM2) are not reasoning models: they have no
 hidden reasoning channel. So every prompt gets REASONING_INSTRUCTION as a system instruction

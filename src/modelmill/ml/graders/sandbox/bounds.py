@@ -1,5 +1,5 @@
 """The python-grader sandbox bounded as a whole: memory and processes for the grader AND every
-process it starts.
+process it starts (the per-process rlimits are in policy.py).
 
 RLIMIT_AS is per process and RLIMIT_NPROC per uid, so on their own a grader forking N children of
 M bytes each holds N x M (4 children of 1.5 GiB all succeeded; 32 processes x 2 GiB is 64 GiB).

@@ -10,8 +10,8 @@ workers racing for one queue.
    MODELMILL_HOME. Each job must be claimed exactly once: it succeeds, its "started" claim happens
    once (jobs.reclaims == 0) and its steps are recorded once.
 
-    python -m tests.reliability.load_suite                       # 50 x 200 + 4 workers x 12 jobs (make reliability)
-    python -m tests.reliability.load_suite --clients 5 --requests 20 --jobs 4 --no-write   # quick
+    python -m tools.reliability.load_suite                       # 50 x 200 + 4 workers x 12 jobs (make reliability)
+    python -m tools.reliability.load_suite --clients 5 --requests 20 --jobs 4 --no-write   # quick
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import openai  # noqa: E402
 from benchmarks_md import write_section  # noqa: E402
 from openai import OpenAI  # noqa: E402
 
-from modelmill.local_server import free_port, wait_until_up  # noqa: E402
+from modelmill.local_server import LocalServer, free_port  # noqa: E402
 from tests.e2e.conftest import short_dataset  # noqa: E402
 
 RELIABILITY = REPO / "RELIABILITY.md"
@@ -51,17 +51,13 @@ METADATA = {"list_files", "retrieve_file", "list_jobs", "retrieve_job", "events"
 P99_TARGET_MS = 500.0
 
 
-class LiveServer:
+class LiveServer(LocalServer):
+    """modelmill.local_server's server, its output in a log file of its own beside `home`."""
+
     def __init__(self, home: Path, worker: bool, env: dict | None = None, extra_args: tuple[str, ...] = ()):
-        self.home = home
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.env = dict(os.environ, MODELMILL_HOME=str(home), **(env or {}))
-        self.log = open(home.parent / f"server-{self.port}.log", "w+b")
-        cmd = [sys.executable, "-m", "modelmill.cli", "serve", "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd + list(extra_args) + ([] if worker else ["--no-worker"]), env=self.env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        wait_until_up(self.base_url, self.proc)
+        port = free_port()
+        super().__init__(home, worker=worker, env=env, args=extra_args, port=port,
+                         log=home.parent / f"server-{port}.log")
 
     def client(self, on_response=None) -> OpenAI:
         """on_response(httpx.Response): called with every response (the load clients read the
@@ -70,16 +66,10 @@ class LiveServer:
         return OpenAI(base_url=self.base_url, api_key="load", max_retries=0, timeout=120, http_client=http)
 
     def log_text(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text(errors="replace")
+        return self.log_path.read_text(errors="replace")
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+    def stop(self, timeout: float = 30.0) -> None:
+        super().stop(timeout)
 
 
 def tiny_job(client: OpenAI, file_id: str, n_epochs: int, seed: int = 3):
@@ -198,9 +188,7 @@ def race(home: Path, n_jobs: int, n_workers: int = 4) -> dict:
         client = server.client()
         train = client.files.create(file=("race.jsonl", short_dataset(16)), purpose="fine-tune")
         jobs = [tiny_job(client, train.id, n_epochs=1, seed=i).id for i in range(n_jobs)]
-        cmd = [sys.executable, "-m", "modelmill.cli", "worker"]
-        workers = [subprocess.Popen(cmd, env=server.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                   for _ in range(n_workers)]
+        workers = [server.start_worker(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n_workers)]
         t0 = time.monotonic()
         try:
             while any(client.fine_tuning.jobs.retrieve(j).status not in ("succeeded", "failed", "cancelled")
@@ -237,7 +225,7 @@ def race(home: Path, n_jobs: int, n_workers: int = 4) -> dict:
 def report(ld: dict, rc: dict, args) -> str:
     met = ld["server_errors"] == 0 and ld["db_locked"] == 0 and ld["metadata_p99_ms"] < P99_TARGET_MS
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} CPUs, by `python -m tests.reliability.load_suite --clients {args.clients} "
+             f"{os.cpu_count()} CPUs, by `python -m tools.reliability.load_suite --clients {args.clients} "
              f"--requests {args.requests} --jobs {args.jobs}` (`make reliability`). Clients, server and worker share "
              "the machine.", "",
              f"**{ld['clients']} concurrent clients x {args.requests} mixed requests** ({ld['requests']} in all, "

@@ -10,9 +10,9 @@ the last server runs until every event is in: lost = cancelled jobs whose event 
 receiver. Every received body is verified with the openai SDK's webhooks.unwrap. Duplicates (an
 event received twice: the at-least-once re-send of an attempt the kill cut short) are counted too.
 
-    python -m tests.reliability.webhook_durability                       # 10 kills x 20 events
-    python -m tests.reliability.webhook_durability --kills 2 --events 5  # a quick run
-    python -m tests.reliability.webhook_durability --json bench/out/reliability_webhooks.json
+    python -m tools.reliability.webhook_durability                       # 10 kills x 20 events
+    python -m tools.reliability.webhook_durability --kills 2 --events 5  # a quick run
+    python -m tools.reliability.webhook_durability --json bench/out/reliability_webhooks.json
 
 Prints one Markdown row for RELIABILITY.md (the lead writes it there).
 """
@@ -77,7 +77,7 @@ def in_flight(db: Path) -> int:
 
 def start_server(home: Path) -> tuple[LocalServer, OpenAI]:
     """`modelmill serve` (API and worker) on `home`, its log appended to home/../server.log."""
-    server = LocalServer(home, env=ENV, log=open(home.parent / "server.log", "a"))
+    server = LocalServer(home, env=ENV, log=home.parent / "server.log")  # appended to across restarts
     return server, OpenAI(base_url=server.base_url, api_key="local", max_retries=0)
 
 
@@ -96,7 +96,7 @@ def run(kills: int, events: int, seed: int, settle_timeout: float) -> dict:
             expected += make_events(client, file_id, events)
             time.sleep(rng.uniform(0.0, 1.0))  # deliveries under way (0.25 s each, 2 at once, 30% retried)
             server.proc.kill()  # SIGKILL
-            server.proc.wait()
+            server.stop()  # reaps it and closes its log file
             left_at_kill.append(in_flight(home / "modelmill.db"))
             print(f"kill {k + 1}/{kills}: {left_at_kill[-1]} deliveries pending or mid-attempt", file=sys.stderr)
             server, client = start_server(home)

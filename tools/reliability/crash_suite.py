@@ -15,8 +15,8 @@ of the LoRA weights, reported against a tolerance).
 Also the stale-worker case: worker A is SIGSTOPped past its lease, worker B takes the job over, A is
 SIGCONTed: A's writes must be refused (no event, checkpoint or status written by A after takeover).
 
-    python -m tests.reliability.crash_suite                 # 20 points x sft, dpo, rft + SIGSTOP (make reliability)
-    python -m tests.reliability.crash_suite --points 4 --methods sft --no-write   # a quick run
+    python -m tools.reliability.crash_suite                 # 20 points x sft, dpo, rft + SIGSTOP (make reliability)
+    python -m tools.reliability.crash_suite --points 4 --methods sft --no-write   # a quick run
 
 Writes the "Crashes" section of RELIABILITY.md (unless --no-write) and prints the same table.
 """
@@ -348,7 +348,7 @@ def adapter_max_diff(a: Path, b: Path) -> float | None:
 def report(results: list[MethodResult], stale: dict | None, points: int, wall_s: float) -> str:
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, by "
-             f"`python -m tests.reliability.crash_suite --points {points}` (`make reliability`; "
+             f"`python -m tools.reliability.crash_suite --points {points}` (`make reliability`; "
              f"`--methods sft,dpo` and `--methods rft` may run apart, their results are merged); the last run "
              f"took {wall_s / 60:.1f} min.", "",
              "One modelmill-tiny job per method, killed at each point in turn (each kill is a fresh worker "

@@ -1,6 +1,10 @@
-"""Runs INSIDE the python-grader sandbox (see sandbox.py); stdlib only, never imports modelmill.
+"""Runs INSIDE the python-grader sandbox (see this package's __init__); stdlib only, never imports
+modelmill, and is never imported by it either: it is run by path.
 
-Started as `python -I -S -B sandbox_harness.py` with an empty environment. Protocol:
+Started as `python -I -S -B harness.py` with an empty environment: under bwrap this file is bound
+read-only at /sandbox/harness.py (config.SANDBOX_HARNESS); the unsafe-subprocess backend and
+bench/bench_python_grader.py run it where it lies (config.HARNESS). -I keeps this directory off
+sys.path, so the package around it is not importable from inside. Protocol:
 
 stdin  one JSON object: {"source", "samples", "items", "first" (index of samples[0] in the batch),
        "timeout" (seconds per grade() call and for loading the module), "limits" {rlimit name: value},
@@ -97,6 +101,56 @@ def _score(index, value):
     return {"i": index, "score": score}
 
 
+def _load_grader(source, timeout, max_details):
+    """(grade, None) once the grader module has loaded, under the same time limit as one sample;
+    else (None or whatever `grade` is, the load error)."""
+    module = types.ModuleType("grader")
+    module.__file__ = "<grader>"
+    sys.modules["grader"] = module
+    error = None
+    started = time.monotonic()
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            exec(compile(source, "<grader>", "exec"), module.__dict__)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except GraderTimeout:
+        error = f"timeout: loading the grader took longer than {timeout:g}s"
+    except BaseException as exc:  # noqa: BLE001 - anything the user's module-level code raises
+        error = "error loading the grader: " + _describe(exc, max_details)
+    if error is None and time.monotonic() - started > timeout:
+        error = f"timeout: loading the grader took longer than {timeout:g}s"
+    grade = module.__dict__.get("grade")
+    if error is None and not callable(grade):
+        error = "the grader source must define a function grade(sample, item)"
+    return grade, error
+
+
+def _grade_one(grade, index, sample, item, timeout, max_details):
+    """The result line for one sample: grade(sample, item) under the per-sample timer."""
+    started = time.monotonic()
+    try:
+        try:
+            # Re-armed every sample: the grader may have replaced the handler.
+            signal.signal(signal.SIGALRM, _on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            result = _score(index, grade(sample, item))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except GraderTimeout:
+        result = None
+    except MemoryError as exc:
+        result = {"i": index, "error": "memory limit exceeded: " + _describe(exc, max_details)}
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt: still the grader's
+        result = {"i": index, "error": _describe(exc, max_details)}
+    elapsed = time.monotonic() - started
+    if result is None or elapsed > timeout:
+        result = {"i": index, "error": f"timeout: grade() took longer than {timeout:g}s"}
+    result["t"] = round(elapsed, 6)
+    return result
+
+
 def main():
     raw = sys.stdin.buffer.read()
     os.close(0)
@@ -132,27 +186,7 @@ def main():
     samples, items, first = request["samples"], request["items"], int(request.get("first", 0))
     signal.signal(signal.SIGALRM, _on_alarm)
 
-    # Load the grader module under the same time limit as one sample.
-    module = types.ModuleType("grader")
-    module.__file__ = "<grader>"
-    sys.modules["grader"] = module
-    error = None
-    started = time.monotonic()
-    try:
-        try:
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-            exec(compile(request["source"], "<grader>", "exec"), module.__dict__)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    except GraderTimeout:
-        error = f"timeout: loading the grader took longer than {timeout:g}s"
-    except BaseException as exc:  # noqa: BLE001 - anything the user's module-level code raises
-        error = "error loading the grader: " + _describe(exc, max_details)
-    if error is None and time.monotonic() - started > timeout:
-        error = f"timeout: loading the grader took longer than {timeout:g}s"
-    grade = module.__dict__.get("grade")
-    if error is None and not callable(grade):
-        error = "the grader source must define a function grade(sample, item)"
+    grade, error = _load_grader(request["source"], timeout, max_details)
     if error is not None:
         emit({"load_error": error[:max_details]})
         out.flush()
@@ -160,27 +194,7 @@ def main():
     emit({"ready": True})
 
     for offset, (sample, item) in enumerate(zip(samples, items)):
-        index = first + offset
-        started = time.monotonic()
-        try:
-            try:
-                # Re-armed every sample: the grader may have replaced the handler.
-                signal.signal(signal.SIGALRM, _on_alarm)
-                signal.setitimer(signal.ITIMER_REAL, timeout)
-                result = _score(index, grade(sample, item))
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-        except GraderTimeout:
-            result = None
-        except MemoryError as exc:
-            result = {"i": index, "error": "memory limit exceeded: " + _describe(exc, max_details)}
-        except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt: still the grader's
-            result = {"i": index, "error": _describe(exc, max_details)}
-        elapsed = time.monotonic() - started
-        if result is None or elapsed > timeout:
-            result = {"i": index, "error": f"timeout: grade() took longer than {timeout:g}s"}
-        result["t"] = round(elapsed, 6)
-        emit(result)
+        emit(_grade_one(grade, first + offset, sample, item, timeout, max_details))
     emit({"done": True})
     out.flush()
 

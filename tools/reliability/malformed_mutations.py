@@ -1,4 +1,4 @@
-"""The per-line mutations of the malformed corpus (tests/reliability/malformed.py): each takes a
+"""The per-line mutations of the malformed corpus (tools/reliability/malformed.py): each takes a
 valid parsed line and its method, breaks one thing, and returns the (field, code) ml.data must
 report for it, or None when it does not apply to that line (e.g. a tool-call mutation on a line
 without tool calls). MUTATIONS groups them by corpus category."""

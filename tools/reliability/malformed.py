@@ -17,7 +17,7 @@ the files.
 
 Why here and not under bench/: bench/ holds benchmarks that print ratios against a baseline;
 these files are test inputs with expected answers, used by pytest (tests/reliability/) and by
-`make reliability`, which prints the figures RELIABILITY.md quotes (tests/reliability/figures.py).
+`make reliability`, which prints the figures RELIABILITY.md quotes (tools/reliability/figures.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from tests.reliability.malformed_mutations import METHODS, MUTATIONS, TOOLS, call, messages_of
+from tools.reliability.malformed_mutations import METHODS, MUTATIONS, TOOLS, call, messages_of
 
 # ml.jsonl's limits, restated so that a change there is noticed here
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a longer line is line_too_long
