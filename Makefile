@@ -45,8 +45,8 @@ demo: $(STAMP)  ## fine-tune SmolLM2-135M-Instruct for smart-home function calli
 	$(PY) -m modelmill.cli demo
 
 # MODELMILL_REQUIRE_POSTGRES=1: a Postgres that can't start fails the store and queue suites, never skips them.
-test: $(STAMP)  ## the whole test suite, as CI runs it (everything not marked slow; about 17 minutes on 2 cores)
-	MODELMILL_REQUIRE_POSTGRES=1 $(PY) -m pytest -q tests
+test: $(STAMP)  ## the whole test suite, as CI runs it (everything not marked slow; 17-22 minutes on 2 cores)
+	MODELMILL_REQUIRE_POSTGRES=1 $(PY) -m pytest -q --durations=30 tests  # the 30 slowest listed: where the time goes
 
 # Unit tests only: tests/ml, tests/service and the CLI tests, and nothing marked slow; no e2e, browser,
 # reliability or bench suite. HEAVY_TESTS are the modules that train models, start processes, servers or a

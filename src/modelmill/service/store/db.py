@@ -59,7 +59,7 @@ class Database:
             c = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                 check_same_thread=False)
             c.row_factory = sqlite3.Row
-            c.execute("PRAGMA journal_mode=WAL")
+            _enter_wal(c)
             c.execute("PRAGMA synchronous=NORMAL")
             c.execute("PRAGMA foreign_keys=ON")
             c.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -166,6 +166,24 @@ class Database:
 
     def applied_migrations(self) -> list[str]:
         return [r["name"] for r in self.all("SELECT name FROM schema_migrations ORDER BY rowid")]
+
+
+def _enter_wal(c: sqlite3.Connection) -> None:
+    """PRAGMA journal_mode=WAL, retried while another connection holds the lock. On a new file the first
+    connections to arrive at once race to switch it to WAL, and SQLite answers the losers "database is
+    locked" at once, without its busy handler (measured: 31 of 150 rounds of 4 Stores opened together
+    failed). Once the file is in WAL mode the pragma is a no-op read."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            c.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def _split_sql(script: str) -> list[str]:
