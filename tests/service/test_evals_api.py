@@ -102,6 +102,15 @@ def test_bad_eval_requests_name_the_field(client, change, param):
     bad(client, "POST", "/v1/evals", {k: v for k, v in body.items() if v is not None}, param)
 
 
+@pytest.mark.parametrize("url", ["/v1/evals", "/v1/fine_tuning/jobs", "/v1/fine_tuning/alpha/graders/run"])
+def test_a_request_with_no_body_says_the_body_is_missing(client, url):
+    r = client.post(url)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["message"] == "The request body is missing: this endpoint expects a JSON object."
+    assert error["code"] == "missing_required_parameter" and error["param"] is None
+
+
 def test_jsonl_run_counts_items_and_lists_output_items(client, settings, store):
     ev = make_eval(client)
     run = create_run(client, ev["id"], {"type": "jsonl", "source": inline(("a", "a"), ("b", "x"), ("cat", "cats"))},

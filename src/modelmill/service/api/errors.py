@@ -68,6 +68,9 @@ def install(app: FastAPI) -> None:
         if kind == "json_invalid":
             return envelope(400, "We could not parse the JSON body of your request. The body must be valid JSON.",
                             code="invalid_json")
+        if kind == "missing" and not param:  # the whole body (loc is just "body"), not one of its fields
+            return envelope(400, "The request body is missing: this endpoint expects a JSON object.",
+                            code="missing_required_parameter")
         if kind == "missing":
             return envelope(400, f"Missing required parameter: '{param}'.", param=param,
                             code="missing_required_parameter")
