@@ -82,23 +82,30 @@ def test_a_fenced_write_holds_off_the_apis_takeover_until_it_commits(store):
         queue.update(lease, status="running")  # and the old holder is fenced out from then on
 
 
-def test_processes_starting_at_once_apply_each_migration_once(settings):
-    """Each thread opens its own Store (its own connections), as separate processes would."""
+def open_stores_at_once(db_path, files_dir, n: int = 4, **kwargs) -> tuple[list[Store], list[BaseException]]:
+    """n threads each open their own Store (their own connections) at the same moment, as n
+    processes starting together would: the Stores opened and the errors raised."""
     stores, failures = [], []
-    start = threading.Barrier(4)
+    start = threading.Barrier(n)
 
     def open_one() -> None:
         try:
             start.wait()
-            stores.append(Store(settings.db_path, settings.files_dir, database_url=settings.database_url))
+            stores.append(Store(db_path, files_dir, **kwargs))
         except BaseException as e:
             failures.append(e)
 
-    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    threads = [threading.Thread(target=open_one) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
+    return stores, failures
+
+
+def test_processes_starting_at_once_apply_each_migration_once(settings):
+    """Each thread opens its own Store (its own connections), as separate processes would."""
+    stores, failures = open_stores_at_once(settings.db_path, settings.files_dir, database_url=settings.database_url)
     assert not failures
     names = [n for n, _ in MIGRATIONS]
     assert all(s.db.applied_migrations() == names for s in stores)
@@ -157,21 +164,7 @@ def test_stores_opened_at_once_on_a_new_sqlite_file_all_open(tmp_path):
     "database is locked" without waiting (this failed 31 of 150 rounds before db._enter_wal retried)."""
     for n in range(25):
         folder = tmp_path / str(n)
-        stores, failures = [], []
-        start = threading.Barrier(4)
-
-        def open_one() -> None:
-            try:
-                start.wait()
-                stores.append(Store(folder / "db.sqlite3", folder / "files"))
-            except BaseException as e:
-                failures.append(e)
-
-        threads = [threading.Thread(target=open_one) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
+        stores, failures = open_stores_at_once(folder / "db.sqlite3", folder / "files")
         for s in stores:
             s.close()
         assert not failures, f"round {n}: {failures}"
