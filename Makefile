@@ -57,14 +57,15 @@ FAST_TESTS := tests/ml tests/service tests/test_cli.py tests/test_cli_output.py 
 HEAVY_TESTS := tests/ml/test_chat_families.py tests/ml/test_import_race.py tests/ml/test_models.py tests/ml/test_rft.py \
   tests/ml/test_dpo.py tests/ml/test_sft.py tests/ml/test_distributed.py tests/ml/test_sampling_batching.py \
   tests/ml/test_sft_batching.py tests/ml/test_sampling.py tests/ml/test_vllm_backend.py tests/ml/test_multi_lora.py \
-  tests/ml/test_early_stopping.py \
+  tests/ml/test_early_stopping.py tests/ml/test_vision.py \
   tests/ml/graders/test_sandbox.py tests/ml/graders/test_sandbox_escapes.py \
   tests/service/test_worker_ranks.py tests/service/test_model_export.py tests/service/test_worker.py \
   tests/service/test_tenancy.py tests/service/test_job_lengths.py tests/service/test_job_evals.py \
   tests/service/test_queue.py tests/service/test_dpo_jobs.py tests/service/test_no_pickle.py \
   tests/service/test_webhooks.py tests/service/test_adapter_integrity.py
 # Loads a model in a child process to check its output (about 60 s); the rest of its module is fast.
-HEAVY_TEST_CASES := tests/test_cli_output.py::test_third_party_progress_bars_and_deprecations_stay_quiet
+HEAVY_TEST_CASES := tests/test_cli_output.py::test_third_party_progress_bars_and_deprecations_stay_quiet \
+  tests/ml/test_rft_agentic.py::test_agentic_grpo_run_calls_tools_and_reports_rollout_metrics
 test-fast: $(STAMP)  ## unit tests only (no e2e, browser, reliability, bench or slow tests): under 3 minutes
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(addprefix --ignore=,$(HEAVY_TESTS)) $(addprefix --deselect=,$(HEAVY_TEST_CASES)) \
 	  $(FAST_TESTS)
@@ -128,6 +129,8 @@ reliability: $(STAMP)  ## bad input, edge, work, sandbox, webhook, crash and loa
 	  $(PY) -m pytest -q -p no:cacheprovider tests/reliability/test_schemathesis.py
 	# Crashes: SIGKILL at 20 points of an SFT, a DPO and an RFT job, plus a SIGSTOPped stale worker.
 	$(PY) -m tools.reliability.crash_suite
+	# The long variants of make test's e2e checks (marked slow): pause and resume an RFT job across epochs.
+	$(PY) -m pytest -q -p no:cacheprovider -m slow tests/e2e/test_rft.py
 	# Load: 50 clients x 200 mixed requests while a job trains; 4 workers racing for 12 jobs.
 	$(PY) -m tools.reliability.load_suite
 

@@ -126,14 +126,21 @@ def teach_tool_call(model, tokenizer, steps: int) -> float:
     return loss.item()
 
 
-def register_family_models(home: Path, build_dir: Path) -> dict[str, Path]:
-    """Build every family's tiny model and add it to ModelMill's registry in `home` as tiny-<family>;
-    returns {family: materialised model dir}."""
+def build_family_models(build_dir: Path) -> dict[str, Path]:
+    """Build every family's tiny model (build_family_model) under `build_dir`: {family: its directory}.
+    About a minute on 2 cores: tests/conftest.py's session fixture `family_model_sources` builds them
+    once for every test that needs them."""
+    return {name: build_family_model(spec, build_dir / name) for name, spec in SPECS.items()}
+
+
+def register_family_models(home: Path, sources: dict[str, Path]) -> dict[str, Path]:
+    """Add each family's built model (build_family_models) to ModelMill's registry in `home` as
+    tiny-<family> (add_model copies it and records the template choice); returns {family: materialised
+    model dir}."""
     from modelmill.ml import models
 
     dirs = {}
-    for name, spec in SPECS.items():
-        src = build_family_model(spec, build_dir / name)
+    for name, src in sources.items():
         models.add_model(home, f"tiny-{name}", str(src))
         dirs[name] = models.ensure_base(home, f"tiny-{name}")
     return dirs

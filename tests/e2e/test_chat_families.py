@@ -14,10 +14,11 @@ from tests.family_models import SPECS, TEACH_CALL, TEACH_PROMPT, TOOLS, register
 
 
 @pytest.fixture(scope="module")
-def family_server(tmp_path_factory):
-    """A server whose home has tiny-<family> registered for every family (built before it starts)."""
+def family_server(tmp_path_factory, family_model_sources):
+    """A server whose home has tiny-<family> registered for every family (registered before it starts;
+    the models are built once per session, tests/conftest.py)."""
     root = tmp_path_factory.mktemp("families")
-    dirs = register_family_models(root / "home", root / "build")
+    dirs = register_family_models(root / "home", family_model_sources)
     server = Server(root / "home")
     yield server, dirs
     server.stop()

@@ -49,6 +49,11 @@ CASES = [
     ("empty", b"", "empty"),
     ("binary", bytes(range(256)) * 8, "line 1"),
     ("zip", zipped(), "line 1"),
+    # an image for the text-only modelmill-tiny (tests/e2e/test_vision.py has the VLM's malformed images)
+    ("image_text_only_base", with_line(3, json.dumps({"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "?"}, {"type": "image_url", "image_url": {
+            "url": "data:image/png;base64,iVBORw0KGgo="}}]}, {"role": "assistant", "content": "a"}]})),
+     "line 4: messages[0].content[1].type: image_url parts need a vision-language base model"),
 ]
 
 

@@ -23,10 +23,9 @@ def tiny_tokenizer(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
-def family_models(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random models of every chat family (tests/family_models.py), registered with ModelMill in
-    a session tmp home: {family: model dir}. About a minute to build, once."""
+def family_models(tmp_path_factory, family_model_sources) -> dict[str, Path]:
+    """Tiny random models of every chat family (tests/family_models.py, built once per session by
+    tests/conftest.py), registered with ModelMill in a session tmp home: {family: model dir}."""
     from tests.family_models import register_family_models
 
-    root = tmp_path_factory.mktemp("family-models")
-    return register_family_models(root / "home", root / "build")
+    return register_family_models(tmp_path_factory.mktemp("family-models") / "home", family_model_sources)

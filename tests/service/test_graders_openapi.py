@@ -11,7 +11,7 @@ from modelmill.ml.graders import GRADERS, validate_grader
 
 from tests.ml.graders.test_validate import CHECK, LABEL, PY, SCORE, SIM
 
-TOP_LEVEL = {"string_check", "text_similarity", "python", "score_model", "multi"}
+TOP_LEVEL = {"string_check", "text_similarity", "python", "score_model", "multi", "relative_score_model"}
 MULTI = {"type": "multi", "name": "mm", "graders": {"a": CHECK, "l": LABEL}, "calculate_output": "a + l"}
 
 

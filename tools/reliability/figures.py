@@ -9,8 +9,9 @@
    million-deep nestings, the largest json.loads blow-up per byte we found in a 4 MB line, a line with
    hundreds of thousands of problems, and a 20 MB valid file with and without keeping examples.
 3. HTTP level: every file (not the sample `make test` uses) uploaded through the API with the
-   openai SDK, a job created and failed by the worker; checks as tests/reliability/
-   test_malformed_http.py plus the dashboard report's exact (line, field, code); counts 5xx.
+   openai SDK, a job created and failed by the worker; checks as tools/reliability/malformed_http.py
+   (shared with tests/reliability/test_malformed_http.py, which also checks the job object against
+   OpenAI's schema) plus the dashboard report's exact (line, field, code); counts 5xx.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def http_level(cases, tmp: Path) -> dict:
     from modelmill.settings import Settings
     from modelmill.service.api.app import create_app
     from modelmill.service.store import open_store
-    from tests.reliability.test_malformed_http import check_job, run_worker, submit
+    from tools.reliability.malformed_http import check_job, run_worker, submit
 
     settings = Settings(home=tmp / "home", lease_seconds=30.0, heartbeat_seconds=5.0,
                         max_upload_bytes=8 * MiB).ensure_dirs()

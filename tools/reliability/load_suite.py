@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -29,6 +30,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,75 +84,36 @@ def tiny_job(client: OpenAI, file_id: str, n_epochs: int, seed: int = 3):
 # -- 1. concurrent clients ------------------------------------------------------------------------
 
 
-def load(server: LiveServer, clients: int, per_client: int, seed: int) -> dict:
+def load(server: LiveServer, clients: int, per_client: int, seed: int, processes: int = 1) -> dict:
+    """`clients` client threads, spread over `processes` client processes (1: all in this one), each
+    sending `per_client` requests of MIX while a job trains. Why several processes: the SDK's parsing
+    is Python, and 50 threads in one process queue for one GIL (a files.list of 800 files costs the
+    client ~45 ms of CPU, 4x the server's), which real clients, each its own process, don't."""
     admin = server.client()
     train = admin.files.create(file=("load-train.jsonl", short_dataset(32)), purpose="fine-tune")
     trainer = tiny_job(admin, train.id, n_epochs=50)  # keeps the worker training throughout (50 is the cap)
     while admin.fine_tuning.jobs.retrieve(trainer.id).status != "running":
         time.sleep(0.2)
-    small = short_dataset(10, seed=7)
+    work = Work(server.base_url, train.id, trainer.id, per_client, seed)
+    if processes <= 1:
+        results = client_group(work, list(range(clients)), threading.Barrier(clients))
+    else:
+        results = _in_processes(work, clients, processes)
+    wall = max(r[7] for r in results) - min(r[6] for r in results)  # first request sent to last answered
     latencies: dict[str, list[float]] = defaultdict(list)
     server_ms: dict[str, list[float]] = defaultdict(list)  # openai-processing-ms of the same requests
     statuses: Counter = Counter()
     errors: list[str] = []
     created_jobs: list[str] = []
-    lock = threading.Lock()
-    start = threading.Barrier(clients)
-
-    def one_client(i: int) -> None:
-        rng = random.Random(seed * 1000 + i)
-        seen: list[float] = []
-        client = server.client(lambda r: seen.append(float(r.headers.get("openai-processing-ms", "nan"))))
-        kinds = rng.choices(list(MIX), weights=list(MIX.values()), k=per_client)
-        start.wait()
-        for kind in kinds:
-            seen.clear()
-            t0 = time.perf_counter()
-            code, err = 200, None
-            try:
-                if kind == "list_files":
-                    client.files.list()
-                elif kind == "retrieve_file":
-                    client.files.retrieve(train.id)
-                elif kind == "list_jobs":
-                    client.fine_tuning.jobs.list(limit=20)
-                elif kind == "retrieve_job":
-                    client.fine_tuning.jobs.retrieve(trainer.id)
-                elif kind == "events":
-                    client.fine_tuning.jobs.list_events(trainer.id, limit=50)
-                elif kind == "checkpoints":
-                    client.fine_tuning.jobs.checkpoints.list(trainer.id)
-                elif kind == "list_models":
-                    client.models.list()
-                elif kind == "upload":
-                    client.files.create(file=(f"c{i}.jsonl", small), purpose="fine-tune")
-                elif kind == "create_job":
-                    job = tiny_job(client, train.id, n_epochs=1)
-                    with lock:
-                        created_jobs.append(job.id)
-                elif kind == "chat":
-                    client.chat.completions.create(model="modelmill-tiny", max_tokens=8, temperature=0,
-                                                   messages=[{"role": "user", "content": f"hello {rng.random()}"}])
-            except openai.APIStatusError as e:
-                code, err = e.status_code, str(e)[:200]
-            except Exception as e:  # noqa: BLE001 - a connection error counts against the server too
-                code, err = 0, f"{type(e).__name__}: {e}"[:200]
-            ms = (time.perf_counter() - t0) * 1000
-            with lock:
-                latencies[kind].append(ms)
-                if seen:
-                    server_ms[kind].append(seen[-1])
-                statuses[code] += 1
-                if err:
-                    errors.append(f"{kind}: {err}")
-
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.monotonic() - t0
+    for kind, ms, srv, code, err, job_id, _, _ in results:
+        latencies[kind].append(ms)
+        if srv is not None:
+            server_ms[kind].append(srv)
+        statuses[code] += 1
+        if err:
+            errors.append(f"{kind}: {err}")
+        if job_id:
+            created_jobs.append(job_id)
     trainer_status = admin.fine_tuning.jobs.retrieve(trainer.id).status
     for job_id in [trainer.id, *created_jobs]:  # leave nothing running for the next part
         try:
@@ -169,6 +132,108 @@ def load(server: LiveServer, clients: int, per_client: int, seed: int) -> dict:
                          for k, v in sorted(latencies.items())},
             "metadata_server_p50_ms": pct(meta_server, 50), "metadata_server_p99_ms": pct(meta_server, 99),
             "metadata_p50_ms": pct(meta, 50), "metadata_p99_ms": pct(meta, 99), "metadata_n": len(meta)}
+
+
+@dataclass(frozen=True)
+class Work:
+    """What every load client needs (picklable: it goes to the client processes)."""
+    base_url: str
+    train_id: str
+    trainer_id: str
+    per_client: int
+    seed: int
+
+
+def client_group(work: Work, indices: list[int], start) -> list[tuple]:
+    """Run the clients `indices` on threads of this process (all waiting on `start`, a Barrier for
+    every client of every process); their results: (kind, client ms, server ms or None, status,
+    error or None, created job id or None, sent at, answered at) per request (perf_counter seconds:
+    CLOCK_MONOTONIC on Linux, one clock for every process)."""
+    results: list[tuple] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        mine = one_client(work, i, start)
+        with lock:
+            results.extend(mine)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in indices]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def one_client(work: Work, i: int, start) -> list[tuple]:
+    rng = random.Random(work.seed * 1000 + i)
+    seen: list[float] = []
+    http = openai.DefaultHttpxClient(event_hooks={"response": [
+        lambda r: seen.append(float(r.headers.get("openai-processing-ms", "nan")))]})
+    client = OpenAI(base_url=work.base_url, api_key="load", max_retries=0, timeout=120, http_client=http)
+    small = short_dataset(10, seed=7)
+    kinds = rng.choices(list(MIX), weights=list(MIX.values()), k=work.per_client)
+    out = []
+    start.wait()
+    for kind in kinds:
+        seen.clear()
+        t0 = time.perf_counter()
+        code, err, job_id = 200, None, None
+        try:
+            job_id = _request(client, kind, work, i, small, rng)
+        except openai.APIStatusError as e:
+            code, err = e.status_code, str(e)[:200]
+        except Exception as e:  # noqa: BLE001 - a connection error counts against the server too
+            code, err = 0, f"{type(e).__name__}: {e}"[:200]
+        t1 = time.perf_counter()
+        out.append((kind, (t1 - t0) * 1000, seen[-1] if seen else None, code, err, job_id, t0, t1))
+    return out
+
+
+def _request(client: OpenAI, kind: str, work: Work, i: int, small: bytes, rng: random.Random) -> str | None:
+    """Send one request of `kind`; the id of the job it created, if any."""
+    if kind == "list_files":
+        client.files.list()
+    elif kind == "retrieve_file":
+        client.files.retrieve(work.train_id)
+    elif kind == "list_jobs":
+        client.fine_tuning.jobs.list(limit=20)
+    elif kind == "retrieve_job":
+        client.fine_tuning.jobs.retrieve(work.trainer_id)
+    elif kind == "events":
+        client.fine_tuning.jobs.list_events(work.trainer_id, limit=50)
+    elif kind == "checkpoints":
+        client.fine_tuning.jobs.checkpoints.list(work.trainer_id)
+    elif kind == "list_models":
+        client.models.list()
+    elif kind == "upload":
+        client.files.create(file=(f"c{i}.jsonl", small), purpose="fine-tune")
+    elif kind == "create_job":
+        return tiny_job(client, work.train_id, n_epochs=1).id
+    elif kind == "chat":
+        client.chat.completions.create(model="modelmill-tiny", max_tokens=8, temperature=0,
+                                       messages=[{"role": "user", "content": f"hello {rng.random()}"}])
+    return None
+
+
+def _in_processes(work: Work, clients: int, processes: int) -> list[tuple]:
+    """client_group in `processes` spawned processes, the clients dealt round-robin, all released at once."""
+    ctx = multiprocessing.get_context("spawn")
+    start, queue = ctx.Barrier(clients), ctx.Queue()
+    groups = [list(range(clients))[k::processes] for k in range(processes)]
+    procs = [ctx.Process(target=_process_main, args=(work, g, start, queue)) for g in groups if g]
+    for p in procs:
+        p.start()
+    results = []
+    for _ in procs:
+        results.extend(queue.get())
+    for p in procs:
+        p.join()
+    return results
+
+
+def _process_main(work: Work, indices: list[int], start, queue) -> None:
+    queue.put(client_group(work, indices, start))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -224,10 +289,11 @@ def race(home: Path, n_jobs: int, n_workers: int = 4) -> dict:
 
 def report(ld: dict, rc: dict, args) -> str:
     met = ld["server_errors"] == 0 and ld["db_locked"] == 0 and ld["metadata_p99_ms"] < P99_TARGET_MS
+    procs = f" --client-processes {args.client_processes}" if args.client_processes > 1 else ""
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPUs, by `python -m tools.reliability.load_suite --clients {args.clients} "
-             f"--requests {args.requests} --jobs {args.jobs}` (`make reliability`). Clients, server and worker share "
-             "the machine.", "",
+             f"--requests {args.requests} --jobs {args.jobs}{procs}` (`make reliability`). Clients, server and worker "
+             f"share the machine; the clients are threads of {args.client_processes} process(es).", "",
              f"**{ld['clients']} concurrent clients x {args.requests} mixed requests** ({ld['requests']} in all, "
              f"{ld['wall_s']} s) while a modelmill-tiny job trained (status during the run: "
              f"{ld['trainer_status_during']}). Status codes: {ld['statuses']}. 5xx or dropped connections: "
@@ -257,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--jobs", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--client-processes", type=int, default=1,
+                    help="spread the clients over this many processes (1: threads of this one)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--worker-process", action="store_true",
                     help="serve --worker-process: the training worker in a child process, not an API thread")
@@ -267,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     server = LiveServer(root / "a" / "home", worker=True,
                         extra_args=("--worker-process",) if args.worker_process else ())
     try:
-        ld = load(server, args.clients, args.requests, args.seed)
+        ld = load(server, args.clients, args.requests, args.seed, processes=args.client_processes)
     finally:
         server.stop()
     print(json.dumps(ld), flush=True)

@@ -134,10 +134,13 @@ class DescendantSampler:
 
 def sandbox_figures() -> list[dict]:
     from modelmill.ml.graders.sandbox import SandboxConfig, run_python_grader
+    from modelmill.settings import Settings
 
+    cgroup_parent = Settings.from_env().sandbox_cgroup  # MODELMILL_SANDBOX_CGROUP, as the service reads it
     try:
         from modelmill.ml.graders.sandbox import bounds as sandbox_bounds
-        bounds = ["auto", "rlimit"] if sandbox_bounds.detect().mechanism != "rlimit" else ["rlimit"]
+        bounds = (["auto", "rlimit"] if sandbox_bounds.detect(cgroup_parent=cgroup_parent).mechanism != "rlimit"
+                  else ["rlimit"])
     except ImportError:
         sandbox_bounds, bounds = None, [None]
     peaks: list = []
@@ -151,7 +154,7 @@ def sandbox_figures() -> list[dict]:
         sandbox_bounds.LaunchCgroup.destroy = destroy
     rows = []
     for bound in bounds:
-        config = SandboxConfig() if bound is None else SandboxConfig(bound=bound)
+        config = SandboxConfig() if bound is None else SandboxConfig(bound=bound, cgroup_parent=cgroup_parent)
         label = "per-process rlimits only" if bound is None else sandbox_bounds.plan(config).describe()
         for name, source in (("fork 4 x 1.5 GiB", FORK_4_X_1_5_GIB), ("fork bomb", FORK_BOMB)):
             started = time.perf_counter()

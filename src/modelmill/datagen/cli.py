@@ -84,11 +84,13 @@ def _teacher_args(sp, required: bool) -> None:
 
 
 def _teacher(args, cache_path: Path | None):
+    from modelmill.settings import Settings
+
     from .teacher import ResponseCache, Teacher, make_client
 
     client = make_client(args.teacher_base_url, args.teacher_api_key, args.timeout)
     return Teacher(client, args.teacher, cache=ResponseCache(cache_path), max_attempts=args.max_attempts,
-                   backoff=float(os.environ.get("MODELMILL_TEACHER_BACKOFF", "1.0")))
+                   backoff=Settings.from_env().teacher_backoff)
 
 
 def _progress() -> bool:

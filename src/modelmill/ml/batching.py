@@ -122,6 +122,9 @@ class BatchRequest:
     # outputs and forced tool calls. None = no prompt is constrained.
     constraints: list[Any] | None = None
     sink: Any = None  # a TextIteratorStreamer fed with this request's tokens (single-row requests)
+    # A VLM request's image tensors for generate() (ml/vision.prompt_inputs), one row per batch row;
+    # such a request has a key of its own, so it is decoded alone. None = text only.
+    model_inputs: dict | None = None
     # Set when nobody wants the rows any more (a stream consumer stopped reading, an HTTP client
     # disconnected): every row of the request ends at the next decoding step, and a request still
     # queued is dropped before it is decoded.
@@ -304,6 +307,8 @@ def decode_batch(batch: list[BatchRequest]) -> None:
     if processors:
         kwargs["logits_processor"] = LogitsProcessorList(processors)
     started = time.perf_counter()
+    if first.model_inputs:  # images (a request with images is a batch of its own)
+        kwargs.update(first.model_inputs)
     if getattr(first.model, "serves_adapters", False):  # a MultiLoraModel: each row names its adapter
         kwargs["adapters_B"] = [req.adapter for req in batch for _ in range(req.n_rows)]
     with GENERATE_LOCK, torch.inference_mode():

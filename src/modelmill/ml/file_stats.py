@@ -5,6 +5,9 @@ rendered with the model's chat template as training renders it.
     tokenizer = file_stats.load_tokenizer(home, "modelmill-tiny")
     lengths, sampled = file_stats.token_lengths(path, tokenizer)
     file_stats.length_stats(lengths, max_seq_len=2048)   # count, percentiles, histogram, over the limit
+
+A vision base (ml/vision.py) also counts images: token_lengths(..., images=ImageCounter(processor, policy))
+adds each line's image tokens to its length, and ImageCounter.stats() gives the totals.
 """
 
 from __future__ import annotations
@@ -62,9 +65,10 @@ def conversation(obj: dict) -> tuple[list[dict], list[dict] | None] | None:
 
 
 def token_lengths(path: Path, tokenizer, *, skip_lines: set[int] = frozenset(),
-                  limit: int = MAX_TOKENIZED) -> tuple[list[int], bool]:
+                  limit: int = MAX_TOKENIZED, images: ImageCounter | None = None) -> tuple[list[int], bool]:
     """Tokens per valid line, rendered with the tokenizer's chat template as training renders it.
-    Returns (lengths, sampled) where sampled means the file had more than `limit` lines to count."""
+    Returns (lengths, sampled) where sampled means the file had more than `limit` lines to count.
+    `images` (a vision base): each line's image tokens are counted too, and tallied in `images`."""
     from modelmill.ml import chat_format
     from modelmill.ml.jsonl import JsonlReader
 
@@ -84,8 +88,36 @@ def token_lengths(path: Path, tokenizer, *, skip_lines: set[int] = frozenset(),
                     tokenize=True, return_dict=True)
             except Exception:  # noqa: BLE001 - a line the template cannot render is simply not counted
                 continue
-            lengths.append(len(rendered["input_ids"]))
+            lengths.append(len(rendered["input_ids"]) + (images.add(conv[0]) if images is not None else 0))
     return lengths, False
+
+
+class ImageCounter:
+    """Images and the tokens they take, over a file's lines (a vision base's processor, ml/vision.py)."""
+
+    def __init__(self, processor, policy):
+        self.processor, self.policy = processor, policy
+        self.images = self.image_tokens = self.examples_with_images = 0
+
+    def add(self, messages: list[dict]) -> int:
+        """Count one line's images; returns their tokens (an image that cannot be loaded counts 0)."""
+        from modelmill.ml import vision
+
+        _, urls = vision.with_placeholders(messages, self.processor.image_token)
+        tokens = 0
+        for url in urls:
+            try:
+                tokens += vision.count_image_tokens(self.processor, [vision.load_image(url, self.policy)])
+            except vision.ImageError:
+                continue
+            self.images += 1
+        self.examples_with_images += bool(urls)
+        self.image_tokens += tokens
+        return tokens
+
+    def stats(self) -> dict:
+        return {"images": self.images, "image_tokens": self.image_tokens,
+                "examples_with_images": self.examples_with_images}
 
 
 def length_stats(lengths: list[int], *, max_seq_len: int, sampled: bool = False,

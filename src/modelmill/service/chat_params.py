@@ -39,8 +39,9 @@ ACCEPTED_VALUES = {
 TEXT_ONLY_PARTS = {"image_url": "image", "input_audio": "audio", "file": "file"}
 
 
-def check(req: ChatCompletionRequest, settings: Settings) -> None:
-    """Raise InvalidRequestError (param named) for anything in `req` ModelMill would not honour."""
+def check(req: ChatCompletionRequest, settings: Settings, *, images_later: bool = False) -> None:
+    """Raise InvalidRequestError (param named) for anything in `req` ModelMill would not honour.
+    images_later: image_url parts are left to check_images (once the model is known: a VLM reads them)."""
     for name, why in UNSUPPORTED.items():
         if getattr(req, name) is not None:
             raise InvalidRequestError(f"{name}: {why}", param=name, code="unsupported_parameter")
@@ -65,7 +66,7 @@ def check(req: ChatCompletionRequest, settings: Settings) -> None:
             raise InvalidRequestError(f"tools[{i}] is a {tool.type} tool; ModelMill supports function tools only",
                                       param=f"tools[{i}].type", code="unsupported_value")
     _check_limits(req, settings)
-    _check_messages(req)
+    _check_messages(req, images_later)
 
 
 def _check_limits(req: ChatCompletionRequest, settings: Settings) -> None:
@@ -78,7 +79,7 @@ def _check_limits(req: ChatCompletionRequest, settings: Settings) -> None:
                                   code="limit_exceeded")
 
 
-def _check_messages(req: ChatCompletionRequest) -> None:
+def _check_messages(req: ChatCompletionRequest, images_later: bool = False) -> None:
     """Every content part must be text (ModelMill's models are text-only), and no message may
     carry OpenAI's audio or legacy function_call fields."""
     for i, message in enumerate(req.messages):
@@ -89,7 +90,8 @@ def _check_messages(req: ChatCompletionRequest) -> None:
                                           code="unsupported_parameter")
         if isinstance(message.content, list):
             for j, part in enumerate(message.content):
-                _check_part(req.model, i, j, part)
+                if not (images_later and isinstance(part, dict) and part.get("type") == "image_url"):
+                    _check_part(req.model, i, j, part)
 
 
 def _check_part(model: str, i: int, j: int, part: Any) -> None:
@@ -102,6 +104,35 @@ def _check_part(model: str, i: int, j: int, part: Any) -> None:
     if kind != "text" or not isinstance(part.get("text"), str):
         raise InvalidRequestError(f"{param} must be a text part ({{\"type\": \"text\", \"text\": \"...\"}}); "
                                   f"got type {kind!r}", param=param, code="invalid_value")
+
+
+def check_images(settings: Settings, served, req: ChatCompletionRequest) -> None:
+    """Image parts (blocking: may fetch an allow-listed URL): the text-only 400 of _check_part for a model
+    that cannot read images; for a vision-language model (ml/vision.py) each image must be a user
+    message's, load within the limits, and at most vision.MAX_IMAGES_PER_EXAMPLE per request."""
+    from modelmill.ml import vision
+
+    parts = [(i, j, message.role, part) for i, message in enumerate(req.messages) if isinstance(message.content, list)
+             for j, part in enumerate(message.content) if isinstance(part, dict) and part.get("type") == "image_url"]
+    if not parts:
+        return
+    if not vision.is_vision_base(settings.home, served.base_model):
+        _check_part(req.model, *parts[0][:2], parts[0][3])
+    if len(parts) > vision.MAX_IMAGES_PER_EXAMPLE:
+        raise InvalidRequestError(f"{len(parts)} images in one request; at most {vision.MAX_IMAGES_PER_EXAMPLE} are "
+                                  "allowed", param="messages", code="too_many_images")
+    policy = vision.ImagePolicy(hosts=settings.image_hosts)
+    for i, j, role, part in parts:
+        param = f"messages[{i}].content[{j}]"
+        problems: list[tuple[str, str, str]] = []
+        if role != "user":
+            problems.append((f"{param}.type", "unsupported_content", f"image parts are only allowed in user "
+                                                                      f"messages, not {role}"))
+        else:
+            vision.check_image_part(part, param, lambda *p: problems.append(p), policy)
+        if problems:
+            field, code, message = problems[0]
+            raise InvalidRequestError(f"{field}: {message}", param=field, code=code)
 
 
 def check_logit_bias(sampler, settings: Settings, served, req: ChatCompletionRequest) -> None:

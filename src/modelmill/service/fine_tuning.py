@@ -29,6 +29,7 @@ def create_job(store: Store, settings: Settings, req: CreateJobRequest, *, proje
     method_type, hyperparameters, hp_where = _method(req)
     grader = _grader(req, graders.judge_checker(settings, store, project_id)) \
         if methods.get(method_type).needs_grader else None
+    environment = _environment(req, settings) if method_type == "reinforcement" else None
     base_model, init_adapter = _training_model(store, settings, req.model, project_id)
     _check_file(store, req.training_file, "training_file", project_id)
     if req.validation_file:
@@ -40,13 +41,14 @@ def create_job(store: Store, settings: Settings, req: CreateJobRequest, *, proje
     _check_training_options(settings, req.metadata, base_model)
     _check_selection_options(req.metadata, method_type, req.validation_file)
     job_id = new_id("ftjob-")
-    _own_eval(store, job_id, method_type, grader, req, project_id)
+    if environment is None:  # an agentic job has no one-turn before/after eval (job_evals.enabled)
+        _own_eval(store, job_id, method_type, grader, req, project_id)
     return store.jobs.create(NewJob(
         id=job_id, model=req.model, base_model=base_model, init_adapter=init_adapter,
         training_file=req.training_file, validation_file=req.validation_file, suffix=req.suffix,
         seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
         metadata=req.metadata, integrations=_integrations(req, settings), method_type=method_type,
-        hyperparameters=hyperparameters, grader=grader, project_id=project_id,
+        hyperparameters=hyperparameters, grader=grader, environment=environment, project_id=project_id,
         ft_name=model_registry.fine_tuned_model_name(base_model, settings.owner, req.suffix, job_id)))
 
 
@@ -204,6 +206,18 @@ def _grader(req: CreateJobRequest, judges) -> dict:
     grader = graders.validate_top_level(section.grader, path=path)
     graders.check_judge_models(grader, judges, path)
     return grader
+
+
+def _environment(req: CreateJobRequest, settings: Settings) -> dict | None:
+    """method.reinforcement.environment (agentic RFT, docs/agentic_rft.md), validated with its defaults
+    filled in, or None. Errors name the exact field, e.g. method.reinforcement.environment.tools[0].url."""
+    from modelmill.ml import environments  # imports no torch
+
+    section = req.method.reinforcement if req.method else None
+    if section is None or section.environment is None:
+        return None
+    return environments.validate_environment(section.environment, "method.reinforcement.environment",
+                                             tool_hosts=settings.rft_tool_hosts)
 
 
 def _check_hyperparameters(method_type: str, requested: dict, where: str) -> None:

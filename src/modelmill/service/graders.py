@@ -18,18 +18,29 @@ from modelmill.settings import Settings
 from modelmill.service.schemas.graders import RunGraderResponse, ValidateGraderResponse
 from modelmill.service.store import Store
 
-# Top-level grader types of OpenAI's RunGraderRequest / ValidateGraderRequest.
-TOP_LEVEL_TYPES = ("string_check", "text_similarity", "python", "score_model", "multi")
+# Top-level grader types of OpenAI's RunGraderRequest / ValidateGraderRequest, plus ModelMill's
+# relative_score_model (ml/graders/relative_judge.py; docs/agentic_rft.md).
+TOP_LEVEL_TYPES = ("string_check", "text_similarity", "python", "score_model", "multi", "relative_score_model")
 
 
 def build_context(settings: Settings, store: Store, get_sampler: Callable[[], Any], *,
                   project_id: str | None = None):
     """The GraderContext the API grades with: the service judge (own models + MODELMILL_JUDGES
-    endpoints) and the engine's default sandbox and embedder. project_id: the project whose
-    models the judge may use (its own and those shared with it; None: every model)."""
+    endpoints), the sandbox as settings bound it (sandbox_config) and the engine's default embedder.
+    project_id: the project whose models the judge may use (its own and those shared with it; None:
+    every model)."""
     from modelmill.service.judge import ServiceJudge
 
-    return GraderContext(judge=ServiceJudge(settings, store, get_sampler, project_id=project_id))
+    return GraderContext(judge=ServiceJudge(settings, store, get_sampler, project_id=project_id),
+                         sandbox=sandbox_config(settings))
+
+
+def sandbox_config(settings: Settings):
+    """The python-grader sandbox's SandboxConfig: its defaults, bounded as settings say
+    (MODELMILL_SANDBOX_BOUND, MODELMILL_SANDBOX_CGROUP)."""
+    from modelmill.ml.graders.sandbox import SandboxConfig
+
+    return SandboxConfig(bound=settings.sandbox_bound, cgroup_parent=settings.sandbox_cgroup)
 
 
 def validate(grader: dict, judges: Callable[[str], bool] | None = None) -> dict:
@@ -53,7 +64,7 @@ def check_judge_models(grader: dict, judges: Callable[[str], bool], path: str = 
     ModelMill can answer with: a MODELMILL_JUDGES entry or a model the project may use. Otherwise
     400 naming the field, e.g. `method.reinforcement.grader.graders.judge.model` (with path)."""
     kind = grader.get("type")
-    if kind in ("score_model", "label_model"):
+    if kind in ("score_model", "label_model", "relative_score_model"):
         model = grader.get("model")
         if not judges(model):
             raise errors.InvalidRequestError(

@@ -78,7 +78,9 @@ METHODS = ("supervised", "dpo", "reinforcement")
 
 
 def enabled(job: JobRecord) -> bool:
-    return enabled_for(job.metadata, job.validation_file)
+    # Not for agentic RFT (docs/agentic_rft.md): its reward needs the environment's tools, which this
+    # one-turn eval (chat completions, no tools run) cannot give; the job's own validation reward is multi-turn.
+    return enabled_for(job.metadata, job.validation_file) and not job.environment
 
 
 def enabled_for(metadata: dict | None, validation_file: str | None) -> bool:

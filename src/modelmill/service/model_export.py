@@ -63,7 +63,8 @@ def build(store: Store, settings: Settings, name: str, *, project_id: str, forma
     directory = root / f".tmp-{uuid.uuid4().hex[:12]}"
     try:
         with _BUILD_LOCK:
-            export.export(models.ensure_base(settings.home, served.base_model), served.adapter_dir, options, directory)
+            export.export(models.ensure_base(settings.home, served.base_model), served.adapter_dir, options, directory,
+                          converter_path=settings.gguf_converter)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise

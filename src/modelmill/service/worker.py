@@ -73,7 +73,7 @@ class Worker:
         from modelmill.service import webhooks
 
         senders = webhooks.start_dispatchers(self.settings, self.store, self.id, self.stop_event)
-        warm_up()
+        warm_up(self.settings)
         log.info("worker %s polling %s", self.id,
                  "the Postgres store (MODELMILL_DATABASE_URL)" if self.settings.database_url else self.settings.db_path)
         while not self.stop_event.is_set():
@@ -175,10 +175,11 @@ class FineTuneTask:
         method = self._method(job)
         if lease.claimed_status == "validating_files":
             self.queue.add_event(lease, "info", "Validating training file: " + job.training_file)
-        train_path, n_examples = self._validate(job.training_file, "training_file", method.data_format)
+        images = self._image_policy(job)  # None: a text-only base, which refuses image parts
+        train_path, n_examples = self._validate(job.training_file, "training_file", method.data_format, images)
         valid_path = None
         if job.validation_file:
-            valid_path, _ = self._validate(job.validation_file, "validation_file", method.data_format)
+            valid_path, _ = self._validate(job.validation_file, "validation_file", method.data_format, images)
 
         hp = job.hyperparameters
         if not job.hyperparameters_resolved:
@@ -193,10 +194,13 @@ class FineTuneTask:
             from modelmill.ml import inference
 
             extra["rollout_backend"] = inference.rollout_backend(self.settings)
+            if job.environment:  # agentic RFT (docs/agentic_rft.md)
+                extra.update(environment=job.environment, tool_hosts=self.settings.rft_tool_hosts)
         init_adapter, output_dir = self._checked_adapters(job, reporter)
         config = method.build_config(
             hp, base_dir=base_dir, train_path=train_path, valid_path=valid_path,
             output_dir=output_dir, seed=job.seed, init_adapter=init_adapter, **extra,
+            image_hosts=self.settings.image_hosts,  # http(s) training images (ml/vision.py)
             **self._training_options(job))
         self._check_lengths(job, config)  # still validating: an example over the limit fails the job here
         if lease.claimed_status == "validating_files":
@@ -267,7 +271,17 @@ class FineTuneTask:
             raise JobFailed("unsupported_method", f"Method '{job.method_type}' is not supported yet",
                             "method") from None
 
-    def _validate(self, file_id: str, param: str, data_format: str) -> tuple[Path, int]:
+    def _image_policy(self, job: JobRecord):
+        """Where a vision base's training images may come from (ml/vision.py); None for a text-only base."""
+        from modelmill.ml import vision
+
+        if not vision.is_vision_base(self.settings.home, job.base_model):
+            return None
+        refused = "reinforcement fine-tuning does not take images yet (SFT and DPO do)" \
+            if job.method_type == "reinforcement" else ""
+        return vision.ImagePolicy(hosts=self.settings.image_hosts, refused=refused)
+
+    def _validate(self, file_id: str, param: str, data_format: str, images=None) -> tuple[Path, int]:
         """The file's blob path and its number of examples; JobFailed if it is missing or invalid."""
         from modelmill.ml import data
 
@@ -277,7 +291,7 @@ class FineTuneTask:
             raise JobFailed("file_not_found", f"{kind} file {file_id} no longer exists", param)
         # keep_examples=False: only the count is needed here, so a 512 MB upload is not held in memory
         report = data.validate_file(path, data_format, min_examples=10 if param == "training_file" else 1,
-                                    keep_examples=False)
+                                    keep_examples=False, images=images)
         if not report.ok:
             shown = "; ".join(str(p) for p in report.problems[:MESSAGE_PROBLEMS])
             more = len(report.problems) - MESSAGE_PROBLEMS
@@ -376,11 +390,12 @@ WARM_MODULES = ("peft", "datasets", "trl.trainer.sft_trainer")
 WARM_OWN_MODULES = ("modelmill.ml.models", "modelmill.ml.sft")
 
 
-def warm_up() -> None:
+def warm_up(settings: Settings | None = None) -> None:
     """Import the training stack when a worker process starts (Worker.run calls this once), not
     when its first job does: torch, transformers, peft, datasets and TRL's SFTTrainer take ~10 s
     to import on a 2-core CPU, which would otherwise sit between the first job's creation and its
     first step. A failed import is only logged: the job that needs the module reports the error.
+    settings: the worker's, whose python-grader sandbox bounds are logged (None: the defaults).
 
     Not done here, on purpose: gc.freeze() after the imports. It makes the full gc.collect() that
     transformers' Trainer.train() runs before step 1 cheap (0.5-0.8 s saved per job on a loaded
@@ -399,8 +414,9 @@ def warm_up() -> None:
         log.exception("worker warm-up: importing the training stack failed")
     try:  # say at start-up how python graders are bounded here (cgroup v2 / v1 / rlimit), not at the first one
         from modelmill.ml.graders import sandbox
+        from modelmill.service.graders import sandbox_config
 
-        log.info("python grader sandbox: %s", sandbox.bounds.plan(sandbox.SandboxConfig()).describe())
+        log.info("python grader sandbox: %s", sandbox.bounds.plan(sandbox_config(settings or Settings())).describe())
     except Exception:  # noqa: BLE001 - a bad MODELMILL_SANDBOX_* shows up as the first grader's error instead
         log.exception("worker warm-up: checking the python grader sandbox's bounds failed")
     log.info("worker warmed up in %.1f s", time.monotonic() - started)

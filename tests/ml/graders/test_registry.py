@@ -16,7 +16,8 @@ from .test_validate import CHECK, LABEL, PY, SCORE, SIM
 
 PACKAGE = "modelmill.ml.graders"
 ROOT = Path(graders.__file__).parent
-BUILT_INS = ("string_check", "text_similarity", "python", "score_model", "label_model", "multi")
+BUILT_INS = ("string_check", "text_similarity", "python", "score_model", "label_model", "multi",
+             "relative_score_model")
 
 
 def _module_name(path: Path) -> str:

@@ -19,6 +19,7 @@ from .validate import validate_grader
 
 # Built-in grader types (importing registers them).
 from . import string_check, text_similarity, python_grader, model_graders, multi  # noqa: E402,F401  isort: skip
+from . import relative_judge  # noqa: E402,F401  isort: skip  (ModelMill's relative judge, after RULER)
 
 __all__ = [
     "GRADERS", "GradeResult", "GraderContext", "GraderType", "InvalidVariable", "Judge", "JudgeReply", "grade",

@@ -19,7 +19,11 @@ import json
 import re
 
 NAMESPACES = ("item", "sample")
-SAMPLE_FIELDS = ("output_text", "output_json", "output_tools", "choices", "output_audio")
+# OpenAI's sample fields, then ModelMill's agentic RFT extension (docs/agentic_rft.md): the rollout's whole
+# message list and the environment's final state. Outside agentic RFT they are not set, and a template
+# naming them gets an invalid_variable_error.
+SAMPLE_FIELDS = ("output_text", "output_json", "output_tools", "choices", "output_audio", "messages",
+                 "environment_state")
 
 _TAG = re.compile(r"\{\{(.*?)\}\}", re.S)
 # One path step after the namespace: .key | [3] | ["key"] | ['key'].

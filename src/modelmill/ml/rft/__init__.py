@@ -59,6 +59,15 @@ The package, one file per part:
     train.py      train_rft: data and holdout split, the GRPOTrainer, the trainer <-> reporter hooks
     rewards.py    the reasoning format, completion -> grader sample, the TRL reward function, the safety rail
     rollouts.py   the rollout backend (TRL's generate or colocated vLLM) and sample_completions for evaluations
+    multiturn.py  agentic RFT's rollout loop (tool calls, tool results as masked tokens); why TRL's rollout_func
+    agentic.py    agentic RFT in train_rft: TRL's rollout_func, multi-turn evaluations, the tool safety rail
+
+Agentic RFT (docs/agentic_rft.md): with config.environment, each rollout is multi-turn: the model calls the
+environment's tools (ml/environments.py), reads their results and goes on; the loss covers only its own
+tokens and the grader sees the whole trajectory (rewards.trajectory_sample). Metrics add
+rollout_turns_mean, tool_calls_mean, tool_error_rate, tool_latency_mean, tool_failed_rollout_rate; the job
+fails (errors.ToolFailedError, code "tool_error") when tools themselves fail in more than
+max_tool_failure_share of one step's rollouts.
 """
 
 from __future__ import annotations

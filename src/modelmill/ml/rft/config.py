@@ -114,6 +114,11 @@ class RFTConfig(RunConfig):
     base_check_prompts: int = 8  # base-model samples graded before training (one per validation prompt); 0 = skip
     max_valid_items: int = 32  # validation prompts used per evaluation (file order); 0 = all
     rollout_backend: str = "transformers"  # rollouts.rollout_backend_args: "transformers" | "vllm" (GPU)
+    # Agentic RFT (docs/agentic_rft.md, ml/rft/multiturn.py): the environment whose tools rollouts call, as
+    # environments.validate_environment returns it; None = one-turn RFT. completion_budget is then per turn.
+    environment: dict | None = None
+    tool_hosts: tuple[str, ...] = ()  # hosts HTTP tools may reach (the server's MODELMILL_RFT_TOOL_HOSTS)
+    max_tool_failure_share: float = 0.5  # fail when a tool itself failed in more than this share of a step's rollouts
 
     @property
     def num_generations(self) -> int:
@@ -122,6 +127,12 @@ class RFTConfig(RunConfig):
     @property
     def completion_budget(self) -> int:
         return self.max_completion_tokens or COMPLETION_TOKENS[self.reasoning_effort]
+
+    @property
+    def rollout_budget(self) -> int:
+        """Tokens after the prompt one rollout may reach: the completion budget, or with an environment
+        its max_rollout_tokens (every turn and tool result)."""
+        return self.environment["max_rollout_tokens"] if self.environment else self.completion_budget
 
     def plan_run(self, tokenizer):
         """(this config with max_seq_len, quantization and gradient_checkpointing resolved, its

@@ -82,6 +82,18 @@ def completion_sample(text: str, *, parse_tools: bool, require_marker: bool = Fa
     return sample
 
 
+def trajectory_sample(trajectory: dict, *, require_marker: bool = False) -> dict:
+    """The grader sample for one agentic rollout (multiturn.Trajectory.summary()): output_text etc. from
+    its last assistant turn as completion_sample makes them, output_tools = every tool call of the
+    rollout, plus ModelMill's extension: messages (the whole conversation: the prompt, each assistant
+    turn, each tool result) and environment_state (what the python tools left in `state`)."""
+    sample = completion_sample(trajectory["final_text"], parse_tools=False, require_marker=require_marker)
+    sample["output_tools"] = trajectory["tool_calls"]
+    sample["messages"] = trajectory["messages"]
+    sample["environment_state"] = trajectory["environment_state"]
+    return sample
+
+
 # ---------------------------------------------------------------- statistics and the safety rail
 
 
@@ -135,7 +147,9 @@ class GraderReward:
 
     TRL passes the dataset's extra columns per completion: item_json (the line's item as JSON),
     has_tools (whether the prompt declared tools, so tool calls are parsed) and question (the last
-    user message, quoted when the grader fails).
+    user message, quoted when the grader fails). In agentic RFT the rollout function adds
+    `trajectory` (multiturn.Trajectory.summary()): the sample is then the whole rollout
+    (trajectory_sample), and `rollout_stats` (set by the rollout function) join the step's metrics.
     """
 
     __name__ = "grader"  # TRL's name for this reward (its rewards/grader/* logs)
@@ -146,14 +160,21 @@ class GraderReward:
         self.max_error_share, self.require_marker = max_error_share, require_marker
         self.flags_seen: set[str] = set()
         self.stats: dict[str, float] = {}  # the last graded step's metrics (step_stats)
+        self.rollout_stats: dict[str, float] = {}  # agentic RFT: the step's multiturn.rollout_stats
 
     def __call__(self, prompts, completions, completion_ids, item_json, has_tools, question,
-                 trainer_state=None, **_) -> list[float]:
-        samples = [completion_sample(text, parse_tools=tools, require_marker=self.require_marker, parse=self.parse)
-                   for text, tools in zip(completions, has_tools, strict=True)]
+                 trainer_state=None, trajectory=None, **_) -> list[float]:
+        if trajectory is not None:
+            samples = [trajectory_sample(t, require_marker=self.require_marker) for t in trajectory]
+            lengths = [t["model_tokens"] for t in trajectory]  # the model's own tokens, not the tool results
+        else:
+            samples = [completion_sample(text, parse_tools=tools, require_marker=self.require_marker,
+                                         parse=self.parse) for text, tools in zip(completions, has_tools, strict=True)]
+            lengths = [len(ids) for ids in completion_ids]
         items = [json.loads(s) for s in item_json]
         results = graders.grade_batch(self.grader, samples, items, context=self.context)
-        self.stats = step_stats(results, [len(ids) for ids in completion_ids], self.flags_seen)
+        self.stats = {**step_stats(results, lengths, self.flags_seen), **self.rollout_stats}
+        self.rollout_stats = {}
         step = (trainer_state.global_step + 1) if trainer_state is not None else "?"
         check_error_share(results, samples, items, question, self.max_error_share, f"at step {step}")
         return [float(r.reward) for r in results]

@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from modelmill.errors import TrainingError
-from modelmill.ml import chat_families, chat_format, data, graders, memory, run_config
+from modelmill.errors import DataValidationError, InvalidRequestError, TrainingError
+from modelmill.ml import chat_families, chat_format, data, environments, graders, memory, run_config
 from modelmill.ml import trainer_common as common
 from modelmill.ml.report import Reporter
+from modelmill.ml.rft.agentic import AgenticRollouts, sample_trajectories
 from modelmill.ml.rft.config import BASE_LEARNING_RATE, RFTConfig
-from modelmill.ml.rft.rewards import ERROR_FLAGS, GraderReward, check_error_share, completion_sample, with_instruction
+from modelmill.ml.rft.rewards import (ERROR_FLAGS, GraderReward, check_error_share, completion_sample,
+                                      trajectory_sample, with_instruction)
 from modelmill.ml.rft.rollouts import EVAL_BATCH_ROWS, rollout_backend_args, sample_completions
 from modelmill.ml.types import PromptExample, TrainResult
 
@@ -25,7 +28,10 @@ CHECKPOINT_SCORE_FILE = "rft_valid_reward.json"  # in a checkpoint dir: its vali
 # The metrics reporter.on_step sends, in this order.
 METRIC_NAMES = ("train_loss", "train_reward_mean", "train_reward_std", "valid_reward_mean", "kl",
                 "completion_tokens_mean", "train_grader_error_rate",
-                *(f"train_grader_error_rate_{flag}" for flag in ERROR_FLAGS))
+                *(f"train_grader_error_rate_{flag}" for flag in ERROR_FLAGS),
+                # agentic RFT only (multiturn.rollout_stats)
+                "rollout_turns_mean", "tool_calls_mean", "tool_error_rate", "tool_latency_mean",
+                "tool_failed_rollout_rate")
 
 
 def train_rft(config: RFTConfig, reporter: Reporter) -> TrainResult:
@@ -52,19 +58,28 @@ def example_lengths(path: Path, tokenizer, config: RFTConfig) -> list[memory.Exa
     the longest sequence its rollouts can reach. trainer_common.plan_run's input."""
     out = []
     for e in data.read_examples(Path(path), "reinforcement", min_examples=1):
-        prompt = len(tokenizer(render_prompt(tokenizer, e, config.reasoning_instruction),
+        if config.environment and environments.STATE_FIELD in e.item:  # a line's own starting state
+            try:
+                environments.check_state(e.item[environments.STATE_FIELD], environments.STATE_FIELD)
+            except InvalidRequestError as err:
+                raise DataValidationError(f"line {e.line}: {err.message}", param=environments.STATE_FIELD) from None
+        prompt = len(tokenizer(render_prompt(tokenizer, e, config.reasoning_instruction, _tools(config)),
                                add_special_tokens=False)["input_ids"])
-        out.append(memory.ExampleLength(e.line, prompt + config.completion_budget,
-                                        f"prompt {prompt} + completion budget {config.completion_budget}"))
+        out.append(memory.ExampleLength(e.line, prompt + config.rollout_budget,
+                                        f"prompt {prompt} + completion budget {config.rollout_budget}"))
     return out
 
 
 
 def _describe(config: RFTConfig, train_ds) -> str:
+    env = config.environment
+    agentic = (f"; agentic: up to {env['max_turns']} turns and {env['max_rollout_tokens']} tokens per rollout, "
+               f"tools {', '.join(t['name'] for t in env['tools'])}") if env else ""
     return (f"Training on {len(train_ds)} prompts for {config.n_epochs} epoch(s): {config.batch_size} prompt(s) x "
             f"{config.num_generations} generations per step, up to {config.completion_budget} completion tokens "
-            f"(reasoning_effort {config.reasoning_effort}), KL beta {config.kl_beta:g}; validation reward every "
-            f"{config.eval_interval} steps, {config.eval_samples} sample(s) per prompt")
+            f"{'per turn ' if env else ''}(reasoning_effort {config.reasoning_effort}), KL beta {config.kl_beta:g}; "
+            f"validation reward every {config.eval_interval} steps, {config.eval_samples} sample(s) per prompt"
+            + agentic)
 
 
 # ---------------------------------------------------------------- data
@@ -110,11 +125,16 @@ def _line_of(e: PromptExample) -> dict:
     return e.line_dict
 
 
-def render_prompt(tokenizer, example: PromptExample, instruction: str | None) -> str:
+def render_prompt(tokenizer, example: PromptExample, instruction: str | None, tools: list[dict] | None = None) -> str:
     """The prompt text the policy continues: the model's chat template over the messages (plus the
-    reasoning instruction) and tools, ending with the generation prompt (for ChatML "<|im_start|>assistant\\n")."""
-    return chat_format.render(tokenizer, with_instruction(example.messages, instruction), example.tools,
+    reasoning instruction) and tools, ending with the generation prompt (for ChatML "<|im_start|>assistant\\n").
+    tools: the agentic environment's tools, listed instead of the line's own (docs/agentic_rft.md)."""
+    return chat_format.render(tokenizer, with_instruction(example.messages, instruction), tools or example.tools,
                               add_generation_prompt=True)
+
+
+def _tools(config: RFTConfig) -> list[dict] | None:
+    return environments.template_tools(config.environment) if config.environment else None
 
 
 def _load_dataset(path: Path, label: str, tokenizer, config: RFTConfig, reporter: Reporter):
@@ -127,19 +147,20 @@ def _load_dataset(path: Path, label: str, tokenizer, config: RFTConfig, reporter
     from datasets import Dataset
 
     examples = data.read_examples(Path(path), "reinforcement", min_examples=1)
-    limit = config.max_seq_len - config.completion_budget
+    limit = config.max_seq_len - config.rollout_budget
     rows, dropped = [], 0
     for e in examples:
-        prompt = render_prompt(tokenizer, e, config.reasoning_instruction)
+        prompt = render_prompt(tokenizer, e, config.reasoning_instruction, _tools(config))
         if len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) > limit:
             dropped += 1
             continue
         # The grader's item is the whole line, messages included, as on OpenAI ({{item.messages}}).
         rows.append({"prompt": prompt, "item_json": json.dumps(e.line_dict, ensure_ascii=False),
-                     "has_tools": bool(e.tools), "question": chat_format.content_text(e.messages[-1].get("content"))})
+                     "has_tools": bool(e.tools or config.environment),
+                     "question": chat_format.content_text(e.messages[-1].get("content"))})
     if dropped:
         reporter.on_event("warn", f"{dropped} of {len(examples)} {label} prompts are longer than {limit} tokens "
-                                  f"(max_seq_len {config.max_seq_len} minus the {config.completion_budget}-token "
+                                  f"(max_seq_len {config.max_seq_len} minus the {config.rollout_budget}-token "
                                   f"completion budget) and were skipped",
                           {"file": label, "skipped_examples": dropped, "max_seq_len": config.max_seq_len})
     if not rows:
@@ -187,8 +208,16 @@ def _build_trainer(config: RFTConfig, model, tokenizer, train_ds, valid_ds, call
         def _get_train_sampler(self, dataset=None):
             return epoch_seeded(super()._get_train_sampler(dataset), self.args.seed)
 
-    trainer = _GRPOTrainer(model=model, reward_funcs=[reward], args=trl_args, train_dataset=train_ds,
-                           processing_class=tokenizer, peft_config=run_config.lora_config(config), callbacks=[callback])
+        def _generate_and_score_completions(self, inputs):
+            self.rollout_inputs = inputs  # TRL hands a rollout_func only the prompts; agentic rollouts need the rows
+            return super()._generate_and_score_completions(inputs)
+
+    rollout_func = AgenticRollouts(config, tokenizer, reward) if config.environment else None
+    with warnings.catch_warnings():  # TRL calls rollout_func experimental; ml/rft/multiturn.py says why we use it
+        warnings.filterwarnings("ignore", message=".*rollout_func.*")
+        trainer = _GRPOTrainer(model=model, reward_funcs=[reward], args=trl_args, train_dataset=train_ds,
+                               processing_class=tokenizer, peft_config=run_config.lora_config(config),
+                               callbacks=[callback], rollout_func=rollout_func)
     callback.reward, callback.tokenizer = reward, tokenizer
     callback.valid_ds = valid_ds
     callback.check_ds = valid_ds if valid_ds is not None else train_ds
@@ -320,8 +349,14 @@ class _RFTHooks(common.ReporterHooks):
         if step not in self.valid_by_step:
             limit = self.config.max_valid_items
             ds = self.valid_ds.select(range(min(limit, len(self.valid_ds)))) if limit else self.valid_ds
-            results, _, _, _ = self._sample_and_grade(ds, self.config.eval_samples, seed=self.config.seed + step)
+            results, samples, _, _ = self._sample_and_grade(ds, self.config.eval_samples,
+                                                             seed=self.config.seed + step)
             self.valid_by_step[step] = sum(r.reward for r in results) / max(1, len(results))
+            if self.config.environment and samples:  # one rollout to read on the job page, per evaluation
+                self.reporter.on_event("info", f"Sampled trajectory at step {step} (reward {results[0].reward:g})",
+                                       {"step": step, "reward": float(results[0].reward),
+                                        "trajectory": samples[0]["messages"],
+                                        "environment_state": samples[0]["environment_state"]})
         return {"valid_reward_mean": self.valid_by_step[step]}
 
     def _base_check(self) -> None:
@@ -345,6 +380,11 @@ class _RFTHooks(common.ReporterHooks):
     def _sample_and_grade(self, ds, n: int, seed: int):
         """(GradeResults, samples, items, rows) of n sampled completions per row of ds, current policy."""
         rows = [ds[i] for i in range(len(ds)) for _ in range(n)]
+        if self.config.environment:
+            trajs = sample_trajectories(self.trainer.model, self.tokenizer, rows, self.config,
+                                        eos_ids=self.trainer.eos_token_ids, seed=seed, before_batch=self._check_stop)
+            samples = [trajectory_sample(t.summary(), require_marker=self.config.require_answer_marker) for t in trajs]
+            return self._grade(samples, rows)
         texts = sample_completions(self.trainer.model, self.tokenizer, [r["prompt"] for r in rows],
                                    max_new_tokens=self.config.completion_budget,
                                    temperature=self.config.temperature, eos_ids=self.trainer.eos_token_ids, seed=seed,
@@ -353,6 +393,9 @@ class _RFTHooks(common.ReporterHooks):
         samples = [completion_sample(t, parse_tools=r["has_tools"], require_marker=self.config.require_answer_marker,
                                      parse=parse)
                    for t, r in zip(texts, rows, strict=True)]
+        return self._grade(samples, rows)
+
+    def _grade(self, samples: list[dict], rows: list[dict]):
         items = [json.loads(r["item_json"]) for r in rows]
         results = []
         for start in range(0, len(samples), EVAL_BATCH_ROWS):  # a cancel is honoured between batches

@@ -1,10 +1,24 @@
 """What routes get from the app: settings, the store, the shared sampler, the auth check and the
-caller's project (every route scopes what it reads and writes to it)."""
+caller's project (every route scopes what it reads and writes to it).
+
+Two forms of the same accessors:
+- `Depends(get_settings)`, `Depends(get_store)`, `Depends(get_project)`, `Depends(authenticated)`:
+  the dependencies, `async def` so FastAPI awaits them on the event loop. FastAPI runs a plain `def`
+  dependency in anyio's thread pool, one round trip each (a hand-off to a pool thread and back, each
+  side waiting for the GIL): a /v1 GET resolved 7 of them (auth, the query check, store, settings,
+  project, the route, its response check), and with 50 clients while a job trained those hand-offs
+  were most of the server's time (RELIABILITY.md, Load). These only read the app's or the request's
+  state, so they run inline; only a key lookup still goes to a thread (it reads SQLite).
+- `settings(request)`, `store(request)`, `project(request)`, `require_api_key(request)`: plain
+  functions for code that holds a request (async routes, dashboard views). A plain `Depends(store)`
+  still works, at the cost of a thread-pool round trip.
+"""
 
 from __future__ import annotations
 
 import threading
 
+import anyio.to_thread
 from fastapi import Request
 
 from modelmill.settings import Settings
@@ -103,3 +117,27 @@ def project(request: Request) -> str:
         require_api_key(request)
         project_id = request.state.project_id
     return project_id
+
+
+# -- the dependencies (see the module docstring: async so that FastAPI runs them inline) -----------
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+async def authenticated(request: Request) -> None:
+    """require_api_key as a router dependency: nothing to do when the edge has authenticated the
+    request (every unsafe method); else the key lookup on a pool thread (it reads the store)."""
+    if getattr(request.state, "project_id", None) is None:
+        await anyio.to_thread.run_sync(require_api_key, request)
+
+
+async def get_project(request: Request) -> str:
+    """project() as a dependency."""
+    await authenticated(request)
+    return request.state.project_id

@@ -30,8 +30,10 @@ def query_maps(*names: str):
     return mark
 
 
-def refuse_unknown(request: Request) -> None:
-    """The router dependency: 400 naming the first query parameter the matched route does not take."""
+async def refuse_unknown(request: Request) -> None:
+    """The router dependency: 400 naming the first query parameter the matched route does not take.
+    Async (no I/O here) so that FastAPI runs it on the event loop, not as a thread-pool round trip
+    on every /v1 request (api/deps.py says why that matters)."""
     route = request.scope.get("route")
     if route is None or not request.query_params:
         return

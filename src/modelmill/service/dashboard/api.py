@@ -19,12 +19,12 @@ from modelmill.service.dashboard import jobs_view, state
 from modelmill.service.schemas.jobs import JobObject
 from modelmill.service.store import Store
 
-router = APIRouter(prefix="/dashboard/api", tags=["dashboard"], dependencies=[Depends(deps.require_api_key)])
+router = APIRouter(prefix="/dashboard/api", tags=["dashboard"], dependencies=[Depends(deps.authenticated)])
 
 
 @router.get("/jobs")
-def jobs(request: Request, limit: int = Query(100, ge=1, le=1000), store: Store = Depends(deps.store),
-         project: str = Depends(deps.project)) -> dict:
+def jobs(request: Request, limit: int = Query(100, ge=1, le=1000), store: Store = Depends(deps.get_store),
+         project: str = Depends(deps.get_project)) -> dict:
     """The jobs table: newest first, with progress, elapsed seconds and tokens (estimated while running)."""
     reports, now = state.file_reports(request), time.time()
     page = store.jobs.list(limit=limit, project_id=project)
@@ -36,8 +36,8 @@ def jobs(request: Request, limit: int = Query(100, ge=1, le=1000), store: Store 
 
 
 @router.get("/jobs/{job_id}")
-def job_detail(job_id: str, request: Request, store: Store = Depends(deps.store),
-               settings: Settings = Depends(deps.settings), project: str = Depends(deps.project)) -> dict:
+def job_detail(job_id: str, request: Request, store: Store = Depends(deps.get_store),
+               settings: Settings = Depends(deps.get_settings), project: str = Depends(deps.get_project)) -> dict:
     """Everything the job page shows: the job, its metric series and charts, checkpoints (best
     marked), the events log, resolved hyperparameters and the newest before/after eval table."""
     job = store.jobs.get(job_id, project_id=project)
@@ -61,14 +61,14 @@ def job_detail(job_id: str, request: Request, store: Store = Depends(deps.store)
 @router.get("/files/{file_id}/report")
 def file_report(file_id: str, request: Request,
                 method: Literal["supervised", "preference", "reinforcement", "dpo"] | None = None,
-                model: str | None = None, project: str = Depends(deps.project)) -> dict:
+                model: str | None = None, project: str = Depends(deps.get_project)) -> dict:
     """ml.data's validation report plus token-length statistics (cached per file)."""
     return state.file_reports(request).get(file_id, method=method, model=model, project_id=project)
 
 
 @router.get("/models")
-def models(store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
-           project: str = Depends(deps.project)) -> dict:
+def models(store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
+           project: str = Depends(deps.get_project)) -> dict:
     """Base, fine-tuned and checkpoint models with their kind (/v1/models has no room for it)."""
     served = model_registry.list_served(store, settings, project_id=project)
     return {"object": "list", "data": [model_row(m, settings) for m in served]}

@@ -22,11 +22,11 @@ import threading
 from pathlib import Path
 
 from modelmill import errors
-from modelmill.ml.file_stats import detect_method, length_stats, load_tokenizer, token_lengths
+from modelmill.ml.file_stats import ImageCounter, detect_method, length_stats, load_tokenizer, token_lengths
 from modelmill.settings import Settings
 from modelmill.service.store import Store
 
-REPORT_VERSION = 3  # bump when the cached report's shape changes
+REPORT_VERSION = 4  # bump when the cached report's shape changes
 
 
 class FileReports:
@@ -70,14 +70,18 @@ class FileReports:
 
     def _compute(self, file_id: str, method: str, model: str, project_id: str | None,
                  limit: tuple[int, str]) -> dict:
-        from modelmill.ml import data
+        from modelmill.ml import data, vision
 
         path = self._path(file_id)
-        report = data.validate_file(path, method, keep_examples=False)
-        bad_lines = {p.line for p in report.problems if p.line}
         tokenizer, base = self._tokenizer(model, project_id)
-        lengths, sampled = token_lengths(path, tokenizer, skip_lines=bad_lines)
-        return {"file_id": file_id, "method": method, "tokenizer_model": base, "n_lines": report.n_lines,
+        # A vision base reads image parts (and the report counts them); a text-only one refuses them.
+        policy = vision.ImagePolicy(hosts=self.settings.image_hosts) \
+            if vision.is_vision_base(self.settings.home, base) else None
+        report = data.validate_file(path, method, keep_examples=False, images=policy)
+        bad_lines = {p.line for p in report.problems if p.line}
+        counter = ImageCounter(vision.load_processor(self.settings.home / "models" / base), policy) if policy else None
+        lengths, sampled = token_lengths(path, tokenizer, skip_lines=bad_lines, images=counter)
+        return {**({"images": counter.stats()} if counter else {}),"file_id": file_id, "method": method, "tokenizer_model": base, "n_lines": report.n_lines,
                 "ok": report.ok, "problems": [{"line": p.line, "field": p.field, "code": p.code,
                                                "message": p.message} for p in report.problems],
                 "max_seq_len": {"tokens": limit[0], "why": limit[1]},

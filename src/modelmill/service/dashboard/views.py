@@ -127,15 +127,15 @@ def file_page(file_id: str, request: Request, method: str | None = None, model: 
 def models_page(request: Request):
     settings, store = deps.settings(request), deps.store(request)
     rows = [api.model_row(m, settings) for m in model_registry.list_served(store, settings, deps.project(request))]
-    return render(request, "models.html", title="Models", models=rows, export_formats=_export_formats())
+    return render(request, "models.html", title="Models", models=rows, export_formats=_export_formats(settings))
 
 
-def _export_formats() -> list[str]:
+def _export_formats(settings) -> list[str]:
     """The download links of a fine-tuned model's row: gguf only where this server has the converter."""
     from modelmill.ml import export
 
     try:
-        export.gguf_converter()
+        export.gguf_converter(settings.gguf_converter)
     except errors.InvalidRequestError:
         return ["adapter", "merged"]
     return ["adapter", "merged", "gguf"]

@@ -188,7 +188,7 @@ def normalize_input_messages(spec: dict) -> dict:
 
 def render_input(spec: dict, item: dict) -> list[dict]:
     """The chat messages sent to the model for `item`: the template rendered with {{item.*}}
-    (content parts flattened to text: local models read text), or the referenced item field
+    (text parts joined into one text; input_image parts kept as image_url parts), or the referenced item field
     (a list of messages, or a string taken as one user message). Raises InvalidVariable or
     DataSourceError when this item does not fit."""
     from modelmill.ml.graders import templating
@@ -200,9 +200,28 @@ def render_input(spec: dict, item: dict) -> list[dict]:
         if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m for m in value):
             raise DataSourceError(f"{spec['item_reference']} must be a list of messages with role and content")
         return [_plain(m) for m in value]
-    return [{"role": m["role"], "content": "".join(templating.render(t, {}, item)
-                                                   for _, t in _texts(m.get("content"), "content"))}
-            for m in spec["template"]]
+    return [_render_message(m, item) for m in spec["template"]]
+
+
+def _render_message(m: dict, item: dict) -> dict:
+    """One template message: its text parts rendered and joined; its input_image parts (image_url
+    templated too) kept after the text as chat image_url parts, which a vision-language model reads and
+    sampling refuses for a text-only one (an item error, never a silent drop; docs/vision.md)."""
+    from modelmill.ml.graders import templating
+
+    content = m.get("content")
+    text = "".join(templating.render(t, {}, item) for _, t in _texts(content, "content"))
+    parts = content if isinstance(content, list) else [content]
+    images = [p for p in parts if isinstance(p, dict) and p.get("type") == "input_image"]
+    if any(not isinstance(p.get("image_url"), str) for p in images):
+        raise DataSourceError("an input_image part needs image_url: a URL string (a data: URL or an allowed "
+                              "http(s) URL; it may use {{item.*}})", param="content")
+    if not images:
+        return {"role": m["role"], "content": text}
+    rendered = [{"type": "image_url", "image_url": {"url": templating.render(p["image_url"], {}, item),
+                                                    **({"detail": p["detail"]} if p.get("detail") else {})}}
+                for p in images]
+    return {"role": m["role"], "content": ([{"type": "text", "text": text}] if text else []) + rendered}
 
 
 def _plain(message: dict) -> dict:

@@ -57,6 +57,9 @@ class ReinforcementMethod(OpenAIRequest):
     # described in /openapi.json as the grader union (schemas/graders.py).
     grader: TopLevelGrader
     hyperparameters: ReinforcementHyperparameters | None = None
+    # ModelMill's extension (agentic RFT, docs/agentic_rft.md): tools the rollouts call. Checked by
+    # ml.environments.validate_environment in fine_tuning.create_job, so its errors name the exact field.
+    environment: dict[str, Any] | None = None
 
 
 class Method(OpenAIRequest):
@@ -169,8 +172,9 @@ class JobObject(WireModel):
             status=status, trained_tokens=job.trained_tokens, training_file=job.training_file,
             validation_file=job.validation_file, integrations=job.integrations, seed=job.seed,
             estimated_finish=unix(job.estimated_finish) if status == "running" else None, eval_id=eval_id,
-            method={"type": job.method_type, job.method_type: {"hyperparameters": hp,
-                                                               **({"grader": job.grader} if job.grader else {})}},
+            method={"type": job.method_type, job.method_type: {
+                "hyperparameters": hp, **({"grader": job.grader} if job.grader else {}),
+                **({"environment": job.environment} if job.environment else {})}},
             metadata=job.metadata)
 
 

@@ -41,6 +41,7 @@ class NewJob:
     hyperparameters: dict  # as requested; "auto" allowed
     ft_name: str  # the fine_tuned_model name the job gets on success
     grader: dict | None = None  # method.reinforcement.grader (validated); None for other methods
+    environment: dict | None = None  # method.reinforcement.environment (validated); None = not agentic
     project_id: str = DEFAULT_PROJECT_ID  # the project that owns the job and everything it makes
 
 
@@ -55,12 +56,12 @@ class JobRepo:
             c.execute(
                 "INSERT INTO jobs (id, created_at, model, base_model, init_adapter, training_file,"
                 " validation_file, suffix, seed, metadata, integrations, method_type, hyperparameters,"
-                " ft_name, grader, status, updated_at, project_id)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'validating_files',?,?)",
+                " ft_name, grader, status, updated_at, project_id, environment)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'validating_files',?,?,?)",
                 (new.id, now, new.model, new.base_model, new.init_adapter, new.training_file,
                  new.validation_file, new.suffix, new.seed, to_json(new.metadata), to_json(new.integrations),
                  new.method_type, to_json(new.hyperparameters), new.ft_name, to_json(new.grader), now,
-                 new.project_id))
+                 new.project_id, to_json(new.environment)))
             insert_event(c, new.id, "info", f"Created fine-tuning job: {new.id}")
         return self.get(new.id)
 

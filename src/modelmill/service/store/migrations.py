@@ -388,4 +388,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             UNIQUE (batch_id, line)
         );
     """),
+    ("0016_jobs_environment", """
+        -- agentic RFT: method.reinforcement.environment (JSON object, validated at create time), NULL otherwise
+        ALTER TABLE jobs ADD COLUMN environment TEXT;
+    """),
 ]

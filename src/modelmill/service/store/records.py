@@ -88,6 +88,7 @@ class JobRecord(Leased):
     estimated_finish: float | None
     result_files: list[str] = field(default_factory=list)
     grader: dict | None = None  # the reinforcement method's grader; None for other methods
+    environment: dict | None = None  # agentic RFT's method.reinforcement.environment; None otherwise
     updated_at: float = 0.0
     project_id: str = DEFAULT_PROJECT_ID
 
@@ -124,7 +125,8 @@ class ApiKeyRecord:
     project_id: str = DEFAULT_PROJECT_ID
 
 
-_JSON_COLUMNS = {"metadata", "integrations", "hyperparameters", "error", "data", "metrics", "result_files", "grader"}
+_JSON_COLUMNS = {"metadata", "integrations", "hyperparameters", "error", "data", "metrics", "result_files", "grader",
+                 "environment"}
 _BOOL_COLUMNS = {"hyperparameters_resolved"}
 
 

@@ -38,11 +38,12 @@ import errno
 import itertools
 import logging
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import processes
 
 log = logging.getLogger(__name__)
 
@@ -383,11 +384,7 @@ def _kill_members(d: str) -> None:
         pids = [int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()]
     except (OSError, ValueError):
         return
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    processes.kill_all(pids)
 
 
 def _sweep_stale(found: Detected) -> None:

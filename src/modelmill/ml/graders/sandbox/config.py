@@ -4,9 +4,8 @@ fixed paths and package lists of the sandbox's filesystem."""
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import bounds
@@ -68,11 +67,13 @@ class SandboxConfig:
     # Memory of the grader and every process it starts, all together (tmpfs /tmp included), bytes;
     # <= 2 GiB (OpenAI's limit is for the grader as a whole). See bounds.py.
     total_memory_bytes: int = MAX_MEMORY_BYTES
-    # How that total is enforced (MODELMILL_SANDBOX_BOUND): "auto" = a cgroup where one can be written,
-    # else "rlimit"; "cgroup" = a cgroup or the sandbox is unavailable; "rlimit" = never a cgroup.
-    bound: str = field(default_factory=lambda: os.environ.get("MODELMILL_SANDBOX_BOUND") or "auto")
-    # A delegated cgroup v2 directory for the sandboxes' cgroups (MODELMILL_SANDBOX_CGROUP); None = find one.
-    cgroup_parent: str | None = field(default_factory=lambda: os.environ.get("MODELMILL_SANDBOX_CGROUP") or None)
+    # How that total is enforced: "auto" = a cgroup where one can be written, else "rlimit"; "cgroup" = a
+    # cgroup or the sandbox is unavailable; "rlimit" = never a cgroup. The service passes its
+    # Settings.sandbox_bound (MODELMILL_SANDBOX_BOUND) here.
+    bound: str = "auto"
+    # A delegated cgroup v2 directory for the sandboxes' cgroups; None = find one. The service passes its
+    # Settings.sandbox_cgroup (MODELMILL_SANDBOX_CGROUP) here.
+    cgroup_parent: str | None = None
     # Under the "rlimit" bound (no cgroup), the most processes plus threads the grader may have.
     rlimit_processes: int = 4
     # CPU cores the sandbox is pinned to (taskset; sched_setaffinity is blocked inside); <= 2.
@@ -103,6 +104,9 @@ class SandboxConfig:
     site_packages: str | None = None
     # site-packages entries (names or globs) bound read-only at /sandbox/lib; missing ones are skipped.
     packages: tuple[str, ...] = DEFAULT_PACKAGES
+    # What the harness's function returns per sample: "score" (a grader: a finite number, SandboxOutcome.score)
+    # or "json" (an agentic RFT tool, ml/environments.py: any JSON value, as text in SandboxOutcome.value).
+    returns: str = "score"
 
     def __post_init__(self):
         checks = [
@@ -126,6 +130,7 @@ class SandboxConfig:
             (16 <= self.max_open_files <= 65536, "max_open_files must be in [16, 65536]"),
             (0 < self.uid and self.uid + self.uid_pool_size < 2**32 - 2 and self.uid_pool_size >= 1,
              "uid .. uid + uid_pool_size must be non-root 32-bit uids"),
+            (self.returns in ("score", "json"), "returns must be 'score' or 'json'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -151,6 +156,8 @@ class SandboxOutcome:
     message: str | None = None
     # Seconds grade() ran for this sample (0.0 when it never ran).
     execution_time: float = 0.0
+    # SandboxConfig.returns "json": the JSON text the function returned (score is then None); else None.
+    value: str | None = None
 
     def errors(self) -> dict:
         """The python_grader_* keys of OpenAI's RunGraderResponse metadata.errors."""

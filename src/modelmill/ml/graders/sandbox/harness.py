@@ -8,10 +8,12 @@ sys.path, so the package around it is not importable from inside. Protocol:
 
 stdin  one JSON object: {"source", "samples", "items", "first" (index of samples[0] in the batch),
        "timeout" (seconds per grade() call and for loading the module), "limits" {rlimit name: value},
-       "path" [extra sys.path entries], "max_details" (chars of error text per sample)}.
+       "path" [extra sys.path entries], "max_details" (chars of error text per sample),
+       "returns" ("score", the default, or "json")}.
 stdout JSON lines, in order: {"started": true} once the harness is up; {"ready": true} once the
        grader module has loaded (or {"load_error": str}, and the harness exits); one line per sample,
-       {"i": index, "score": float, "t": seconds} or {"i": index, "error": str, "t": seconds};
+       {"i": index, "score": float, "t": seconds} or {"i": index, "error": str, "t": seconds}
+       ({"i": index, "json": str, "t": seconds} instead of a score when the request has "returns": "json");
        then {"done": true}.
 
 The user's code never sees the result channel by name: fd 1 is re-pointed at /dev/null (prints are
@@ -101,6 +103,15 @@ def _score(index, value):
     return {"i": index, "score": score}
 
 
+def _json(index, value):
+    """The result line for what a tool function returned (request "returns": "json"): any JSON value,
+    sent as JSON text. Runs under the timer (a huge value takes time to serialise)."""
+    try:
+        return {"i": index, "json": json.dumps(value, allow_nan=False, ensure_ascii=False)}
+    except (TypeError, ValueError, RecursionError) as exc:
+        return {"i": index, "error": "the function must return a JSON-serialisable value: " + str(exc)[:200]}
+
+
 def _load_grader(source, timeout, max_details):
     """(grade, None) once the grader module has loaded, under the same time limit as one sample;
     else (None or whatever `grade` is, the load error)."""
@@ -127,7 +138,7 @@ def _load_grader(source, timeout, max_details):
     return grade, error
 
 
-def _grade_one(grade, index, sample, item, timeout, max_details):
+def _grade_one(grade, index, sample, item, timeout, max_details, result_line=_score):
     """The result line for one sample: grade(sample, item) under the per-sample timer."""
     started = time.monotonic()
     try:
@@ -135,7 +146,7 @@ def _grade_one(grade, index, sample, item, timeout, max_details):
             # Re-armed every sample: the grader may have replaced the handler.
             signal.signal(signal.SIGALRM, _on_alarm)
             signal.setitimer(signal.ITIMER_REAL, timeout)
-            result = _score(index, grade(sample, item))
+            result = result_line(index, grade(sample, item))
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
     except GraderTimeout:
@@ -184,6 +195,7 @@ def main():
     timeout = float(request["timeout"])
     max_details = int(request.get("max_details", 2000))
     samples, items, first = request["samples"], request["items"], int(request.get("first", 0))
+    result_line = _json if request.get("returns") == "json" else _score
     signal.signal(signal.SIGALRM, _on_alarm)
 
     grade, error = _load_grader(request["source"], timeout, max_details)
@@ -194,7 +206,7 @@ def main():
     emit({"ready": True})
 
     for offset, (sample, item) in enumerate(zip(samples, items)):
-        emit(_grade_one(grade, first + offset, sample, item, timeout, max_details))
+        emit(_grade_one(grade, first + offset, sample, item, timeout, max_details, result_line))
     emit({"done": True})
     out.flush()
 

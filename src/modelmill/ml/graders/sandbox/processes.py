@@ -12,6 +12,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+
 def _terminate(proc: subprocess.Popen, ns_init_pid: int | None, finished: bool) -> None:
     """Make sure nothing of this launch survives, and reap it.
 
@@ -89,16 +90,21 @@ def processes_of_uid(uid: int) -> list[int]:
     return found
 
 
+def kill_all(pids) -> None:
+    """SIGKILL each pid, ignoring the ones already gone (or no longer ours to signal)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def kill_processes_of_uid(uid: int, attempts: int = 100) -> None:
     """SIGKILL every process of a sandbox pool uid until none is left (as root only)."""
     for _ in range(attempts):
         pids = processes_of_uid(uid)
         if not pids:
             return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        kill_all(pids)
         time.sleep(0.01)
     log.error("python grader sandbox: processes of uid %d survive SIGKILL", uid)

@@ -38,7 +38,7 @@ def unavailable_reason(config: SandboxConfig | None = None) -> str | None:
         reason = backend.unavailable_reason(config) or bounds.unavailable_reason(config)
         if reason is None:
             probe = SandboxConfig(**{**config.__dict__, "wall_seconds": min(config.wall_seconds, 30.0),
-                                     "batch_wall_seconds": 60.0})
+                                     "batch_wall_seconds": 60.0, "returns": "score"})
             outcome = _run(backend, "def grade(sample, item):\n    return 1\n", [{}], [{}], probe)[0]
             if outcome.score != 1.0:
                 reason = outcome.message or outcome.details or "the sandbox probe failed"
@@ -129,7 +129,7 @@ def _request_bytes(source: str, sample_json: list[str], item_json: list[str], fi
     limits = rlimits(config, plan, budget)
     head = json.dumps({"source": source, "first": first, "timeout": config.wall_seconds, "limits": limits,
                        "path": [SANDBOX_LIB] if config.backend == "bwrap" else [],
-                       "max_details": config.max_error_chars})
+                       "max_details": config.max_error_chars, "returns": config.returns})
     body = ('{"samples":[' + ",".join(sample_json[first:]) + '],"items":[' + ",".join(item_json[first:]) + "],"
             + head[1:])
     return body.encode("utf-8", "surrogatepass")

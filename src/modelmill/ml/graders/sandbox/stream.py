@@ -171,6 +171,8 @@ class _Run:
             if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
                 return self._violation("the grader wrote an invalid score to the result channel")
             outcome = SandboxOutcome(score=float(score), execution_time=t)
+        elif keys == {"json"} and isinstance(msg["json"], str) and self.config.returns == "json":
+            outcome = SandboxOutcome(score=None, value=msg["json"], execution_time=t)
         elif keys == {"error"} and isinstance(msg["error"], str):
             outcome = _runtime(msg["error"][:self.config.max_error_chars], t)
         else:

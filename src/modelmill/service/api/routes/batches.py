@@ -19,23 +19,24 @@ router = APIRouter(prefix="/batches", tags=["batches"])
 
 
 @router.post("")
-def create_batch(body: CreateBatchRequest, store: Store = Depends(deps.store),
-                 settings: Settings = Depends(deps.settings), project: str = Depends(deps.project)) -> dict:
+def create_batch(body: CreateBatchRequest, store: Store = Depends(deps.get_store),
+                 settings: Settings = Depends(deps.get_settings), project: str = Depends(deps.get_project)) -> dict:
     return BatchObject.of(batches.create(store, settings, body, project_id=project)).model_dump()
 
 
 @router.get("")
-def list_batches(after: str | None = None, limit: int = Query(20, ge=1, le=100), store: Store = Depends(deps.store),
-                 project: str = Depends(deps.project)) -> dict:
+def list_batches(after: str | None = None, limit: int = Query(20, ge=1, le=100), store: Store = Depends(deps.get_store),
+                 project: str = Depends(deps.get_project)) -> dict:
     return BatchList.of(store.batches.list(project_id=project, after=after, limit=limit)).model_dump()
 
 
 @router.get("/{batch_id}")
-def retrieve_batch(batch_id: str, store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+def retrieve_batch(batch_id: str, store: Store = Depends(deps.get_store),
+                   project: str = Depends(deps.get_project)) -> dict:
     return BatchObject.of(store.batches.get(batch_id, project_id=project)).model_dump()
 
 
 @router.post("/{batch_id}/cancel")
-def cancel_batch(batch_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
-                 project: str = Depends(deps.project)) -> dict:
+def cancel_batch(batch_id: str, store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
+                 project: str = Depends(deps.get_project)) -> dict:
     return BatchObject.of(batches.cancel(store, settings, batch_id, project_id=project)).model_dump()

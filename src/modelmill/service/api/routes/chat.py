@@ -26,10 +26,12 @@ router = APIRouter(tags=["chat"])
 async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     settings, store, project_id = deps.settings(request), deps.store(request), deps.project(request)
     chat.check_text_size(body, settings)  # before anything is resolved or tokenised
-    chat_params.check(body, settings)  # OpenAI parameters ModelMill does not honour, and the n / top_logprobs limits
+    # OpenAI parameters ModelMill does not honour, and the n / top_logprobs limits (images: check_images below)
+    chat_params.check(body, settings, images_later=True)
     chat.check_token_limits(body, settings)  # past the server's token limits: a 400 before a model loads
     served = await run_in_threadpool(functools.partial(model_registry.resolve, store, settings, body.model,
                                                        project_id=project_id))
+    await run_in_threadpool(chat_params.check_images, settings, served, body)  # a 400 unless a VLM can read them
     sampler = await run_in_threadpool(deps.sampler, request)
     chat.sampling_params(body, settings)  # a bad parameter is a 400 before any streaming starts
     await run_in_threadpool(chat_params.check_logit_bias, sampler, settings, served, body)  # token ids in vocab

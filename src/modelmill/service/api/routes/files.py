@@ -69,26 +69,27 @@ def _check_fields(fields: dict) -> None:
 
 @router.get("/files")
 def list_files(purpose: str | None = None, after: str | None = None, limit: int = Query(10_000, ge=1, le=10_000),
-               order: Literal["asc", "desc"] = "desc", store: Store = Depends(deps.store),
-               project: str = Depends(deps.project)) -> dict:
+               order: Literal["asc", "desc"] = "desc", store: Store = Depends(deps.get_store),
+               project: str = Depends(deps.get_project)) -> dict:
     page = store.files.list(purpose=purpose, after=after, limit=limit, order=order, project_id=project)
     return FileList.of(page).model_dump()
 
 
 @router.get("/files/{file_id}")
-def retrieve_file(file_id: str, store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+def retrieve_file(file_id: str, store: Store = Depends(deps.get_store),
+                  project: str = Depends(deps.get_project)) -> dict:
     return FileObject.of(store.files.get(file_id, project_id=project)).model_dump()
 
 
 @router.delete("/files/{file_id}")
-def delete_file(file_id: str, store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+def delete_file(file_id: str, store: Store = Depends(deps.get_store), project: str = Depends(deps.get_project)) -> dict:
     store.files.delete(file_id, project_id=project)
     return FileDeleted(id=file_id).model_dump()
 
 
 @router.get("/files/{file_id}/content", response_class=FileResponse, responses=CONTENT_RESPONSE)
-def file_content(file_id: str, store: Store = Depends(deps.store),
-                 project: str = Depends(deps.project)) -> FileResponse:
+def file_content(file_id: str, store: Store = Depends(deps.get_store),
+                 project: str = Depends(deps.get_project)) -> FileResponse:
     record = store.files.get(file_id, project_id=project)
     return FileResponse(store.files.blob_path(file_id), media_type="application/octet-stream",
                         filename=record.filename)

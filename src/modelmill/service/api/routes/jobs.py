@@ -22,55 +22,56 @@ def _job(job, settings: Settings, store: Store) -> dict:
 
 
 @router.post("")
-def create(body: CreateJobRequest, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
-           project: str = Depends(deps.project)) -> dict:
+def create(body: CreateJobRequest, store: Store = Depends(deps.get_store),
+           settings: Settings = Depends(deps.get_settings),
+           project: str = Depends(deps.get_project)) -> dict:
     return _job(create_job(store, settings, body, project_id=project), settings, store)
 
 
 @router.get("")
 @query_maps("metadata")
 def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=10_000),
-              store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
-              project: str = Depends(deps.project)) -> dict:
+              store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
+              project: str = Depends(deps.get_project)) -> dict:
     page = store.jobs.list(after=after, limit=limit, metadata=_metadata_filter(request), project_id=project)
     return JobList(data=[JobObject.of(j, settings.owner, job_evals.eval_id_of(store, j)) for j in page.items],
                    has_more=page.has_more).model_dump()
 
 
 @router.get("/{job_id}")
-def retrieve(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
-             project: str = Depends(deps.project)) -> dict:
+def retrieve(job_id: str, store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
+             project: str = Depends(deps.get_project)) -> dict:
     return _job(store.jobs.get(job_id, project_id=project), settings, store)
 
 
 @router.post("/{job_id}/cancel")
-def cancel(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
-           project: str = Depends(deps.project)) -> dict:
+def cancel(job_id: str, store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
+           project: str = Depends(deps.get_project)) -> dict:
     return _job(store.jobs.cancel(job_id, project_id=project), settings, store)
 
 
 @router.post("/{job_id}/pause")
-def pause(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
-          project: str = Depends(deps.project)) -> dict:
+def pause(job_id: str, store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
+          project: str = Depends(deps.get_project)) -> dict:
     return _job(store.jobs.pause(job_id, project_id=project), settings, store)
 
 
 @router.post("/{job_id}/resume")
-def resume(job_id: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
-           project: str = Depends(deps.project)) -> dict:
+def resume(job_id: str, store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
+           project: str = Depends(deps.get_project)) -> dict:
     return _job(store.jobs.resume(job_id, project_id=project), settings, store)
 
 
 @router.get("/{job_id}/events")
 def events(job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=10_000),
-           store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+           store: Store = Depends(deps.get_store), project: str = Depends(deps.get_project)) -> dict:
     store.jobs.get(job_id, project_id=project)
     return EventList.of(store.events.list(job_id, after=after, limit=limit)).model_dump()
 
 
 @router.get("/{job_id}/checkpoints")
 def checkpoints(job_id: str, after: str | None = None, limit: int = Query(10, ge=1, le=10_000),
-                store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+                store: Store = Depends(deps.get_store), project: str = Depends(deps.get_project)) -> dict:
     store.jobs.get(job_id, project_id=project)
     return CheckpointList.of(store.checkpoints.list(job_id, after=after, limit=limit)).model_dump()
 

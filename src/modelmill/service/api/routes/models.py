@@ -16,15 +16,15 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 
 @router.get("")
-def list_models(store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
-                project: str = Depends(deps.project)) -> dict:
+def list_models(store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
+                project: str = Depends(deps.get_project)) -> dict:
     served = model_registry.list_served(store, settings, project_id=project)
     return ModelList(data=[ModelObject.of(m) for m in served]).model_dump()
 
 
 @router.get("/{model:path}/export")
-def export_model(model: str, format: str = "adapter", gguf_type: str = "f16", store: Store = Depends(deps.store),
-                 settings: Settings = Depends(deps.settings), project: str = Depends(deps.project)):
+def export_model(model: str, format: str = "adapter", gguf_type: str = "f16", store: Store = Depends(deps.get_store),
+                 settings: Settings = Depends(deps.get_settings), project: str = Depends(deps.get_project)):
     """A ModelMill extension: the model as a tar of its adapter, merged weights or GGUF (service/model_export.py).
     Declared before GET /{model:path}, which would otherwise take ".../export" as part of the name."""
     built = model_export.build(store, settings, model, project_id=project, format=format, gguf_type=gguf_type)
@@ -34,12 +34,12 @@ def export_model(model: str, format: str = "adapter", gguf_type: str = "f16", st
 
 
 @router.get("/{model:path}")
-def retrieve_model(model: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
-                   project: str = Depends(deps.project)) -> dict:
+def retrieve_model(model: str, store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
+                   project: str = Depends(deps.get_project)) -> dict:
     return ModelObject.of(model_registry.resolve(store, settings, model, project_id=project, verify=False)).model_dump()
 
 
 @router.delete("/{model:path}")
-def delete_model(model: str, store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
-                 project: str = Depends(deps.project)) -> dict:
+def delete_model(model: str, store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
+                 project: str = Depends(deps.get_project)) -> dict:
     return ModelDeleted(id=model_registry.delete(store, settings, model, project_id=project).id).model_dump()

@@ -23,8 +23,8 @@ router = APIRouter(prefix="/fine_tuning/checkpoints", tags=["fine-tuning"])
 
 @router.post("/{fine_tuned_model_checkpoint:path}/permissions")
 def create_permissions(fine_tuned_model_checkpoint: str, body: CreatePermissionRequest,
-                       store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
-                       project: str = Depends(deps.project)) -> dict:
+                       store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
+                       project: str = Depends(deps.get_project)) -> dict:
     granted = sharing.grant(store, settings, fine_tuned_model_checkpoint, body.project_ids, project)
     return PermissionList.of(granted).model_dump()
 
@@ -32,15 +32,16 @@ def create_permissions(fine_tuned_model_checkpoint: str, body: CreatePermissionR
 @router.get("/{fine_tuned_model_checkpoint:path}/permissions")
 def list_permissions(fine_tuned_model_checkpoint: str, project_id: str | None = None, after: str | None = None,
                      limit: int = Query(10, ge=1, le=10_000), order: Literal["ascending", "descending"] = "descending",
-                     store: Store = Depends(deps.store), settings: Settings = Depends(deps.settings),
-                     project: str = Depends(deps.project)) -> dict:
+                     store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
+                     project: str = Depends(deps.get_project)) -> dict:
     page = sharing.list_permissions(store, settings, fine_tuned_model_checkpoint, project, filter_project=project_id,
                                     after=after, limit=limit, order=order)
     return PermissionList.of(page.items, page.has_more).model_dump()
 
 
 @router.delete("/{fine_tuned_model_checkpoint:path}/permissions/{permission_id}")
-def delete_permission(fine_tuned_model_checkpoint: str, permission_id: str, store: Store = Depends(deps.store),
-                      settings: Settings = Depends(deps.settings), project: str = Depends(deps.project)) -> dict:
+def delete_permission(fine_tuned_model_checkpoint: str, permission_id: str, store: Store = Depends(deps.get_store),
+                      settings: Settings = Depends(deps.get_settings),
+                      project: str = Depends(deps.get_project)) -> dict:
     revoked = sharing.revoke(store, settings, fine_tuned_model_checkpoint, permission_id, project)
     return PermissionDeleted(id=revoked.id).model_dump()

@@ -49,7 +49,7 @@ def get_response(response_id: str, stream: bool | None = None, include: list[str
                  include_sdk: list[str] | None = Query(None, alias="include[]"),  # the SDK's list spelling
                  starting_after: int | None = None,
                  include_obfuscation: bool | None = None,  # only shapes a stream, which is refused: nothing to do
-                 store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+                 store: Store = Depends(deps.get_store), project: str = Depends(deps.get_project)) -> dict:
     record = store.responses.get(response_id, project_id=project)
     responses.refuse_retrieve_options(stream=stream, include=(include or []) + (include_sdk or []),
                                       starting_after=starting_after)
@@ -57,8 +57,8 @@ def get_response(response_id: str, stream: bool | None = None, include: list[str
 
 
 @router.delete("/{response_id}")
-def delete_response(response_id: str, store: Store = Depends(deps.store),
-                    project: str = Depends(deps.project)) -> dict:
+def delete_response(response_id: str, store: Store = Depends(deps.get_store),
+                    project: str = Depends(deps.get_project)) -> dict:
     store.responses.delete(response_id, project_id=project)
     return {"id": response_id, "object": "response.deleted", "deleted": True}
 
@@ -66,8 +66,9 @@ def delete_response(response_id: str, store: Store = Depends(deps.store),
 @router.get("/{response_id}/input_items")
 def list_input_items(response_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=100),
                      order: Literal["asc", "desc"] = "desc", include: list[str] | None = Query(None),
-                     include_sdk: list[str] | None = Query(None, alias="include[]"), store: Store = Depends(deps.store),
-                     project: str = Depends(deps.project)) -> dict:
+                     include_sdk: list[str] | None = Query(None, alias="include[]"),
+                     store: Store = Depends(deps.get_store),
+                     project: str = Depends(deps.get_project)) -> dict:
     record = store.responses.get(response_id, project_id=project)
     responses.refuse_retrieve_options(stream=None, include=(include or []) + (include_sdk or []))
     return responses.input_items_page(record, after=after, limit=limit, order=order)

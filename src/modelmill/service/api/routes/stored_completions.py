@@ -23,7 +23,7 @@ Order = Literal["asc", "desc"]
 @query_maps("metadata")
 def list_stored_completions(request: Request, model: str | None = None, after: str | None = None,
                             limit: int = Query(20, ge=1, le=100), order: Order = "asc",
-                            store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+                            store: Store = Depends(deps.get_store), project: str = Depends(deps.get_project)) -> dict:
     metadata = stored_completions.metadata_filter(dict(request.query_params))
     page = store.stored_completions.list(project_id=project, model=model, metadata=metadata, after=after,
                                          limit=limit, order=order)
@@ -31,27 +31,28 @@ def list_stored_completions(request: Request, model: str | None = None, after: s
 
 
 @router.get("/{completion_id}")
-def get_stored_completion(completion_id: str, store: Store = Depends(deps.store),
-                          project: str = Depends(deps.project)) -> dict:
+def get_stored_completion(completion_id: str, store: Store = Depends(deps.get_store),
+                          project: str = Depends(deps.get_project)) -> dict:
     return stored_completions.completion_object(store.stored_completions.get(completion_id, project_id=project))
 
 
 @router.post("/{completion_id}")
-def update_stored_completion(completion_id: str, body: dict[str, Any] = Body(...), store: Store = Depends(deps.store),
-                             project: str = Depends(deps.project)) -> dict:
+def update_stored_completion(completion_id: str, body: dict[str, Any] = Body(...),
+                             store: Store = Depends(deps.get_store),
+                             project: str = Depends(deps.get_project)) -> dict:
     return stored_completions.update_metadata(store, completion_id, body, project_id=project)
 
 
 @router.delete("/{completion_id}")
-def delete_stored_completion(completion_id: str, store: Store = Depends(deps.store),
-                             project: str = Depends(deps.project)) -> dict:
+def delete_stored_completion(completion_id: str, store: Store = Depends(deps.get_store),
+                             project: str = Depends(deps.get_project)) -> dict:
     store.stored_completions.delete(completion_id, project_id=project)
     return {"object": "chat.completion.deleted", "id": completion_id, "deleted": True}
 
 
 @router.get("/{completion_id}/messages")
 def list_stored_messages(completion_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=100),
-                         order: Order = "asc", store: Store = Depends(deps.store),
-                         project: str = Depends(deps.project)) -> dict:
+                         order: Order = "asc", store: Store = Depends(deps.get_store),
+                         project: str = Depends(deps.get_project)) -> dict:
     record = store.stored_completions.get(completion_id, project_id=project)
     return stored_completions.messages_page(record, after=after, limit=limit, order=order)

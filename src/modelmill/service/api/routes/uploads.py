@@ -24,8 +24,8 @@ PART_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
 
 
 @router.post("/uploads")
-def create_upload(body: CreateUploadRequest, store: Store = Depends(deps.store),
-                  project: str = Depends(deps.project)) -> dict:
+def create_upload(body: CreateUploadRequest, store: Store = Depends(deps.get_store),
+                  project: str = Depends(deps.get_project)) -> dict:
     check_purpose(body.purpose)
     new = NewUpload(filename=body.filename, purpose=body.purpose, bytes=body.bytes, mime_type=body.mime_type,
                     file_expires_after=body.expires_after.seconds if body.expires_after else None)
@@ -64,13 +64,14 @@ async def add_upload_part(upload_id: str, request: Request) -> dict:
 
 
 @router.post("/uploads/{upload_id}/complete")
-def complete_upload(upload_id: str, body: CompleteUploadRequest, store: Store = Depends(deps.store),
-                    project: str = Depends(deps.project)) -> dict:
+def complete_upload(upload_id: str, body: CompleteUploadRequest, store: Store = Depends(deps.get_store),
+                    project: str = Depends(deps.get_project)) -> dict:
     return _wire(store, store.uploads.complete(upload_id, body.part_ids, body.md5, project))
 
 
 @router.post("/uploads/{upload_id}/cancel")
-def cancel_upload(upload_id: str, store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+def cancel_upload(upload_id: str, store: Store = Depends(deps.get_store),
+                  project: str = Depends(deps.get_project)) -> dict:
     return _wire(store, store.uploads.cancel(upload_id, project))
 
 

@@ -17,32 +17,34 @@ router = APIRouter(prefix="/webhook_endpoints", tags=["webhooks"])
 
 
 @router.post("")
-def create_endpoint(body: CreateWebhookEndpointRequest, store: Store = Depends(deps.store),
-                    settings: Settings = Depends(deps.settings), project: str = Depends(deps.project)) -> dict:
+def create_endpoint(body: CreateWebhookEndpointRequest, store: Store = Depends(deps.get_store),
+                    settings: Settings = Depends(deps.get_settings), project: str = Depends(deps.get_project)) -> dict:
     endpoint = webhooks.create_endpoint(settings, store, project, body.url, body.events)
     return WebhookEndpoint.of(endpoint, with_secret=True).model_dump()
 
 
 @router.get("")
-def list_endpoints(store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+def list_endpoints(store: Store = Depends(deps.get_store), project: str = Depends(deps.get_project)) -> dict:
     return WebhookEndpointList(data=[WebhookEndpoint.of(e) for e in store.webhooks.list_endpoints(
         project_id=project)]).model_dump()
 
 
 @router.get("/{endpoint_id}")
-def get_endpoint(endpoint_id: str, store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+def get_endpoint(endpoint_id: str, store: Store = Depends(deps.get_store),
+                 project: str = Depends(deps.get_project)) -> dict:
     return WebhookEndpoint.of(store.webhooks.get_endpoint(endpoint_id, project_id=project)).model_dump()
 
 
 @router.delete("/{endpoint_id}")
-def delete_endpoint(endpoint_id: str, store: Store = Depends(deps.store), project: str = Depends(deps.project)) -> dict:
+def delete_endpoint(endpoint_id: str, store: Store = Depends(deps.get_store),
+                    project: str = Depends(deps.get_project)) -> dict:
     store.webhooks.delete_endpoint(endpoint_id, project_id=project)
     return WebhookEndpointDeleted(id=endpoint_id).model_dump()
 
 
 @router.get("/{endpoint_id}/deliveries")
-def list_deliveries(endpoint_id: str, limit: int = Query(20, ge=1, le=100), store: Store = Depends(deps.store),
-                    project: str = Depends(deps.project)) -> dict:
+def list_deliveries(endpoint_id: str, limit: int = Query(20, ge=1, le=100), store: Store = Depends(deps.get_store),
+                    project: str = Depends(deps.get_project)) -> dict:
     """The endpoint's newest deliveries first, each with its attempts."""
     store.webhooks.get_endpoint(endpoint_id, project_id=project)
     rows = store.webhooks.deliveries(project_id=project, endpoint_id=endpoint_id, limit=limit)

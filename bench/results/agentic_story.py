@@ -1,0 +1,187 @@
+"""Agentic RFT story (issue 22): multi-digit multiplication with a calculator tool.
+
+Task: "What is 437 times 58?" (a 3-digit times a 2-digit number). SmolLM2-135M-Instruct cannot
+multiply such numbers in its head; with the `multiply` tool it only has to call it with the right
+operands and repeat the result. Training lines and held-out questions are generated here from a seed
+(no file is downloaded), and no held-out question appears in training.
+
+Training: one agentic RFT job through the server (docs/agentic_rft.md): the environment has one
+python tool, `multiply(a, b)`, run in the grader sandbox; the reward (GRADER below) is 0.7 for the
+right final number and 0.3 for a multiply call with the question's operands, so GRPO sees a gradient
+before the first right answer.
+
+Metric: on `test_questions` held-out questions, the same reward for the base and the fine-tuned model,
+each run as an agent by this script through /v1/chat/completions with `tools` (greedy, up to
+max_turns turns, the tool executed locally exactly as the sandboxed one computes it), plus the rate of
+correct tool use (a multiply call with the right operands). Target: the held-out reward at least
+doubles and is >= 0.4.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import Context, job_events, machine, result, row, today, wait_job
+
+TOOL = {"type": "python", "name": "multiply", "description": "Multiply two integers exactly.",
+        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                       "required": ["a", "b"]},
+        "source": "def multiply(a, b):\n    state['calls'] = state.get('calls', 0) + 1\n    return a * b\n"}
+CHAT_TOOLS = [{"type": "function", "function": {k: TOOL[k] for k in ("name", "description", "parameters")}}]
+SYSTEM = "You can call a calculator tool. Use multiply(a, b) for every multiplication."
+GRADER_SOURCE = r'''
+import json, re
+
+
+def _right_call(calls, a, b):
+    for call in calls:
+        fn = call.get("function", {})
+        try:
+            args = json.loads(fn.get("arguments") or "{}")
+        except ValueError:
+            continue
+        if fn.get("name") == "multiply" and isinstance(args, dict) and {args.get("a"), args.get("b")} == {a, b}:
+            return True
+    return False
+
+
+def grade(sample, item):
+    numbers = re.findall(r"-?\d[\d,]*", sample.get("output_text") or "")
+    right = bool(numbers) and numbers[-1].replace(",", "") == str(item["answer"])
+    used = _right_call(sample.get("output_tools") or [], item["a"], item["b"])
+    return 0.7 * right + 0.3 * used
+'''
+GRADER = {"type": "python", "name": "calculator", "source": GRADER_SOURCE}
+
+
+@dataclass(frozen=True)
+class AgenticStory:
+    model: str = "SmolLM2-135M-Instruct"
+    train_lines: int = 96
+    valid_lines: int = 16
+    test_questions: int = 40
+    max_turns: int = 3
+    answer_tokens: int = 64  # per turn, in the held-out agent runs (the job's "low" effort is the same)
+    seed: int = 22
+    hyperparameters: dict = field(default_factory=lambda: {
+        "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 4.0, "reasoning_effort": "low",
+        "compute_multiplier": 2.0, "eval_interval": 12, "eval_samples": 1})
+    max_rollout_tokens: int = 256
+    target: float = 0.4
+
+
+FULL = AgenticStory()
+QUICK = AgenticStory(model="modelmill-tiny", train_lines=10, valid_lines=2, test_questions=3, max_turns=2,
+                     answer_tokens=8, max_rollout_tokens=64, hyperparameters={
+                         "n_epochs": 1, "batch_size": 10, "learning_rate_multiplier": 1.0,
+                         "reasoning_effort": "low", "compute_multiplier": 0.5, "eval_interval": 1, "eval_samples": 1})
+
+
+def questions(n: int, rng: random.Random, seen: set) -> list[dict]:
+    """n lines "What is a times b?" (a: 3 digits, b: 2 digits), none whose (a, b) is in `seen` (updated)."""
+    out = []
+    while len(out) < n:
+        a, b = rng.randint(100, 999), rng.randint(10, 99)
+        if (a, b) in seen:
+            continue
+        seen.add((a, b))
+        out.append({"messages": [{"role": "system", "content": SYSTEM},
+                                 {"role": "user", "content": f"What is {a} times {b}?"}],
+                    "a": a, "b": b, "answer": str(a * b)})
+    return out
+
+
+def _grader() -> dict:
+    namespace: dict = {}
+    exec(compile(GRADER_SOURCE, "agentic_grader", "exec"), namespace)  # the job's grader, scored locally
+    return namespace
+
+
+def run_agent(client, model: str, line: dict, cfg: AgenticStory) -> dict:
+    """One held-out question as the job's rollouts run it: the model's turns through chat completions
+    with the tools, each multiply call answered locally, until an answer or max_turns; the sample the
+    grader gets (output_text of the last turn, every tool call)."""
+    from modelmill.ml.rft.rewards import REASONING_INSTRUCTION, split_answer, with_instruction
+
+    messages = with_instruction(line["messages"], REASONING_INSTRUCTION)  # as training renders the prompt
+    calls, text = [], ""
+    for turn in range(cfg.max_turns):
+        reply = client.chat.completions.create(model=model, messages=messages, tools=CHAT_TOOLS, temperature=0,
+                                               max_tokens=cfg.answer_tokens).choices[0].message
+        text = reply.content or ""
+        made = [c.model_dump() for c in reply.tool_calls or []]
+        calls += made  # as in training, a call in the last turn counts though it does not run
+        if not made or turn == cfg.max_turns - 1:
+            break
+        messages.append({"role": "assistant", "content": text, "tool_calls": made})
+        for call in made:
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": _multiply(call)})
+    return {"output_text": split_answer(text)[0], "output_tools": calls}
+
+
+def _multiply(call: dict) -> str:
+    try:
+        args = json.loads(call["function"]["arguments"])
+        if call["function"]["name"] != "multiply":
+            return f"Error: there is no tool named {call['function']['name']!r}; the tools are multiply"
+        return json.dumps(int(args["a"]) * int(args["b"]))
+    except (ValueError, KeyError, TypeError) as e:
+        return f"Error: the arguments do not match the tool's parameters: {e}"
+
+
+def score(client, model: str, lines: list[dict], cfg: AgenticStory) -> tuple[float, float, float]:
+    """(mean reward, share with the right final number, share with a right multiply call)."""
+    grader = _grader()
+    rewards, right, used = [], 0, 0
+    for line in lines:
+        sample = run_agent(client, model, line, cfg)
+        rewards.append(grader["grade"](sample, line))
+        tool_ok = grader["_right_call"](sample["output_tools"], line["a"], line["b"])
+        used += tool_ok
+        right += rewards[-1] - 0.3 * tool_ok > 0.5  # the 0.7 of the right final number
+    n = max(1, len(lines))
+    return sum(rewards) / n, right / n, used / n
+
+
+def run(ctx: Context, cfg: AgenticStory | None = None) -> dict:
+    cfg = cfg or (QUICK if ctx.quick else FULL)
+    rng, seen = random.Random(cfg.seed), set()
+    test = questions(cfg.test_questions, rng, seen)
+    train, valid = questions(cfg.train_lines, rng, seen), questions(cfg.valid_lines, rng, seen)
+    t0 = time.monotonic()
+    base = score(ctx.client, cfg.model, test, cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        ids = {}
+        for name, lines in (("train", train), ("valid", valid)):
+            path = Path(tmp) / f"agentic_{name}.jsonl"
+            path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+            ids[name] = ctx.client.files.create(file=path.open("rb"), purpose="fine-tune").id
+    environment = {"tools": [TOOL], "max_turns": cfg.max_turns, "max_rollout_tokens": cfg.max_rollout_tokens}
+    job = ctx.client.fine_tuning.jobs.create(
+        model=cfg.model, training_file=ids["train"], validation_file=ids["valid"], seed=cfg.seed, suffix="agentic",
+        method={"type": "reinforcement", "reinforcement": {"grader": GRADER, "hyperparameters": cfg.hyperparameters,
+                                                           "environment": environment}})
+    job = wait_job(ctx.client, job.id)
+    tuned = score(ctx.client, job.fine_tuned_model, test, cfg)
+    wall = time.monotonic() - t0
+    metrics = [e.data for e in job_events(ctx.client, job.id) if e.type == "metrics"]
+    met = tuned[0] >= cfg.target and tuned[0] >= 2 * base[0]
+    rows = [row(f"held-out reward ({len(test)} questions, greedy agent runs)", base[0], tuned[0],
+                f">= {cfg.target} and >= 2x base", met),
+            row("right final number", base[1], tuned[1], None, None),
+            row("correct tool use (multiply with the question's operands)", base[2], tuned[2], None, None)]
+    notes = [f"Training: {len(train)} questions, {cfg.hyperparameters}, environment max_turns {cfg.max_turns}, "
+             f"max_rollout_tokens {cfg.max_rollout_tokens}; tool calls per rollout by step: "
+             + ", ".join(f"{m['step']}: {m.get('tool_calls_mean', 0):.2f}"
+                         for m in metrics[::max(1, len(metrics) // 8)]),
+             "Reward: 0.7 for the right final number + 0.3 for a multiply call with the question's operands "
+             "(bench/results/agentic_story.py GRADER); the held-out runs score the same function locally."]
+    details = {"rows": rows, "notes": notes, "date": today(), "machine": machine(), "job_id": job.id,
+               "fine_tuned_model": job.fine_tuned_model, "metrics": metrics, "hyperparameters": cfg.hyperparameters}
+    return result("agentic", cfg.model, rows[0]["metric"], base[0], tuned[0], rows[0]["target"], met, wall, details)

@@ -1,0 +1,174 @@
+"""The intent story's banking dataset: 12 intents, generated here from templates and slot values
+(nothing is downloaded; the same seed gives the same lines).
+
+The split is by TEMPLATE, not by slot value: TRAIN_TEMPLATES and TEST_TEMPLATES are two separate
+lists, and every test template is a sentence shape the training set never uses: slang, typos,
+fragments, long rambling messages, other verbs and word orders. tests/bench/test_intent_data.py
+asserts that no test template's skeleton (the template with its slots and punctuation removed,
+lowercased) equals a training template's, and that no generated test message appears in training.
+Test slot values are also drawn from their own lists (TEST_SLOTS), so neither the sentence nor the
+names/amounts in it were trained on.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+
+INTENTS = ("check_balance", "transfer_money", "lost_card", "report_fraud", "pay_bill", "change_pin",
+           "find_atm", "apply_loan", "exchange_rate", "close_account", "update_address", "activate_card")
+
+SYSTEM_PROMPT = ("You classify a bank customer's message. Reply with exactly one intent label and nothing else. "
+                 "Labels: " + ", ".join(INTENTS) + ".")
+
+TRAIN_SLOTS = {
+    "account": ["checking", "savings", "current", "joint"],
+    "amount": ["$50", "$120", "$300", "$1,000", "$75", "$2,500"],
+    "person": ["my mother", "John", "my landlord", "Sarah", "my brother", "Alex"],
+    "biller": ["electricity", "water", "phone", "internet", "gas"],
+    "place": ["downtown", "at the airport", "on Main Street", "in the mall"],
+    "currency": ["euros", "pounds", "yen", "Canadian dollars"],
+    "loan": ["car", "home", "personal", "student"],
+    "city": ["Boston", "Denver", "Seattle", "Austin"],
+    "card": ["debit card", "credit card", "Visa card", "bank card"],
+}
+TEST_SLOTS = {
+    "account": ["chequing", "rainy day fund", "business", "kids savings"],
+    "amount": ["40 bucks", "$800", "two grand", "$15"],
+    "person": ["my roommate", "Priya", "dad", "my buddy Mike"],
+    "biller": ["cable", "credit card", "trash pickup", "mobile"],
+    "place": ["near the train station", "by my office", "on 5th ave", "around here"],
+    "currency": ["pesos", "swiss francs", "aussie dollars", "rupees"],
+    "loan": ["mortgage", "small business", "boat", "renovation"],
+    "city": ["Chicago", "Miami", "Portland", "Dallas"],
+    "card": ["mastercard", "amex", "cash card", "plastic"],
+}
+# Training messages are sometimes wrapped in a greeting or a thank-you (training only), for variety.
+TRAIN_WRAPPERS = ["{}", "{}", "Hello, {}", "Hi. {}", "{} Thank you.", "Good morning. {}"]
+
+# Polite, complete sentences: how the training set asks.
+TRAIN_TEMPLATES = {
+    "check_balance": ["What is the balance of my {account} account?", "I would like to check my account balance.",
+                      "Can you tell me how much money is in my {account} account?",
+                      "Please show me my current balance.", "How much do I have available to spend?",
+                      "I need to know my {account} balance."],
+    "transfer_money": ["I want to transfer {amount} to {person}.", "Please send {amount} to {person}.",
+                       "Can you move {amount} from my {account} account to my other account?",
+                       "How do I transfer money to {person}?", "I need to wire {amount} to {person}.",
+                       "Transfer {amount} from {account} to {person}, please."],
+    "lost_card": ["I lost my {card}.", "My {card} is missing and I cannot find it.",
+                  "I think I left my credit card somewhere in {city}.", "I have lost my {card}, what should I do?",
+                  "My wallet with my {card} was stolen.", "Please block my {card}, I misplaced it."],
+    "report_fraud": ["There is a transaction of {amount} on my account that I did not make.",
+                     "I want to report a fraudulent charge.", "Someone used my card without permission.",
+                     "I see a payment to an unknown merchant in {city}.",
+                     "I think my account has been hacked.", "I did not authorize a charge of {amount}."],
+    "pay_bill": ["I want to pay my {biller} bill.", "Please pay {amount} for my {biller} bill.",
+                 "How can I pay a bill online?", "Can you set up a payment for my {biller} bill?",
+                 "I need to pay my {biller} company.", "Pay the {biller} bill from my {account} account."],
+    "change_pin": ["I want to change the PIN of my {card}.", "How do I reset my {card} PIN?",
+                   "Please help me update my PIN number.", "I forgot my PIN and need a new one for my {card}.",
+                   "Can I set a new PIN for my {card}?", "I would like to choose a different PIN."],
+    "find_atm": ["Where is the nearest ATM?", "Is there an ATM {place}?", "Can you find a cash machine near me?",
+                 "I need an ATM in {city}.", "Show me ATMs {place}.", "Where can I withdraw cash nearby?"],
+    "apply_loan": ["I want to apply for a {loan} loan.", "How do I get a {loan} loan?",
+                   "Can I borrow {amount} from the bank?", "I would like information about {loan} loans.",
+                   "What do I need to apply for a loan?", "Please start a {loan} loan application for me."],
+    "exchange_rate": ["What is the exchange rate for {currency}?", "How many {currency} can I get for {amount}?",
+                      "Can you tell me today's rate for {currency}?", "I want to know the current exchange rate.",
+                      "What is the conversion rate from dollars to {currency}?",
+                      "How much is {amount} in {currency}?"],
+    "close_account": ["I want to close my {account} account.", "Please close my account.",
+                      "How do I cancel my bank account?", "I would like to shut down my {account} account.",
+                      "Can you help me close my account with you?", "I no longer need my {account} account, close it."],
+    "update_address": ["I want to update my address.", "I moved to {city} and need to change my address.",
+                       "Please change the mailing address on my account.", "How do I update my home address?",
+                       "My address has changed, can you update it?", "I need to change my address to a new one in {city}."],
+    "activate_card": ["I want to activate my new {card}.", "How do I activate my {card}?",
+                      "Please activate the {card} I received.", "My new {card} arrived, can you activate it?",
+                      "I need to activate my replacement {card}.", "I would like to start using my new {card}."],
+}
+
+# Shapes the training set never uses: slang, typos, fragments, long stories, other verbs and orders.
+TEST_TEMPLATES = {
+    "check_balance": ["yo hows my {account} acct lookin", "balanse pls",
+                      "before i go shopping tonight i wanna know exactly whats left in there, can u check",
+                      "money left??", "got enough in {account} to cover rent or nah"],
+    "transfer_money": ["send {person} {amount} asap", "need to get {amount} over to {person} for dinner last night",
+                       "shift {amount} into {account} real quick", "trasnfer {amount} 2 {person}",
+                       "{person} is waiting on {amount} from me, make it happen"],
+    "lost_card": ["cant find my card anywhere omg", "pretty sure my card fell out of my pocket on the bus",
+                  "card gone. help", "i had it yesterday and now the card just isnt in my wallet anymore, freeze it",
+                  "lsot my visa"],
+    "report_fraud": ["wtf is this {amount} charge i never bought anything",
+                     "somebody is spending my money, i didnt buy stuff in {city}",
+                     "sus transactions on my statement", "got a text about a purchase i never made, pretty sure im being scammed",
+                     "fraudulant activity on my acount"],
+    "pay_bill": ["{biller} is due tmrw, take care of it", "settle my {biller} invoice",
+                 "gotta knock out the {biller} payment before the late fee hits", "bil payment for {biller}",
+                 "put {amount} toward {biller}"],
+    "change_pin": ["new pin plz", "my pin is too easy to guess, want something else",
+                   "chnage pin", "swap out the 4 digit code on my card", "can the secret number for my card be different"],
+    "find_atm": ["cash machine {place}?", "need cash, wheres the closest atm",
+                 "any atms {place} that dont charge fees", "atm nearby", "where can i pull out some money {place}"],
+    "apply_loan": ["thinking about a {loan}, can u guys lend me money", "need {amount} to get by till payday, do you do loans",
+                   "lone application", "what would it take to borrow for a {loan}", "can i qualify for financing on a {loan}"],
+    "exchange_rate": ["{currency} rate today?", "how far does a dollar go in {currency} rn",
+                      "going abroad, whats the conversion to {currency}", "exchnage rate pls",
+                      "if i swap {amount} what do i end up with in {currency}"],
+    "close_account": ["done with this bank, shut it all down", "get rid of my {account} account",
+                      "cancle my acount", "im switching banks so terminate my {account} account",
+                      "dont want the {account} account anymore"],
+    "update_address": ["new place in {city}, fix my info", "adress change",
+                       "just moved, statements should go to my new apartment",
+                       "pls put my new street address on file", "relocated to {city}, update records"],
+    "activate_card": ["card came in the mail, how do i turn it on", "activte card",
+                      "new card wont work til i enable it right", "got my replacement visa, get it working",
+                      "enable the card that just arrived"],
+}
+
+_SLOT = re.compile(r"\{(\w+)\}")
+
+
+def skeleton(template: str) -> str:
+    """A template's shape: slots, punctuation and case removed, whitespace collapsed."""
+    text = _SLOT.sub(" ", template).lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(text.split())
+
+
+def fill(template: str, slots: dict, rng: random.Random) -> str:
+    return _SLOT.sub(lambda m: rng.choice(slots[m.group(1)]), template)
+
+
+def line(message: str, intent: str) -> dict:
+    """One chat-format training line."""
+    return {"messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": message},
+                         {"role": "assistant", "content": intent}]}
+
+
+def build(train_per_intent: int, test_per_intent: int | None, seed: int,
+          intents: tuple[str, ...] = INTENTS) -> tuple[list[dict], list[dict]]:
+    """(training chat lines, test probes {"id", "intent", "template", "message"}). Training cycles
+    each intent's templates with training slot values until it has train_per_intent distinct
+    messages; the test set fills each test template once (the first test_per_intent of them;
+    None: all) with test slot values."""
+    rng = random.Random(seed)
+    train = []
+    for intent in intents:
+        seen: set[str] = set()
+        templates = TRAIN_TEMPLATES[intent]
+        for attempt in range(train_per_intent * 50):  # enough tries to find distinct fills
+            if len(seen) == train_per_intent:
+                break
+            message = rng.choice(TRAIN_WRAPPERS).format(fill(templates[attempt % len(templates)], TRAIN_SLOTS, rng))
+            if message not in seen:
+                seen.add(message)
+                train.append(line(message, intent))
+    rng.shuffle(train)
+    test = []
+    for intent in intents:
+        for i, template in enumerate(TEST_TEMPLATES[intent][:test_per_intent]):
+            test.append({"id": f"{intent}_{i}", "intent": intent, "template": template,
+                         "message": fill(template, TEST_SLOTS, rng)})
+    return train, test

@@ -1,0 +1,385 @@
+"""Vision-language models (VLMs): images in training data and chat, for bases loaded through
+transformers' image-text-to-text auto classes (AutoModelForImageTextToText + AutoProcessor).
+
+How an image travels, the same way in training and in sampling:
+1. OpenAI's `{"type": "image_url", "image_url": {"url", "detail"?}}` part is validated (ml/data.py
+   calls `check_image_part`) and later loaded by `load_image`: a base64 `data:` URL, or an http(s) URL
+   on an allow-listed host (ImagePolicy.hosts, from Settings.image_hosts) fetched with a size and time
+   limit. Anything else is refused with a code naming the problem.
+2. `with_placeholders` swaps each image part for a text part holding the family's placeholder
+   (Idefics3/SmolVLM: `<image>`), so the conversation renders through the same chat template and the
+   same assistant-turn masking (chat_format.tokenize_conversation) as text: images only ever sit in
+   user messages, so no placeholder is ever inside a trained span.
+3. `expand` replaces each placeholder token by the tokens the model's own processor makes for that
+   image (Idefics3: `<fake_token_around_image><global-img><image>x N<fake_token_around_image>`), with
+   label -100, and `pixel_inputs` runs the processor's image processor. Image tokens are never targets.
+
+OpenAI's vision fine-tuning limits applied here (docs/vision.md): JPEG, PNG or WEBP only; RGB or RGBA
+images; at most 10 MB per image; at most 64 images per example; images only in user messages (never
+assistant output). `detail` ("auto" | "low" | "high") is accepted and validated; the image processor
+decides the resolution, so it changes nothing here.
+
+Families (VISION_FAMILIES): Idefics3 / SmolVLM. `modelmill-tiny-vl` is a tiny random Idefics3 with the
+SmolLM2 tokenizer plus Idefics3's image tokens and a real Idefics3 processor (build_tiny_vl).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MAX_IMAGE_BYTES = 10 * 1024 * 1024  # OpenAI: images up to 10 MB
+MAX_IMAGES_PER_EXAMPLE = 64  # OpenAI: at most 64 images per training example
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")  # OpenAI: JPEG, PNG or WEBP
+IMAGE_MODES = ("RGB", "RGBA")  # OpenAI: RGB or RGBA images
+DETAILS = ("auto", "low", "high")
+FETCH_TIMEOUT_S = 10.0  # whole fetch of one http(s) image, connect + read
+TINY_VL_SEED = 4321  # modelmill-tiny-vl's weights: torch.manual_seed(TINY_VL_SEED) + Idefics3 init
+_DATA_URL_RE = re.compile(r"^data:(image/[A-Za-z0-9.+-]+)?(;[^,]*)?;base64,", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one VLM family marks an image in text."""
+
+    placeholder: str  # the text a chat template puts where an image goes (one special token)
+
+
+# model_type (config.json) -> family. Idefics3 is SmolVLM's architecture.
+VISION_FAMILIES: dict[str, Family] = {
+    "idefics3": Family(placeholder="<image>"),
+    "smolvlm": Family(placeholder="<image>"),
+}
+
+
+VISION_BUILTINS = ("modelmill-tiny-vl",)  # ml/models.BASE_MODELS entries that are VLMs
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """Where images may come from. Built from Settings at the service edge and passed down."""
+
+    hosts: tuple[str, ...] = ()  # hostnames whose http(s) image URLs are fetched; () = data: URLs only
+    max_bytes: int = MAX_IMAGE_BYTES  # per image, decoded (data:) or downloaded (http)
+    timeout_s: float = FETCH_TIMEOUT_S  # per http(s) fetch
+    refused: str = ""  # why image parts are refused although the base reads images (RFT); "" = accepted
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; `code` is the LineProblem / API error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# ---------------------------------------------------------------- which models see images
+
+
+def is_vision_dir(model_dir: Path) -> bool:
+    """Whether the HF directory holds a VLM this module serves (config.json's model_type)."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return cfg.get("model_type") in VISION_FAMILIES
+
+
+def is_vision_base(home: Path, name: str) -> bool:
+    """Whether base model `name` (built-in or user-added) is a VLM, without building it."""
+    model_dir = Path(home) / "models" / name
+    return is_vision_dir(model_dir) if (model_dir / "config.json").is_file() else name in VISION_BUILTINS
+
+
+def family_of(model_dir: Path) -> Family:
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    return VISION_FAMILIES[cfg["model_type"]]
+
+
+def load_processor(model_dir: Path):
+    """The model's own processor (image processor + tokenizer + chat template); never remote code."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)
+
+
+# ---------------------------------------------------------------- loading and checking images
+
+
+def load_image(url: Any, policy: ImagePolicy):
+    """A PIL image (mode RGB) from an image_url's url. Raises ImageError: invalid_image_url,
+    image_url_not_allowed, image_too_large, invalid_image (undecodable), unsupported_image_format."""
+    return decode_image(image_bytes(url, policy))
+
+
+def decode_image(raw: bytes):
+    """A PIL image (mode RGB) from encoded bytes; ImageError invalid_image / unsupported_image_format."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(raw))
+        fmt, mode = img.format, img.mode
+        if fmt not in IMAGE_FORMATS:
+            raise ImageError("unsupported_image_format",
+                             f"image format {fmt or 'unknown'} is not supported (use {', '.join(IMAGE_FORMATS)})")
+        if mode not in IMAGE_MODES:
+            raise ImageError("unsupported_image_format",
+                             f"image mode {mode} is not supported (images must be {' or '.join(IMAGE_MODES)})")
+        img.load()  # decode now: a truncated file fails here, not in the middle of training
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, ImageError):
+            raise
+        raise ImageError("invalid_image", f"the image cannot be decoded: {str(e)[:120]}") from None
+    return img.convert("RGB")
+
+
+def image_bytes(url: Any, policy: ImagePolicy) -> bytes:
+    """The encoded image behind a data: or allow-listed http(s) URL, at most policy.max_bytes."""
+    if not isinstance(url, str) or not url:
+        raise ImageError("invalid_image_url", "image_url.url must be a non-empty string")
+    if url[:5].lower() == "data:":
+        match = _DATA_URL_RE.match(url)
+        if match is None:
+            raise ImageError("invalid_image_url", "a data: URL must be base64: data:image/<type>;base64,<data>")
+        encoded = url[match.end():]
+        if len(encoded) * 3 // 4 > policy.max_bytes + 3:
+            raise ImageError("image_too_large", f"the image is over {_mb(policy.max_bytes)} (OpenAI's limit)")
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageError("invalid_image", "the data: URL is not valid base64") from None
+        if len(raw) > policy.max_bytes:  # the check above only bounds the work; this one is exact
+            raise ImageError("image_too_large", f"the image is over {_mb(policy.max_bytes)} (OpenAI's limit)")
+        return raw
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ImageError("invalid_image_url", f"unsupported image URL scheme {parts.scheme!r}: use a base64 data: "
+                                              "URL or an http(s) URL")
+    if parts.hostname.lower() not in policy.hosts:
+        allowed = ", ".join(policy.hosts) if policy.hosts else "none: send images as base64 data: URLs"
+        raise ImageError("image_url_not_allowed", f"images are not fetched from {parts.hostname} (allowed hosts: "
+                                                  f"{allowed}; MODELMILL_IMAGE_HOSTS)")
+    return _fetch(url, policy)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect could leave the allow-listed host, so none is followed."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _fetch(url: str, policy: ImagePolicy) -> bytes:
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(url, timeout=policy.timeout_s) as resp:
+            length = resp.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > policy.max_bytes:
+                raise ImageError("image_too_large", f"the image is over {_mb(policy.max_bytes)} (OpenAI's limit)")
+            raw = resp.read(policy.max_bytes + 1)
+    except ImageError:
+        raise
+    except (urllib.error.URLError, OSError, ValueError) as e:  # HTTP errors, redirects, timeouts, resets
+        raise ImageError("image_fetch_failed", f"cannot fetch the image: {str(e)[:120]}") from None
+    if len(raw) > policy.max_bytes:
+        raise ImageError("image_too_large", f"the image is over {_mb(policy.max_bytes)} (OpenAI's limit)")
+    return raw
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MB"
+
+
+def check_image_part(part: dict, ppath: str, add, policy: ImagePolicy) -> bool:
+    """Validate one image_url content part (keys, detail, and the image itself); problems go to
+    add(field, code, message). True when it is a usable image."""
+    for key in part:
+        if key not in ("type", "image_url"):
+            add(f"{ppath}.{key}", "unknown_key", f"unknown key {key!r} in an image_url part")
+    spec = part.get("image_url")
+    if not isinstance(spec, dict):
+        add(f"{ppath}.image_url", "missing_field" if spec is None else "invalid_type",
+            "an image_url part needs image_url: {\"url\": ..., \"detail\"?: ...}")
+        return False
+    for key in spec:
+        if key not in ("url", "detail"):
+            add(f"{ppath}.image_url.{key}", "unknown_key", f"unknown key {key!r} in image_url (allowed: url, detail)")
+    if "detail" in spec and spec["detail"] not in DETAILS:
+        add(f"{ppath}.image_url.detail", "invalid_value", f"detail must be one of {', '.join(DETAILS)}")
+    try:
+        load_image(spec.get("url"), policy)
+    except ImageError as e:
+        add(f"{ppath}.image_url.url", e.code, e.message)
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- conversations with images
+
+
+def has_images(messages: list[dict]) -> bool:
+    return any(isinstance(m, dict) and isinstance(m.get("content"), list) and
+               any(isinstance(p, dict) and p.get("type") == "image_url" for p in m["content"]) for m in messages)
+
+
+def with_placeholders(messages: list[dict], placeholder: str) -> tuple[list[dict], list[str]]:
+    """(messages with every image part replaced by a text part holding `placeholder`, the image URLs
+    in order). The placeholder stands alone on its line, as SmolVLM's own template puts it."""
+    out, urls = [], []
+    for m in messages:
+        content = m.get("content")
+        if not isinstance(content, list):
+            out.append(m)
+            continue
+        parts = []
+        for p in content:
+            if isinstance(p, dict) and p.get("type") == "image_url":
+                urls.append((p.get("image_url") or {}).get("url"))
+                parts.append({"type": "text", "text": placeholder})
+            else:
+                parts.append(p)
+        out.append({**m, "content": parts})
+    return out, urls
+
+
+def expand(processor, ids: list[int], images: list, trained: list[bool] | None = None
+           ) -> tuple[list[int], list[bool], list[tuple[int, int]]]:
+    """Replace the i-th image placeholder token in `ids` by the processor's tokens for images[i].
+    Returns (ids, trained, [(start, end) token span of each image]) where every image token is
+    untrained. Raises ValueError when the number of placeholder tokens differs from the number of
+    images (e.g. "<image>" typed as text)."""
+    token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    trained = trained if trained is not None else [False] * len(ids)
+    where = [i for i, t in enumerate(ids) if t == token_id]
+    if len(where) != len(images):
+        raise ValueError(f"{len(images)} image(s) but {len(where)} {processor.image_token} token(s) in the text "
+                         f"(the text must not contain {processor.image_token} itself)")
+    out_ids: list[int] = []
+    out_trained: list[bool] = []
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for pos, img in zip(where, images, strict=True):
+        out_ids += ids[start:pos]
+        out_trained += trained[start:pos]
+        image_ids = image_token_ids(processor, img)
+        spans.append((len(out_ids), len(out_ids) + len(image_ids)))
+        out_ids += image_ids
+        out_trained += [False] * len(image_ids)
+        start = pos + 1
+    return out_ids + ids[start:], out_trained + trained[start:], spans
+
+
+def image_token_ids(processor, image) -> list[int]:
+    """The tokens the processor puts in the text for one image (placeholder expanded)."""
+    out = processor(text=[processor.image_token], images=[[image]], add_special_tokens=False)
+    return list(out["input_ids"][0])
+
+
+def pixel_inputs(processor, images_B: list[list]) -> dict:
+    """The image tensors for a batch: one list of PIL images per row (rows may have none). Idefics3's
+    pixel_values are [B, images, 3, H, W]; rows with fewer images are padded with all-zero images,
+    which the model skips (its real_images_inds), and the pixel_attention_mask with zeros."""
+    import torch
+
+    per_row = [processor.image_processor(images=[imgs], return_tensors="pt") if imgs else None for imgs in images_B]
+    shown = [r for r in per_row if r is not None]
+    if not shown:
+        return {}
+    most = max(r["pixel_values"].shape[1] for r in shown)
+    out: dict[str, list] = {}
+    for key in shown[0].keys():
+        shape = list(shown[0][key].shape[2:])
+        rows = []
+        for r in per_row:
+            t = r[key][0] if r is not None else torch.zeros([0, *shape], dtype=shown[0][key].dtype)
+            pad = torch.zeros([most - t.shape[0], *shape], dtype=t.dtype)
+            rows.append(torch.cat([t, pad]))
+        out[key] = torch.stack(rows)
+    return out
+
+
+def prompt_inputs(processor, prompt_ids: list[list[int]], images_P: list[list], copies: int) -> dict:
+    """Sampling: expand each prompt's placeholders in place (prompt_ids is changed) and return the image
+    tensors for its rows (prompt-major, `copies` rows per prompt, as ml/batching lays them out)."""
+    import torch
+
+    for i, (ids, images) in enumerate(zip(prompt_ids, images_P, strict=True)):
+        try:
+            prompt_ids[i] = expand(processor, ids, images)[0]
+        except ValueError as e:
+            from modelmill.errors import InvalidRequestError
+
+            raise InvalidRequestError(str(e), param="messages", code="invalid_value") from None
+    return {k: torch.repeat_interleave(v, copies, dim=0) for k, v in pixel_inputs(processor, images_P).items()}
+
+
+def count_image_tokens(processor, images: list) -> int:
+    """How many tokens these images take in the text (the file report's image-token count)."""
+    return sum(len(image_token_ids(processor, img)) for img in images)
+
+
+# ---------------------------------------------------------------- the built-in tiny VLM
+
+# The processor's own chat template (for users who call AutoProcessor.apply_chat_template on the
+# directory): ModelMill's ChatML with an image part rendered as <image>. ModelMill itself renders
+# through chat_format with with_placeholders(), which gives the same text.
+TINY_VL_CHAT_TEMPLATE = (
+    "{%- set ns = namespace(system='You are a helpful AI assistant named SmolLM, trained by Hugging Face') -%}"
+    "{%- if messages and messages[0].role == 'system' -%}{%- set ns.system = messages[0].content if messages[0].content"
+    " is string else messages[0].content | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('')"
+    " -%}{%- set rest = messages[1:] -%}{%- else -%}{%- set rest = messages -%}{%- endif -%}"
+    "{{- '<|im_start|>system\\n' + ns.system + '<|im_end|>\\n' -}}"
+    "{%- for message in rest -%}{{- '<|im_start|>' + message.role + '\\n' -}}"
+    "{%- if message.content is string -%}{{- message.content -}}{%- else -%}{%- for part in message.content -%}"
+    "{%- if part.type == 'text' -%}{{- part.text -}}{%- elif part.type in ('image', 'image_url') -%}{{- '<image>' -}}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}{{- '<|im_end|>\\n' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+TINY_VL_IMAGE_SIZE = 32  # pixels per side the image processor resizes to (one 32x32 tile, no splitting)
+
+
+def build_tiny_vl(tokenizer, out: Path, progress) -> None:
+    """modelmill-tiny-vl: a random Idefics3 (SmolVLM's architecture; vision encoder hidden 32 x 1 layer,
+    Llama text model hidden 64 x 2 layers, about 3.2M parameters) with `tokenizer` (SmolLM2's) plus
+    Idefics3's image tokens, and a real Idefics3 processor: 32x32 images, 4 image tokens each
+    ((32 / 8)^2 patches / scale_factor^2). Same bytes on every build (fixed seed)."""
+    import copy
+
+    import torch
+    from transformers import GenerationConfig, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": ["<fake_token_around_image>", "<image>",
+                                                          "<end_of_utterance>", "<global-img>"]})
+    # The PIL image processor: the torchvision one would need torchvision, which ModelMill does not install.
+    image_processor = Idefics3ImageProcessorPil(do_image_splitting=False,
+                                                size={"longest_edge": TINY_VL_IMAGE_SIZE},
+                                                max_image_size={"longest_edge": TINY_VL_IMAGE_SIZE})
+    patch, scale = 8, 2
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, chat_template=TINY_VL_CHAT_TEMPLATE,
+                                  image_seq_len=(TINY_VL_IMAGE_SIZE // patch) ** 2 // scale ** 2)
+    text = dict(model_type="llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                  image_size=TINY_VL_IMAGE_SIZE, patch_size=patch)
+    config = Idefics3Config(vision_config=vision, text_config=text, scale_factor=scale, tie_word_embeddings=True,
+                            image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
+        torch.manual_seed(TINY_VL_SEED)
+        model = Idefics3ForConditionalGeneration(config).to(torch.float32)
+    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                               pad_token_id=tok.pad_token_id)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    progress("modelmill-tiny-vl built")

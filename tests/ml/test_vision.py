@@ -1,0 +1,207 @@
+"""Images in training data and sampling on modelmill-tiny-vl (ml/vision.py, ml/vision_train.py)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from modelmill.ml import data, models, sampling, sft, vision, vision_train
+from modelmill.ml.types import ChatExample, ModelRef
+from tests.ml.reporters import ListReporter
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+
+
+def png_url(rgb=(255, 0, 0), size=(24, 16), fmt="PNG", mode="RGB") -> str:
+    buf = io.BytesIO()
+    Image.new(mode, size, rgb if mode != "L" else 128).save(buf, fmt)
+    mime = {"PNG": "png", "JPEG": "jpeg", "GIF": "gif", "WEBP": "webp", "BMP": "bmp"}[fmt]
+    return f"data:image/{mime};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def image_line(colour: str, url: str | None = None) -> dict:
+    return {"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Colour?"},
+                                     {"type": "image_url", "image_url": {"url": url or png_url(COLOURS[colour]),
+                                                                         "detail": "low"}}]},
+        {"role": "assistant", "content": colour}]}
+
+
+def write(path, lines) -> None:
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_dir(tmp_path_factory):
+    return models.ensure_base(tmp_path_factory.mktemp("mm-home-vl"), "modelmill-tiny-vl")
+
+
+def test_tiny_vl_is_listed_and_loads_through_the_image_text_to_text_classes(tiny_vl_dir, tmp_path):
+    assert "modelmill-tiny-vl" in [m.name for m in models.list_models(tmp_path)]
+    model, _tok = models.load_model(tiny_vl_dir)
+    processor = vision.load_processor(tiny_vl_dir)
+    assert type(model).__name__ == "Idefics3ForConditionalGeneration"
+    assert type(processor).__name__ == "Idefics3Processor" and processor.chat_template
+    assert vision.is_vision_dir(tiny_vl_dir)
+
+
+@pytest.mark.parametrize("url, code", [
+    ("data:image/png;base64,@@@notbase64", "invalid_image"),
+    ("data:image/png;base64," + base64.b64encode(b"not an image at all").decode(), "invalid_image"),
+    (png_url(fmt="GIF"), "unsupported_image_format"),
+    (png_url(fmt="BMP"), "unsupported_image_format"),
+    (png_url(mode="L"), "unsupported_image_format"),
+    ("https://example.com/cat.png", "image_url_not_allowed"),
+    ("ftp://example.com/cat.png", "invalid_image_url"),
+])
+def test_bad_images_name_line_and_part(tmp_path, url, code):
+    lines = [image_line("red")] * 10 + [image_line("red", url)]
+    write(tmp_path / "t.jsonl", lines)
+    report = data.validate_file(tmp_path / "t.jsonl", images=vision.ImagePolicy())
+    [problem] = report.problems
+    assert (problem.line, problem.field, problem.code) == (11, "messages[0].content[1].image_url.url", code)
+    assert "line 11: messages[0].content[1].image_url.url" in str(problem)
+
+
+def test_too_large_image_and_images_for_a_text_only_base(tmp_path):
+    write(tmp_path / "t.jsonl", [image_line("red")] * 10)
+    small = vision.ImagePolicy(max_bytes=50)
+    [problem] = {p.code: p for p in data.validate_file(tmp_path / "t.jsonl", images=small).problems[:1]}.values()
+    assert (problem.line, problem.code) == (1, "image_too_large")
+    text_only = data.validate_file(tmp_path / "t.jsonl").problems  # no policy: a text-only base model
+    assert (text_only[0].line, text_only[0].field, text_only[0].code) == (
+        1, "messages[0].content[1].type", "unsupported_content_part")
+    assert "text-only" in text_only[0].message
+    assert data.validate_file(tmp_path / "t.jsonl", images=vision.ImagePolicy()).ok
+
+
+def test_image_in_an_assistant_message_and_bad_detail(tmp_path):
+    bad = image_line("red")
+    bad["messages"][0]["content"][1]["image_url"]["detail"] = "ultra"
+    bad["messages"].append({"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": png_url()}}]})
+    write(tmp_path / "t.jsonl", [image_line("red")] * 10 + [bad])
+    problems = {(p.field, p.code) for p in data.validate_file(tmp_path / "t.jsonl", images=vision.ImagePolicy()).problems}
+    assert ("messages[0].content[1].image_url.detail", "invalid_value") in problems
+    assert ("messages[2].content[0].type", "unsupported_content_part") in problems
+
+
+class _Images(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - http.server's name
+        body = base64.b64decode(png_url().split(",", 1)[1])
+        if self.path == "/big.png":
+            body += b"\0" * 4096
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_http_images_only_from_allowed_hosts_within_the_size_limit():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Images)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        allowed = vision.ImagePolicy(hosts=("127.0.0.1",), max_bytes=2048, timeout_s=5)
+        assert vision.load_image(f"{base}/ok.png", allowed).size == (24, 16)
+        with pytest.raises(vision.ImageError) as e:
+            vision.load_image(f"{base}/big.png", allowed)
+        assert e.value.code == "image_too_large"
+        with pytest.raises(vision.ImageError) as e:
+            vision.load_image(f"{base}/ok.png", vision.ImagePolicy(hosts=("images.example.com",)))
+        assert e.value.code == "image_url_not_allowed"
+    finally:
+        server.shutdown()
+
+
+def test_image_tokens_are_never_targets(tiny_vl_dir):
+    tokenizer = models.load_tokenizer(tiny_vl_dir)
+    processor = vision.load_processor(tiny_vl_dir)
+    line = image_line("blue")
+    line["messages"] += [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_url()}},
+                                                      {"type": "text", "text": "and this?"}]},
+                         {"role": "assistant", "content": "red"}]
+    row = vision_train.tokenize_example(processor, tokenizer, ChatExample(line["messages"], line=1),
+                                        vision.ImagePolicy(), None)
+    image_ids = {tokenizer.convert_tokens_to_ids(t) for t in ("<image>", "<fake_token_around_image>", "<global-img>")}
+    assert len(row.images) == 2
+    assert sum(t == tokenizer.convert_tokens_to_ids("<image>") for t in row.input_ids) == 2 * processor.image_seq_len
+    assert all(label == -100 for tok, label in zip(row.input_ids, row.labels) if tok in image_ids)
+    targets = tokenizer.decode([label for label in row.labels if label != -100])
+    assert targets == "blue<|im_end|>red<|im_end|>"
+    # a cut inside the second image drops that image whole (never half an image's tokens)
+    second = [i for i, t in enumerate(row.input_ids) if t == tokenizer.convert_tokens_to_ids("<fake_token_around_image>")][2]
+    cut = vision_train.tokenize_example(processor, tokenizer, ChatExample(line["messages"], line=1),
+                                        vision.ImagePolicy(), second + 3)
+    assert len(cut.images) == 1 and len(cut.input_ids) == second and cut.truncated
+
+
+def test_sft_with_images_trains_and_the_adapter_answers_an_image(tiny_vl_dir, tmp_path):
+    text_only = {"messages": [{"role": "user", "content": "Colour of the sky?"}, {"role": "assistant", "content": "blue"}]}
+    write(tmp_path / "train.jsonl", [image_line(c) for c in COLOURS for _ in range(3)] + [text_only] * 3)
+    config = sft.SFTConfig(base_dir=tiny_vl_dir, train_path=tmp_path / "train.jsonl", valid_path=None,
+                           output_dir=tmp_path / "out",
+                           n_epochs=1, batch_size=4, learning_rate_multiplier=1.0, torch_threads=1)
+    reporter = ListReporter()
+    result = sft.train_sft(config, reporter)
+    assert result.status == "succeeded" and result.steps == 3
+    assert all(m["train_loss"] > 0 for _s, _t, m in reporter.steps)
+    assert any("9 images in 12 examples" in msg for _l, msg, _d in reporter.events)  # batches mix both kinds
+    sampler = sampling.Sampler(batch_window_s=0)
+    ref = ModelRef(tiny_vl_dir, result.adapter_dir)
+    prompt = image_line("red")["messages"][:1]
+    out = sampler.generate(ref, prompt, params=sampling.SamplingParams(temperature=0, max_tokens=4))
+    text_only = sampler.generate(ref, [{"role": "user", "content": "Colour?"}],
+                                 params=sampling.SamplingParams(temperature=0, max_tokens=4))
+    assert out.prompt_tokens == text_only.prompt_tokens + vision.load_processor(tiny_vl_dir).image_seq_len + 3
+    assert out.choices[0].completion_tokens >= 1
+    sampled = sampler.generate(ref, prompt, params=sampling.SamplingParams(temperature=1.0, max_tokens=3, n=2, seed=1))
+    assert len(sampled.choices) == 2 and sampled.prompt_tokens == out.prompt_tokens  # image rows repeated per choice
+
+
+
+def test_dpo_with_images_trains(tiny_vl_dir, tmp_path):
+    from modelmill.ml import dpo
+
+    def pair(colour: str, wrong: str) -> dict:
+        return {"input": {"messages": image_line(colour)["messages"][:1]},
+                "preferred_output": [{"role": "assistant", "content": colour}],
+                "non_preferred_output": [{"role": "assistant", "content": wrong}]}
+
+    write(tmp_path / "train.jsonl", [pair("red", "blue"), pair("blue", "green"), pair("green", "red")] * 2)
+    config = dpo.DPOConfig(base_dir=tiny_vl_dir, train_path=tmp_path / "train.jsonl", valid_path=None,
+                           output_dir=tmp_path / "out", n_epochs=1, batch_size=2, learning_rate_multiplier=1.0,
+                           torch_threads=1)
+    reporter = ListReporter()
+    result = dpo.train_dpo(config, reporter)
+    assert result.status == "succeeded" and result.steps == 3
+    assert all("train_loss" in m for _s, _t, m in reporter.steps)
+
+
+def test_a_user_added_vlm_directory_loads_the_same_way(tiny_vl_dir, tmp_path):
+    """Real weights (e.g. a SmolVLM directory) are added like any model; modelmill-tiny-vl's stands in."""
+    models.add_model(tmp_path, "my-vl", str(tiny_vl_dir))
+    assert vision.is_vision_base(tmp_path, "my-vl") and not vision.is_vision_base(tmp_path, "modelmill-tiny")
+    out = sampling.Sampler(batch_window_s=0).generate(ModelRef(models.ensure_base(tmp_path, "my-vl")),
+                                                      image_line("red")["messages"][:1],
+                                                      params=sampling.SamplingParams(temperature=0, max_tokens=2))
+    assert out.prompt_tokens > vision.load_processor(tiny_vl_dir).image_seq_len
+
+
+def test_batch_generate_mixes_image_and_text_prompts(tiny_vl_dir):
+    """An eval's batch: prompts with and without images in one batch_generate call."""
+    sampler = sampling.Sampler(batch_window_s=0)
+    prompts = [image_line("red")["messages"][:1], [{"role": "user", "content": "Colour?"}],
+               image_line("blue")["messages"][:1]]
+    results = sampler.batch_generate(ModelRef(tiny_vl_dir), prompts, sampling.SamplingParams(temperature=0, max_tokens=2))
+    alone = sampler.generate(ModelRef(tiny_vl_dir), prompts[2], params=sampling.SamplingParams(temperature=0, max_tokens=2))
+    assert [r.prompt_tokens for r in results] == [alone.prompt_tokens, results[1].prompt_tokens, alone.prompt_tokens]
+    assert results[2].choices[0].text == alone.choices[0].text  # padding and the other rows change nothing
