@@ -136,18 +136,7 @@ def _load_dataset(path: Path, label: str, tokenizer, config: SFTConfig, reporter
     # min_examples=1: the service enforces its own minimum at validation time.
     examples = data.read_examples(Path(path), "supervised", min_examples=1)
     rows = [tokenize_example(tokenizer, ex, config.max_seq_len) for ex in examples]
-    n_truncated = sum(r.truncated for r in rows)
-    kept = [r for r in rows if any(label != -100 for label in r.labels)]
-    if n_truncated:
-        reporter.on_event("warn", f"{n_truncated} of {len(rows)} {label} examples were longer than "
-                                  f"{config.max_seq_len} tokens and were truncated",
-                          {"file": label, "truncated_examples": n_truncated, "max_seq_len": config.max_seq_len})
-    if len(kept) < len(rows):
-        reporter.on_event("warn", f"{len(rows) - len(kept)} {label} examples have no assistant tokens to train on "
-                                  f"within {config.max_seq_len} tokens and were skipped",
-                          {"file": label, "skipped_examples": len(rows) - len(kept)})
-    if not kept:
-        raise TrainingError(f"no {label} example has assistant tokens to train on")
+    kept = common.trainable_rows(rows, label, config.max_seq_len, reporter)
     return Dataset.from_dict({"input_ids": [r.input_ids for r in kept], "labels": [r.labels for r in kept]})
 
 

@@ -100,6 +100,25 @@ def train(config: RunConfig, reporter: Reporter, *, load_dataset, hooks_cls: typ
     return run_trainer(trainer, callback, output_dir, reporter, resume_from, config.torch_threads)
 
 
+def trainable_rows(rows: list, label: str, max_seq_len: int, reporter: Reporter) -> list:
+    """The tokenized SFT rows (text or vision: each has .labels and .truncated) that keep at least one
+    assistant token to train on. Says in a warn event how many were truncated and how many were skipped;
+    raises TrainingError when none is left. `label`: "training" or "validation"."""
+    n_truncated = sum(r.truncated for r in rows)
+    kept = [r for r in rows if any(t != -100 for t in r.labels)]
+    if n_truncated:
+        reporter.on_event("warn", f"{n_truncated} of {len(rows)} {label} examples were longer than "
+                                  f"{max_seq_len} tokens and were truncated",
+                          {"file": label, "truncated_examples": n_truncated, "max_seq_len": max_seq_len})
+    if len(kept) < len(rows):
+        reporter.on_event("warn", f"{len(rows) - len(kept)} {label} examples have no assistant tokens to train on "
+                                  f"within {max_seq_len} tokens and were skipped",
+                          {"file": label, "skipped_examples": len(rows) - len(kept)})
+    if not kept:
+        raise TrainingError(f"no {label} example has assistant tokens to train on")
+    return kept
+
+
 def plan_run(config: RunConfig, tokenizer, example_lengths, rows_per_example: int = 1):
     """(config with max_seq_len, quantization and gradient_checkpointing resolved, its memory.MemoryPlan).
 

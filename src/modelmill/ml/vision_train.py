@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelmill.errors import TrainingError
-from modelmill.ml import chat_format, data, vision
+from modelmill.ml import chat_format, data, trainer_common, vision
 from modelmill.ml.types import ChatExample
 
 
@@ -81,18 +81,7 @@ def load_dataset(path: Path, label: str, tokenizer, config, reporter):
     processor, policy = vision.load_processor(config.base_dir), policy_of(config)
     examples = data.read_examples(Path(path), "supervised", min_examples=1, images=policy)
     rows = [tokenize_example(processor, tokenizer, ex, policy, config.max_seq_len) for ex in examples]
-    n_truncated = sum(r.truncated for r in rows)
-    kept = [r for r in rows if any(label != -100 for label in r.labels)]
-    if n_truncated:
-        reporter.on_event("warn", f"{n_truncated} of {len(rows)} {label} examples were longer than "
-                                  f"{config.max_seq_len} tokens and were truncated",
-                          {"file": label, "truncated_examples": n_truncated, "max_seq_len": config.max_seq_len})
-    if len(kept) < len(rows):
-        reporter.on_event("warn", f"{len(rows) - len(kept)} {label} examples have no assistant tokens to train on "
-                                  f"within {config.max_seq_len} tokens and were skipped",
-                          {"file": label, "skipped_examples": len(rows) - len(kept)})
-    if not kept:
-        raise TrainingError(f"no {label} example has assistant tokens to train on")
+    kept = trainer_common.trainable_rows(rows, label, config.max_seq_len, reporter)
     n_images = sum(len(r.images) for r in kept)
     reporter.on_event("info", f"{label.capitalize()} data: {n_images} images in {len(kept)} examples",
                       {"file": label, "images": n_images})
