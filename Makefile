@@ -33,7 +33,7 @@ $(STAMP): $(PY) pyproject.toml
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium); } || \
 	  echo "warning: chromium is not installed; tests/browser will be skipped"
 	# The store and queue suites also run on Postgres: a throwaway cluster from Debian's postgresql
-	# (initdb/pg_ctl; tests/pg_cluster.py starts it as a non-root user).
+	# (initdb/pg_ctl; tools/pg_cluster.py starts it as a non-root user).
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql); } || \
 	  echo "warning: postgresql is not installed; the Postgres store tests will fail (MODELMILL_REQUIRE_POSTGRES=1)"
@@ -53,12 +53,13 @@ test: $(STAMP)  ## the whole test suite, as CI runs it (everything not marked sl
 # sandbox per test, or repeat every case on Postgres (each took 8 s or more on 2 busy cores). Under 3 minutes
 # on 2 CPU cores: a quick check while working; `make test` stays the CI command and runs all of these too.
 FAST_TESTS := tests/ml tests/service tests/test_cli.py tests/test_cli_output.py tests/test_layers.py tests/test_quiet.py \
-  tests/test_webhooks_cli.py
+  tests/test_code_shape.py tests/test_webhooks_cli.py
 HEAVY_TESTS := tests/ml/test_chat_families.py tests/ml/test_import_race.py tests/ml/test_models.py tests/ml/test_rft.py \
   tests/ml/test_dpo.py tests/ml/test_sft.py tests/ml/test_distributed.py tests/ml/test_sampling_batching.py \
   tests/ml/test_sft_batching.py tests/ml/test_sampling.py tests/ml/test_vllm_backend.py tests/ml/test_multi_lora.py \
   tests/ml/test_early_stopping.py tests/ml/test_vision.py \
-  tests/ml/graders/test_sandbox.py tests/ml/graders/test_sandbox_escapes.py \
+  tests/ml/graders/test_sandbox.py tests/ml/graders/test_sandbox_escapes.py tests/ml/graders/test_tool_escapes.py \
+  tests/ml/test_mcp_servers.py \
   tests/service/test_worker_ranks.py tests/service/test_model_export.py tests/service/test_worker.py \
   tests/service/test_tenancy.py tests/service/test_job_lengths.py tests/service/test_job_evals.py \
   tests/service/test_queue.py tests/service/test_dpo_jobs.py tests/service/test_no_pickle.py \
@@ -123,6 +124,8 @@ reliability: $(STAMP)  ## bad input, edge, work, sandbox, webhook, crash and loa
 	$(PY) -m tools.reliability.work_probe --json bench/out/reliability_work.json
 	# The grader sandbox bounded as a whole (fork test) and graders off the request pool (issue 17).
 	$(PY) -m tools.reliability.sandbox_probe --graders 40 --sleep 5 --json bench/out/reliability_sandbox.json
+	# Agentic RFT's bad tools: bad schemas, MCP servers that will not start or die, HTTP tools that hang (issue 22).
+	$(PY) -m tools.reliability.agentic_probe --json bench/out/reliability_agentic.json
 	# Webhooks: SIGKILL the server 10 times while deliveries are in flight; events lost must be 0 (issue 20).
 	$(PY) -m tools.reliability.webhook_durability --json bench/out/reliability_webhooks.json
 	MODELMILL_FUZZ_EXAMPLES=50 MODELMILL_FUZZ_STATS=bench/out/reliability_fuzz.json \

@@ -7,9 +7,9 @@ answered one after another by the chat-completions code.
 Model: SmolLM2-135M-Instruct (fp32; --quick: modelmill-tiny). Everything runs in this process on a
 temporary MODELMILL_HOME (its models/ links to the real one): no HTTP, so the figures are the work.
 (a) ModelMill: upload N request lines, POST /v1/batches (TestClient), then Worker.run_once() runs the
-    batch (service/batch_run.py: 32 lines in flight through the one Sampler, decoded in shared
+    batch (service/batches/runner.py: 32 lines in flight through the one Sampler, decoded in shared
     batches), timed from run_once's start to the batch's output file, which holds all N answers.
-(b) Baseline: the same N requests through service/chat.complete (the /v1/chat/completions code),
+(b) Baseline: the same N requests through service/chat/completions.complete (the /v1/chat/completions code),
     one after another, on the same Sampler.
 Rate = completion tokens / wall second. Target: the batch >= 3x the sequential rate (the batcher's
 own figure for 8 concurrent requests is ~3x on 2 cores; a batch keeps up to 32 in flight).
@@ -63,12 +63,13 @@ def main() -> None:
     from fastapi.testclient import TestClient
 
     from modelmill.settings import Settings
-    from modelmill.service import chat, model_registry
+    from modelmill.service.chat import completions as chat
+    from modelmill.service.models import registry as model_registry
     from modelmill.service.api.app import create_app
-    from modelmill.service.sampler import shared_sampler
+    from modelmill.service.models.sampler import shared_sampler
     from modelmill.service.schemas.chat import ChatCompletionRequest
     from modelmill.service.store import open_store
-    from modelmill.service.worker import Worker
+    from modelmill.service.worker.loop import Worker
 
     torch.set_num_threads(args.threads)
     home = Path(tempfile.mkdtemp(prefix="bench-batches-"))

@@ -12,7 +12,7 @@ Per model, in this order on one server:
   torch / transformers / trl may still be running);
 - `repeats` more jobs ("warm worker"), interleaved with the baseline runs;
 - for modelmill-tiny, `repeats` jobs with a validation file as well (such a job gets automatic
-  before/after evals, service/job_evals.py), and `repeats` more asking for the base-model eval
+  before/after evals, service/jobs/eval_reports.py), and `repeats` more asking for the base-model eval
   before training (metadata eval_base_first=true), to show what that order costs.
 Each job trains 1 epoch of short chat examples (batch 4); once step 1 is seen it is cancelled and
 the next job waits until it has stopped.
@@ -66,18 +66,10 @@ DONE = ("succeeded", "failed", "cancelled")
 
 def chat_lines(n: int, seed: int) -> str:
     """Short chat examples (~30 tokens each), as tests/e2e use: steps are cheap, so the figure is overhead."""
-    import random
+    sys.path.insert(0, str(HERE.parent))  # tools/, when run as a script
+    from tools.datasets import short_dataset
 
-    rng = random.Random(seed)
-    rooms = ["kitchen", "bedroom", "office", "garage", "hall", "attic"]
-    lines = []
-    for _ in range(n):
-        room, state = rng.choice(rooms), rng.choice(["on", "off"])
-        lines.append(json.dumps({"messages": [
-            {"role": "system", "content": "Reply with the room and the state."},
-            {"role": "user", "content": f"turn {state} the {room} lights"},
-            {"role": "assistant", "content": f"{room} {state}"}]}))
-    return "\n".join(lines) + "\n"
+    return short_dataset(n, seed).decode()
 
 
 # ---------------------------------------------------------------- the baseline (a fresh process)
@@ -419,7 +411,7 @@ def main() -> None:
              "(the worker's float time.time() of the step-1 event, read from the SQLite db) gives warm-worker "
              "medians of " + ", ".join(f"{r['model']} {statistics.median(x['stored_s'] for x in r['warm']):.2f} s"
                                        for r in results if r["warm"]) + ".",
-             "A job with a validation file gets automatic before/after evals (service/job_evals.py); by default its "
+             "A job with a validation file gets automatic before/after evals (service/jobs/eval_reports.py); by default its "
              "base-model eval runs after training, next to the final one (same result: the base model does not "
              "change). The 'base eval first' row is the old order, kept as metadata eval_base_first=true."]
     if load_at_start > (os.cpu_count() or 1):

@@ -3,8 +3,8 @@ Postgres (LISTEN/NOTIFY) against SQLite (data_version read every 20 ms) in the s
 
     python bench/bench_pg_wakeup.py [--jobs 50] [--database-url postgresql://...] [--json out.json]
 
-Without --database-url a throwaway cluster is started (tests/pg_cluster.py; Debian's postgresql).
-Per dialect, a worker runs in its own process: the real Worker (service/worker.py: its run loop,
+Without --database-url a throwaway cluster is started (tools/pg_cluster.py; Debian's postgresql).
+Per dialect, a worker runs in its own process: the real Worker (service/worker/loop.py: its run loop,
 _idle, the store's wait_for_change), with poll_seconds=30 so only a change notice can wake it in
 time, and with run_once cut down to claim -> mark running (started_at) -> finish, so what is timed
 is the queue, not training. The parent creates one job at a time through the store (as the API
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.pg_cluster, when run as a script
+sys.path.insert(0, str(ROOT))  # tools.pg_cluster, when run as a script
 
 TARGET_S = 1.0
 POLL_SECONDS = 30.0  # the worker's periodic claim: far above any latency measured, so it never helps
@@ -36,7 +36,7 @@ POLL_SECONDS = 30.0  # the worker's periodic claim: far above any latency measur
 
 def child(home: str, database_url: str | None) -> None:
     """The worker process: the real Worker with a run_once that only claims and marks running."""
-    from modelmill.service import worker as worker_module
+    from modelmill.service.worker import loop as worker_module
     from modelmill.settings import Settings
 
     class ClaimOnlyWorker(worker_module.Worker):
@@ -113,7 +113,7 @@ def main() -> int:
     cluster = None
     url = args.database_url
     if url is None:
-        from tests.pg_cluster import PgCluster
+        from tools.pg_cluster import PgCluster
 
         cluster = PgCluster.start()
         url = cluster.create_database()

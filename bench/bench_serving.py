@@ -9,7 +9,7 @@ temperature 0, a fixed max_tokens, prompts that ask for long stories so every an
 budget). Two fine-tuned models are made the way the platform makes them: a job is created through
 the API, and the bench, standing in for the worker, claims it, saves a LoRA adapter (r=8 on every
 linear layer, the platform's LoraConfig, lora_B drawn at random so the adapter changes the model)
-with trainer_common.save_adapter_atomically, records its manifest (service/adapters.py) and
+with checkpoints.save_adapter_atomically, records its manifest (service/models/adapters.py) and
 finishes the job as succeeded. The server then resolves and loads `ft:...` like any other.
 
 Rows (the Bench JSON contract of bench/README.md):
@@ -129,8 +129,8 @@ def main() -> None:
 
 def make_fine_tuned_models(http: httpx.Client, home: Path, base_dir: Path, model: str) -> tuple[str, str]:
     """Two ft: models, created through the API and finished the way the worker finishes a job."""
-    from modelmill.ml import models, trainer_common
-    from modelmill.service import adapters
+    from modelmill.ml import checkpoints, models
+    from modelmill.service.models import adapters
     from modelmill.service.store import open_store
     from modelmill.settings import Settings
 
@@ -151,7 +151,7 @@ def make_fine_tuned_models(http: httpx.Client, home: Path, base_dir: Path, model
             job_id = job.json()["id"]
             lease = queue.claim("bench-serving")
             assert lease is not None and lease.id == job_id, "another job was runnable"
-            adapter_dir = write_adapter(base_dir, settings.jobs_dir / job_id, seed, models, trainer_common)
+            adapter_dir = write_adapter(base_dir, settings.jobs_dir / job_id, seed, models, checkpoints)
             adapters.record(store, job_id, adapter_dir)
             ft_name = store.jobs.get(job_id).ft_name
             queue.finish(lease, "succeeded", fine_tuned_model=ft_name, adapter_dir=str(adapter_dir),
@@ -162,7 +162,7 @@ def make_fine_tuned_models(http: httpx.Client, home: Path, base_dir: Path, model
     return names[0], names[1]
 
 
-def write_adapter(base_dir: Path, job_dir: Path, seed: int, models, trainer_common) -> Path:
+def write_adapter(base_dir: Path, job_dir: Path, seed: int, models, checkpoints) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -176,7 +176,7 @@ def write_adapter(base_dir: Path, job_dir: Path, seed: int, models, trainer_comm
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.01)
     job_dir.mkdir(parents=True, exist_ok=True)
-    return trainer_common.save_adapter_atomically(peft_model, job_dir)
+    return checkpoints.save_adapter_atomically(peft_model, job_dir)
 
 
 # ---------------------------------------------------------------------------------------------

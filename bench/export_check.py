@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 import time
@@ -27,27 +26,17 @@ from openai import OpenAI
 
 from modelmill.export_download import download_export
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/, run as a script
+from tools.datasets import short_dataset  # noqa: E402
+
 PROMPTS = ["What is the capital of France?", "Give me three colours.", "Turn on the kitchen lights.",
            "What is 12 plus 30?", "Write one sentence about the sea.", "Say hello in Spanish.",
            "Name a fruit that is yellow.", "What day comes after Monday?", "Describe a cat in five words.",
            "How many legs does a spider have?"]
 
 
-def short_dataset(n: int = 16, seed: int = 0) -> bytes:
-    rng = random.Random(seed)
-    rooms = ["kitchen", "bedroom", "office", "garage", "hall", "attic"]
-    lines = []
-    for _ in range(n):
-        room, state = rng.choice(rooms), rng.choice(["on", "off"])
-        lines.append(json.dumps({"messages": [
-            {"role": "system", "content": "Reply with the room and the state."},
-            {"role": "user", "content": f"turn {state} the {room} lights"},
-            {"role": "assistant", "content": f"{room} {state}"}]}))
-    return ("\n".join(lines) + "\n").encode()
-
-
 def fine_tune(client: OpenAI, base: str) -> str:
-    f = client.files.create(file=("export-check.jsonl", short_dataset()), purpose="fine-tune")
+    f = client.files.create(file=("export-check.jsonl", short_dataset(16)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(training_file=f.id, model=base, seed=3, method={
         "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 8,
                                                                  "learning_rate_multiplier": 2.0}}})

@@ -150,7 +150,8 @@ def child_native(work: Path) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from modelmill.ml import chat_format, models, sampling, sft
-    from tests.family_models import SPECS, build_family_model
+    from modelmill.ml.types import ModelRef
+    from tools.family_models import SPECS, build_family_model
 
     model_dir = build_family_model(SPECS["qwen2"], work / "qwen2")  # the tests' tiny Qwen2 with Qwen2.5's template
     tokenizer = models.load_model(model_dir)[1]
@@ -166,11 +167,11 @@ def child_native(work: Path) -> dict:
                                          learning_rate_multiplier=1.0), reporter)
     own = tokenizer.apply_chat_template(rows[0]["messages"][:1], add_generation_prompt=True, tokenize=True)
     sampler = sampling.Sampler()
-    out = sampler.generate(sampling.ModelRef(model_dir, result.adapter_dir), rows[0]["messages"][:1],
+    out = sampler.generate(ModelRef(model_dir, result.adapter_dir), rows[0]["messages"][:1],
                            params=sampling.SamplingParams(max_tokens=4))
     return {"status": result.status, "steps": result.steps, "learned_text": learned,
             "prompt_tokens": out.usage["prompt_tokens"], "family_prompt_tokens": len(own),
-            "bf16": next(p.dtype for p in sampler.load(sampling.ModelRef(model_dir, None))[0].parameters())
+            "bf16": next(p.dtype for p in sampler.load(ModelRef(model_dir, None))[0].parameters())
             == torch.bfloat16}
 
 

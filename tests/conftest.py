@@ -9,9 +9,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def family_model_sources(tmp_path_factory) -> dict[str, Path]:
-    """Each chat family's tiny model (tests/family_models.py), built and taught its tool call once per
+    """Each chat family's tiny model (tools/family_models.py), built and taught its tool call once per
     session, about a minute on 2 cores: {family: its HF directory}. Read-only: a test registers them in
     its own home (family_models.register_family_models copies them), never writes here."""
-    from tests.family_models import build_family_models
+    from tools.family_models import build_family_models
 
     return build_family_models(tmp_path_factory.mktemp("family-build"))

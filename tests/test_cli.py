@@ -37,7 +37,7 @@ def test_keys_create_then_public_bind_needs_it(tmp_path, capsys, monkeypatch):
     assert cli.main(["keys", "create", "--name", "ci"]) == 0
     key = capsys.readouterr().out.strip()
     assert len(key) >= 32
-    from modelmill.service.auth import authenticate
+    from modelmill.service.core.auth import authenticate
     from modelmill.service.store import open_store
     from modelmill.settings import Settings
 

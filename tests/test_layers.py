@@ -22,7 +22,7 @@ def test_ml_never_imports_service_or_cli():
     files = sorted(ML.rglob("*.py"))
     assert len(files) >= 5
     for path in files:
-        bad = {m for m in imported_modules(path) if m.startswith(("modelmill.service", "modelmill.cli"))}
+        bad = {m for m in imported_modules(path) if m.startswith(("modelmill.service", "modelmill.cli", "modelmill.commands"))}
         assert not bad, f"{path.relative_to(ML.parent)} imports {bad}"
 
 
@@ -52,3 +52,40 @@ def test_errors_subclass_builtins():
     assert issubclass(errors.NotFoundError, LookupError)
     assert issubclass(errors.AuthenticationError, PermissionError)
     assert errors.NotFoundError("x").to_dict()["error"]["type"] == "invalid_request_error"
+
+
+def test_service_modules_live_in_resource_packages():
+    """service/ holds packages only (docs/ARCHITECTURE.md, "Where things live"): a resource's code goes in
+    its package (service/jobs/, service/chat/...), code every resource uses in service/core/."""
+    service = ML.parent / "service"
+    loose = sorted(p.name for p in service.glob("*.py") if p.name != "__init__.py")
+    assert not loose, f"loose modules in service/: {loose}"
+    for package in ("jobs", "models", "chat", "responses", "batches", "graders", "evals", "webhooks", "worker",
+                    "core", "api", "schemas", "store", "dashboard"):
+        assert (service / package / "__init__.py").is_file(), package
+
+
+def test_service_packages_import_each_other_without_a_circle():
+    """Between service/'s packages imports point one way (docs/ARCHITECTURE.md): api/, dashboard/ and worker/
+    over the resource packages, over core/, over store/. A circle means a module sits in the wrong package."""
+    service = ML.parent / "service"
+    uses: dict[str, set[str]] = {}
+    for path in service.rglob("*.py"):
+        package = path.relative_to(service).parts[0]
+        for module in imported_modules(path):
+            parts = module.split(".")
+            if parts[:2] == ["modelmill", "service"] and len(parts) > 2 and parts[2] != package:
+                uses.setdefault(package, set()).add(parts[2])
+
+    def below(package: str) -> set[str]:
+        seen, todo = set(), [package]
+        while todo:
+            for used in uses.get(todo.pop(), ()):
+                if used not in seen:
+                    seen.add(used)
+                    todo.append(used)
+        return seen
+
+    circles = sorted({tuple(sorted((a, b))) for a in uses for b in uses[a] if a in below(b)})
+    assert not circles, f"service packages that import each other: {circles}"
+    assert "store" not in uses, f"store/ is the bottom of the service but imports {uses.get('store')}"

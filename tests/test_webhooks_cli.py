@@ -21,7 +21,7 @@ def test_add_list_delete(sdk, store, capsys):
     assert endpoint.secret == secret and endpoint.events == ["fine_tuning.job.succeeded"]
 
     with store.db.transaction() as c:
-        from modelmill.service.webhooks import enqueue
+        from modelmill.service.webhooks.outbox import enqueue
 
         enqueue(c, endpoint.project_id, "fine_tuning.job.succeeded", {"id": "ftjob-1"})
     assert cli.main(["webhooks", "list"]) == 0

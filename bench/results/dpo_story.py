@@ -11,7 +11,7 @@ Metrics:
   (its reply was not a number) are counted apart.
 
 The judge must run offline, so it is SmolLM2-135M-Instruct itself (a model ModelMill serves is
-answered by ModelMill, service/judge.py). A 135M model is a weak judge of humour: to put a number
+answered by ModelMill, service/graders/judge.py). A 135M model is a weak judge of humour: to put a number
 on that, the same grader also scores the held-out pairs' own answers (a jsonl run each for the
 preferred and the non-preferred outputs), and the story reports how often it agrees with the
 human preference. Seen while building this (held-out pairs' own answers, greedy): asked for a bare

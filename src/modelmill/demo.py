@@ -8,11 +8,11 @@ with LoRA, measures the fine-tuned model on the same requests and prints a befor
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 from modelmill.local_server import running_server
+from modelmill.settings import ClientSettings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "smart_home"
 
@@ -61,7 +61,7 @@ def run_demo(model: str = "SmolLM2-135M-Instruct", n_epochs: int = 1, data_dir: 
     if base_url is None:
         with running_server(log_level="warning") as server:
             return run_demo(model, n_epochs, data_dir, server.base_url)
-    client = OpenAI(base_url=base_url, api_key=os.environ.get("MODELMILL_API_KEY", "local"))
+    client = OpenAI(base_url=base_url, api_key=ClientSettings.from_env().api_key or "local")
     test = read_jsonl(data_dir / "test.jsonl")
     t_start = time.monotonic()
     train = client.files.create(file=open(data_dir / "train.jsonl", "rb"), purpose="fine-tune")

@@ -1,6 +1,6 @@
 """`modelmill models export`: download GET /v1/models/{model}/export and unpack it into a directory.
 
-The server builds the export (service/model_export.py); this side only streams the tar into a
+The server builds the export (service/models/export.py); this side only streams the tar into a
 temporary directory beside `out` (never holding it in memory) and renames it into place, so an
 interrupted download leaves no half-written model directory behind.
 """

@@ -23,6 +23,7 @@ _lock = threading.Lock()
 
 
 def crash_point(name: str) -> None:
+    # Not a setting: a test hook the crash suite sets per worker process, read here at each crash point.
     spec = os.environ.get(ENV)
     if not spec:
         return

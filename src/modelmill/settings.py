@@ -160,7 +160,7 @@ class Settings:
     # Postgres URL (MODELMILL_DATABASE_URL, postgresql://user:password@host:port/dbname) for the store
     # and queues, so workers on several machines share them (docs/cluster.md); None = SQLite in home.
     database_url: str | None = None
-    # Graders run by `graders/run` (service/limits.py), off the request thread pool: at most this many
+    # Graders run by `graders/run` (service/core/limits.py), off the request thread pool: at most this many
     # at once in all (MODELMILL_GRADER_CONCURRENCY), at most grader_project_concurrency of them for one
     # project (MODELMILL_GRADER_PROJECT_CONCURRENCY); the rest queue in arrival order, at most
     # grader_queue per project (MODELMILL_GRADER_QUEUE), and a request past that gets a 429.
@@ -174,10 +174,10 @@ class Settings:
     max_request_tokens: int = 16384
     # Chat completions: most choices one request may ask for (`n`, MODELMILL_MAX_CHAT_N; OpenAI allows
     # 128) and most top_logprobs per token (MODELMILL_MAX_TOP_LOGPROBS; OpenAI allows 20, ModelMill
-    # never more). Past either: a 400 naming the limit (service/chat_params.py).
+    # never more). Past either: a 400 naming the limit (service/chat/params.py).
     max_chat_n: int = 16
     max_top_logprobs: int = 20
-    # Chat generation and tokenisation run off the request thread pool (service/limits.py): at most
+    # Chat generation and tokenisation run off the request thread pool (service/core/limits.py): at most
     # chat_concurrency requests at once (MODELMILL_CHAT_CONCURRENCY; they share one batched decoder),
     # chat_project_concurrency of them for one project (MODELMILL_CHAT_PROJECT_CONCURRENCY); at most
     # chat_queue more wait per project (MODELMILL_CHAT_QUEUE), past that a 429.
@@ -190,7 +190,7 @@ class Settings:
     # Who may read GET /metrics (MODELMILL_METRICS, docs/operations.md): "key" = any valid API key
     # (the default), "public" = anyone who can reach the port, "off" = a 404.
     metrics: str = "key"
-    # Webhooks (service/webhooks.py, docs/operations.md). Endpoint URLs on loopback, private or
+    # Webhooks (service/webhooks/outbox.py, docs/operations.md). Endpoint URLs on loopback, private or
     # link-local addresses are refused unless this is set (MODELMILL_WEBHOOK_ALLOW_PRIVATE=1).
     webhook_allow_private: bool = False
     # Seconds each network step of one delivery attempt (connect, send, each read) may take before the
@@ -305,3 +305,21 @@ class Settings:
         if "home" in overrides:
             overrides["home"] = Path(overrides["home"]).expanduser()
         return replace(s, **overrides)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What the client side (the `modelmill` API commands, the demo) talks to, read once from the
+    environment like Settings; the server never reads these."""
+
+    # The ModelMill API's base URL (MODELMILL_BASE_URL).
+    base_url: str = "http://127.0.0.1:8000/v1"
+    # The key sent to it as a bearer token (MODELMILL_API_KEY); None = none (a loopback server with no keys).
+    api_key: str | None = None
+    # OpenAI's key (OPENAI_API_KEY): the default key of `modelmill data` teachers and `import openai`'s source.
+    openai_api_key: str | None = None
+
+    @classmethod
+    def from_env(cls) -> "ClientSettings":
+        return cls(base_url=os.environ.get("MODELMILL_BASE_URL", cls.base_url),
+                   api_key=os.environ.get("MODELMILL_API_KEY"), openai_api_key=os.environ.get("OPENAI_API_KEY"))

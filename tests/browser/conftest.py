@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.e2e.conftest import Server
+from tools.servers import Server
 
 CHROMIUM = os.environ.get("MODELMILL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 

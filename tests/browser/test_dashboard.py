@@ -1,7 +1,7 @@
 """The dashboard in a real browser (headless chromium) against a live server with real
 modelmill-tiny jobs: every page loads, the charts hold the job's metrics, the buttons drive
-the job, the playground answers with two models, the Evals page lists a run and links its
-report, and login keeps a login token (not the key) in a cookie that passes the CSRF check.
+the job, an agentic RFT job's sampled trajectories render, the playground answers with two models,
+the Evals page lists a run and links its report, and login keeps a login token (not the key) in a cookie that passes the CSRF check.
 
 Set MODELMILL_DASHBOARD_SCREENSHOT=docs/dashboard-job.png to save the job page's screenshot.
 """
@@ -17,7 +17,8 @@ import pytest
 
 from modelmill.service.store import open_store
 from modelmill.settings import Settings
-from tests.e2e.conftest import short_dataset, tiny_job, wait_for
+from tests.e2e.conftest import tiny_job, wait_for
+from tools.datasets import short_dataset
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -205,6 +206,36 @@ def test_pause_resume_and_cancel_buttons_drive_a_running_job(page, client, serve
     assert rows.count() == 2
     assert rows.nth(1).inner_text().split("\t")[:4] == ["final", "ft:x", "0.7500", "3/4"]
     assert rows.nth(0).locator("a").get_attribute("href") == "/evals/eval_1/runs/evalrun_1"
+
+
+def test_job_page_shows_the_sampled_trajectory_of_each_eval_step(page, server, finished_job):
+    # Written as agentic RFT's trainer writes them (ml/rft/train.py), on a job of this module.
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "multiply", "arguments": '{"a": 123, "b": 45}'}}]
+    store = open_store(Settings(home=server.home))
+    try:
+        for step, answer in ((2, "Answer: 5000"), (4, "Answer: 5535")):
+            store.events.add(finished_job.id, "info", f"Sampled trajectory at step {step}", data={
+                "step": step, "reward": float(step == 4), "environment_state": {"calls": step // 2},
+                "trajectory": [{"role": "user", "content": "What is 123 * 45? <b>bold?</b>"},
+                               {"role": "assistant", "content": "", "tool_calls": calls},
+                               {"role": "tool", "tool_call_id": "call_1", "name": "multiply", "content": "5535"},
+                               {"role": "assistant", "content": answer}]})
+    finally:
+        store.close()
+    page.goto(f"/jobs/{finished_job.id}")
+    page.locator("#trajectory-section:not([hidden])").wait_for()
+    messages = page.locator("#trajectory li.msg")
+    assert [messages.nth(i).get_attribute("data-role") for i in range(messages.count())] == [
+        "user", "assistant", "tool", "assistant"]
+    assert page.locator("#trajectory-step").input_value() == "4"  # the newest eval step first
+    assert "reward 1" in page.locator("#trajectory-reward").inner_text()
+    assert messages.nth(0).inner_text().endswith("What is 123 * 45? <b>bold?</b>")  # text, never markup
+    assert messages.nth(1).locator(".tool-call").inner_text() == '→ multiply({"a": 123, "b": 45})'
+    assert messages.nth(2).locator(".who").text_content() == "tool result · multiply"
+    assert messages.nth(2).locator(".text").text_content() == "5535"
+    page.select_option("#trajectory-step", "2")
+    page.wait_for_function("document.querySelector('#trajectory li.msg:last-child').innerText.includes('5000')")
+    assert '"calls": 1' in page.locator("#trajectory-state").text_content()
 
 
 def test_login_keeps_a_token_in_an_httponly_cookie_and_its_pages_pass_the_csrf_check(page, server, finished_job):

@@ -11,7 +11,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from modelmill.datagen.schema import SchemaError, load_tools, plan_arguments, sample_value
 from modelmill.datagen.synth import SynthConfig, split, synthesize
-from modelmill.ml.data import validate_supervised_line
+from modelmill.ml.data.methods import validate_supervised_line
 
 
 def tool(name, properties, required=None, description="Do a thing."):

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import random
 import time
 from pathlib import Path
 
 import pytest
-from openai import OpenAI
 
-from modelmill.local_server import LocalServer
+from tools.datasets import short_dataset
+from tools.servers import Server
 
 REPO = Path(__file__).resolve().parents[2]
 SMART_HOME = REPO / "examples" / "smart_home"
-
-
-class Server(LocalServer):
-    """A server subprocess (modelmill.local_server: API, optionally with its in-process worker) and the
-    official openai SDK on it, without retries so that a test sees every error."""
-
-    def __init__(self, home: Path, worker: bool = True, env: dict | None = None):
-        super().__init__(home, worker=worker, env=env)
-        self.client = OpenAI(base_url=self.base_url, api_key="test-key", max_retries=0)
 
 
 @pytest.fixture(scope="session")
@@ -34,37 +23,6 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def client(server):
     return server.client
-
-
-def short_dataset(n: int, seed: int = 0) -> bytes:
-    """Short chat examples (~30 tokens) so each tiny-model step takes a fraction of a second;
-    the smart-home examples carry ~470 tokens of tool schemas and belong in the demo."""
-    rng = random.Random(seed)
-    rooms = ["kitchen", "bedroom", "office", "garage", "hall", "attic"]
-    lines = []
-    for _ in range(n):
-        room, state = rng.choice(rooms), rng.choice(["on", "off"])
-        lines.append(json.dumps({"messages": [
-            {"role": "system", "content": "Reply with the room and the state."},
-            {"role": "user", "content": f"turn {state} the {room} lights"},
-            {"role": "assistant", "content": f"{room} {state}"}]}))
-    return ("\n".join(lines) + "\n").encode()
-
-
-def short_preference_dataset(n: int, seed: int = 0) -> bytes:
-    """Short DPO lines in the style of short_dataset: the right state preferred over the wrong one."""
-    rng = random.Random(seed)
-    rooms = ["kitchen", "bedroom", "office", "garage", "hall", "attic"]
-    lines = []
-    for _ in range(n):
-        room, state = rng.choice(rooms), rng.choice(["on", "off"])
-        wrong = "off" if state == "on" else "on"
-        lines.append(json.dumps({
-            "input": {"messages": [{"role": "system", "content": "Reply with the room and the state."},
-                                   {"role": "user", "content": f"turn {state} the {room} lights"}]},
-            "preferred_output": [{"role": "assistant", "content": f"{room} {state}"}],
-            "non_preferred_output": [{"role": "assistant", "content": f"{room} {wrong}"}]}))
-    return ("\n".join(lines) + "\n").encode()
 
 
 @pytest.fixture(scope="session")

@@ -77,6 +77,12 @@ def test_agentic_rft_job_with_a_python_tool(client, agentic_files):
      "method.reinforcement.environment.tools[0].url"),
     ({"tools": [MULTIPLY], "max_turns": 99}, "method.reinforcement.environment.max_turns"),
     ({"tools": [MULTIPLY], "turns": 2}, "method.reinforcement.environment.turns"),
+    # MCP servers are started once at creation to list their tools: one that exits or never answers
+    # initialize is a 400 (within its startup_timeout_seconds), not a failed job
+    ({"tools": [{"type": "mcp", "name": "db", "source": "raise SystemExit('no database')\n"}]},
+     "method.reinforcement.environment.tools[0]"),
+    ({"tools": [{"type": "mcp", "name": "db", "source": "import time\ntime.sleep(600)\n",
+                 "startup_timeout_seconds": 1}]}, "method.reinforcement.environment.tools[0]"),
 ])
 def test_malformed_environment_is_a_400_naming_the_field(client, agentic_files, environment, param):
     with pytest.raises(openai.BadRequestError) as e:

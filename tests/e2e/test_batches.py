@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import Server
+from tools.servers import Server
 from tests.spec_check import assert_matches
 
 

@@ -9,8 +9,9 @@ import json
 import pytest
 
 from modelmill.ml import chat_format, models
-from tests.e2e.conftest import Server, wait_for
-from tests.family_models import SPECS, TEACH_CALL, TEACH_PROMPT, TOOLS, register_family_models
+from tests.e2e.conftest import wait_for
+from tools.servers import Server
+from tools.family_models import SPECS, TEACH_CALL, TEACH_PROMPT, TOOLS, register_family_models
 
 
 @pytest.fixture(scope="module")

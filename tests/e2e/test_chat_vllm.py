@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Server
+from tools.servers import Server
 from tests.ml import vllm_standin
 from tests.spec_check import assert_matches
 

@@ -14,7 +14,8 @@ from modelmill.cli import main
 from modelmill.datagen import teacher as teacher_mod
 from modelmill.ml.data import validate_file
 
-from .conftest import Server, short_dataset
+from tools.datasets import short_dataset
+from tools.servers import Server
 
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
                                              "parameters": {"type": "object", "properties": {

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from tests.e2e.conftest import short_preference_dataset, tiny_job, wait_for
+from tests.e2e.conftest import tiny_job, wait_for
+from tools.datasets import short_preference_dataset
 from tests.spec_check import assert_matches
 
 HP = {"n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 2.0, "beta": 0.1}

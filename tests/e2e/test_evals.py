@@ -13,7 +13,8 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import short_dataset, tiny_job, wait_for
+from tests.e2e.conftest import tiny_job, wait_for
+from tools.datasets import short_dataset
 from tests.spec_check import assert_matches
 
 EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.label}}",

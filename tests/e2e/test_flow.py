@@ -9,7 +9,8 @@ import json
 import httpx
 import pytest
 
-from tests.e2e.conftest import SMART_HOME, short_dataset, tiny_job, wait_for
+from tests.e2e.conftest import SMART_HOME, tiny_job, wait_for
+from tools.datasets import short_dataset
 from tests.spec_check import assert_matches
 
 

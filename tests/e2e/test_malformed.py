@@ -9,7 +9,8 @@ import zipfile
 import httpx
 import pytest
 
-from tests.e2e.conftest import short_dataset, tiny_job, wait_for
+from tests.e2e.conftest import tiny_job, wait_for
+from tools.datasets import short_dataset
 from tests.spec_check import assert_matches
 
 GOOD = short_dataset(12).decode().splitlines()

@@ -8,7 +8,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Server, short_dataset, tiny_job, wait_for
+from tests.e2e.conftest import tiny_job, wait_for
+from tools.datasets import short_dataset
+from tools.servers import Server
 from tests.service.tracker_runs import read_wandb_run, wandb_run_files
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import random
 
 import openai
 import pytest
@@ -14,13 +13,12 @@ import pytest
 from tests.e2e.conftest import wait_for, wait_stopped
 from tests.e2e.test_control import wait_running_with_metrics
 from tests.spec_check import assert_matches
+from tools.datasets import STRING_CHECK, arithmetic_dataset
 
 # Small budgets: "low" reasoning effort and the smallest group keep a tiny-model step well under a second.
 HP = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 1.0, "reasoning_effort": "low",
       "compute_multiplier": 0.25, "eval_interval": 2, "eval_samples": 1}
 
-STRING_CHECK = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
-                "reference": "{{item.answer}}", "operation": "eq"}
 # A reward that varies with the sample, so a random tiny model gets a spread of rewards. It reads the
 # prompt from item["messages"] as OpenAI's RFT cookbook graders do (the item is the whole line).
 PYTHON = {"type": "python", "name": "length", "source":
@@ -30,17 +28,6 @@ MULTI = {"type": "multi", "name": "both", "graders": {"exact": STRING_CHECK, "le
          "calculate_output": "0.5 * exact + 0.5 * length"}
 RAISES = {"type": "python", "name": "broken", "source":
           "def grade(sample, item):\n    raise ValueError('the grader is broken')\n"}
-
-
-def arithmetic_dataset(n: int, seed: int = 0) -> bytes:
-    """RFT lines: a user question and the answer as an extra field, visible to graders as item.answer."""
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        lines.append(json.dumps({"messages": [{"role": "user", "content": f"What is {a} + {b}?"}],
-                                 "answer": str(a + b), "level": "easy"}))
-    return ("\n".join(lines) + "\n").encode()
 
 
 @pytest.fixture(scope="module")

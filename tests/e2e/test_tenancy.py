@@ -15,7 +15,8 @@ import pytest
 from openai import OpenAI
 
 from modelmill.local_server import LocalServer
-from tests.e2e.conftest import short_dataset, tiny_job, wait_for
+from tests.e2e.conftest import tiny_job, wait_for
+from tools.datasets import short_dataset
 from tests.spec_check import assert_matches
 
 

@@ -8,7 +8,7 @@ import hashlib
 import openai
 import pytest
 
-from tests.e2e.conftest import short_dataset
+from tools.datasets import short_dataset
 from tests.spec_check import assert_matches
 
 

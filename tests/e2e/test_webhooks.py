@@ -12,9 +12,11 @@ import time
 from openai import OpenAI
 
 from modelmill.local_server import cli_command
-from tests.e2e.conftest import Server, short_dataset, tiny_job
+from tests.e2e.conftest import tiny_job
+from tools.datasets import short_dataset
+from tools.servers import Server
 from tests.spec_check import assert_matches
-from tests.webhook_receiver import Receiver
+from tools.webhook_receiver import Receiver
 
 # Fast retries, and a short delivery lease (3 x timeout + lease_seconds) so a claim the kill left
 # behind expires within seconds.

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelmill.local_server import LocalServer
 
-from .conftest import short_dataset
+from tools.datasets import short_dataset
 
 
 def children_of(pid: int) -> list[int]:
@@ -50,7 +50,7 @@ def test_job_succeeds_through_a_worker_process_that_dies_with_the_api(tmp_path):
             time.sleep(0.5)
         assert job.status == "succeeded", job.error
         assert job.fine_tuned_model and job.trained_tokens > 0
-        # The child's step times reach the API's /metrics (multiprocess mode, service/metrics_dir.py):
+        # The child's step times reach the API's /metrics (multiprocess mode, service/core/metrics_dir.py):
         # 12 examples in batches of 4 are 3 steps, each timed but the first.
         scraped = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=30).text
         [count] = [s.value for f in text_string_to_metric_families(scraped) for s in f.samples

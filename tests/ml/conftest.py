@@ -24,8 +24,8 @@ def tiny_tokenizer(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def family_models(tmp_path_factory, family_model_sources) -> dict[str, Path]:
-    """Tiny random models of every chat family (tests/family_models.py, built once per session by
+    """Tiny random models of every chat family (tools/family_models.py, built once per session by
     tests/conftest.py), registered with ModelMill in a session tmp home: {family: model dir}."""
-    from tests.family_models import register_family_models
+    from tools.family_models import register_family_models
 
     return register_family_models(tmp_path_factory.mktemp("family-models") / "home", family_model_sources)

@@ -12,7 +12,7 @@ from modelmill.ml import chat_families as fams
 from modelmill.ml import chat_format as cf
 from modelmill.ml import dpo, models, sampling, sft
 from modelmill.ml.types import ChatExample, ModelRef, PreferencePair
-from tests.family_models import SPECS, TEACH_CALL, TEACH_PROMPT, TEMPLATES, TOOLS, family_tokenizer
+from tools.family_models import SPECS, TEACH_CALL, TEACH_PROMPT, TEMPLATES, TOOLS, family_tokenizer
 from tests.ml.reporters import ListReporter
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "set_light", "arguments": '{"room": "kitchen"}'}}
@@ -229,8 +229,8 @@ def test_mistral_call_ids_are_stable_and_nine_alphanumerics():
 def test_streaming_holds_back_each_family_marker():
     for name, text, safe in (("llama3", 'x {"na', 2), ("mistral", "ok [TOOL_CALLS][{", 3), ("hermes", "a <tool", 2)):
         family = fams.FAMILIES[name]
-        prompt = sampling._Prompt("p", "", parse_tools=True, family=family)
-        assert sampling._safe_prefix_len(text, list(family.markers), prompt) == safe, name
+        prompt = sampling.prompts.Prompt("p", "", parse_tools=True, family=family)
+        assert sampling.prompts.safe_prefix_len(text, list(family.markers), prompt) == safe, name
 
 
 def test_forced_tool_call_prefill_per_family():

@@ -13,9 +13,9 @@ import jsonschema
 import llguidance
 import pytest
 
-from modelmill.ml import constraints, sampling
+from modelmill.ml import constraints
 from modelmill.ml.chat_families import FAMILIES
-from modelmill.ml.sampling import Sampler, SamplingParams
+from modelmill.ml.sampling import Sampler, SamplingParams, prompts
 from modelmill.ml.types import ModelRef
 
 USER = [{"role": "user", "content": "Lock the back door."}]
@@ -96,14 +96,14 @@ def test_text_or_a_schema_valid_call_in_each_familys_format(tiny_tokenizer, mark
 
 
 def test_render_applies_the_grammar_only_with_a_strict_tool_under_auto(tiny_tokenizer):
-    assert sampling._render(tiny_tokenizer, USER, TOOLS, None).constraint is not None
-    assert sampling._render(tiny_tokenizer, USER, TOOLS, "auto").constraint is not None
-    assert sampling._render(tiny_tokenizer, USER, LOOSE, "auto").constraint is None
-    assert sampling._render(tiny_tokenizer, USER, TOOLS, "none").constraint is None
+    assert prompts.render(tiny_tokenizer, USER, TOOLS, None).constraint is not None
+    assert prompts.render(tiny_tokenizer, USER, TOOLS, "auto").constraint is not None
+    assert prompts.render(tiny_tokenizer, USER, LOOSE, "auto").constraint is None
+    assert prompts.render(tiny_tokenizer, USER, TOOLS, "none").constraint is None
     # response_format's JSON answer wins over the strict tools' grammar under auto
-    prompt = sampling._render(tiny_tokenizer, USER, TOOLS, "auto")
+    prompt = prompts.render(tiny_tokenizer, USER, TOOLS, "auto")
     params = SamplingParams(response_format={"type": "json_object"})
-    assert sampling._constraints([prompt], params) == [params.constraint]
+    assert prompts.row_constraints([prompt], params) == [params.constraint]
 
 
 @pytest.fixture(scope="module")
@@ -154,12 +154,12 @@ def test_plain_text_is_still_allowed(sampler, tiny_model_dir):
 
 @pytest.mark.parametrize("family", ["qwen2", "llama", "mistral", "gemma2"])
 def test_each_familys_own_rendered_call_passes_its_grammar(family):
-    """The call each family's real chat template writes (tests/family_models.py: Qwen2.5's, Llama 3's,
+    """The call each family's real chat template writes (tools/family_models.py: Qwen2.5's, Llama 3's,
     Mistral's with its call id and [TOOL_CALLS] as one special token, Gemma 2 on ModelMill's ChatML),
     tokenized as the model writes it, is allowed token by token and parses back."""
     from modelmill.ml import chat_format
     from modelmill.ml.chat_families import choose_template, family_of
-    from tests.family_models import SPECS, TEACH_CALL, TEACH_PROMPT, TOOLS as FAMILY_TOOLS, family_tokenizer
+    from tools.family_models import SPECS, TEACH_CALL, TEACH_PROMPT, TOOLS as FAMILY_TOOLS, family_tokenizer
 
     tok = family_tokenizer(SPECS[family])
     choose_template(tok, None, chat_format.chat_template())

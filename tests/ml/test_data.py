@@ -15,6 +15,7 @@ import pytest
 
 from modelmill.errors import DataValidationError, InvalidRequestError
 from modelmill.ml import data, jsonl
+from modelmill.ml.data.methods import validate_supervised_line
 from modelmill.ml.types import ChatExample, LineProblem
 
 SPEC = Path("/work/shared/spec/openai-training-data-schemas.json")
@@ -318,7 +319,7 @@ def test_several_problems_in_one_line_are_all_reported(tmp_path):
     # the unreadable role might have been the assistant turn, so no_assistant_target is not piled on
     assert (1, "messages", "no_assistant_target") not in got
     ok_roles = {"messages": [{"role": "user", "content": "x", "weight": 1}]}
-    assert (1, "messages", "no_assistant_target") in triples(data.validate_supervised_line(ok_roles, 1)[1])
+    assert (1, "messages", "no_assistant_target") in triples(validate_supervised_line(ok_roles, 1)[1])
 
 
 def test_invalid_weight_does_not_also_claim_no_target(tmp_path):
@@ -401,7 +402,7 @@ def test_unknown_method_raises_and_registry_plugs_in(tmp_path, monkeypatch):
         data.validate_file(path, "distillation")
     assert ei.value.param == "method"
 
-    def pref(obj, line):
+    def pref(obj, line, images=None):
         return (obj, []) if "input" in obj else (None, [LineProblem(line, "input", "missing_field", "no input")])
 
     monkeypatch.setitem(data.LINE_VALIDATORS, "distillation", pref)
@@ -448,7 +449,7 @@ def test_valid_examples_match_openai_schema(chat_line_schema, tmp_path, i):
     ex = valid_examples()[i]
     errors = [e.message for e in chat_line_schema.iter_errors(ex)]
     assert errors == []
-    example, problems = data.validate_supervised_line(ex, 1)
+    example, problems = validate_supervised_line(ex, 1)
     assert problems == [] and example is not None
 
 
@@ -472,5 +473,5 @@ INVALID_FOR_BOTH = [
 def test_invalid_examples_rejected_by_both(chat_line_schema, i):
     ex = INVALID_FOR_BOTH[i]
     assert not chat_line_schema.is_valid(ex)
-    example, problems = data.validate_supervised_line(ex, 1)
+    example, problems = validate_supervised_line(ex, 1)
     assert example is None and problems

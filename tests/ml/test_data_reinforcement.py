@@ -11,6 +11,7 @@ import pytest
 
 from modelmill.errors import DataValidationError
 from modelmill.ml import data
+from modelmill.ml.data.methods import validate_reinforcement_line
 from modelmill.ml.types import PromptExample
 
 SPEC = Path("/work/shared/spec/openai-training-data-schemas.json")
@@ -109,7 +110,7 @@ def rft_line_schema():
 @pytest.mark.parametrize("i", range(len(VALID)))
 def test_valid_lines_match_openai_schema(rft_line_schema, i):
     assert [e.message for e in rft_line_schema.iter_errors(VALID[i])] == []
-    example, problems = data.validate_reinforcement_line(VALID[i], 1)
+    example, problems = validate_reinforcement_line(VALID[i], 1)
     assert problems == [] and example is not None
 
 
@@ -117,5 +118,5 @@ def test_valid_lines_match_openai_schema(rft_line_schema, i):
                                  prompt(tools=[{"type": "retrieval"}])])
 def test_invalid_lines_rejected_by_both(rft_line_schema, obj):
     assert not rft_line_schema.is_valid(obj)
-    example, problems = data.validate_reinforcement_line(obj, 1)
+    example, problems = validate_reinforcement_line(obj, 1)
     assert example is None and problems

@@ -1,4 +1,4 @@
-"""Early stopping and final_model "best" (trainer_common.ReporterHooks): the rule on a made-up history, and
+"""Early stopping and final_model "best" (trainer_hooks.ReporterHooks): the rule on a made-up history, and
 one real SFT run on modelmill-tiny whose validation loss rises while it learns the opposite answers."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from modelmill.ml import models, sft, trainer_common
+from modelmill.ml import models, sft, trainer_hooks
 from tests.ml.reporters import ListReporter
 
 
 def _hooks(patience, final_model="last"):
     config = SimpleNamespace(early_stopping_patience=patience, final_model=final_model)
-    return trainer_common.ReporterHooks(ListReporter(), config, has_valid=True)
+    return trainer_hooks.ReporterHooks(ListReporter(), config, has_valid=True)
 
 
 def _state(losses: dict[int, float], step: int, max_steps: int = 100):

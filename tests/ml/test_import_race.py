@@ -12,7 +12,7 @@ import sys
 RACE = """
 import importlib
 import threading
-from modelmill.service.worker import warm_up
+from modelmill.service.worker.loop import warm_up
 
 errors = []
 
@@ -26,7 +26,7 @@ def first_chat():  # what the chat route's first request imports (deps.app_sampl
     from modelmill.ml.sampling import Sampler
 
 
-def first_rft_job():  # what creating the first RFT job imports (service/methods.py)
+def first_rft_job():  # what creating the first RFT job imports (service/jobs/methods.py)
     importlib.import_module("modelmill.ml.rft")
 
 

@@ -11,7 +11,8 @@ import torch
 
 from modelmill.errors import InvalidRequestError
 from modelmill.ml import logits
-from modelmill.ml.sampling import Sampler, SamplingParams, _render
+from modelmill.ml.sampling import Sampler, SamplingParams
+from modelmill.ml.sampling.prompts import render
 from modelmill.ml.types import ModelRef
 
 HI = [{"role": "user", "content": "hi"}]
@@ -40,7 +41,7 @@ def forward_logprobs(sampler, ref, messages, ids, frequency=0.0, presence=0.0):
     """log_softmax of one unbatched forward pass over prompt + ids: one row per generated token,
     with the OpenAI penalties over the tokens before it applied (as the request asked)."""
     model, tokenizer = sampler.load(ref)
-    prompt = tokenizer(_render(tokenizer, messages, None, None).text, add_special_tokens=False)["input_ids"]
+    prompt = tokenizer(render(tokenizer, messages, None, None).text, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits_T_V = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1].float()
     for t in range(len(ids)):

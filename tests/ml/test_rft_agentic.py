@@ -56,7 +56,7 @@ def test_defaults_are_filled_in():
     ({"tools": []}, f"{P}.tools", "1 to 16 tools"),
     ({"tools": [ADD], "max_turn": 3}, f"{P}.max_turn", "Unrecognized request argument supplied"),
     ({"tools": [{**ADD, "sourc": "x"}]}, f"{P}.tools[0].sourc", "Unrecognized request argument supplied"),
-    ({"tools": [{**ADD, "type": "shell"}]}, f"{P}.tools[0].type", "'python' or 'http'"),
+    ({"tools": [{**ADD, "type": "shell"}]}, f"{P}.tools[0].type", "'python', 'http' or 'mcp'"),
     ({"tools": [{**ADD, "name": "two words"}]}, f"{P}.tools[0].name", "letters, digits"),
     ({"tools": [ADD, ADD]}, f"{P}.tools[1].name", "already defined"),
     ({"tools": [{**ADD, "parameters": {"type": "string"}}]}, f"{P}.tools[0].parameters", '"type": "object"'),

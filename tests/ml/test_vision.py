@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import threading
@@ -25,11 +26,11 @@ def png_url(rgb=(255, 0, 0), size=(24, 16), fmt="PNG", mode="RGB") -> str:
     return f"data:image/{mime};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def image_line(colour: str, url: str | None = None) -> dict:
+def image_line(colour: str, url: str | None = None, detail: str = "low") -> dict:
     return {"messages": [
         {"role": "user", "content": [{"type": "text", "text": "Colour?"},
                                      {"type": "image_url", "image_url": {"url": url or png_url(COLOURS[colour]),
-                                                                         "detail": "low"}}]},
+                                                                         "detail": detail}}]},
         {"role": "assistant", "content": colour}]}
 
 
@@ -131,9 +132,12 @@ def test_image_tokens_are_never_targets(tiny_vl_dir):
                          {"role": "assistant", "content": "red"}]
     row = vision_train.tokenize_example(processor, tokenizer, ChatExample(line["messages"], line=1),
                                         vision.ImagePolicy(), None)
-    image_ids = {tokenizer.convert_tokens_to_ids(t) for t in ("<image>", "<fake_token_around_image>", "<global-img>")}
-    assert len(row.images) == 2
-    assert sum(t == tokenizer.convert_tokens_to_ids("<image>") for t in row.input_ids) == 2 * processor.image_seq_len
+    image_ids = {tokenizer.convert_tokens_to_ids(t) for t in ("<image>", "<fake_token_around_image>", "<global-img>",
+                                                              "<row_1_col_1>", "<row_1_col_2>", "<row_2_col_1>",
+                                                              "<row_2_col_2>")}
+    assert len(row.images) == 2 and row.details == ["low", "auto"]
+    # the first image (detail low) is the global view alone; the second (auto) 2x2 tiles + the global view
+    assert sum(t == tokenizer.convert_tokens_to_ids("<image>") for t in row.input_ids) == 6 * processor.image_seq_len
     assert all(label == -100 for tok, label in zip(row.input_ids, row.labels) if tok in image_ids)
     targets = tokenizer.decode([label for label in row.labels if label != -100])
     assert targets == "blue<|im_end|>red<|im_end|>"
@@ -144,9 +148,33 @@ def test_image_tokens_are_never_targets(tiny_vl_dir):
     assert len(cut.images) == 1 and len(cut.input_ids) == second and cut.truncated
 
 
+def test_detail_low_takes_the_fewest_image_tokens(tiny_vl_dir):
+    """OpenAI's detail: low = one 32x32 view, no splitting (7 tokens); high and auto = the processor's own
+    splitting (2x2 tiles + the global view: 33 tokens for a 24x16 image), in training and in sampling."""
+    processor = vision.load_processor(tiny_vl_dir)
+
+    def tokens(detail: str) -> int:
+        image = vision.load_image(vision.ImageRef(png_url(), detail), vision.ImagePolicy())
+        return len(vision.image_token_ids(processor, image))
+
+    assert tokens("low") == 7 and tokens("high") == tokens("auto") == 33
+    tokenizer = models.load_tokenizer(tiny_vl_dir)
+    lengths = {d: len(vision_train.tokenize_example(processor, tokenizer, ChatExample(image_line("red", detail=d)[
+        "messages"], line=1), vision.ImagePolicy(), None).input_ids) for d in ("low", "high")}
+    assert lengths["high"] - lengths["low"] == 26
+    sampler = sampling.Sampler(batch_window_s=0)
+    prompts = [image_line("red", detail=d)["messages"][:1] for d in ("low", "high", "low")]
+    params = sampling.SamplingParams(temperature=0, max_tokens=2)
+    results = sampler.batch_generate(ModelRef(tiny_vl_dir), prompts, params)  # rows of 1 and 5 tiles, padded
+    assert results[1].prompt_tokens - results[0].prompt_tokens == 26
+    assert results[2].choices[0].text == sampler.generate(ModelRef(tiny_vl_dir), prompts[2],
+                                                          params=params).choices[0].text
+
+
 def test_sft_with_images_trains_and_the_adapter_answers_an_image(tiny_vl_dir, tmp_path):
     text_only = {"messages": [{"role": "user", "content": "Colour of the sky?"}, {"role": "assistant", "content": "blue"}]}
-    write(tmp_path / "train.jsonl", [image_line(c) for c in COLOURS for _ in range(3)] + [text_only] * 3)
+    write(tmp_path / "train.jsonl", [image_line(c, detail=d) for c in COLOURS for d in ("low", "high", "auto")]
+          + [text_only] * 3)
     config = sft.SFTConfig(base_dir=tiny_vl_dir, train_path=tmp_path / "train.jsonl", valid_path=None,
                            output_dir=tmp_path / "out",
                            n_epochs=1, batch_size=4, learning_rate_multiplier=1.0, torch_threads=1)
@@ -171,12 +199,12 @@ def test_sft_with_images_trains_and_the_adapter_answers_an_image(tiny_vl_dir, tm
 def test_dpo_with_images_trains(tiny_vl_dir, tmp_path):
     from modelmill.ml import dpo
 
-    def pair(colour: str, wrong: str) -> dict:
-        return {"input": {"messages": image_line(colour)["messages"][:1]},
+    def pair(colour: str, wrong: str, detail: str = "low") -> dict:
+        return {"input": {"messages": image_line(colour, detail=detail)["messages"][:1]},
                 "preferred_output": [{"role": "assistant", "content": colour}],
                 "non_preferred_output": [{"role": "assistant", "content": wrong}]}
 
-    write(tmp_path / "train.jsonl", [pair("red", "blue"), pair("blue", "green"), pair("green", "red")] * 2)
+    write(tmp_path / "train.jsonl", [pair("red", "blue"), pair("blue", "green", "high"), pair("green", "red")] * 2)
     config = dpo.DPOConfig(base_dir=tiny_vl_dir, train_path=tmp_path / "train.jsonl", valid_path=None,
                            output_dir=tmp_path / "out", n_epochs=1, batch_size=2, learning_rate_multiplier=1.0,
                            torch_threads=1)
@@ -184,6 +212,14 @@ def test_dpo_with_images_trains(tiny_vl_dir, tmp_path):
     result = dpo.train_dpo(config, reporter)
     assert result.status == "succeeded" and result.steps == 3
     assert all("train_loss" in m for _s, _t, m in reporter.steps)
+    # the batches TRL trains on hold each prompt's image at its own detail (low: 1 tile, high: 5)
+    ds = dpo._load_dataset(tmp_path / "train.jsonl", "training", models.load_tokenizer(tiny_vl_dir),
+                           dataclasses.replace(config, max_seq_len=512), ListReporter())
+    assert ds[0]["image_details"] == ["low"] and ds[1]["image_details"] == ["high"]
+    batch = vision_train.preference_collator(vision.load_processor(tiny_vl_dir))([ds[0], ds[1]])
+    image_id = models.load_tokenizer(tiny_vl_dir).convert_tokens_to_ids("<image>")
+    assert (batch["input_ids"] == image_id).sum(dim=1).tolist() == [4, 20, 4, 20]  # chosen rows, rejected rows
+    assert batch["pixel_values"].shape[:2] == (4, 5)
 
 
 def test_a_user_added_vlm_directory_loads_the_same_way(tiny_vl_dir, tmp_path):

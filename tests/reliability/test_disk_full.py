@@ -13,7 +13,9 @@ import subprocess
 
 import pytest
 
-from tests.e2e.conftest import Server, short_dataset, tiny_job, wait_for
+from tests.e2e.conftest import tiny_job, wait_for
+from tools.datasets import short_dataset
+from tools.servers import Server
 
 
 def _can_mount(tmp_path) -> bool:

@@ -78,7 +78,7 @@ def test_malformed_structured_requests_are_400_naming_the_field(bad_input_servic
 
 
 def test_no_generation_slot_is_held_after_the_bad_requests(bad_input_service):
-    """Every case above is refused before it reaches the chat executor (service/limits.py): none
+    """Every case above is refused before it reaches the chat executor (service/core/limits.py): none
     runs, none waits."""
     _, _, http, _ = bad_input_service
     for fields, _ in CASES[:3]:

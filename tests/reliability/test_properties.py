@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelmill.ml import data, jsonl
+from modelmill.ml.data.messages import ROLES, UNSUPPORTED_MESSAGE_KEYS
 
 PROPERTY = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -127,7 +128,7 @@ def messages_of(obj: dict, method: str) -> tuple[list, str]:
 def unknown_role(draw, method, obj):
     msgs, p = messages_of(obj, method)
     i = draw(st.integers(0, len(msgs) - 1))
-    msgs[i]["role"] = draw(st.text(max_size=12).filter(lambda r: r not in data.ROLES and r != "function"))
+    msgs[i]["role"] = draw(st.text(max_size=12).filter(lambda r: r not in ROLES and r != "function"))
     return f"{p}[{i}].role", "unknown_role", None
 
 
@@ -162,7 +163,7 @@ def user_content_wrong_type(draw, method, obj):
 def unknown_message_key(draw, method, obj):
     msgs, p = messages_of(obj, method)
     i = draw(st.integers(0, len(msgs) - 1))
-    known = {"role", "content", "name", "tool_calls", "weight", "tool_call_id", *data.UNSUPPORTED_MESSAGE_KEYS}
+    known = {"role", "content", "name", "tool_calls", "weight", "tool_call_id", *UNSUPPORTED_MESSAGE_KEYS}
     key = draw(st.text(min_size=1, max_size=10).filter(lambda k: k not in known))
     msgs[i][key] = draw(scalar)
     return f"{p}[{i}].{key}", "unknown_key", None

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from modelmill.settings import Settings
 from modelmill.service.api.app import create_app
 from modelmill.service.store import open_store
-from tests.pg_cluster import PgCluster, PgUnavailable
+from tools.pg_cluster import PgCluster, PgUnavailable
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def shared_models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pg_cluster():
-    """A throwaway Postgres cluster for the session (tests/pg_cluster.py). Where it can't start, its
+    """A throwaway Postgres cluster for the session (tools/pg_cluster.py). Where it can't start, its
     tests fail with the reason when MODELMILL_REQUIRE_POSTGRES=1 (make test, CI), else skip with it."""
     try:
         cluster = PgCluster.start()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-from modelmill.service.auth import SESSION_COOKIE
+from modelmill.service.core.auth import SESSION_COOKIE
 from modelmill.service.evals.runner import run_next_eval
 from tests.service.conftest import training_jsonl
 
@@ -102,7 +102,7 @@ def stored_objects(store, project_id: str) -> dict:
     """A stored Response and a stored chat completion of the project. Written through the store, as
     the worker's writes are above: generating them through the API would load a model, and the
     routes that read them are what the tenancy tests are about."""
-    from modelmill.service.ids import new_id
+    from modelmill.service.store.ids import new_id
 
     response = {"id": new_id("resp_"), "object": "response", "created_at": 1_700_000_000, "status": "completed",
                 "model": "modelmill-tiny", "metadata": {"owner": project_id}, "output": []}

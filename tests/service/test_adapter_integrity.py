@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
-from modelmill.service import adapters
-from modelmill.service.job_reporter import StoreReporter
-from modelmill.service.worker import Worker
+from modelmill.service.models import adapters
+from modelmill.service.jobs.reporter import StoreReporter
+from modelmill.service.worker.loop import Worker
 from tests.service.conftest import create_job, training_jsonl, upload
 
 HP = {"n_epochs": 1, "batch_size": 4}

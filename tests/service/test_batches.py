@@ -10,10 +10,10 @@ import threading
 
 import pytest
 
-from modelmill.service import batch_run
-from modelmill.service.sampler import shared_sampler
+from modelmill.service.batches import runner as batch_run
+from modelmill.service.models.sampler import shared_sampler
 from modelmill.service.store.batches import BatchQueue
-from modelmill.service.worker import Worker
+from modelmill.service.worker.loop import Worker
 from tests.service.conftest import upload
 from tests.spec_check import assert_matches
 
@@ -89,7 +89,7 @@ def test_each_bad_line_is_named_with_its_field(client):
     assert "line 5: line: This line is not parseable as valid JSON" in message
     assert "line 6: body.temprature: Unrecognized request argument supplied: temprature" in message
     assert "and 2 more" in message  # line 7's stream: true, line 8's NUL
-    from modelmill.service import batch_lines
+    from modelmill.service.batches import lines as batch_lines
 
     with pytest.raises(batch_lines.LineError, match="NUL character"):
         batch_lines.parse(8, lines[7], CHAT)
@@ -166,7 +166,7 @@ def test_cancel_of_a_batch_nobody_holds_is_immediate(client, store, settings):
 
 
 def test_cancel_mid_run_stops_and_keeps_what_was_answered(client, store, settings, monkeypatch):
-    from modelmill.service import batch_lines
+    from modelmill.service.batches import lines as batch_lines
 
     monkeypatch.setattr(batch_run, "CONCURRENCY", 1)
     monkeypatch.setattr(batch_run, "RECORD_EVERY_S", 0.05)
@@ -266,7 +266,7 @@ def test_list_is_newest_first_with_a_cursor_and_scoped(client):
 
 
 def test_a_waiting_training_job_comes_first(client, store, settings, monkeypatch):
-    from modelmill.service import batch_lines
+    from modelmill.service.batches import lines as batch_lines
     from tests.service.conftest import create_job, training_jsonl
 
     monkeypatch.setattr(batch_run, "CONCURRENCY", 1)
@@ -321,7 +321,7 @@ def test_ft_models_answer_as_chat_completions_do(client, store, settings, random
     the base model in one batch: each line gets exactly the answer /v1/chat/completions gives."""
     import shutil
 
-    from modelmill.service import adapters
+    from modelmill.service.models import adapters
     from tests.service.conftest import create_job, training_jsonl
 
     job = create_job(client, upload(client, training_jsonl())["id"])

@@ -1,6 +1,6 @@
 """Chat completions parameters on the wire (modelmill-tiny, the official openai SDK over the app):
 logprobs / top_logprobs in completions and streams, logit_bias and the penalties, and every
-OpenAI parameter ModelMill does not honour refused with a 400 naming it (service/chat_params.py,
+OpenAI parameter ModelMill does not honour refused with a 400 naming it (service/chat/params.py,
 docs/api-parameters.md). Every body is checked against OpenAI's spec."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import time
 import pytest
 from fastapi import APIRouter, FastAPI
 
-from modelmill.service.auth import SESSION_COOKIE, create_key
+from modelmill.service.core.auth import SESSION_COOKIE, create_key
 from modelmill.service.dashboard import evals_view, file_report, jobs_view, views
 from modelmill.service.store import NewJob
 from modelmill.service.store.records import CheckpointRecord, EventRecord
@@ -95,7 +95,7 @@ NONEMPTY = {"type": "string_check", "name": "nonempty", "input": "{{sample.outpu
 
 
 def test_evals_page_lists_runs_with_pass_rates_and_report_links(client, store, settings):
-    from modelmill.service.worker import Worker
+    from modelmill.service.worker.loop import Worker
 
     assert 'id="no-evals"' in client.get("/evals").text
     r = client.post("/v1/evals", json={"name": "labels <b>", "data_source_config": {
@@ -354,3 +354,26 @@ def test_file_report_detects_reinforcement_items(client):
     forced = client.get(f"/dashboard/api/files/{f['id']}/report",
                         params={"model": "modelmill-tiny", "method": "supervised"}).json()
     assert forced["method"] == "supervised" and not forced["ok"]  # no assistant answer to train on
+
+
+def test_job_detail_has_one_sampled_trajectory_per_eval_step(client, store):
+    job_id = add_job(store, "ftjob-agentic", status="running", step=4, total_steps=8)
+    messages = [{"role": "user", "content": "What is 123 * 45?"},
+                {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                    "name": "multiply", "arguments": '{"a": 123, "b": 45}'}}]},
+                {"role": "tool", "tool_call_id": "call_1", "name": "multiply", "content": "5535"},
+                {"role": "assistant", "content": [{"type": "text", "text": "Answer: 5535"}]}]
+    for step, reward in ((4, 0.5), (2, 0.0), (4, 1.0)):  # step 4 again after a resume: the newer one wins
+        store.events.add(job_id, "info", f"Sampled trajectory at step {step} (reward {reward:g})",
+                         data={"step": step, "reward": reward, "trajectory": messages[:2 + step // 2],
+                               "environment_state": {"calls": step}})
+    store.events.add(job_id, "info", "unrelated", data={"trajectory": "not a list", "step": 9})
+    d = client.get(f"/dashboard/api/jobs/{job_id}").json()
+    assert [(t["step"], t["reward"]) for t in d["trajectories"]] == [(2, 0.0), (4, 1.0)]
+    last = d["trajectories"][-1]
+    assert last["environment_state"] == {"calls": 4} and [m["role"] for m in last["messages"]] == [
+        "user", "assistant", "tool", "assistant"]
+    assert last["messages"][1]["tool_calls"] == [{"id": "call_1", "name": "multiply", "arguments": '{"a": 123, "b": 45}'}]
+    assert last["messages"][2] == {"role": "tool", "content": "5535", "tool_call_id": "call_1", "name": "multiply"}
+    assert last["messages"][3]["content"] == "Answer: 5535"  # content parts flattened to text
+    assert client.get(f"/dashboard/api/jobs/{add_job(store, 'ftjob-plain')}").json()["trajectories"] == []

@@ -9,7 +9,7 @@ import pytest
 from fastapi import Request
 from fastapi.testclient import TestClient
 
-from modelmill.service import auth
+from modelmill.service.core import auth
 from modelmill.service.api import deps
 from modelmill.service.api.app import create_app
 

@@ -11,7 +11,7 @@ import pytest
 
 from modelmill import errors
 from modelmill.service.api.disconnect import run_until_disconnect, stream_until_disconnect
-from modelmill.service.limits import ProjectExecutor
+from modelmill.service.core.limits import ProjectExecutor
 
 def run_async(coro):
     """asyncio.run(coro) on a thread of its own: an earlier test in the session (playwright's sync API)

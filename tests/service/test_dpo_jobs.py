@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from modelmill.service.worker import Worker
+from modelmill.service.worker.loop import Worker
 from tests.service.conftest import create_job, preference_jsonl, preference_line, training_jsonl, upload
 from tests.spec_check import assert_matches
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from modelmill import cli
 from modelmill.service.api.app import create_app
 from modelmill.service.api.text_hygiene import MAX_JSON_DEPTH
-from modelmill.service.auth import SESSION_COOKIE
+from modelmill.service.core.auth import SESSION_COOKIE
 from tests.service.conftest import training_jsonl
 from tests.service.tenancy_world import bearer
 from tests.spec_check import assert_matches
@@ -213,7 +213,7 @@ def test_nesting_past_the_limit_is_a_400_and_template_recursion_too(client, key)
 
 def test_the_template_renderer_turns_recursion_into_a_400_naming_tools():
     from modelmill.errors import InvalidRequestError
-    from modelmill.ml import sampling
+    from modelmill.ml.sampling import prompts
 
     class Tokenizer:  # a chat template that recurses without end on these tools
         chat_template = None  # (the default ChatML family)
@@ -223,7 +223,7 @@ def test_the_template_renderer_turns_recursion_into_a_400_naming_tools():
 
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
     with pytest.raises(InvalidRequestError) as e:
-        sampling._render(Tokenizer(), [{"role": "user", "content": "x"}], tools, None)
+        prompts.render(Tokenizer(), [{"role": "user", "content": "x"}], tools, None)
     assert e.value.param == "tools"
 
 

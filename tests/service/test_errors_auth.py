@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from modelmill import errors
 from modelmill.service.api.app import create_app
-from modelmill.service.auth import create_key, is_loopback
+from modelmill.service.core.auth import create_key, is_loopback
 from tests.spec_check import assert_matches
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from modelmill.service.worker import Worker
+from modelmill.service.worker.loop import Worker
 from tests.service.conftest import upload
 from tests.service.tenancy_world import cookie
 from tests.spec_check import assert_matches

@@ -11,7 +11,7 @@ from modelmill import errors
 from modelmill.service.evals import runner
 from modelmill.service.store import EvalRunQueue
 from modelmill.service.store.evals import NewRun
-from modelmill.service.worker import Worker
+from modelmill.service.worker.loop import Worker
 
 EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}", "reference": "{{item.label}}",
          "operation": "eq"}

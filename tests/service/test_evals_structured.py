@@ -8,7 +8,7 @@ import json
 
 import jsonschema
 
-from modelmill.service.worker import Worker
+from modelmill.service.worker.loop import Worker
 from tests.service.test_evals_api import bad, create_run, get_run, make_eval
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["label"],

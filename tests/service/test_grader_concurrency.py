@@ -1,4 +1,4 @@
-"""Graders off the request thread pool (service/limits.py): a global and a per-project cap, one FIFO
+"""Graders off the request thread pool (service/core/limits.py): a global and a per-project cap, one FIFO
 queue, 429 past the queue bound, queued work dropped when its client goes. Live: with more slow
 python graders in flight than FastAPI's whole thread pool (40), GET /v1/files stays fast."""
 
@@ -17,7 +17,7 @@ import uvicorn
 from modelmill import errors
 from modelmill.ml.graders import sandbox
 from modelmill.service.api.app import create_app
-from modelmill.service.limits import ProjectExecutor
+from modelmill.service.core.limits import ProjectExecutor
 from tests.spec_check import assert_matches
 
 def run_async(coro):

@@ -1,4 +1,4 @@
-"""Before/after eval reports of fine-tuning jobs (service/job_evals.py) on modelmill-tiny."""
+"""Before/after eval reports of fine-tuning jobs (service/jobs/eval_reports.py) on modelmill-tiny."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 import time
 
 from modelmill import reports
-from modelmill.service import job_evals
+from modelmill.service.jobs import eval_reports as job_evals
 from modelmill.service.store import EvalRunQueue
 from modelmill.service.store.records import JobRecord
-from modelmill.service.worker import Worker
+from modelmill.service.worker.loop import Worker
 from tests.service.conftest import create_job, preference_line, training_jsonl, upload
 from tests.spec_check import assert_matches
 

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from modelmill.ml import models, sft
-from modelmill.service.worker import Worker
+from modelmill.service.worker.loop import Worker
 from tests.service.conftest import chat_line, create_job, upload
 
 ONE_STEP_EACH = {"type": "supervised", "supervised": {"hyperparameters": {

@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from modelmill.local_server import free_port
 from modelmill.ml.sampling import Choice, GenerationResult
 from modelmill.ml.types import ModelRef
-from modelmill.service import model_registry
+from modelmill.service.models import registry as model_registry
 from modelmill.service.api.app import create_app
-from modelmill.service.judge import ServiceJudge
+from modelmill.service.graders.judge import ServiceJudge
 from modelmill.settings import JudgeEndpoint, Settings, parse_judges
 from tests.spec_check import assert_matches
 

@@ -1,4 +1,4 @@
-"""GET /metrics (service/metrics.py): who may read it (MODELMILL_METRICS), the store-derived gauges
+"""GET /metrics (service/core/metrics.py): who may read it (MODELMILL_METRICS), the store-derived gauges
 computed at scrape time, and the in-process metrics, parsed with prometheus_client's own parser.
 A scrape from a live server after a real job and chat is tests/e2e/test_operations.py."""
 
@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelmill.service import metrics
+from modelmill.service.core import metrics
 from modelmill.service.api.app import create_app
 from tests.service.conftest import create_job, training_jsonl, upload
 
@@ -100,9 +100,9 @@ def test_multiprocess_mode_adds_up_a_worker_processs_metrics(tmp_path):
 
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"), MODELMILL_HOME=str(tmp_path / "home"))
     (tmp_path / "prom").mkdir()
-    worker = "from modelmill.service import metrics; metrics.train_step('dpo', 0.5); metrics.train_step('dpo', 1.5)"
+    worker = "from modelmill.service.core import metrics; metrics.train_step('dpo', 0.5); metrics.train_step('dpo', 1.5)"
     subprocess.run([sys.executable, "-c", worker], env=env, check=True, timeout=120)
-    api = ("from modelmill.settings import Settings; from modelmill.service import metrics;"
+    api = ("from modelmill.settings import Settings; from modelmill.service.core import metrics;"
            "from modelmill.service.store import open_store;"
            "print(metrics.render(open_store(Settings.from_env().ensure_dirs()))[0].decode())")
     out = subprocess.run([sys.executable, "-c", api], env=env, check=True, timeout=120, capture_output=True, text=True)

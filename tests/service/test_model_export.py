@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from modelmill.ml import export, models
-from modelmill.service import adapters
+from modelmill.service.models import adapters
 from modelmill.service.api.app import create_app
 from modelmill.settings import Settings
 from tests.service.conftest import training_jsonl, upload

@@ -11,8 +11,8 @@ import shutil
 import pytest
 
 from modelmill import errors
-from modelmill.service import adapters
-from modelmill.service.worker import Worker
+from modelmill.service.models import adapters
+from modelmill.service.worker.loop import Worker
 from tests.service.conftest import create_job, training_jsonl, upload
 
 

@@ -63,6 +63,6 @@ def test_malformed_metadata_filters_are_400(client, path, param):
     "/v1/responses/resp_missing/input_items?include[]=x&include=y&after=a&limit=3&order=asc",
 ])
 def test_openais_responses_read_parameters_reach_the_route(client, path):
-    """Known to the route (which refuses the ones it does not serve, service/responses.py): a
+    """Known to the route (which refuses the ones it does not serve, service/responses/requests.py): a
     missing response is then a 404, not an unknown-parameter 400."""
     assert client.get(path).status_code == 404

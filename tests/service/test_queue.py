@@ -193,7 +193,7 @@ def test_the_heartbeat_thread_renews_the_lease_and_reports_its_loss(table, store
     import threading
     import time
 
-    from modelmill.service.tasks import TaskContext
+    from modelmill.service.core.tasks import TaskContext
 
     row = table.add()
     lease = table.queue.claim("w1")
@@ -283,7 +283,7 @@ def test_a_checkpoint_resets_the_count_of_worker_losses(store, queue, clock, tmp
 def test_worker_gives_up_after_max_worker_losses_in_a_row(store, settings):
     from dataclasses import replace
 
-    from modelmill.service.worker import Worker
+    from modelmill.service.worker.loop import Worker
 
     add_job(store, "ftjob-z")
     store.db.execute("UPDATE jobs SET status = 'running', reclaims = 2 WHERE id = 'ftjob-z'")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 
-from modelmill.service.auth import SESSION_COOKIE
-from modelmill.service.worker import Worker
+from modelmill.service.core.auth import SESSION_COOKIE
+from modelmill.service.worker.loop import Worker
 from tests.service.conftest import chat_line
 from tests.service.tenancy_world import bearer, cookie, upload_as
 

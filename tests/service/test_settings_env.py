@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from modelmill.ml.graders.sandbox import SandboxConfig
-from modelmill.service import graders
+from modelmill.service.graders import requests as graders
 from modelmill.service.api.app import create_app
 from modelmill.settings import Settings
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from modelmill import errors
-from modelmill.service.auth import create_key
+from modelmill.service.core.auth import create_key
 from modelmill.service.store import Store, open_store
 from modelmill.service.store.migrations import MIGRATIONS
 from tests.service.conftest import DIALECTS

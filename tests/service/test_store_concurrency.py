@@ -4,7 +4,7 @@ that skip a locked row, the database's clock, start-up errors naming MODELMILL_D
 
 SQLite is correct here because BEGIN IMMEDIATE serialises every write transaction. Postgres runs
 READ COMMITTED, so the same outcomes rest on row locks (store/pg.py): these tests are what hold
-them to it, against a real server (tests/pg_cluster.py)."""
+them to it, against a real server (tools/pg_cluster.py)."""
 
 from __future__ import annotations
 

@@ -12,11 +12,11 @@ from types import SimpleNamespace
 import pytest
 
 from modelmill import cli
-from modelmill.service.auth import authenticate
+from modelmill.service.core.auth import authenticate
 from modelmill.service.store import open_store
 from modelmill.service.store.db import Database
 from modelmill.service.store.migrations import MIGRATIONS
-from modelmill.service.worker import Worker
+from modelmill.service.worker.loop import Worker
 from tests.service.conftest import training_jsonl
 from tests.service.tenancy_world import (EVAL_BODY, EXACT, RUN_BODY, bearer, build_world, cookie, ok, queued_job,
                                          upload_as)
@@ -148,7 +148,7 @@ def test_a_model_graders_judge_uses_only_the_callers_models(client, keys, worlds
 
 def test_a_job_with_metadata_eval_id_of_another_project_does_not_use_that_eval(client, store, settings, keys, worlds):
     """A job's before/after report may name an eval of its own project only (its runs would be written there)."""
-    from modelmill.service import job_evals
+    from modelmill.service.jobs import eval_reports as job_evals
 
     h = bearer(keys["B"][0])
     job = ok(client.post("/v1/fine_tuning/jobs", json={"model": "modelmill-tiny", "training_file": worlds["B"]["file"],
@@ -390,7 +390,8 @@ def test_keyless_loopback_requests_act_in_the_default_project(client, store):
 def test_rows_from_before_projects_move_into_the_default_project(settings, monkeypatch):
     """A store made by the migrations up to 0008 (no projects) is upgraded: every row joins the
     default project, old keys act in it, and adapters recorded before manifests stay loadable."""
-    from modelmill.service import adapters, model_registry
+    from modelmill.service.models import adapters
+    from modelmill.service.models import registry as model_registry
     from modelmill.service.store import db as db_module
 
     names = [n for n, _ in MIGRATIONS]

@@ -1,4 +1,4 @@
-"""service/trackers.py: W&B (offline) and MLflow (file store) runs read back, and a failing or slow
+"""service/jobs/trackers.py: W&B (offline) and MLflow (file store) runs read back, and a failing or slow
 tracker that never fails or holds up the job. The full path through a real job is
 tests/e2e/test_operations.py."""
 
@@ -9,7 +9,7 @@ import threading
 import time
 
 from modelmill.settings import Settings
-from modelmill.service import trackers
+from modelmill.service.jobs import trackers
 from tests.service.tracker_runs import read_wandb_run, wandb_run_files
 
 INFO = trackers.RunInfo(job_id="ftjob-abc123", model="modelmill-tiny", base_model="modelmill-tiny",

@@ -1,4 +1,4 @@
-"""Webhooks (service/webhooks.py, store/webhooks.py, store/webhook_queue.py): every terminal state of a
+"""Webhooks (service/webhooks/outbox.py, store/webhooks.py, store/webhook_queue.py): every terminal state of a
 job or eval run writes exactly one event in OpenAI's Webhook* shape, in the transaction that ends it;
 deliveries reach a real HTTP receiver on 127.0.0.1, signed so the openai SDK's webhooks.unwrap verifies
 them, and are retried (500s, a receiver that is down, one that hangs) until delivered or given up.
@@ -17,7 +17,7 @@ from openai import OpenAI
 
 from modelmill import errors
 from modelmill.settings import Settings
-from modelmill.service import webhooks
+from modelmill.service.webhooks import outbox as webhooks
 from modelmill.service.api.app import create_app
 from modelmill.service.store import EvalRunQueue, JobQueue
 from modelmill.service.store.evals import NewRun
@@ -26,7 +26,7 @@ from modelmill.service.store.webhooks import EVENT_TYPES
 from tests.service.conftest import DIALECTS, create_job, training_jsonl, upload
 from tests.service.test_queue import add_job
 from tests.spec_check import assert_matches
-from tests.webhook_receiver import Receiver
+from tools.webhook_receiver import Receiver
 
 SCHEMAS = {"fine_tuning.job.succeeded": "WebhookFineTuningJobSucceeded",
            "fine_tuning.job.failed": "WebhookFineTuningJobFailed",

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from modelmill.service.job_reporter import StoreReporter
-from modelmill.service.worker import Worker
+from modelmill.service.jobs.reporter import StoreReporter
+from modelmill.service.worker.loop import Worker
 from tests.service.conftest import chat_line, create_job, training_jsonl, upload
 from tests.spec_check import assert_matches
 
@@ -238,7 +238,7 @@ def test_rft_grader_context_judges_with_the_processes_one_sampler(store, setting
     from modelmill.service.api import deps
     from modelmill.service.api.app import create_app
     from modelmill.service.evals import runner
-    from modelmill.service.sampler import shared_sampler
+    from modelmill.service.models.sampler import shared_sampler
 
     context = runner.grader_context(settings, store, None)  # what FineTuneTask gives an RFT job's config
     grader = {"type": "score_model", "name": "judge", "model": "modelmill-tiny", "range": [0, 1],

@@ -10,7 +10,8 @@ import pytest
 from modelmill import errors
 from modelmill.ml.graders import sandbox
 from modelmill.service.store.text import clean
-from modelmill.service.worker import FineTuneTask, Worker
+from modelmill.service.jobs.runner import FineTuneTask
+from modelmill.service.worker.loop import Worker
 from tests.service.conftest import create_job, training_jsonl, upload
 from tests.spec_check import assert_matches
 

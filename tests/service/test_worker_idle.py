@@ -1,4 +1,4 @@
-"""What an idle worker does between jobs (service/worker.py): it notices a new job within
+"""What an idle worker does between jobs (service/worker/loop.py): it notices a new job within
 milliseconds instead of at its next poll, and warm_up() readies the process before the first job."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from modelmill.service import worker as worker_module
-from modelmill.service.worker import Worker
+from modelmill.service.worker import loop as worker_module
+from modelmill.service.worker.loop import Worker
 from tests.service.conftest import DIALECTS, create_job, training_jsonl, upload
 
 

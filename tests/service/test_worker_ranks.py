@@ -8,7 +8,7 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
-from modelmill.service.worker import Worker
+from modelmill.service.worker.loop import Worker
 from tests.service.conftest import create_job, training_jsonl, upload
 from tests.service.test_worker import job_json, metric_steps, start_worker, supervised, wait_until
 

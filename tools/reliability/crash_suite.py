@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from benchmarks_md import write_section  # noqa: E402
-from tests.e2e.conftest import Server, short_dataset, short_preference_dataset  # noqa: E402
+from tools.datasets import short_dataset, short_preference_dataset  # noqa: E402
+from tools.servers import Server  # noqa: E402
 
 RELIABILITY = REPO / "RELIABILITY.md"
 RESULTS = REPO / "bench" / "out" / "crash_suite.json"  # every method's last result (git-ignored)

@@ -42,7 +42,7 @@ from benchmarks_md import write_section  # noqa: E402
 from openai import OpenAI  # noqa: E402
 
 from modelmill.local_server import LocalServer, free_port  # noqa: E402
-from tests.e2e.conftest import short_dataset  # noqa: E402
+from tools.datasets import short_dataset  # noqa: E402
 
 RELIABILITY = REPO / "RELIABILITY.md"
 # kind -> weight in each client's mix

@@ -6,7 +6,7 @@
 
 Each Case knows the problem it must produce: (line, field, code). `line` is the 1-based
 physical line (blank lines count), 0 for the file as a whole; `field` is the JSON path inside
-the line, "" when the line or file as a whole is the problem (see ml/data.py's docstring).
+the line, "" when the line or file as a whole is the problem (see ml/data/__init__.py's docstring).
 A case passes when the report is not ok, holds that exact problem, names no line outside the
 bad ones (good lines are not blamed), every problem has a code and a short message, and the
 report kept every good example (nothing lost: `n_good`).

@@ -41,7 +41,7 @@ def submit(sdk, case: Case) -> tuple[str, str]:
 
 def run_worker(settings, store) -> int:
     """Run one in-process worker until the queue is empty; how many jobs it ran."""
-    from modelmill.service.worker import Worker
+    from modelmill.service.worker.loop import Worker
 
     worker, n = Worker(settings, store), 0
     while worker.run_once() is not None:

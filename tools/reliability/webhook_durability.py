@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 from openai import OpenAI  # noqa: E402
 
 from modelmill.local_server import LocalServer  # noqa: E402
-from tests.e2e.conftest import short_dataset  # noqa: E402
-from tests.webhook_receiver import Receiver  # noqa: E402
+from tools.datasets import short_dataset  # noqa: E402
+from tools.webhook_receiver import Receiver  # noqa: E402
 
 ENV = {"MODELMILL_WEBHOOK_ALLOW_PRIVATE": "1", "MODELMILL_WEBHOOK_RETRY_BASE_SECONDS": "0.2",
        "MODELMILL_WEBHOOK_RETRY_MAX_INTERVAL_SECONDS": "1", "MODELMILL_WEBHOOK_TIMEOUT_SECONDS": "1",

@@ -30,8 +30,7 @@ import openai
 from openai import OpenAI
 
 from modelmill.local_server import LocalServer, cli_command
-from tests.e2e.conftest import short_dataset
-from tests.e2e.test_rft import STRING_CHECK, arithmetic_dataset
+from tools.datasets import STRING_CHECK, arithmetic_dataset, short_dataset
 
 LONG_CHAT = dict(model="modelmill-tiny", messages=[{"role": "user", "content": "tell me everything"}],
                  temperature=1.0)

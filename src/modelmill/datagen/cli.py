@@ -8,11 +8,11 @@ clear message and exit code 2, with no output file.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 from modelmill.errors import InvalidRequestError
+from modelmill.settings import ClientSettings
 
 
 def add_commands(sub, remote) -> None:
@@ -65,7 +65,7 @@ def add_commands(sub, remote) -> None:
                                            "recreate them on this server (--base-url) paused, base models mapped by "
                                            "--model-map, and report what could not be carried over."))
     sp.add_argument("--source-base-url", default=None, help="source API (default OpenAI's)")
-    sp.add_argument("--source-api-key", default=os.environ.get("OPENAI_API_KEY"),
+    sp.add_argument("--source-api-key", default=ClientSettings.from_env().openai_api_key,
                     help="source API key (default $OPENAI_API_KEY)")
     sp.add_argument("--model-map", action="append", required=True,
                     help="FROM=TO[,FROM=TO...]; FROM may be a glob, e.g. 'gpt-4o-mini*=SmolLM2-135M-Instruct'")
@@ -76,7 +76,7 @@ def add_commands(sub, remote) -> None:
 def _teacher_args(sp, required: bool) -> None:
     sp.add_argument("--teacher", required=required, help="the teacher model (e.g. ft:gpt-4o-mini:acme::abc)")
     sp.add_argument("--teacher-base-url", help="the teacher's OpenAI-compatible API (default OpenAI's)")
-    sp.add_argument("--teacher-api-key", default=os.environ.get("OPENAI_API_KEY"),
+    sp.add_argument("--teacher-api-key", default=ClientSettings.from_env().openai_api_key,
                     help="the teacher's API key (default $OPENAI_API_KEY)")
     sp.add_argument("--timeout", type=float, default=60.0, help="seconds per teacher request (default 60)")
     sp.add_argument("--max-attempts", type=int, default=5,

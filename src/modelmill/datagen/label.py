@@ -25,7 +25,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from modelmill.errors import InvalidRequestError
-from modelmill.ml.data import check_messages, check_tools, Checker
+from modelmill.ml.data.checker import Checker
+from modelmill.ml.data.messages import check_messages, check_tools
 from modelmill.ml.graders import GraderContext, JudgeReply, grade_batch, validate_grader
 
 from .output import check_sft_line

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from modelmill.errors import InvalidRequestError
-from modelmill.ml.data import validate_supervised_line
+from modelmill.ml.data.methods import validate_supervised_line
 
 
 class OutputError(InvalidRequestError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from modelmill.errors import InvalidRequestError
-from modelmill.ml.data import MESSAGE_KEYS
+from modelmill.ml.data.messages import MESSAGE_KEYS
 
 from .output import check_sft_line
 from .teacher import assistant_message

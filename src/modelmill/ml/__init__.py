@@ -7,7 +7,7 @@ it at the same moment, CPython's deadlock avoidance hands one of them a partiall
 and it raises "ImportError: cannot import name ... (most likely due to a circular import)". So every
 import of a third-party ML library that can run on a service thread happens under one process-wide
 lock: the worker's warm-up, and the top-level imports of the modules a request can load first
-(sampling.py, batching.py). Only third-party modules are imported under the lock, never a
+(sampling/, batching.py). Only third-party modules are imported under the lock, never a
 modelmill module: a thread that holds a modelmill module's import lock while it waits for this
 lock must never be waited on by the lock's holder.
 """

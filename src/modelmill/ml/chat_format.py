@@ -1,6 +1,6 @@
 """How chat messages and tools become model text, and how model text becomes tool calls.
 
-Training (sft.py, dpo.py, rft/) and generation (sampling.py) all render through `render`, so a
+Training (sft.py, dpo.py, rft/) and generation (sampling/) all render through `render`, so a
 model is trained on exactly the format it is later prompted with.
 
 A model renders with its own chat template when it has one that renders tools in a format

@@ -4,7 +4,7 @@ A Constraint is what every completion of one request must match, as an llguidanc
 - `response_format` {"type": "json_schema", "json_schema": {"schema": ...}}: JSON valid under the schema;
 - {"type": "json_object"}: any JSON object;
 - a forced tool call (tool_choice "required" or a named function): the rest of the call after the
-  family's prefill (ml/sampling.py `_render`), i.e. the function name (one of the tools) and its
+  family's prefill (ml/sampling/prompts.py `render`), i.e. the function name (one of the tools) and its
   arguments as JSON valid under that tool's `parameters`, closed in the family's format
   (chat_families.Family.call_suffix), so the call always parses;
 - `tools` with a `strict: true` function under tool_choice "auto" (or none given): free text, or tool
@@ -141,8 +141,8 @@ def for_tool_call(tools: list[dict], forced_name: str | None, *, hf_messages: bo
 
 
 def for_tools(tools: list[dict] | None, mode: str, forced_name: str | None, family, tokenizer) -> Constraint | None:
-    """The grammar a request's tool calls decode under (`mode` and `forced_name` from ml/sampling.py's
-    _tool_mode, `family` a chat_families.Family): the rest of a forced call for "required", text or
+    """The grammar a request's tool calls decode under (`mode` and `forced_name` from ml/sampling/prompts.py's
+    tool_mode, `family` a chat_families.Family): the rest of a forced call for "required", text or
     calls when a tool is strict under "auto", else None."""
     if mode == "required":
         return for_tool_call(tools, forced_name, hf_messages=family.hf_messages, args_key=family.args_key,

@@ -13,9 +13,9 @@ lease and talks to the store; the ranks are children started by torch's elastic 
                                                                               ranks 1..N-1
 
 - **Rank 0 speaks.** Only rank 0 forwards events, metrics and checkpoints to the caller, and only
-  rank 0 publishes checkpoints and the final adapter (trainer_common checks `is_world_process_zero`).
+  rank 0 publishes checkpoints and the final adapter (trainer_common and trainer_hooks check `is_world_process_zero`).
 - **Stop decisions are broadcast.** `should_stop()` is called on every rank at the same points of a
-  step (trainer_common.ReporterHooks); rank 0 asks the caller, then `broadcast_object_list` gives every
+  step (trainer_hooks.ReporterHooks); rank 0 asks the caller, then `broadcast_object_list` gives every
   rank the same answer, so cancel and pause stop all ranks after the same step and no rank waits in a
   collective that the others left.
 - **No hangs, no orphans.** If a rank dies, the elastic agent stops the others and exits non-zero; the
@@ -306,7 +306,7 @@ def _peer_lost(error: BaseException) -> bool:
 def _rank_main(spec_path: str) -> int:
     _die_with_parent()  # the elastic agent died (its own parent killed it): stop training now
     spec = pickle.loads(Path(spec_path).read_bytes())
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])  # torch.distributed.run sets these
     (Path(spec["rank_dir"]) / f"rank-{rank}.pid").write_text(str(os.getpid()))
     if spec["fsdp"]:
         os.environ[FSDP_ENV] = "1"
@@ -322,7 +322,7 @@ def _rank_main(spec_path: str) -> int:
 
 
 def world_size() -> int:
-    """Ranks of the current run (1 outside a multi-process run)."""
+    """Ranks of the current run (1 outside a multi-process run): torch.distributed.run's WORLD_SIZE."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 

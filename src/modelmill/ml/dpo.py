@@ -8,7 +8,7 @@ The story of one run (`train_dpo`):
 2. Build a DPOTrainer with a fresh LoRA adapter, or the `init_adapter` of an earlier fine-tune
    loaded trainable, and ref_model=None (see "The reference model").
 3. Resume, train, report, checkpoint, pause and cancel exactly as SFT does
-   (ml/trainer_common.py holds that machinery and the output directory layout).
+   (ml/trainer_common.py and trainer_hooks.py hold that machinery; ml/checkpoints.py the output directory layout).
 4. Save the trained adapter alone to output_dir/adapter: one PEFT adapter dir for the base
    model, loaded by the sampler like any SFT adapter.
 
@@ -39,6 +39,7 @@ from modelmill.ml import chat_format, data, memory, run_config, vision, vision_t
 from modelmill.ml import trainer_common as common
 from modelmill.ml.report import Reporter
 from modelmill.ml.run_config import RunConfig, resolve_run_hyperparameters
+from modelmill.ml.trainer_hooks import ReporterHooks
 from modelmill.ml.types import PreferencePair, TrainResult
 
 # LoRA learning rate at learning_rate_multiplier=1.0: half of SFT's, since DPO moves a model
@@ -81,7 +82,7 @@ def resolve_dpo_hyperparameters(requested: dict, n_train_examples: int) -> dict:
 @dataclass(frozen=True, kw_only=True)
 class DPOConfig(RunConfig):
     """One DPO run: the shared RunConfig fields (paths, seed, schedule, LoRA, precision...; train_path holds
-    preference lines, data.validate_preference_line; batch_size counts pairs; init_adapter is also the
+    preference lines, data.methods.validate_preference_line; batch_size counts pairs; init_adapter is also the
     reference) plus DPO's own. Build it once (the worker or a notebook) and pass it to train_dpo."""
 
     eval_every_steps: int = 5  # valid_* on one validation batch every N steps; 0 = only at epoch ends
@@ -170,7 +171,9 @@ def _load_dataset(path: Path, label: str, tokenizer, config: DPOConfig, reporter
                                   f"tokens and were truncated",
                           {"file": label, "truncated_examples": too_long, "max_seq_len": config.max_seq_len})
     columns = {k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")}
-    return Dataset.from_dict({**columns, **({"images": images} if images is not None else {})})
+    if images is not None:  # each image's OpenAI detail rides beside it (vision_train.preference_collator)
+        columns.update(images=images, image_details=[[vision.detail_of(img) for img in imgs] for imgs in images])
+    return Dataset.from_dict(columns)
 
 
 def _build_trainer(config: DPOConfig, model, tokenizer, train_ds, valid_ds, callback):
@@ -179,17 +182,20 @@ def _build_trainer(config: DPOConfig, model, tokenizer, train_ds, valid_ds, call
     from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
+    is_vlm = vision.is_vision_dir(config.base_dir)
     args = TRLDPOConfig(**run_config.trainer_args(config, BASE_LEARNING_RATE), beta=config.beta,
-                        truncation_mode="keep_start")
-    # A VLM trains through TRL's vision path: its processor expands the prompts' image placeholders.
-    processing_class = vision.load_processor(config.base_dir) if vision.is_vision_dir(config.base_dir) else tokenizer
+                        truncation_mode="keep_start", **({"remove_unused_columns": False} if is_vlm else {}))
+    # A VLM trains through TRL's vision path, with each image expanded at its own detail
+    # (vision_train.preference_collator; remove_unused_columns=False keeps the image_details column).
+    processing_class = vision.load_processor(config.base_dir) if is_vlm else tokenizer
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds,
                          eval_dataset=common.eval_datasets(config, valid_ds), processing_class=processing_class,
-                         peft_config=run_config.lora_config(config), callbacks=[callback])
+                         peft_config=run_config.lora_config(config), callbacks=[callback],
+                         data_collator=vision_train.preference_collator(processing_class) if is_vlm else None)
     return common.finish_trainer_setup(trainer, callback)
 
 
-class _DPOHooks(common.ReporterHooks):
+class _DPOHooks(ReporterHooks):
     """DPO's metrics: loss, reward margin/accuracy and answer log-probs (train, valid batch, full valid)."""
 
     METRIC_NAMES = METRIC_NAMES

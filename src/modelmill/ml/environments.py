@@ -21,6 +21,10 @@ The request field is ModelMill's documented extension `method.reinforcement.envi
     http tool: {"type": "http", "name", "description", "parameters", "url"}: the call is POSTed to
         `url` as {"name", "arguments"}; the response body is the result. Only hosts on the server's
         allow-list (MODELMILL_RFT_TOOL_HOSTS) may be named, and redirects are not followed.
+    mcp tool: {"type": "mcp", "name", "source" or "command", "startup_timeout_seconds", "allowed_tools"}: an
+        MCP server over stdio in the same sandbox (ml/mcp_tools.py, ml/mcp_servers.py). It is started once
+        here to list its tools (they are stored in the entry as "tools"), and once per rollout group
+        during training.
 
 `parameters` is the JSON schema of the arguments, as in OpenAI function tools; the model's arguments
 are checked against it before a tool runs. A call that cannot run (unknown tool, arguments that are
@@ -57,6 +61,7 @@ MODEL_ERRORS = frozenset({"unknown_tool", "bad_arguments"})
 HTTP_CONCURRENCY = 8  # HTTP tool calls of one turn in flight at once
 TOOL_KEYS = {"python": {"type", "name", "description", "parameters", "source"},
              "http": {"type", "name", "description", "parameters", "url"}}
+# "mcp" tools (ml/mcp_tools.py, ml/mcp_servers.py) are servers: the tools the model sees are the ones each server lists.
 
 
 def _bad(param: str, message: str) -> errors.InvalidRequestError:
@@ -66,10 +71,13 @@ def _bad(param: str, message: str) -> errors.InvalidRequestError:
 # ---------------------------------------------------------------- the spec
 
 
-def validate_environment(spec, path: str = "environment", *, tool_hosts: tuple[str, ...] = ()) -> dict:
+def validate_environment(spec, path: str = "environment", *, tool_hosts: tuple[str, ...] = (), sandbox=None,
+                         probe_mcp: bool = True) -> dict:
     """The environment with its defaults filled in, or InvalidRequestError naming the exact field
     (e.g. "method.reinforcement.environment.tools[1].parameters"). tool_hosts: the allow-list for
-    HTTP tools ("host" or "host:port", lower-case)."""
+    HTTP tools ("host" or "host:port", lower-case). MCP servers are started once each (in the sandbox
+    `sandbox`, a graders.sandbox.SandboxConfig; None = its defaults) to list their tools, unless
+    probe_mcp is False (then they offer none until listed: tests of the shape only)."""
     if not isinstance(spec, dict):
         raise _bad(path, f"{path} must be an object")
     errors.reject_unknown_fields(spec, {"tools", *DEFAULTS, "initial_state"}, path)
@@ -83,6 +91,8 @@ def validate_environment(spec, path: str = "environment", *, tool_hosts: tuple[s
     for i, name in enumerate(names):
         if name in names[:i]:
             raise _bad(f"{path}.tools[{i}].name", f"{path}.tools[{i}].name: a tool named {name!r} is already defined")
+    if probe_mcp:
+        _list_mcp_tools(out, path, sandbox)
     size = sum(len(t["source"].encode("utf-8", "surrogatepass")) for t in out["tools"] if t["type"] == "python")
     if size > MAX_SOURCE_BYTES:
         raise _bad(f"{path}.tools", f"the python tools' sources are {size} bytes together; the limit is "
@@ -117,13 +127,17 @@ def _tool(tool, path: str, tool_hosts: tuple[str, ...]) -> dict:
     if not isinstance(tool, dict):
         raise _bad(path, f"{path} must be an object")
     kind = tool.get("type")
-    if kind not in TOOL_KEYS:
-        raise _bad(f"{path}.type", f"{path}.type must be 'python' or 'http', got {kind!r}")
-    errors.reject_unknown_fields(tool, TOOL_KEYS[kind], path)
+    if kind not in (*TOOL_KEYS, "mcp"):
+        raise _bad(f"{path}.type", f"{path}.type must be 'python', 'http' or 'mcp', got {kind!r}")
     name = tool.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise _bad(f"{path}.name", f"{path}.name must be 1 to 64 letters, digits or '_', not starting with a "
                                    f"digit, got {name!r}")
+    if kind == "mcp":
+        from modelmill.ml import mcp_tools
+
+        return mcp_tools.check_spec(tool, path, _bad, MAX_SOURCE_BYTES)
+    errors.reject_unknown_fields(tool, TOOL_KEYS[kind], path)
     description = tool.get("description", "")
     if not isinstance(description, str) or len(description) > 4096:
         raise _bad(f"{path}.description", f"{path}.description must be a string of at most 4096 characters")
@@ -137,18 +151,50 @@ def _tool(tool, path: str, tool_hosts: tuple[str, ...]) -> dict:
     return out
 
 
-def _parameters(schema, param: str) -> dict:
-    """A JSON schema for an object of arguments (OpenAI's function `parameters`), checked as a schema."""
+def _parameters(schema, param: str, label: str | None = None) -> dict:
+    """A JSON schema for an object of arguments (OpenAI's function `parameters`), checked as a schema.
+    label: what the message calls it (default: param)."""
     import jsonschema
 
+    label = label or param
     if not isinstance(schema, dict) or schema.get("type") != "object":
-        raise _bad(param, f"{param} must be a JSON schema with \"type\": \"object\"")
+        raise _bad(param, f"{label} must be a JSON schema with \"type\": \"object\"")
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.exceptions.SchemaError as e:
         where = "".join(f"[{p!r}]" for p in e.absolute_path)
-        raise _bad(param, f"{param}{where} is not a valid JSON schema: {e.message}") from None
+        raise _bad(param, f"{label}{where} is not a valid JSON schema: {e.message}") from None
     return schema
+
+
+def _list_mcp_tools(env: dict, path: str, sandbox) -> None:
+    """Start each MCP server once to list its tools (ml/mcp_tools.list_into); the tools every kind
+    offers together must have unique names, and at most MAX_TOOLS of them."""
+    from modelmill.ml import mcp_tools
+
+    for i, tool in enumerate(env["tools"]):
+        if tool["type"] == "mcp":
+            where = f"{path}.tools[{i}]"
+            env["tools"][i] = mcp_tools.list_into(
+                tool, where, _bad, lambda schema, label, where=where: _parameters(schema, where, label), sandbox)
+    seen: dict[str, str] = {}
+    for i, tool in enumerate(env["tools"]):
+        for name, _ in offered(tool):
+            if name in seen:
+                raise _bad(f"{path}.tools[{i}]", f"{path}.tools[{i}] offers a tool named {name!r}, and so does "
+                                                 f"{seen[name]}")
+            seen[name] = f"{path}.tools[{i}]"
+    if len(seen) > MAX_TOOLS:
+        raise _bad(f"{path}.tools", f"the environment offers {len(seen)} tools in all (its MCP servers' included); "
+                                    f"the limit is {MAX_TOOLS} (an MCP tool's allowed_tools picks some)")
+
+
+def offered(tool: dict) -> list[tuple[str, dict]]:
+    """(name, {"description", "parameters"}) of each tool a validated tool entry offers the model: itself,
+    or for an MCP server the tools it listed."""
+    if tool["type"] == "mcp":
+        return [(t["name"], t) for t in tool.get("tools", [])]
+    return [(tool["name"], tool)]
 
 
 def _python_source(source, name: str, param: str) -> str:
@@ -201,8 +247,9 @@ def initial_state(env: dict, item: dict) -> dict:
 
 def template_tools(env: dict) -> list[dict]:
     """The tools as the chat template lists them (OpenAI function definitions)."""
-    return [{"type": "function", "function": {"name": t["name"], "description": t["description"],
-                                              "parameters": t["parameters"]}} for t in env["tools"]]
+    return [{"type": "function", "function": {"name": name, "description": t["description"],
+                                              "parameters": t["parameters"]}}
+            for tool in env["tools"] for name, t in offered(tool)]
 
 
 # ---------------------------------------------------------------- running calls
@@ -227,29 +274,33 @@ class ToolResult:
 
 
 def run_tool_calls(env: dict, calls: list[ToolCall], states: list[dict], *, sandbox=None,
-                   tool_hosts: tuple[str, ...] = ()) -> list[ToolResult]:
+                   tool_hosts: tuple[str, ...] = (), servers: list | None = None) -> list[ToolResult]:
     """Run one turn's calls: python tools in ONE sandbox launch per round (the k-th call of every
-    rollout is round k, so a rollout's calls see each other's state changes), HTTP tools concurrently.
-    states[c.rollout] is updated with what python tools leave in `state`. Never raises for what a tool
-    does. sandbox: a graders.sandbox.SandboxConfig (its wall_seconds is replaced by tool_timeout_seconds)."""
-    by_name = {t["name"]: t for t in env["tools"]}
+    rollout is round k, so a rollout's calls see each other's state changes), HTTP tools concurrently,
+    MCP tools on the rollout's own servers (servers[c.rollout]: mcp_tools.Group; one call at a time
+    per group, groups concurrently). states[c.rollout] is updated with what python tools leave in
+    `state`. Never raises for what a tool does. sandbox: a graders.sandbox.SandboxConfig (its
+    wall_seconds is replaced by tool_timeout_seconds)."""
+    by_name = {name: (tool, listed) for tool in env["tools"] for name, listed in offered(tool)}
     results: list[ToolResult | None] = [None] * len(calls)
-    python, http = [], []
+    python, http, mcp = [], [], []
     for i, call in enumerate(calls):
-        tool = by_name.get(call.name)
+        tool, listed = by_name.get(call.name, (None, None))
         if tool is None:
             results[i] = _error(env, "unknown_tool", f"there is no tool named {call.name!r}; the tools are "
                                                      f"{', '.join(by_name)}")
             continue
-        args, problem = _arguments(tool, call.arguments)
+        args, problem = _arguments(listed, call.arguments)
         if problem is not None:
             results[i] = _error(env, "bad_arguments", problem)
             continue
-        (python if tool["type"] == "python" else http).append((i, call, args))
+        {"python": python, "http": http, "mcp": mcp}[tool["type"]].append((i, call, args))
     if python:
         _run_python(env, python, states, results, sandbox)
     if http:
         _run_http(env, http, results, tool_hosts)
+    if mcp:
+        _run_mcp(env, mcp, results, servers, {name: tool["name"] for name, (tool, _) in by_name.items()})
     return results  # type: ignore[return-value]
 
 
@@ -349,6 +400,31 @@ def _from_outcome(env: dict, outcome, states: list[dict], rollout: int, seconds:
     result = value.get("result")
     return ToolResult(_cut(env, result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)),
                       None, seconds)
+
+
+def _run_mcp(env: dict, calls: list, results: list, servers: list | None, server_of: dict[str, str]) -> None:
+    """MCP calls, each on its rollout's group's server: a group's calls in order (they share the
+    server's state), the groups concurrently."""
+    timeout = env["tool_timeout_seconds"]
+    by_group: dict[int, list] = {}
+    for entry in calls:
+        group = servers[entry[1].rollout] if servers is not None else None
+        by_group.setdefault(id(group), [group]).append(entry)
+
+    def one_group(entries: list) -> None:
+        group, *rest = entries
+        for i, call, args in rest:
+            started = time.perf_counter()
+            if group is None:
+                results[i] = _error(env, "crash", "no MCP server runs for this rollout")
+                continue
+            outcome = group.call(server_of[call.name], call.name, args, timeout)
+            seconds = time.perf_counter() - started
+            results[i] = ToolResult(_cut(env, outcome.content if outcome.error is None else f"Error: {outcome.content}"),
+                                    outcome.error, seconds)
+
+    with ThreadPoolExecutor(max_workers=min(HTTP_CONCURRENCY, len(by_group))) as pool:
+        list(pool.map(one_group, by_group.values()))
 
 
 def _run_http(env: dict, calls: list, results: list, tool_hosts: tuple[str, ...]) -> None:

@@ -1,7 +1,7 @@
 """Inference backends behind one setting (ARCHITECTURE.md, "Backends behind settings").
 
 MODELMILL_INFERENCE_BACKEND picks where chat completions, evals and judges get their tokens:
-- "transformers" (default): the model runs in this process (ml/sampling.py, ml/batching.py,
+- "transformers" (default): the model runs in this process (ml/sampling/, ml/batching.py,
   ml/multi_lora.py); CPU or GPU, nothing else to run.
 - "vllm": a vLLM OpenAI-compatible server decodes (ml/vllm_backend.py), either one already
   running (MODELMILL_VLLM_URL) or one ModelMill starts as a child process

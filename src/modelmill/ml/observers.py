@@ -1,6 +1,6 @@
 """Hooks through which whoever runs ml code may watch it, without ml importing them.
 
-The service's Prometheus metrics (service/metrics.py) register here; a notebook registers nothing
+The service's Prometheus metrics (service/core/metrics.py) register here; a notebook registers nothing
 and pays one empty loop per call. An observer must be cheap and must not raise (one that does is
 logged and skipped: watching never breaks decoding or grading).
 """

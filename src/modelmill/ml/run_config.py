@@ -7,7 +7,7 @@ only its own fields (SFT: padding_free; DPO: beta; RFT: the grader and GRPO's kn
 ml/trainer_common.py, which runs every method's trainer, takes a RunConfig.
 
 Why subclasses and not a `run: RunConfig` field inside each method's config: the worker builds every
-method's config from one flat set of keyword arguments (service/methods.py), and the trainers, the
+method's config from one flat set of keyword arguments (service/jobs/methods.py), and the trainers, the
 worker, the benches and the tests read `config.seed` or copy a config with
 `dataclasses.replace(config, output_dir=...)` in about 60 places. Containment would turn each of those
 into `config.run.seed` / `replace(config, run=replace(config.run, ...))` and make every reader know
@@ -169,6 +169,8 @@ def fsdp_args() -> dict:
     parameters); the wrap policy is PEFT's (finish_trainer_setup), which wraps the LoRA layers apart."""
     from modelmill.ml.distributed import FSDP_ENV
 
+    # Not a setting: the flag distributed._rank_main sets in each rank process it starts (the plan is made
+    # in the parent, which reads Settings; TRL builds its arguments in the rank).
     if os.environ.get(FSDP_ENV) != "1":
         return {}
     return dict(fsdp="full_shard auto_wrap", fsdp_config={"use_orig_params": True})

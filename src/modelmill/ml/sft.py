@@ -21,7 +21,8 @@ schemas come back padded with None-valued keys (a tool's parameters would render
 properties it never had). Tokenizing ourselves with the same apply_chat_template call keeps
 each conversation exactly as written, and TRL takes an `input_ids` + `labels` dataset as is.
 
-Output directory layout, checkpoints, resume and pause/cancel: see ml/trainer_common.py (shared with DPO).
+Output directory layout, checkpoints, resume and pause/cancel: see ml/trainer_common.py, trainer_hooks.py
+and checkpoints.py (shared with DPO and RFT).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from modelmill.ml import chat_format, data, memory, run_config, vision, vision_t
 from modelmill.ml import trainer_common as common
 from modelmill.ml.report import Reporter
 from modelmill.ml.run_config import RunConfig, resolve_run_hyperparameters
+from modelmill.ml.trainer_hooks import ReporterHooks
 from modelmill.ml.types import ChatExample, TrainResult
 
 BASE_LEARNING_RATE = 2e-4  # LoRA learning rate at learning_rate_multiplier=1.0
@@ -222,7 +224,7 @@ def attention_context(model) -> float:
 # ---------------------------------------------------------------- the trainer <-> reporter bridge
 
 
-class _SFTHooks(common.ReporterHooks):
+class _SFTHooks(ReporterHooks):
     """SFT's metrics: loss and mean token accuracy (train, valid batch, full valid set)."""
 
     METRIC_NAMES = METRIC_NAMES

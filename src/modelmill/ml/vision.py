@@ -2,7 +2,7 @@
 transformers' image-text-to-text auto classes (AutoModelForImageTextToText + AutoProcessor).
 
 How an image travels, the same way in training and in sampling:
-1. OpenAI's `{"type": "image_url", "image_url": {"url", "detail"?}}` part is validated (ml/data.py
+1. OpenAI's `{"type": "image_url", "image_url": {"url", "detail"?}}` part is validated (ml/data/images.py
    calls `check_image_part`) and later loaded by `load_image`: a base64 `data:` URL, or an http(s) URL
    on an allow-listed host (ImagePolicy.hosts, from Settings.image_hosts) fetched with a size and time
    limit. Anything else is refused with a code naming the problem.
@@ -16,11 +16,16 @@ How an image travels, the same way in training and in sampling:
 
 OpenAI's vision fine-tuning limits applied here (docs/vision.md): JPEG, PNG or WEBP only; RGB or RGBA
 images; at most 10 MB per image; at most 64 images per example; images only in user messages (never
-assistant output). `detail` ("auto" | "low" | "high") is accepted and validated; the image processor
-decides the resolution, so it changes nothing here.
+assistant output). `detail`: "low" asks for the fewest image tokens (OpenAI: one 512px low-res view),
+so the image processor runs with detail_kwargs(): for Idefics3/SmolVLM no image splitting and the
+longest edge at its single-tile size; LLaVA's CLIP processor always makes one fixed-size tile, so low
+equals high there. "high" and "auto" use the processor's own settings. The detail travels with the
+loaded PIL image (img.info["detail"], see load_image), so training, chat, evals and the file report
+all count and build the same tokens.
 
-Families (VISION_FAMILIES): Idefics3 / SmolVLM. `modelmill-tiny-vl` is a tiny random Idefics3 with the
-SmolLM2 tokenizer plus Idefics3's image tokens and a real Idefics3 processor (build_tiny_vl).
+Families (VISION_FAMILIES): Idefics3 / SmolVLM, LLaVA (CLIP vision tower + a Llama/Qwen2/Mistral text
+model). `modelmill-tiny-vl` is a tiny random Idefics3 with the SmolLM2 tokenizer plus Idefics3's image
+tokens and a real Idefics3 processor (build_tiny_vl).
 """
 
 from __future__ import annotations
@@ -54,10 +59,12 @@ class Family:
     placeholder: str  # the text a chat template puts where an image goes (one special token)
 
 
-# model_type (config.json) -> family. Idefics3 is SmolVLM's architecture.
+# model_type (config.json) -> family. Idefics3 is SmolVLM's architecture; LLaVA (1.5) is a CLIP vision
+# tower + projector in front of any causal text model, with LlavaProcessor + CLIPImageProcessor.
 VISION_FAMILIES: dict[str, Family] = {
     "idefics3": Family(placeholder="<image>"),
     "smolvlm": Family(placeholder="<image>"),
+    "llava": Family(placeholder="<image>"),
 }
 
 
@@ -72,6 +79,14 @@ class ImagePolicy:
     max_bytes: int = MAX_IMAGE_BYTES  # per image, decoded (data:) or downloaded (http)
     timeout_s: float = FETCH_TIMEOUT_S  # per http(s) fetch
     refused: str = ""  # why image parts are refused although the base reads images (RFT); "" = accepted
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image part of a conversation: its url and OpenAI's detail ("auto" | "low" | "high")."""
+
+    url: Any
+    detail: str = "auto"
 
 
 class ImageError(ValueError):
@@ -116,10 +131,35 @@ def load_processor(model_dir: Path):
 # ---------------------------------------------------------------- loading and checking images
 
 
-def load_image(url: Any, policy: ImagePolicy):
-    """A PIL image (mode RGB) from an image_url's url. Raises ImageError: invalid_image_url,
-    image_url_not_allowed, image_too_large, invalid_image (undecodable), unsupported_image_format."""
-    return decode_image(image_bytes(url, policy))
+def load_image(ref: ImageRef | str, policy: ImagePolicy):
+    """A PIL image (mode RGB) from an image part's ImageRef (or a bare url, detail "auto"), its detail in
+    img.info["detail"]. Raises ImageError: invalid_image_url, image_url_not_allowed, image_too_large,
+    invalid_image (undecodable), unsupported_image_format."""
+    ref = ref if isinstance(ref, ImageRef) else ImageRef(ref)
+    return with_detail(decode_image(image_bytes(ref.url, policy)), ref.detail)
+
+
+def with_detail(img, detail: str):
+    """`img`, carrying OpenAI's detail: the processor calls below read it (detail_of) per image. It
+    rides on the PIL image so the images' path through sampling and batching stays one list."""
+    img.info["detail"] = detail if detail in DETAILS else "auto"
+    return img
+
+
+def detail_of(img) -> str:
+    return getattr(img, "info", {}).get("detail", "auto")
+
+
+def detail_kwargs(processor, detail: str) -> dict:
+    """Image-processor arguments for one image's detail. "low" = the fewest image tokens the model
+    takes (OpenAI: a 512px low-res view): an Idefics3/SmolVLM processor (it has max_image_size) skips
+    image splitting and resizes the longest edge to its single-tile size. A processor with one fixed
+    tile (LLaVA's CLIP crop) has nothing smaller, so low = high there; "high"/"auto" = its own settings."""
+    image_processor = processor.image_processor
+    tile = getattr(image_processor, "max_image_size", None)
+    if detail != "low" or not isinstance(tile, dict) or "longest_edge" not in tile:
+        return {}
+    return {"do_image_splitting": False, "size": {"longest_edge": tile["longest_edge"]}}
 
 
 def decode_image(raw: bytes):
@@ -232,10 +272,10 @@ def has_images(messages: list[dict]) -> bool:
                any(isinstance(p, dict) and p.get("type") == "image_url" for p in m["content"]) for m in messages)
 
 
-def with_placeholders(messages: list[dict], placeholder: str) -> tuple[list[dict], list[str]]:
-    """(messages with every image part replaced by a text part holding `placeholder`, the image URLs
-    in order). The placeholder stands alone on its line, as SmolVLM's own template puts it."""
-    out, urls = [], []
+def with_placeholders(messages: list[dict], placeholder: str) -> tuple[list[dict], list[ImageRef]]:
+    """(messages with every image part replaced by a text part holding `placeholder`, the images' refs
+    (url, detail) in order). The placeholder stands alone on its line, as SmolVLM's own template puts it."""
+    out, refs = [], []
     for m in messages:
         content = m.get("content")
         if not isinstance(content, list):
@@ -244,12 +284,13 @@ def with_placeholders(messages: list[dict], placeholder: str) -> tuple[list[dict
         parts = []
         for p in content:
             if isinstance(p, dict) and p.get("type") == "image_url":
-                urls.append((p.get("image_url") or {}).get("url"))
+                spec = p.get("image_url") or {}
+                refs.append(ImageRef(spec.get("url"), spec.get("detail") or "auto"))
                 parts.append({"type": "text", "text": placeholder})
             else:
                 parts.append(p)
         out.append({**m, "content": parts})
-    return out, urls
+    return out, refs
 
 
 def expand(processor, ids: list[int], images: list, trained: list[bool] | None = None
@@ -280,38 +321,56 @@ def expand(processor, ids: list[int], images: list, trained: list[bool] | None =
 
 
 def image_token_ids(processor, image) -> list[int]:
-    """The tokens the processor puts in the text for one image (placeholder expanded)."""
-    out = processor(text=[processor.image_token], images=[[image]], add_special_tokens=False)
+    """The tokens the processor puts in the text for one image (placeholder expanded), at its detail."""
+    out = processor(text=[processor.image_token], images=[image], add_special_tokens=False,
+                    **detail_kwargs(processor, detail_of(image)))
     return list(out["input_ids"][0])
 
 
 def pixel_inputs(processor, images_B: list[list]) -> dict:
-    """The image tensors for a batch: one list of PIL images per row (rows may have none). Idefics3's
-    pixel_values are [B, images, 3, H, W]; rows with fewer images are padded with all-zero images,
-    which the model skips (its real_images_inds), and the pixel_attention_mask with zeros."""
+    """The image tensors for a batch: one list of PIL images per row (rows may have none), each image
+    processed at its own detail. Two layouts, as the families' models take them:
+    - stacked (Idefics3: the image processor gives 5-D pixel_values): [B, images, 3, H, W], a row's
+      images (tiles) in order, rows with fewer padded with all-zero images, which the model skips (its
+      real_images_inds), and the pixel_attention_mask with zeros;
+    - flat (LLaVA: 4-D): [all images, 3, H, W] in row order, as the model scatters image features into
+      the image tokens in reading order."""
     import torch
 
-    per_row = [processor.image_processor(images=[imgs], return_tensors="pt") if imgs else None for imgs in images_B]
-    shown = [r for r in per_row if r is not None]
+    per_row = [[processor.image_processor(images=[img], return_tensors="pt",
+                                          **detail_kwargs(processor, detail_of(img))) for img in imgs]
+               for imgs in images_B]
+    shown = [r for row in per_row for r in row]
     if not shown:
         return {}
-    most = max(r["pixel_values"].shape[1] for r in shown)
-    out: dict[str, list] = {}
-    for key in shown[0].keys():
-        shape = list(shown[0][key].shape[2:])
-        rows = []
-        for r in per_row:
-            t = r[key][0] if r is not None else torch.zeros([0, *shape], dtype=shown[0][key].dtype)
-            pad = torch.zeros([most - t.shape[0], *shape], dtype=t.dtype)
-            rows.append(torch.cat([t, pad]))
-        out[key] = torch.stack(rows)
+    if shown[0]["pixel_values"].dim() == 4:
+        return {k: torch.cat([r[k] for r in shown]) for k in shown[0].keys() if torch.is_tensor(shown[0][k])}
+    keys = [k for k in shown[0].keys() if torch.is_tensor(shown[0][k])]
+    height = max(r["pixel_values"].shape[-2] for r in shown)
+    width = max(r["pixel_values"].shape[-1] for r in shown)
+    rows = {k: [torch.cat([_pad_hw(r[k][0], height, width) for r in row]) if row else None for row in per_row]
+            for k in keys}
+    most = max(t.shape[0] for t in rows["pixel_values"] if t is not None)
+    out = {}
+    for k in keys:
+        like = next(t for t in rows[k] if t is not None)
+        out[k] = torch.stack([torch.cat([t if t is not None else like[:0],
+                                         like.new_zeros([most - (t.shape[0] if t is not None else 0),
+                                                         *like.shape[1:]])]) for t in rows[k]])
     return out
+
+
+def _pad_hw(t, height: int, width: int):
+    """Zero-pad the last two dims (H, W) of an image tensor (or its pixel mask) to height x width, as
+    the image processor itself pads images of one call to a common size."""
+    import torch.nn.functional as F
+
+    return F.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2]))
 
 
 def prompt_inputs(processor, prompt_ids: list[list[int]], images_P: list[list], copies: int) -> dict:
     """Sampling: expand each prompt's placeholders in place (prompt_ids is changed) and return the image
     tensors for its rows (prompt-major, `copies` rows per prompt, as ml/batching lays them out)."""
-    import torch
 
     for i, (ids, images) in enumerate(zip(prompt_ids, images_P, strict=True)):
         try:
@@ -320,7 +379,8 @@ def prompt_inputs(processor, prompt_ids: list[list[int]], images_P: list[list], 
             from modelmill.errors import InvalidRequestError
 
             raise InvalidRequestError(str(e), param="messages", code="invalid_value") from None
-    return {k: torch.repeat_interleave(v, copies, dim=0) for k, v in pixel_inputs(processor, images_P).items()}
+    # one entry per decoded row: a flat layout (LLaVA) needs each copy's images in row order too
+    return pixel_inputs(processor, [images for images in images_P for _ in range(copies)])
 
 
 def count_image_tokens(processor, images: list) -> int:
@@ -344,14 +404,17 @@ TINY_VL_CHAT_TEMPLATE = (
     "{%- if part.type == 'text' -%}{{- part.text -}}{%- elif part.type in ('image', 'image_url') -%}{{- '<image>' -}}"
     "{%- endif -%}{%- endfor -%}{%- endif -%}{{- '<|im_end|>\\n' -}}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
-TINY_VL_IMAGE_SIZE = 32  # pixels per side the image processor resizes to (one 32x32 tile, no splitting)
+TINY_VL_IMAGE_SIZE = 32  # pixels per side of one tile the vision encoder sees (detail "low": one tile)
+TINY_VL_MAX_EDGE = 64  # longest edge an image is resized to before splitting (detail high/auto: up to 2x2 tiles)
 
 
 def build_tiny_vl(tokenizer, out: Path, progress) -> None:
     """modelmill-tiny-vl: a random Idefics3 (SmolVLM's architecture; vision encoder hidden 32 x 1 layer,
     Llama text model hidden 64 x 2 layers, about 3.2M parameters) with `tokenizer` (SmolLM2's) plus
-    Idefics3's image tokens, and a real Idefics3 processor: 32x32 images, 4 image tokens each
-    ((32 / 8)^2 patches / scale_factor^2). Same bytes on every build (fixed seed)."""
+    Idefics3's image tokens, and a real Idefics3 processor that splits images as SmolVLM's does, at toy
+    scale: the longest edge resized to 64, cut into 32x32 tiles (up to 2x2) plus a 32x32 global view;
+    each tile is 4 image tokens ((32 / 8)^2 patches / scale_factor^2). Detail "low" is the global view
+    alone: 7 tokens. Same bytes on every build (fixed seed)."""
     import copy
 
     import torch
@@ -359,11 +422,13 @@ def build_tiny_vl(tokenizer, out: Path, progress) -> None:
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     tok = copy.deepcopy(tokenizer)
+    tiles = TINY_VL_MAX_EDGE // TINY_VL_IMAGE_SIZE
+    tile_tokens = [f"<row_{r}_col_{c}>" for r in range(1, tiles + 1) for c in range(1, tiles + 1)]
     tok.add_special_tokens({"additional_special_tokens": ["<fake_token_around_image>", "<image>",
-                                                          "<end_of_utterance>", "<global-img>"]})
+                                                          "<end_of_utterance>", "<global-img>", *tile_tokens]})
     # The PIL image processor: the torchvision one would need torchvision, which ModelMill does not install.
-    image_processor = Idefics3ImageProcessorPil(do_image_splitting=False,
-                                                size={"longest_edge": TINY_VL_IMAGE_SIZE},
+    image_processor = Idefics3ImageProcessorPil(do_image_splitting=True,
+                                                size={"longest_edge": TINY_VL_MAX_EDGE},
                                                 max_image_size={"longest_edge": TINY_VL_IMAGE_SIZE})
     patch, scale = 8, 2
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, chat_template=TINY_VL_CHAT_TEMPLATE,

@@ -79,7 +79,7 @@ class VLLMHost(AdapterCache):
         self.config, self.generation_config = config, generation_config
         self.paths: dict[str, Path] = {}  # LoRA name -> adapter dir, to register it again (reload)
 
-    def eval(self) -> "VLLMHost":  # sampling._prepare calls model.eval(); nothing to do here
+    def eval(self) -> "VLLMHost":  # sampling.sampler._prepare calls model.eval(); nothing to do here
         return self
 
     def _load_adapter(self, adapter_dir: Path) -> str:

@@ -23,7 +23,7 @@ The story of one run (`train_rft`):
    valid_reward_mean. Each evaluation also writes a checkpoint, so checkpoints are ranked by
    validation reward; the best one is never pruned. Grader errors here only count as reward 0.
 6. Resume, pause, cancel, atomic checkpoints and the final adapter exactly as SFT/DPO
-   (ml/trainer_common.py). The final adapter (output_dir/adapter) is the LAST policy; the info event
+   (ml/trainer_common.py, trainer_hooks.py, checkpoints.py). The final adapter (output_dir/adapter) is the LAST policy; the info event
    {"best_checkpoint_step", "valid_reward_mean"} names the best-validated checkpoint, sent whenever
    the best changes and once more when the run succeeds.
 

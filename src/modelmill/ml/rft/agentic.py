@@ -36,6 +36,10 @@ def trajectories_for(rows: list[dict], tokenizer, env: dict) -> list[Trajectory]
     for row in rows:
         line = json.loads(row["item_json"])
         out.append(start(tokenizer, row["prompt"], line["messages"], environments.initial_state(env, line)))
+        # TRL repeats a prompt num_generations times in a row: one group (own MCP servers) per run of rows
+        same = len(out) > 1 and rows[len(out) - 2]["prompt"] == row["prompt"] \
+            and rows[len(out) - 2]["item_json"] == row["item_json"]
+        out[-1].group = out[-2].group if same else len(out) - 1
     return out
 
 

@@ -91,7 +91,7 @@ def group_size(compute_multiplier: float) -> int:
 @dataclass(frozen=True, kw_only=True)
 class RFTConfig(RunConfig):
     """One RFT run: the shared RunConfig fields plus GRPO's. In RFT train_path holds reinforcement lines
-    (data.validate_reinforcement_line); valid_path None = hold out HOLDOUT_SHARE of the training prompts
+    (data.methods.validate_reinforcement_line); valid_path None = hold out HOLDOUT_SHARE of the training prompts
     (output_dir/data/ keeps the split); batch_size counts prompts, each sampled num_generations times;
     init_adapter is also the KL reference; truncation skips a prompt that leaves no room for the completion
     budget. Build it once (the worker or a notebook) and pass it to train_rft."""

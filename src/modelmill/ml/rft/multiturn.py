@@ -9,7 +9,8 @@ see). `run_rollouts` drives many at once, turn by turn:
    end-of-turn token, ends the rollout; so does a turn with calls at max_turns (its calls do not run:
    the model would never read their results);
 3. all the turn's calls run together (environments.run_tool_calls: one sandbox launch for the python
-   ones); each result is a `tool` message;
+   ones; MCP tools on the servers of the rollout's group, started for these rollouts: ml/mcp_tools.py);
+   each result is a `tool` message;
 4. the tool messages are rendered by the model's own chat template and appended as tokens, with the
    next assistant prompt; env_mask marks them 0, so the loss covers only the model's own tokens.
 
@@ -57,6 +58,7 @@ class Trajectory:
     tool_seconds: list[float] = field(default_factory=list)  # wall time of each call that ran
     ended: str = ""  # "answer" | "turn_limit" | "token_budget"
     final_text: str = ""  # the last assistant turn's text, tool calls removed
+    group: int = 0  # the rollout group (one prompt's rollouts): its MCP servers are the group's own
 
     @property
     def prompt_len(self) -> int:
@@ -87,7 +89,22 @@ def start(tokenizer, prompt_text: str, messages: list[dict], state: dict) -> Tra
 
 
 def run_rollouts(trajs: list[Trajectory], generate: Generate, setup: RolloutSetup) -> list[Trajectory]:
-    """Take every trajectory to its end (see the module docstring); returns them, filled in."""
+    """Take every trajectory to its end (see the module docstring); returns them, filled in. An
+    environment with MCP servers gets a fresh set of server processes per rollout group (Trajectory.group),
+    stopped when the rollouts end, whatever happens."""
+    if not any(tool["type"] == "mcp" for tool in setup.env["tools"]):
+        return _run(trajs, generate, setup, None)
+    from modelmill.ml import mcp_tools
+
+    keys = [t.group for t in trajs]
+    groups = mcp_tools.start_groups(setup.env, keys, setup.sandbox, max(keys.count(k) for k in set(keys)))
+    try:
+        return _run(trajs, generate, setup, {id(t): g for t, g in zip(trajs, groups, strict=True)})
+    finally:
+        mcp_tools.close_groups(groups)
+
+
+def _run(trajs: list[Trajectory], generate: Generate, setup: RolloutSetup, servers: dict | None) -> list[Trajectory]:
     env = setup.env
     active = list(trajs)
     while active:
@@ -121,8 +138,9 @@ def run_rollouts(trajs: list[Trajectory], generate: Generate, setup: RolloutSetu
                 calls += [environments.ToolCall(len(waiting), c["id"], c["function"]["name"],
                                                 c["function"]["arguments"]) for c in parsed]
                 waiting.append(t)
-        results = environments.run_tool_calls(env, calls, [t.state for t in waiting], sandbox=setup.sandbox,
-                                              tool_hosts=setup.tool_hosts) if calls else []
+        results = environments.run_tool_calls(
+            env, calls, [t.state for t in waiting], sandbox=setup.sandbox, tool_hosts=setup.tool_hosts,
+            servers=None if servers is None else [servers[id(t)] for t in waiting]) if calls else []
         active = [t for t in waiting if _append_results(t, [(c, r) for c, r in zip(calls, results, strict=True)
                                                             if waiting[c.rollout] is t], setup)]
     return trajs

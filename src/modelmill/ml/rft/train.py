@@ -13,12 +13,14 @@ from pathlib import Path
 from modelmill.errors import DataValidationError, InvalidRequestError, TrainingError
 from modelmill.ml import chat_families, chat_format, data, environments, graders, memory, run_config
 from modelmill.ml import trainer_common as common
+from modelmill.ml.checkpoints import checkpoints, publish_checkpoint, step_of
 from modelmill.ml.report import Reporter
 from modelmill.ml.rft.agentic import AgenticRollouts, sample_trajectories
 from modelmill.ml.rft.config import BASE_LEARNING_RATE, RFTConfig
 from modelmill.ml.rft.rewards import (ERROR_FLAGS, GraderReward, check_error_share, completion_sample,
                                       trajectory_sample, with_instruction)
 from modelmill.ml.rft.rollouts import EVAL_BATCH_ROWS, rollout_backend_args, sample_completions
+from modelmill.ml.trainer_hooks import ReporterHooks, epoch_complete
 from modelmill.ml.types import PromptExample, TrainResult
 
 HOLDOUT_SHARE = 0.1  # without a validation file: this share of the training prompts (at least 1, at most 50)
@@ -227,7 +229,7 @@ def _build_trainer(config: RFTConfig, model, tokenizer, train_ds, valid_ds, call
 # ---------------------------------------------------------------- the trainer <-> reporter bridge
 
 
-class _RFTHooks(common.ReporterHooks):
+class _RFTHooks(ReporterHooks):
     """RFT's metrics, the base-model check, validation-reward evaluations and checkpoint ranking,
     on top of trainer_common's stop requests and atomic checkpoints. `reward`, `tokenizer`,
     `valid_ds` and `check_ds` are set by _build_trainer."""
@@ -263,16 +265,16 @@ class _RFTHooks(common.ReporterHooks):
         if self.stop in ("cancel", "pause"):
             control.should_training_stop = True
             # A pause checkpoint is written now, unless the epoch just ended (on_epoch_end saves then).
-            control.should_save = self.stop == "pause" and not common.epoch_complete(state)
+            control.should_save = self.stop == "pause" and not epoch_complete(state)
         elif self.has_valid and state.global_step % self.config.eval_interval == 0 \
-                and not common.epoch_complete(state):  # at an epoch end, on_epoch_end evaluates
+                and not epoch_complete(state):  # at an epoch end, on_epoch_end evaluates
             metrics = self._interruptible_evaluate(state, control)
             if metrics is not None:
                 self._add(state, metrics)
                 control.should_save = True  # a checkpoint ranked by this reward
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if self.stop == "cancel" or not common.epoch_complete(state):
+        if self.stop == "cancel" or not epoch_complete(state):
             return
         if self.has_valid and self.stop is None:
             metrics = self._interruptible_evaluate(state, control)
@@ -296,7 +298,7 @@ class _RFTHooks(common.ReporterHooks):
         improved = reward is not None and (self.best is None or reward > self.best[1])
         if improved:
             self.best = (step, reward)
-        path = common.publish_checkpoint(out, step, self.config.keep_checkpoints,
+        path = publish_checkpoint(out, step, self.config.keep_checkpoints,
                                          protect=(self.best[0],) if self.best else ())
         metrics = dict(self.last_metrics) if reward is None else {**self.last_metrics, "valid_reward_mean": reward}
         self.reporter.on_checkpoint(step, path, metrics)
@@ -334,7 +336,7 @@ class _RFTHooks(common.ReporterHooks):
         except _StopRequested as stop:
             self.stop = stop.action
             control.should_training_stop = True
-            control.should_save = stop.action == "pause" and not common.epoch_complete(state)
+            control.should_save = stop.action == "pause" and not epoch_complete(state)
             return None
 
     def _check_stop(self) -> None:
@@ -418,10 +420,10 @@ class _StopRequested(Exception):
 def _published_scores(output_dir: Path) -> list[tuple[int, float]]:
     """(step, valid_reward_mean) of each complete checkpoint on disk that carries one, oldest first."""
     out = []
-    for path in common.checkpoints(output_dir):
+    for path in checkpoints(output_dir):
         score = path / CHECKPOINT_SCORE_FILE
         if score.is_file():
-            out.append((common.step_of(path), float(json.loads(score.read_text())["valid_reward_mean"])))
+            out.append((step_of(path), float(json.loads(score.read_text())["valid_reward_mean"])))
     return out
 
 

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from modelmill.settings import Settings
-from modelmill.service import auth
+from modelmill.service.core import auth
 from modelmill.service.api import deps, errors as api_errors, housekeeping, query_params
 from modelmill.service.api.routes import (batches, chat, evals, files, graders, jobs, models, permissions,
                                           responses, stored_completions, uploads)
@@ -35,7 +35,7 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
 
     start_worker: run a training worker on a thread for as long as the app's lifespan.
     store / sampler: injected instances (tests); by default the app opens its own store and
-    samples with the process's one Sampler (service/sampler.py), made on the first request that needs it.
+    samples with the process's one Sampler (service/models/sampler.py), made on the first request that needs it.
     """
     own_store = store is None
     store = store or open_store(settings)
@@ -51,7 +51,7 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
         stop = threading.Event()
         thread = None
         if start_worker:
-            from modelmill.service.worker import run_worker
+            from modelmill.service.worker.loop import run_worker
 
             thread = threading.Thread(target=_niced, args=(settings.worker_nice, run_worker, settings, stop),
                                       name="modelmill-worker", daemon=True)
@@ -76,6 +76,12 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
     app.state.settings = settings
     app.state.store = store
     app.state.sampler = sampler
+    _install(app, settings, store)
+    return app
+
+
+def _install(app: FastAPI, settings: Settings, store: Store) -> None:
+    """The error handlers, middleware, routers, dashboard and /docs of the app."""
     api_errors.install(app)
     from modelmill.service.api.edge import Edge
     from modelmill.service.api.timing import ProcessingTime
@@ -101,7 +107,6 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
     from modelmill.service.api import docs
 
     docs.install(app)  # /docs: Swagger UI from vendored files, no CDN
-    return app
 
 
 def serve(settings: Settings, log_level: str = "info", worker_process: bool = False) -> None:

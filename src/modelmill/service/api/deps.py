@@ -22,8 +22,8 @@ import anyio.to_thread
 from fastapi import Request
 
 from modelmill.settings import Settings
-from modelmill.service import auth
-from modelmill.service.sampler import shared_sampler
+from modelmill.service.core import auth
+from modelmill.service.models.sampler import shared_sampler
 from modelmill.service.store import Store
 
 _context_lock = threading.Lock()
@@ -51,7 +51,7 @@ def grader_context(request: Request):
         if contexts is None:
             contexts = state.grader_contexts = {}
         if project_id not in contexts:
-            from modelmill.service import graders
+            from modelmill.service.graders import requests as graders
 
             app = request.app
             contexts[project_id] = graders.build_context(state.settings, state.store, lambda: app_sampler(app),
@@ -60,40 +60,37 @@ def grader_context(request: Request):
 
 
 def grader_executor(request: Request):
-    """The app's service.limits.ProjectExecutor for graders/run (made on first use from the settings'
+    """The app's service.core.limits.ProjectExecutor for graders/run (made on first use from the settings'
     grader_concurrency, grader_project_concurrency and grader_queue)."""
-    state = request.app.state
-    with _context_lock:
-        executor = getattr(state, "grader_executor", None)
-        if executor is None:
-            from modelmill.service.limits import ProjectExecutor
-
-            s = state.settings
-            executor = state.grader_executor = ProjectExecutor(
-                "graders", max_workers=s.grader_concurrency, per_project=s.grader_project_concurrency,
-                max_queued=s.grader_queue)
-        return executor
+    return _project_executor(request, "grader_executor", lambda s: dict(
+        name="graders", max_workers=s.grader_concurrency, per_project=s.grader_project_concurrency,
+        max_queued=s.grader_queue))
 
 
 def chat_executor(request: Request):
-    """The app's service.limits.ProjectExecutor for chat completions (generation and tokenisation),
+    """The app's service.core.limits.ProjectExecutor for chat completions (generation and tokenisation),
     made on first use from the settings' chat_concurrency, chat_project_concurrency and chat_queue."""
+    return _project_executor(request, "chat_executor", lambda s: dict(
+        name="chat completions", max_workers=s.chat_concurrency, per_project=s.chat_project_concurrency,
+        max_queued=s.chat_queue))
+
+
+def _project_executor(request: Request, attr: str, limits):
+    """app.state.<attr>: a ProjectExecutor made once, on first use, from limits(settings) -> its arguments."""
     state = request.app.state
     with _context_lock:
-        executor = getattr(state, "chat_executor", None)
+        executor = getattr(state, attr, None)
         if executor is None:
-            from modelmill.service.limits import ProjectExecutor
+            from modelmill.service.core.limits import ProjectExecutor
 
-            s = state.settings
-            executor = state.chat_executor = ProjectExecutor(
-                "chat completions", max_workers=s.chat_concurrency, per_project=s.chat_project_concurrency,
-                max_queued=s.chat_queue)
+            executor = ProjectExecutor(**limits(state.settings))
+            setattr(state, attr, executor)
         return executor
 
 
 def app_sampler(app):
     """The Sampler of `app` (for holders of the app rather than a request, e.g. the judge): the one
-    it was made with (create_app(sampler=...)), else the process's one (service/sampler.py), which
+    it was made with (create_app(sampler=...)), else the process's one (service/models/sampler.py), which
     the in-process worker's eval runs and judges share."""
     injected = getattr(app.state, "sampler", None)
     return injected if injected is not None else shared_sampler(app.state.settings)

@@ -1,4 +1,4 @@
-"""Blocking work for one HTTP request, run in a ProjectExecutor (service/limits.py) and stopped when
+"""Blocking work for one HTTP request, run in a ProjectExecutor (service/core/limits.py) and stopped when
 the client goes away.
 
 The work takes a threading.Event, `cancel`, and must end soon after it is set (a generation ends at

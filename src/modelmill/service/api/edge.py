@@ -39,7 +39,7 @@ from starlette.requests import cookie_parser
 from starlette.responses import JSONResponse, RedirectResponse
 
 from modelmill import errors
-from modelmill.service import auth
+from modelmill.service.core import auth
 from modelmill.service.api import text_hygiene
 from modelmill.service.api.uploads import FORM_OVERHEAD_BYTES
 from modelmill.service.store.uploads import MAX_PART_BYTES

@@ -13,7 +13,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 
 from modelmill.settings import Settings
-from modelmill.service import model_registry
+from modelmill.service.models import registry as model_registry
 from modelmill.service.api import deps
 from modelmill.service.dashboard import jobs_view, state
 from modelmill.service.schemas.jobs import JobObject
@@ -39,7 +39,8 @@ def jobs(request: Request, limit: int = Query(100, ge=1, le=1000), store: Store 
 def job_detail(job_id: str, request: Request, store: Store = Depends(deps.get_store),
                settings: Settings = Depends(deps.get_settings), project: str = Depends(deps.get_project)) -> dict:
     """Everything the job page shows: the job, its metric series and charts, checkpoints (best
-    marked), the events log, resolved hyperparameters and the newest before/after eval table."""
+    marked), the events log, resolved hyperparameters, the newest before/after eval table and (agentic
+    RFT) the sampled trajectory of each eval step."""
     job = store.jobs.get(job_id, project_id=project)
     reports = state.file_reports(request)
     if job.trained_tokens is None and job.status == "running":
@@ -55,6 +56,7 @@ def job_detail(job_id: str, request: Request, store: Store = Depends(deps.get_st
         "checkpoints": checkpoints, "best_by": best_by,
         "events": jobs_view.event_rows(events),
         "eval_comparison": jobs_view.eval_comparison(events),
+        "trajectories": jobs_view.trajectories(events),
     }
 
 

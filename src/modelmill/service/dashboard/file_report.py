@@ -89,8 +89,8 @@ class FileReports:
 
     def _limit(self, job, model: str, project_id: str | None) -> tuple[int, str]:
         """(max sequence length, why) for the report: see the module docstring."""
-        from modelmill.service import model_registry
-        from modelmill.service.fine_tuning import META_MAX_SEQ_LEN
+        from modelmill.service.models import registry as model_registry
+        from modelmill.service.jobs.requests import META_MAX_SEQ_LEN
 
         base = model_registry.resolve(self.store, self.settings, model, project_id=project_id, verify=False).base_model
         asked = (job.metadata or {}).get(META_MAX_SEQ_LEN) if job else None
@@ -105,7 +105,7 @@ class FileReports:
 
     def _tokenizer(self, model: str, project_id: str | None):
         """(tokenizer, base model name) for `model` (a base, ft: or checkpoint name); loaded once."""
-        from modelmill.service import model_registry
+        from modelmill.service.models import registry as model_registry
 
         base = model_registry.resolve(self.store, self.settings, model, project_id=project_id, verify=False).base_model
         with self._lock:
@@ -140,7 +140,7 @@ def _default_limit(settings: Settings, base: str, batch_size: int) -> tuple[int,
 
 
 def _data_format(method_type: str) -> str | None:
-    from modelmill.service import methods
+    from modelmill.service.jobs import methods
 
     try:
         return methods.get(method_type).data_format

@@ -7,9 +7,12 @@ the shapes are unit-tested directly:
     metric_series(metrics_events)            steps + one value list per metric, and which charts apply
     best_checkpoint(method, checkpoints)     the checkpoint to mark, and by which metric
     eval_comparison(events)                  the newest before/after eval table (docs/graders-evals.md, "Before/after reports")
+    trajectories(events)                     agentic RFT's sampled trajectory per eval step (docs/agentic_rft.md)
 """
 
 from __future__ import annotations
+
+import json
 
 from modelmill.reports import best_index
 from modelmill.service.schemas.common import finite_numbers
@@ -129,3 +132,44 @@ def event_rows(events: list[EventRecord], limit: int = 300) -> list[dict]:
     """The newest `limit` events, newest first (as OpenAI lists them)."""
     return [{"id": e.id, "created_at": e.created_at, "level": e.level, "type": e.type, "message": e.message}
             for e in reversed(events[-limit:])]
+
+
+MAX_TRAJECTORY_CHARS = 20_000  # of one message's content, as the page shows it
+
+
+def trajectories(events: list[EventRecord]) -> list[dict]:
+    """Agentic RFT's "Sampled trajectory at step N" events (ml/rft/train.py), one per eval step, oldest
+    step first (after a resume the step's newer event wins): {"step", "reward", "messages",
+    "environment_state", "created_at"}. Messages are cut down to what the page renders: role, content
+    (text), tool_calls as {"id", "name", "arguments"}, and a tool result's tool_call_id and name."""
+    by_step: dict[int, dict] = {}
+    for ev in events:
+        data = ev.data or {}
+        messages, step = data.get("trajectory"), data.get("step")
+        if not isinstance(messages, list) or isinstance(step, bool) or not isinstance(step, int):
+            continue
+        reward = finite_numbers({"r": data.get("reward")}).get("r")
+        by_step[step] = {"step": step, "reward": reward, "created_at": ev.created_at,
+                         "messages": [_message(m) for m in messages if isinstance(m, dict)],
+                         "environment_state": data.get("environment_state")}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _text(value) -> str:
+    if isinstance(value, list):  # content parts
+        value = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in value)
+    text = value if isinstance(value, str) else "" if value is None else json.dumps(value)
+    return text if len(text) <= MAX_TRAJECTORY_CHARS else text[:MAX_TRAJECTORY_CHARS] + "...[cut]"
+
+
+def _message(m: dict) -> dict:
+    out = {"role": str(m.get("role", "")), "content": _text(m.get("content"))}
+    calls = m.get("tool_calls")
+    if isinstance(calls, list):
+        out["tool_calls"] = [{"id": str(c.get("id", "")), "name": str((c.get("function") or {}).get("name", "")),
+                              "arguments": _text((c.get("function") or {}).get("arguments"))}
+                             for c in calls if isinstance(c, dict)]
+    for key in ("tool_call_id", "name"):
+        if isinstance(m.get(key), str):
+            out[key] = m[key]
+    return out

@@ -18,7 +18,8 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from modelmill import errors
-from modelmill.service import auth, model_registry
+from modelmill.service.core import auth
+from modelmill.service.models import registry as model_registry
 from modelmill.service.api import deps
 from modelmill.service.dashboard import TEMPLATES_DIR, api, evals_view, state
 

@@ -6,5 +6,5 @@
     report.py     the HTML report behind a run's report_url (templates/report.html)
 
 Runs are claimed on the lease queue like jobs: store/run_queue.py (EvalRunQueue) holds their SQL.
-A fine-tuning job's before/after report (service/job_evals.py) is made of ordinary eval runs.
+A fine-tuning job's before/after report (service/jobs/eval_reports.py) is made of ordinary eval runs.
 """

@@ -225,9 +225,29 @@ def _render_message(m: dict, item: dict) -> dict:
 
 
 def _plain(message: dict) -> dict:
-    """A message for ml.sampling: text content; tool calls and tool results kept as they are."""
+    """A message for ml.sampling: text content, or, when it carries images (OpenAI's input_image parts or
+    chat image_url parts), chat parts in their order, each image an image_url part with its detail (a
+    vision-language model reads it; sampling refuses it for a text-only one, docs/vision.md). Tool calls
+    and tool results are kept as they are."""
     out = {k: v for k, v in message.items() if k in ("role", "content", "tool_calls", "tool_call_id", "name")}
     content = message.get("content")
-    if content is not None and not isinstance(content, str):
+    parts = content if isinstance(content, list) else [content]
+    if any(isinstance(p, dict) and p.get("type") in ("input_image", "image_url") for p in parts):
+        out["content"] = [_chat_part(p, f"content[{i}]") for i, p in enumerate(parts)
+                          if not (isinstance(p, dict) and p.get("type") == "input_audio")]
+    elif content is not None and not isinstance(content, str):
         out["content"] = "".join(t for _, t in _texts(content, "content"))
     return out
+
+
+def _chat_part(part, where: str) -> dict:
+    """One part of an item_reference message as a chat content part (text or image_url)."""
+    if isinstance(part, dict) and part.get("type") == "image_url":
+        return part  # already chat's shape; sampling checks the image itself
+    if isinstance(part, dict) and part.get("type") == "input_image":
+        if not isinstance(part.get("image_url"), str):
+            raise DataSourceError(f"{where}: an input_image part needs image_url: a URL string", param=where)
+        return {"type": "image_url", "image_url": {"url": part["image_url"],
+                                                   **({"detail": part["detail"]} if part.get("detail") else {})}}
+    [(_, text)] = _texts(part, where)
+    return {"type": "text", "text": text}

@@ -14,7 +14,7 @@ from typing import Any
 
 from modelmill import errors
 from modelmill.settings import Settings
-from modelmill.service import model_registry
+from modelmill.service.models import registry as model_registry
 from modelmill.service.evals import data, stored_sources
 from modelmill.service.schemas import eval_requests as wire
 from modelmill.service.schemas.eval_requests import fields_of
@@ -65,7 +65,7 @@ def check_metadata(metadata, param: str = "metadata") -> dict | None:
 def create_eval(store: Store, body: dict[str, Any], *, project_id: str, settings: Settings | None = None) -> EvalRecord:
     """settings given: each model grader's judge must be one ModelMill serves to the project (400 on
     `testing_criteria[i].model` otherwise, not a failure on every item of every run later)."""
-    from modelmill.service import graders
+    from modelmill.service.graders import requests as graders
 
     errors.reject_unknown_fields(body, EVAL_FIELDS)
     config = check_data_source_config(body.get("data_source_config"))

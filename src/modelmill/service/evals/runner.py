@@ -1,13 +1,13 @@
 """Execute one eval run: read its items -> sample the model (completions) -> grade every
 testing criterion -> write output items, a batch at a time.
 
-The job worker calls run_next_eval when no training job is runnable (worker.py), and
-service/job_evals.py runs a job's before/after runs inline through execute(). A run is held
+The job worker calls run_next_eval when no training job is runnable (service/worker/loop.py), and
+service/jobs/eval_reports.py runs a job's before/after runs inline through execute(). A run is held
 under its own lease (store/run_queue.py, an EvalRunQueue) with a heartbeat thread, so a worker
 that dies leaves the run to the next one, which skips the items already written. Cancel is
 checked between batches; a worker shutting down hands the run back as queued. The task gets a
-TaskContext (service/tasks.py), never the worker; it samples and judges with the process's one
-Sampler (service/sampler.py).
+TaskContext (service/core/tasks.py), never the worker; it samples and judges with the process's one
+Sampler (service/models/sampler.py).
 
 Pass/fail per criterion: a grader's own verdict when it has one (string_check, label_model,
 a pass_threshold); otherwise the score must reach the midpoint of the grader's range
@@ -23,14 +23,14 @@ from typing import Callable
 
 from modelmill import errors
 from modelmill.settings import Settings
-from modelmill.service import model_registry
+from modelmill.service.models import registry as model_registry
 from modelmill.service.evals import data, requests, stored_sources
-from modelmill.service.ids import new_id
-from modelmill.service.sampler import shared_sampler
+from modelmill.service.store.ids import new_id
+from modelmill.service.models.sampler import shared_sampler
 from modelmill.service.store import Store
 from modelmill.service.store.evals import EvalRecord, EvalRunRecord
-from modelmill.service import tasks
-from modelmill.service.tasks import TaskContext
+from modelmill.service.core import tasks
+from modelmill.service.core.tasks import TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def _served(settings: Settings, store: Store, run: EvalRunRecord):
             job = store.jobs.get(run.job_id, project_id=run.project_id)
             adapter = settings.jobs_dir / job.id / "adapter"
             if run.model == job.ft_name and adapter.is_dir():
-                from modelmill.service import adapters
+                from modelmill.service.models import adapters
 
                 adapter = adapters.verify(store, settings, adapter, what=f"the adapter of model '{job.ft_name}'")
                 return model_registry.ServedModel(job.ft_name, "fine_tuned", job.base_model, adapter, 0,
@@ -236,7 +236,7 @@ def grader_context(settings: Settings, store: Store, project_id: str | None):
     """How graders run in background work of `project_id` (an eval run, an RFT job): the service judge
     answers with ModelMill's own models through the process's one Sampler (or MODELMILL_JUDGES
     endpoints), and may use only the models that project may (its own and those shared with it)."""
-    from modelmill.service import graders
+    from modelmill.service.graders import requests as graders
 
     return graders.build_context(settings, store, lambda: shared_sampler(settings), project_id=project_id)
 

@@ -11,13 +11,13 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from modelmill.service.schemas.common import OpenAIRequest, WireModel, unix
+from modelmill.service.schemas.common import OpenAIRequest, WireModel, listing, unix
 from modelmill.service.store.batches import BatchRecord
 from modelmill.service.store.records import Page
 
 
 class CreateBatchRequest(OpenAIRequest):
-    """Values are checked by service/batches.py, so each bad one is a 400 naming its field."""
+    """Values are checked by service/batches/requests.py, so each bad one is a 400 naming its field."""
 
     input_file_id: Any = Field(...)
     endpoint: Any = Field(...)
@@ -88,5 +88,4 @@ class BatchList(WireModel):
     @classmethod
     def of(cls, page: Page[BatchRecord]) -> "BatchList":
         data = [BatchObject.of(b) for b in page.items]
-        return cls(data=data, first_id=data[0].id if data else "", last_id=data[-1].id if data else "",
-                   has_more=page.has_more)
+        return cls(**listing(data, page.has_more))

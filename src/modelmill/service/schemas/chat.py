@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from modelmill.service.schemas.common import OpenAIRequest, WireModel
 
-# OpenAI's own bound on n; this deployment's (lower) one is Settings.max_chat_n (service/chat_params.py).
+# OpenAI's own bound on n; this deployment's (lower) one is Settings.max_chat_n (service/chat/params.py).
 MAX_N = 128
 
 
@@ -18,7 +18,7 @@ class ChatMessage(OpenAIRequest):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
-    # OpenAI's, refused with a 400 naming them (service/chat_params.py): no audio, no legacy function_call.
+    # OpenAI's, refused with a 400 naming them (service/chat/params.py): no audio, no legacy function_call.
     audio: dict[str, Any] | None = None
     function_call: dict[str, Any] | None = None
     # An earlier reply sent back as history carries its refusal (null here: ModelMill never refuses).
@@ -34,7 +34,7 @@ class FunctionDef(OpenAIRequest):
 
 class Tool(OpenAIRequest):
     # "custom" (free-form tools) is OpenAI's too: declared so it is refused by name
-    # (service/chat_params.py), not as an unrecognized argument.
+    # (service/chat/params.py), not as an unrecognized argument.
     type: Literal["function", "custom"] = "function"
     function: FunctionDef | None = None
     custom: dict[str, Any] | None = None
@@ -48,7 +48,7 @@ class Tool(OpenAIRequest):
 
 class StreamOptions(OpenAIRequest):
     include_usage: bool = False
-    include_obfuscation: bool | None = None  # only false is honoured (service/chat_params.py)
+    include_obfuscation: bool | None = None  # only false is honoured (service/chat/params.py)
 
 
 class ChatCompletionRequest(OpenAIRequest):
@@ -70,16 +70,16 @@ class ChatCompletionRequest(OpenAIRequest):
     response_format: dict[str, Any] | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
-    # true: the request and completion are kept for the caller's project (service/stored_completions.py)
+    # true: the request and completion are kept for the caller's project (service/chat/stored_completions.py)
     store: bool | None = None
-    # Honoured per request inside a batch (ml/logits.py); limits in service/chat_params.py.
+    # Honoured per request inside a batch (ml/logits.py); limits in service/chat/params.py.
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     logit_bias: dict[str, float] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     # The rest of OpenAI's CreateChatCompletionRequest: each is honoured where its value asks for
-    # nothing ModelMill lacks, else refused with a 400 naming it (service/chat_params.py,
+    # nothing ModelMill lacks, else refused with a 400 naming it (service/chat/params.py,
     # docs/api-parameters.md). Declared so that they are not "Unrecognized request argument"s.
     service_tier: str | None = None
     modalities: list[str] | None = None

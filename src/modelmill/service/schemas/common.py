@@ -47,3 +47,10 @@ def finite_numbers(d: dict | None) -> dict[str, float]:
         if math.isfinite(v):
             out[k] = v
     return out
+
+
+def listing(data: list, has_more: bool, empty: str | None = "") -> dict:
+    """A list page's fields. OpenAI's schema types first_id / last_id as strings (not nullable) for files,
+    batches and evals, so an empty page gets "" there; jobs and permissions say null (`empty=None`)."""
+    return {"data": data, "first_id": data[0].id if data else empty, "last_id": data[-1].id if data else empty,
+            "has_more": has_more}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from modelmill.service.schemas.common import WireModel, unix
+from modelmill.service.schemas.common import WireModel, listing, unix
 from modelmill.service.store.evals import EvalRecord, EvalRunRecord, OutputItemRecord
 from modelmill.service.store.records import Page
 
@@ -66,7 +66,7 @@ class EvalList(WireModel):
 
     @classmethod
     def of(cls, page: Page[EvalRecord]) -> "EvalList":
-        return cls(**_listing([EvalObject.of(e) for e in page.items], page.has_more))
+        return cls(**listing([EvalObject.of(e) for e in page.items], page.has_more))
 
 
 class EvalDeleted(WireModel):
@@ -109,7 +109,7 @@ class EvalRunList(WireModel):
 
     @classmethod
     def of(cls, page: Page[EvalRunRecord], base_url: str) -> "EvalRunList":
-        return cls(**_listing([EvalRunObject.of(r, base_url) for r in page.items], page.has_more))
+        return cls(**listing([EvalRunObject.of(r, base_url) for r in page.items], page.has_more))
 
 
 class EvalRunDeleted(WireModel):
@@ -146,13 +146,7 @@ class OutputItemList(WireModel):
 
     @classmethod
     def of(cls, page: Page[OutputItemRecord]) -> "OutputItemList":
-        return cls(**_listing([OutputItemObject.of(i) for i in page.items], page.has_more))
-
-
-def _listing(data: list, has_more: bool) -> dict:
-    # OpenAI's schema types first_id / last_id as strings (not nullable); an empty page gets "".
-    return {"data": data, "first_id": data[0].id if data else "", "last_id": data[-1].id if data else "",
-            "has_more": has_more}
+        return cls(**listing([OutputItemObject.of(i) for i in page.items], page.has_more))
 
 
 def report_url(base_url: str, eval_id: str, run_id: str) -> str:

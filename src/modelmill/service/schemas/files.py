@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from modelmill.service.schemas.common import WireModel, unix
+from modelmill.service.schemas.common import WireModel, listing, unix
 from modelmill.service.store.records import FileRecord, Page
 
 
@@ -38,8 +38,7 @@ class FileList(WireModel):
     @classmethod
     def of(cls, page: Page[FileRecord]) -> "FileList":
         data = [FileObject.of(f) for f in page.items]
-        return cls(data=data, first_id=data[0].id if data else "", last_id=data[-1].id if data else "",
-                   has_more=page.has_more)
+        return cls(**listing(data, page.has_more))
 
 
 class FileDeleted(WireModel):

@@ -7,7 +7,7 @@ Graders are described by the discriminated union (on `type`) of the grader types
 one checker of grader shapes: its 400s name the exact field (`grader.graders.a.operation`,
 `grader.input[0].content`) with the messages docs/graders-evals.md shows, where pydantic's would
 read differently. So a grader field is validated as a JSON object here and handed to that checker
-(service/graders.py, evals/requests.py); GraderObject / TopLevelGrader change what the schema says.
+(service/graders/requests.py, evals/requests.py); GraderObject / TopLevelGrader change what the schema says.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _unchanged(value: Any) -> Any:
 # Any grader type (evals' testing_criteria, multi's sub-graders).
 GraderObject = described_as(ml_graders.wire_union())
 # The top level of graders/run, graders/validate and an RFT job: OpenAI allows label_model only inside
-# a multi grader there (service/graders.py).
+# a multi grader there (service/graders/requests.py).
 TopLevelGrader = described_as(ml_graders.wire_union(exclude=("label_model",)))
 
 

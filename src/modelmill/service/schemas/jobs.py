@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, field_validator
 
-from modelmill.service.schemas.common import OpenAIRequest, WireModel, finite_numbers, unix
+from modelmill.service.schemas.common import OpenAIRequest, WireModel, finite_numbers, listing, unix
 from modelmill.service.schemas.graders import TopLevelGrader
 from modelmill.service.store.records import TERMINAL_STATUSES, CheckpointRecord, EventRecord, JobRecord, Page
 
@@ -70,7 +70,7 @@ class Method(OpenAIRequest):
 
 
 class WandbSettings(OpenAIRequest):
-    """OpenAI's FineTuningIntegration.wandb: the W&B run the job's metrics go to (service/trackers.py)."""
+    """OpenAI's FineTuningIntegration.wandb: the W&B run the job's metrics go to (service/jobs/trackers.py)."""
 
     project: str = Field(min_length=1, max_length=128)
     name: str | None = Field(default=None, max_length=128)  # the run's display name; None: the job id
@@ -153,7 +153,7 @@ class JobObject(WireModel):
     estimated_finish: int | None
     method: dict[str, Any]
     metadata: dict[str, str] | None
-    # The job's automatic before/after eval (service/job_evals.py), which OpenAI's cookbook reads as
+    # The job's automatic before/after eval (service/jobs/eval_reports.py), which OpenAI's cookbook reads as
     # job.eval_id. Not in OpenAI's FineTuningJob schema, which allows extra fields; omitted when none.
     eval_id: str | None = None
     omit_if_none: ClassVar[frozenset[str]] = frozenset({"eval_id"})
@@ -246,5 +246,4 @@ class CheckpointList(WireModel):
     @classmethod
     def of(cls, page: Page[CheckpointRecord]) -> "CheckpointList":
         data = [CheckpointObject.of(c) for c in page.items]
-        return cls(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
-                   has_more=page.has_more)
+        return cls(**listing(data, page.has_more, empty=None))

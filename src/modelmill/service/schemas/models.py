@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from modelmill.service.model_registry import ServedModel
+from modelmill.service.models.registry import ServedModel
 from modelmill.service.schemas.common import WireModel
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from modelmill.service.schemas.common import OpenAIRequest, WireModel, unix
+from modelmill.service.schemas.common import OpenAIRequest, WireModel, listing, unix
 from modelmill.service.store.projects import PermissionRecord
 
 # Projects one create request may name.
@@ -40,8 +40,7 @@ class PermissionList(WireModel):
     @classmethod
     def of(cls, items: list[PermissionRecord], has_more: bool = False) -> "PermissionList":
         data = [PermissionObject.of(p) for p in items]
-        return cls(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
-                   has_more=has_more)
+        return cls(**listing(data, has_more, empty=None))
 
 
 class PermissionDeleted(WireModel):

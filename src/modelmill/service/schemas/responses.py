@@ -1,6 +1,6 @@
 """Wire model of POST /v1/responses (OpenAI's CreateResponse).
 
-Every field of OpenAI's CreateResponse is declared, loosely typed: service/responses.py is the one
+Every field of OpenAI's CreateResponse is declared, loosely typed: service/responses/requests.py is the one
 checker of their values, so a bad or unsupported one is a 400 naming its path (`input[2].call_id`,
 `tools[0].type`, `text.format.schema`) in one place, and nothing is accepted and ignored. A field
 that is not OpenAI's is refused by OpenAIRequest.
@@ -34,7 +34,7 @@ class CreateResponseRequest(OpenAIRequest):
     user: Any = None
     safety_identifier: Any = None
     prompt_cache_key: Any = None
-    # OpenAI's, refused unless unset (or their no-op value): service/responses.py UNSUPPORTED
+    # OpenAI's, refused unless unset (or their no-op value): service/responses/requests.py UNSUPPORTED
     background: Any = None
     conversation: Any = None
     include: Any = None

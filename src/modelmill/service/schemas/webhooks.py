@@ -11,7 +11,7 @@ from modelmill.service.store.webhooks import AttemptRecord, DeliveryRecord, Endp
 
 
 class CreateWebhookEndpointRequest(OpenAIRequest):
-    url: str  # http(s); checked (scheme, public address) by service/webhooks.check_url
+    url: str  # http(s); checked (scheme, public address) by service/webhooks/outbox.check_url
     events: list[str] | None = None  # event types it receives (e.g. "fine_tuning.job.succeeded"); None = all
 
 

@@ -6,7 +6,7 @@ A batch is background work on the one lease spine (lease.py), like jobs and eval
                               \\-> failed | expired
     (any active status) -> cancelling -> cancelled
 
-The API validates the input file when the batch is created (service/batches.py) and records it as
+The API validates the input file when the batch is created (service/batches/requests.py) and records it as
 `validating`; a worker claims it (BATCHES: validating, in_progress, finalizing and cancelling rows
 are claimable when no live lease holds them), answers its lines and finalizes it. Each answered
 line is a batch_results row, inserted fenced together with the batch's counters (record_in): a
@@ -14,7 +14,7 @@ worker that lost its lease writes nothing, a reclaimed batch skips the lines alr
 UNIQUE (batch_id, line) backs that up, so no line is ever answered twice.
 
 Cancel (request_cancel) marks the batch `cancelling` at once, as OpenAI does, and asks its lease
-holder (requested_action); a batch nobody holds is taken over by the API (service/batches.cancel
+holder (requested_action); a batch nobody holds is taken over by the API (service/batches/requests.cancel
 claims it through the same queue) and finalized there. The transaction that moves a batch into a
 terminal status also queues its webhook event (batch.completed / failed / expired / cancelled).
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from modelmill import errors
-from modelmill.service.ids import new_id
+from modelmill.service.store.ids import new_id
 from modelmill.service.store import webhooks
 from modelmill.service.store.db import Database
 from modelmill.service.store.lease import Lease, LeaseQueue, LeaseTable

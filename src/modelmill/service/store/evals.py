@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from modelmill import errors
-from modelmill.service.ids import new_id
+from modelmill.service.store.ids import new_id
 from modelmill.service.store import webhooks
 from modelmill.service.store.db import Database
 from modelmill.service.store.pagination import MAX_LIMIT

@@ -6,7 +6,7 @@ import sqlite3
 import time
 
 from modelmill import errors
-from modelmill.service.ids import new_id
+from modelmill.service.store.ids import new_id
 from modelmill.service.store.db import Database
 from modelmill.service.store.pagination import page_rows
 from modelmill.service.store.records import CheckpointRecord, EventRecord, Page, from_row, to_json

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 from modelmill import errors
-from modelmill.service.ids import new_id
+from modelmill.service.store.ids import new_id
 from modelmill.service.store.db import Database
 from modelmill.service.store.pagination import page_rows
 from modelmill.service.store.records import DEFAULT_PROJECT_ID, FileRecord, Page, from_row

@@ -14,7 +14,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from modelmill.service.ids import new_id
+from modelmill.service.store.ids import new_id
 from modelmill.service.store import webhooks
 from modelmill.service.store.db import Database
 from modelmill.service.store.events import insert_event

@@ -1,5 +1,5 @@
 """Adapter manifests: the sha256 of every file the platform wrote into an adapter or checkpoint
-directory, recorded when the directory is published. service/adapters.py checks a directory
+directory, recorded when the directory is published. service/models/adapters.py checks a directory
 against its manifest before anything loads or resumes it.
 """
 

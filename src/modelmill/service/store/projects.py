@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from modelmill import errors
-from modelmill.service.ids import new_id
+from modelmill.service.store.ids import new_id
 from modelmill.service.store.db import Database
 from modelmill.service.store.records import DEFAULT_PROJECT_ID, Page, from_row
 

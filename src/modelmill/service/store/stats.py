@@ -1,4 +1,4 @@
-"""Aggregate reads for GET /metrics (service/metrics.py), run at scrape time.
+"""Aggregate reads for GET /metrics (service/core/metrics.py), run at scrape time.
 
 They read the shared store, so the figures are the same whichever API process is scraped and count
 the work of every worker, on any machine. Each is one small GROUP BY over indexed status columns.

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelmill import errors
-from modelmill.service.ids import new_id
+from modelmill.service.store.ids import new_id
 from modelmill.service.store.db import Database
 from modelmill.service.store.files import FileRepo
 

@@ -5,7 +5,7 @@ enqueue(c, project_id, event_type, data) writes, inside the caller's transaction
 event type. The rows commit with the state change they announce, or not at all (the outbox
 pattern): a crash between "the job ended" and "tell the receiver" can neither lose the event nor
 announce a change that rolled back. Workers then claim deliveries on the lease queue
-(webhook_queue.py) and send them, at least once (service/webhooks.py).
+(webhook_queue.py) and send them, at least once (service/webhooks/outbox.py).
 
 Terminal transitions announce themselves through LeaseTable.on_terminal (store/lease.py):
 job_finished and eval_run_finished below are the hooks of the jobs and eval_runs tables, called
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from modelmill import errors
-from modelmill.service.ids import new_id
+from modelmill.service.store.ids import new_id
 from modelmill.service.store.db import Database
 
 # Every event type OpenAI's spec defines a Webhook* schema for (../shared/spec: WebhookBatchCancelled ...).
@@ -114,7 +114,7 @@ def enqueue(c: sqlite3.Connection, project_id: str, event_type: str, data: dict,
 
 
 def _wake_dispatchers(c) -> None:
-    """Wake idle delivery threads (service/webhooks.Dispatcher waits on Database.wait_for_change) when
+    """Wake idle delivery threads (service/webhooks/outbox.Dispatcher waits on Database.wait_for_change) when
     `c` commits. SQLite's data_version moves with any commit by itself; Postgres needs a NOTIFY on the
     channel its listener follows (pg.CHANNEL), which the database sends at commit (none on rollback).
     Sent here, not by a trigger, so that the deliveries' own retries and claims wake nobody."""
@@ -144,7 +144,7 @@ class WebhookRepo:
         self.clock = clock
 
     def create_endpoint(self, project_id: str, url: str, events: list[str] | None, secret: str) -> EndpointRecord:
-        """A new endpoint (url and events already validated by service/webhooks.py)."""
+        """A new endpoint (url and events already validated by service/webhooks/outbox.py)."""
         endpoint_id = new_id("whep_")
         self.db.execute("INSERT INTO webhook_endpoints (id, project_id, url, events, secret, created_at)"
                         " VALUES (?, ?, ?, ?, ?, ?)",

@@ -211,7 +211,79 @@ def main():
     out.flush()
 
 
-if __name__ == "__main__":
+def _read_header():
+    """`serve` mode's request: a decimal byte count and a newline, then that many bytes of JSON. Read
+    straight from fd 0 to the exact byte, so nothing of the MCP traffic behind it is buffered away."""
+    digits = b""
+    while not digits.endswith(b"\n"):
+        byte = os.read(0, 1)
+        if not byte or len(digits) > 12:
+            raise ValueError("no request header")
+        digits += byte
+    size, raw = int(digits), b""
+    while len(raw) < size:
+        chunk = os.read(0, size - len(raw))
+        if not chunk:
+            raise ValueError("the request header was cut short")
+        raw += chunk
+    return json.loads(raw)
+
+
+def serve():
+    """`harness.py --serve`: run an MCP server (agentic RFT, ml/mcp_servers.py) that talks JSON-RPC on
+    fds 0 and 1 for as long as the parent keeps it. Request: {"source" (Python run as __main__) or
+    "command" (argv to exec), "limits", "path"}. The limits and environment are set as for a grader
+    first; this process stays the pid namespace's init (or execs the command in its place), so when it
+    ends every process it started ends with it. Its stderr goes to the parent (read for diagnostics)."""
+    global _error_channel
+    request = _read_header()
+    _error_channel = fcntl.fcntl(2, fcntl.F_DUPFD_CLOEXEC, 3)
+    for var in _THREAD_VARS:
+        os.environ[var] = "1"
+    os.environ["HOME"] = "/tmp"
+    path = [entry for entry in request.get("path", [])]
+    sys.path.extend(path)
+    os.chdir("/tmp" if os.path.isdir("/tmp") else "/")
+    _apply_limits(request.get("limits", {}))
+    command = request.get("command")
+    if command:
+        if command[0] == "python":  # the sandbox's own interpreter, with the sandbox's packages
+            os.environ["PYTHONPATH"] = ":".join(path)
+            command = [sys.executable, "-B", *command[1:]]
+        os.execv(command[0], command)
+    module = types.ModuleType("__main__")
+    module.__file__ = "<server>"
+    sys.modules["__main__"] = module
+    sys.argv = ["<server>"]
+    exec(compile(request["source"], "<server>", "exec"), module.__dict__)
+    _flush_stdio()
+
+
+def _flush_stdio():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001 - a closed or replaced stream
+            pass
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
+    try:
+        serve()
+    except SystemExit as exc:  # the server's own exit, as Python would end it
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+        _flush_stdio()
+        os._exit(exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1))
+    except BaseException:  # noqa: BLE001 - report why the server ended (exit status EX_SOFTWARE)
+        _flush_stdio()
+        try:
+            message = "MCP server failed:\n" + traceback.format_exc()[-4000:]
+            os.write(_error_channel, message.encode("utf-8", "replace"))
+        finally:
+            os._exit(EX_SOFTWARE)
+    os._exit(0)
+elif __name__ == "__main__":
     try:
         main()
     except BaseException:  # noqa: BLE001 - the harness itself broke: say so and exit with EX_SOFTWARE

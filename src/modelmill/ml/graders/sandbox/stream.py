@@ -39,11 +39,10 @@ class _Run:
         self.ns_init_pid: int | None = None
 
     def drive(self, proc: subprocess.Popen, launch: Launch, payload: bytes, batch_deadline: float) -> None:
-        """Feed the request, read results until done, a limit, or a protocol violation.
-
-        Over 60 lines on purpose: one select loop over the child's four streams and its clocks reads
-        best in one place, and split up, its shared state (bytes sent, the partial line, the time of
-        the last result) would have to become attributes that every piece could change."""
+        """Feed the request, read results until done, a limit, or a protocol violation."""
+        # long: one select loop over the child's four streams and its clocks reads best in one place, and
+        # split up, its shared state (bytes sent, the partial line, the time of the last result) would
+        # have to become attributes that every piece could change.
         config = self.config
         sel = selectors.DefaultSelector()
         os.set_blocking(proc.stdin.fileno(), False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 
 from modelmill.settings import Settings
-from modelmill.service import batches
+from modelmill.service.batches import requests as batches
 from modelmill.service.api import deps
 from modelmill.service.schemas.batches import BatchList, BatchObject, CreateBatchRequest
 from modelmill.service.store import Store

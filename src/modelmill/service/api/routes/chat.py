@@ -1,6 +1,6 @@
 """/v1/chat/completions for base, fine-tuned and checkpoint models.
 
-Generation and tokenisation run in the app's chat executor (service/limits.py), not in FastAPI's
+Generation and tokenisation run in the app's chat executor (service/core/limits.py), not in FastAPI's
 request thread pool, capped per project; a client that disconnects stops its generation within one
 decoding step (service/api/disconnect.py).
 """
@@ -14,7 +14,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from modelmill.service import chat, chat_params, model_registry, stored_completions
+from modelmill.service.chat import completions as chat
+
+from modelmill.service.chat import params as chat_params
+
+from modelmill.service.models import registry as model_registry
+
+from modelmill.service.chat import stored_completions
 from modelmill.service.api import deps
 from modelmill.service.api.disconnect import run_until_disconnect, stream_until_disconnect
 from modelmill.service.schemas.chat import ChatCompletionRequest
@@ -38,7 +44,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     executor, cancel = deps.chat_executor(request), threading.Event()
     if body.stream:
         chunks = functools.partial(chat.stream_sse, sampler, settings, served, body, cancel=cancel)
-        if body.store:  # kept once the stream has ended (service/stored_completions.py)
+        if body.store:  # kept once the stream has ended (service/chat/stored_completions.py)
             chunks = functools.partial(stored_completions.save_stream, store, project_id, body,
                                        functools.partial(chat.stream_sse, sampler, settings, served, cancel=cancel))
         return StreamingResponse(stream_until_disconnect(executor, project_id, cancel, chunks),

@@ -1,6 +1,6 @@
 """/v1/fine_tuning/alpha/graders/{run,validate}.
 
-graders/run grades in the app's grader executor (service/limits.py), not in FastAPI's request
+graders/run grades in the app's grader executor (service/core/limits.py), not in FastAPI's request
 thread pool: a slow grader (torch judge, sandboxed python) must not hold the threads every other
 route needs. The executor caps how many run at once, in all and per project, queues the rest in
 order and answers 429 past the queue bound. validate only compiles, so it stays a plain `def`.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from modelmill.service import graders
+from modelmill.service.graders import requests as graders
 from modelmill.service.api import deps
 from modelmill.service.schemas.graders import RunGraderRequest, ValidateGraderRequest
 

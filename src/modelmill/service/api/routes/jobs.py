@@ -7,10 +7,10 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from modelmill import errors
 from modelmill.settings import Settings
-from modelmill.service import job_evals
+from modelmill.service.jobs import eval_reports as job_evals
 from modelmill.service.api import deps
 from modelmill.service.api.query_params import query_maps
-from modelmill.service.fine_tuning import create_job
+from modelmill.service.jobs.requests import create_job
 from modelmill.service.schemas.jobs import CheckpointList, CreateJobRequest, EventList, JobList, JobObject
 from modelmill.service.store import Store
 
@@ -44,22 +44,17 @@ def retrieve(job_id: str, store: Store = Depends(deps.get_store), settings: Sett
     return _job(store.jobs.get(job_id, project_id=project), settings, store)
 
 
-@router.post("/{job_id}/cancel")
-def cancel(job_id: str, store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
-           project: str = Depends(deps.get_project)) -> dict:
-    return _job(store.jobs.cancel(job_id, project_id=project), settings, store)
+def _job_action(action: str):
+    """POST /{job_id}/<action>: store.jobs.<action> (cancel, pause, resume), then the job as it now is."""
+    def route(job_id: str, store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
+              project: str = Depends(deps.get_project)) -> dict:
+        return _job(getattr(store.jobs, action)(job_id, project_id=project), settings, store)
+
+    route.__name__ = route.__qualname__ = action  # the OpenAPI operation id, as a plain `def cancel` would give
+    return router.post(f"/{{job_id}}/{action}")(route)
 
 
-@router.post("/{job_id}/pause")
-def pause(job_id: str, store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
-          project: str = Depends(deps.get_project)) -> dict:
-    return _job(store.jobs.pause(job_id, project_id=project), settings, store)
-
-
-@router.post("/{job_id}/resume")
-def resume(job_id: str, store: Store = Depends(deps.get_store), settings: Settings = Depends(deps.get_settings),
-           project: str = Depends(deps.get_project)) -> dict:
-    return _job(store.jobs.resume(job_id, project_id=project), settings, store)
+cancel, pause, resume = (_job_action(action) for action in ("cancel", "pause", "resume"))
 
 
 @router.get("/{job_id}/events")

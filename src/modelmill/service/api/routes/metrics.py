@@ -1,4 +1,4 @@
-"""GET /metrics: Prometheus' text format (service/metrics.py), outside /v1.
+"""GET /metrics: Prometheus' text format (service/core/metrics.py), outside /v1.
 
 Who may read it is MODELMILL_METRICS (docs/operations.md): "key" (the default) needs any valid API
 key, as a bearer token (Prometheus' `authorization` scrape setting) or a dashboard session;
@@ -24,7 +24,7 @@ async def metrics(request: Request) -> Response:
         raise errors.NotFoundError("Not Found")
     if mode == "key":
         await run_in_threadpool(deps.require_api_key, request)  # a key lookup reads the store
-    from modelmill.service import metrics as service_metrics
+    from modelmill.service.core import metrics as service_metrics
 
     body, content_type = await run_in_threadpool(service_metrics.render, deps.store(request))
     return Response(body, media_type=content_type)

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from modelmill.settings import Settings
-from modelmill.service import model_export, model_registry
+from modelmill.service.models import export as model_export
+from modelmill.service.models import registry as model_registry
 from modelmill.service.api import deps
 from modelmill.service.schemas.models import ModelDeleted, ModelList, ModelObject
 from modelmill.service.store import Store
@@ -25,7 +26,7 @@ def list_models(store: Store = Depends(deps.get_store), settings: Settings = Dep
 @router.get("/{model:path}/export")
 def export_model(model: str, format: str = "adapter", gguf_type: str = "f16", store: Store = Depends(deps.get_store),
                  settings: Settings = Depends(deps.get_settings), project: str = Depends(deps.get_project)):
-    """A ModelMill extension: the model as a tar of its adapter, merged weights or GGUF (service/model_export.py).
+    """A ModelMill extension: the model as a tar of its adapter, merged weights or GGUF (service/models/export.py).
     Declared before GET /{model:path}, which would otherwise take ".../export" as part of the name."""
     built = model_export.build(store, settings, model, project_id=project, format=format, gguf_type=gguf_type)
     archive = built.archive()

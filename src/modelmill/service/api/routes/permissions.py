@@ -1,6 +1,6 @@
 """/v1/fine_tuning/checkpoints/{fine_tuned_model_checkpoint}/permissions: share a fine-tuned model or
 checkpoint with other projects (create, list, delete), as OpenAI's checkpoint permissions. Only the
-owning project may; for any other the model is not found (service/sharing.py).
+owning project may; for any other the model is not found (service/models/permissions.py).
 
 The model name may hold any character of a base model's name, "/" included (the SDK
 percent-encodes it), hence the `path` converters.
@@ -13,7 +13,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query
 
 from modelmill.settings import Settings
-from modelmill.service import sharing
+from modelmill.service.models import permissions as sharing
 from modelmill.service.api import deps
 from modelmill.service.schemas.permissions import CreatePermissionRequest, PermissionDeleted, PermissionList
 from modelmill.service.store import Store

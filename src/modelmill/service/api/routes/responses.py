@@ -14,7 +14,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from modelmill.service import chat, responses, responses_run
+from modelmill.service.chat import completions as chat
+
+from modelmill.service.responses import requests as responses
+
+from modelmill.service.responses import runner as responses_run
 from modelmill.service.api import deps
 from modelmill.service.api.disconnect import run_until_disconnect, stream_until_disconnect
 from modelmill.service.schemas.responses import CreateResponseRequest

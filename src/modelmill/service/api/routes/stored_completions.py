@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 
-from modelmill.service import stored_completions
+from modelmill.service.chat import stored_completions
 from modelmill.service.api import deps
 from modelmill.service.api.query_params import query_maps
 from modelmill.service.store import Store

@@ -1,13 +1,13 @@
 """/v1/webhook_endpoints: register, list and delete the caller's project's webhook endpoints, and
 read each one's deliveries (a documented ModelMill extension; the events are OpenAI's, see
-service/webhooks.py). The create response holds the endpoint's whsec_ secret, shown only there."""
+service/webhooks/outbox.py). The create response holds the endpoint's whsec_ secret, shown only there."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query
 
 from modelmill.settings import Settings
-from modelmill.service import webhooks
+from modelmill.service.webhooks import outbox as webhooks
 from modelmill.service.api import deps
 from modelmill.service.schemas.webhooks import (CreateWebhookEndpointRequest, WebhookDelivery, WebhookDeliveryList,
                                                 WebhookEndpoint, WebhookEndpointDeleted, WebhookEndpointList)

@@ -83,6 +83,23 @@
     $("eval-table").tBodies[0].replaceChildren(...rows);
   }
 
+  // Agentic RFT: one sampled rollout per eval step; the step picked stays picked across polls.
+  function drawTrajectories(list) {
+    $("trajectory-section").hidden = !list || !list.length;
+    if (!list || !list.length) return;
+    const select = $("trajectory-step");
+    const picked = select.value === "" ? null : Number(select.value);
+    select.replaceChildren(...list.map(t => MM.el("option", { value: String(t.step), text: String(t.step) })));
+    const t = list.find(x => x.step === picked) || list[list.length - 1];
+    select.value = String(t.step);
+    $("trajectory-reward").textContent = t.reward === null ? "" : `reward ${MM.num(t.reward)}`;
+    $("trajectory").replaceChildren(...t.messages.map(m => MM.el("li", { class: "msg role-" + m.role, "data-role": m.role },
+      MM.el("div", { class: "who small", text: m.role === "tool" ? `tool result${m.name ? " · " + m.name : ""}` : m.role }),
+      m.content ? MM.el("pre", { class: "text", text: m.content }) : "",
+      ...(m.tool_calls || []).map(c => MM.el("div", { class: "tool-call mono small", text: `→ ${c.name}(${c.arguments})` })))));
+    $("trajectory-state").textContent = JSON.stringify(t.environment_state ?? {}, null, 2);
+  }
+
   function drawEvents(events) {
     const showMetrics = $("show-metrics-events").checked;
     const shown = events.filter(e => showMetrics || e.type !== "metrics");
@@ -108,6 +125,7 @@
     drawCharts(d.metrics);
     drawCheckpoints(d);
     drawEvals(d.eval_comparison);
+    drawTrajectories(d.trajectories);
     $("hyperparameters").tBodies[0].replaceChildren(...Object.entries(d.hyperparameters).map(([k, v]) =>
       MM.el("tr", {}, MM.el("th", { text: k }), MM.el("td", { text: typeof v === "object" ? JSON.stringify(v) : String(v) }))));
     $("hp-note").textContent = d.hyperparameters_resolved ? "Resolved values." : "As requested; \"auto\" is resolved when training starts.";
@@ -135,6 +153,7 @@
     });
   }
   $("show-metrics-events").addEventListener("change", () => last && drawEvents(last.events));
+  $("trajectory-step").addEventListener("change", () => last && drawTrajectories(last.trajectories));
   // Poll while the job can change; a resumed job restarts polling.
   let polling = false;
   function startPolling() {
