@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -15,6 +14,7 @@ from modelmill.ml import environments, mcp_tools
 from modelmill.ml.environments import ToolCall, run_tool_calls, validate_environment
 from modelmill.ml.graders import sandbox as sandbox_mod
 from modelmill.ml.graders.sandbox import SandboxConfig
+from modelmill.ml.graders.sandbox.processes import live_processes
 
 UID, POOL = 2_100_100_000, 16
 BWRAP = SandboxConfig(wall_seconds=5.0, batch_wall_seconds=60.0, uid=UID, uid_pool_size=POOL)
@@ -80,24 +80,9 @@ def mcp(source=None, **over) -> dict:
 
 def live_sandbox_processes() -> list[int]:
     """Live processes of this file's sandboxes: its uid pool as root, else the harness in --serve mode."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields.get("State", "").split()[:1] == ["Z"]:
-            continue
-        uids = {int(u) for u in fields.get("Uid", "").split()}
-        ours = any(UID <= u < UID + POOL for u in uids) if os.geteuid() == 0 \
-            else (b"--serve" in cmdline and int(fields.get("PPid", "0")) == os.getpid())
-        if ours:
-            found.append(int(entry))
-    return found
+    return [p.pid for p in live_processes() if (
+        any(UID <= u < UID + POOL for u in p.uids) if os.geteuid() == 0
+        else "--serve" in p.cmdline and p.ppid == os.getpid())]
 
 
 @pytest.fixture(autouse=True)

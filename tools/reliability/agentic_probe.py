@@ -75,25 +75,11 @@ DIES = ("import json, os, sys\n"
 def sandbox_processes() -> int:
     """Live processes of sandbox launches: the default uid pool as root, else harnesses by their path."""
     from modelmill.ml.graders.sandbox import SANDBOX_HARNESS, SandboxConfig
+    from modelmill.ml.graders.sandbox.processes import live_processes
 
-    config, n = SandboxConfig(), 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields.get("State", "").split()[:1] == ["Z"]:
-            continue
-        uids = {int(u) for u in fields.get("Uid", "").split()}
-        if os.geteuid() == 0:
-            n += any(config.uid <= u < config.uid + config.uid_pool_size for u in uids)
-        else:
-            n += SANDBOX_HARNESS.encode() in cmdline
-    return n
+    config = SandboxConfig()
+    pool = set(range(config.uid, config.uid + config.uid_pool_size))
+    return sum(bool(p.uids & pool) if os.geteuid() == 0 else SANDBOX_HARNESS in p.cmdline for p in live_processes())
 
 
 def creation_cases(client, train: str) -> list[dict]:

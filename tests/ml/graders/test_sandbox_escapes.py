@@ -14,6 +14,7 @@ import pytest
 from modelmill import errors
 from modelmill.ml.graders import sandbox
 from modelmill.ml.graders.sandbox import RUNTIME_ERROR, SERVER_ERROR, SandboxConfig, run_python_grader
+from modelmill.ml.graders.sandbox.processes import live_processes
 
 UID, POOL = 2_100_000_000, 16
 CONFIG = SandboxConfig(wall_seconds=2.0, batch_wall_seconds=20.0, memory_bytes=512 * 1024**2,
@@ -41,27 +42,12 @@ def assert_refused(outcome: sandbox.SandboxOutcome, *fragments: str) -> None:
 def leftovers() -> list[str]:
     """Live processes of this test's sandboxes: a uid of its pool (as root; else the harness on the
     command line), or a bwrap whose parent is this test process."""
-    found = []
     me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields.get("State", "").split()[:1] == ["Z"]:
-            continue
-        uids = {int(u) for u in fields.get("Uid", "").split()}
-        ppid = int(fields.get("PPid", "0").strip() or 0)
-        # As root each sandbox has a uid of its own, so other sessions' sandboxes do not count; as
-        # another user the harness's command line is all there is to go by.
-        ours = uids & set(range(UID, UID + POOL)) if os.geteuid() == 0 else sandbox.SANDBOX_HARNESS in cmdline
-        if ours or (ppid == me and "bwrap" in cmdline):
-            found.append(f"{entry}: {cmdline[:120]}")
-    return found
+    # As root each sandbox has a uid of its own, so other sessions' sandboxes do not count; as
+    # another user the harness's command line is all there is to go by.
+    return [f"{p.pid}: {p.cmdline[:120]}" for p in live_processes() if p.pid != me and (
+        (p.uids & set(range(UID, UID + POOL)) if os.geteuid() == 0 else sandbox.SANDBOX_HARNESS in p.cmdline)
+        or (p.ppid == me and "bwrap" in p.cmdline))]
 
 
 @pytest.fixture(autouse=True)

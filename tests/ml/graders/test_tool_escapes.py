@@ -19,6 +19,7 @@ from modelmill.ml import environments, mcp_tools
 from modelmill.ml.environments import ToolCall, run_tool_calls, validate_environment
 from modelmill.ml.graders import sandbox
 from modelmill.ml.graders.sandbox import SandboxConfig
+from modelmill.ml.graders.sandbox.processes import live_processes
 
 UID, POOL = 2_100_200_000, 16
 CONFIG = SandboxConfig(wall_seconds=5.0, batch_wall_seconds=30.0, memory_bytes=512 * 1024**2,
@@ -84,24 +85,10 @@ def assert_value(result: environments.ToolResult, value) -> None:
 
 def leftovers() -> list[str]:
     """Live processes of this file's sandboxes: a uid of its pool as root, else the harness by its path."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields.get("State", "").split()[:1] == ["Z"]:
-            continue
-        uids = {int(u) for u in fields.get("Uid", "").split()}
-        ours = uids & set(range(UID, UID + POOL)) if os.geteuid() == 0 else (
-            sandbox.SANDBOX_HARNESS in cmdline and int(fields.get("PPid", "0")) in (os.getpid(), 1))
-        if ours:
-            found.append(f"{entry}: {cmdline[:120]}")
-    return found
+    me = os.getpid()
+    return [f"{p.pid}: {p.cmdline[:120]}" for p in live_processes() if p.pid != me and (
+        p.uids & set(range(UID, UID + POOL)) if os.geteuid() == 0
+        else sandbox.SANDBOX_HARNESS in p.cmdline and p.ppid in (me, 1))]
 
 
 @pytest.fixture(autouse=True)

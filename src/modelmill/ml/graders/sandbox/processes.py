@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +70,36 @@ def _parent_of(pid: int) -> int | None:
     return None
 
 
-def processes_of_uid(uid: int) -> list[int]:
-    """Pids of live (non-zombie) processes whose real, effective, saved or fs uid is uid."""
+class LiveProcess(NamedTuple):
+    pid: int
+    uids: set[int]  # real, effective, saved and fs uid
+    ppid: int
+    cmdline: str  # arguments joined by spaces
+
+
+def live_processes() -> list[LiveProcess]:
+    """Every live (non-zombie) process this user can read in /proc: the one scan that the sweep below, the
+    escape tests and the reliability probes filter (by pool uid, parent or command line)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             status = Path(f"/proc/{entry}/status").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        uids = state = None
-        for line in status.splitlines():
-            if line.startswith("Uid:"):
-                uids = line.split()[1:]
-            elif line.startswith("State:"):
-                state = line.split()[1:2]
-        if uids and str(uid) in uids and state != ["Z"]:
-            found.append(int(entry))
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("State", "").split()[:1] == ["Z"]:
+            continue
+        found.append(LiveProcess(int(entry), {int(u) for u in fields.get("Uid", "").split()},
+                                 int(fields.get("PPid", "0").strip() or 0), cmdline))
     return found
+
+
+def processes_of_uid(uid: int) -> list[int]:
+    """Pids of live (non-zombie) processes whose real, effective, saved or fs uid is uid."""
+    return [p.pid for p in live_processes() if uid in p.uids]
 
 
 def kill_all(pids) -> None:
