@@ -259,6 +259,16 @@ def serve():
     _flush_stdio()
 
 
+def _report_failure_and_exit(what: str):
+    """Write the current exception's traceback (its last 4,000 characters) to the error channel, then exit
+    with EX_SOFTWARE, even if the write fails."""
+    try:
+        message = f"{what}:\n" + traceback.format_exc()[-4000:]
+        os.write(_error_channel, message.encode("utf-8", "replace"))
+    finally:
+        os._exit(EX_SOFTWARE)
+
+
 def _flush_stdio():
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -277,19 +287,11 @@ if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
         os._exit(exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1))
     except BaseException:  # noqa: BLE001 - report why the server ended (exit status EX_SOFTWARE)
         _flush_stdio()
-        try:
-            message = "MCP server failed:\n" + traceback.format_exc()[-4000:]
-            os.write(_error_channel, message.encode("utf-8", "replace"))
-        finally:
-            os._exit(EX_SOFTWARE)
+        _report_failure_and_exit("MCP server failed")
     os._exit(0)
 elif __name__ == "__main__":
     try:
         main()
     except BaseException:  # noqa: BLE001 - the harness itself broke: say so and exit with EX_SOFTWARE
-        try:
-            message = "sandbox harness failed:\n" + traceback.format_exc()[-4000:]
-            os.write(_error_channel, message.encode("utf-8", "replace"))
-        finally:
-            os._exit(EX_SOFTWARE)
+        _report_failure_and_exit("sandbox harness failed")
     os._exit(0)
