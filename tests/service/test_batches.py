@@ -233,19 +233,28 @@ def test_a_dead_workers_batch_resumes_without_answering_a_line_twice(client, sto
 def test_shutdown_hands_the_batch_back_and_expiry_ends_it(client, store, settings, monkeypatch):
     monkeypatch.setattr(batch_run, "CONCURRENCY", 1)
     monkeypatch.setattr(batch_run, "RECORD_EVERY_S", 0.05)
+    from modelmill.service.batches import lines as batch_lines
+
     batch = created(client, [chat_line(f"s{i}") for i in range(4)])
-    stop, original = threading.Event(), BatchQueue.record_in
+    stop, original, answer = threading.Event(), BatchQueue.record_in, batch_lines.answer
 
     def record_then_stop(self, c, lease, results):
         original(self, c, lease, results)
         stop.set()
 
+    def first_line_then_wait(prepared, line, sampler, settings, cancel):
+        if line.number > 1:  # still in flight when the worker stops (so never all four, however fast)
+            cancel.wait(10)
+        return answer(prepared, line, sampler, settings, cancel)
+
     monkeypatch.setattr(BatchQueue, "record_in", record_then_stop)
+    monkeypatch.setattr(batch_lines, "answer", first_line_then_wait)
     Worker(settings, store, stop_event=stop).run_once()
     mid = store.batches.by_id(batch["id"])
-    assert mid.status == "in_progress" and mid.lease_owner is None and 1 <= mid.completed < 4
+    assert mid.status == "in_progress" and mid.lease_owner is None and mid.completed == 1
 
     monkeypatch.setattr(BatchQueue, "record_in", original)
+    monkeypatch.setattr(batch_lines, "answer", answer)
     store.db.execute("UPDATE batches SET expires_at = 0 WHERE id = ?", (batch["id"],))
     Worker(settings, store).run_once()
     done = client.get(f"/v1/batches/{batch['id']}").json()
