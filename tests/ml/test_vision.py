@@ -241,3 +241,98 @@ def test_batch_generate_mixes_image_and_text_prompts(tiny_vl_dir):
     alone = sampler.generate(ModelRef(tiny_vl_dir), prompts[2], params=sampling.SamplingParams(temperature=0, max_tokens=2))
     assert [r.prompt_tokens for r in results] == [alone.prompt_tokens, results[1].prompt_tokens, alone.prompt_tokens]
     assert results[2].choices[0].text == alone.choices[0].text  # padding and the other rows change nothing
+
+
+# ---------------------------------------------------------------- image requests batched with text requests
+
+VL_GREEDY = sampling.SamplingParams(temperature=0, max_tokens=4)
+
+
+def image_prompt(text: str, *images: tuple[str, str]) -> list[dict]:
+    """A user message: text, then one image_url part per (colour, detail)."""
+    return [{"role": "user", "content": [{"type": "text", "text": text}] + [
+        {"type": "image_url", "image_url": {"url": png_url(COLOURS[c]), "detail": d}} for c, d in images]}]
+
+
+def random_vl_adapters(base_dir, tmp_path_factory, targets: list) -> list[ModelRef]:
+    """Random LoRA adapters of a VLM, scaled up so each visibly changes the output. "all-linear" is what
+    training makes (sft/dpo): LoRA in the vision encoder and projector too."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    out = []
+    for seed, target in enumerate(targets, start=1):
+        torch.manual_seed(seed)
+        model, _ = models.load_model(base_dir)
+        peft_model = get_peft_model(model, LoraConfig(r=2 + seed, lora_alpha=8, init_lora_weights=False,
+                                                      target_modules=target, task_type="CAUSAL_LM"))
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_" in name:
+                    p.mul_(20)
+        path = tmp_path_factory.mktemp(f"vl-adapter{seed}")
+        peft_model.save_pretrained(path)
+        out.append(ModelRef(base_dir, path))
+    return out
+
+
+@pytest.fixture(scope="module")
+def vl_adapters(tiny_vl_dir, tmp_path_factory):
+    """Two all-linear adapters of modelmill-tiny-vl, and one with LoRA on the embeddings (not stackable)."""
+    return random_vl_adapters(tiny_vl_dir, tmp_path_factory, ["all-linear", "all-linear", ["embed_tokens", "q_proj"]])
+
+
+def solo_and_batched(plan, params=VL_GREEDY, preload=(), solo=None):
+    """Each (ref, messages, stream?) decoded one at a time, then all concurrently behind a gated first
+    generate() (tests/ml/test_sampling_batching.py). Returns ((text, usage) alone, (text, usage) batched,
+    the rows of each generate() call)."""
+    from tests.ml.test_sampling_batching import GatedLoader, run_concurrently
+
+    solo = solo or sampling.Sampler(batch_window_s=0)
+    want = [solo.generate(r, m, params=params) for r, m, _ in plan]
+    loader = GatedLoader(hold=True)
+    s = sampling.Sampler(loader=loader)
+    for ref in preload:
+        s.load(ref)
+
+    def call(ref, messages, stream):
+        if stream:
+            events = list(s.stream(ref, messages, params=params))
+            return "".join(e.delta for e in events), events[-1].usage
+        out = s.generate(ref, messages, params=params)
+        return out.choices[0].text, out.usage
+
+    got = run_concurrently(s, loader, [lambda r=r, m=m, st=st: call(r, m, st) for r, m, st in plan])
+    return [(w.choices[0].text, w.usage) for w in want], got, loader.rows
+
+
+def test_image_and_text_requests_to_one_vlm_share_one_generate(tiny_vl_dir, vl_adapters):
+    """Image requests (any number of images, any detail, base or adapters, streamed or not) and text
+    requests to one VLM base decode in ONE generate(), each with the tokens it gets alone."""
+    base, a, b = ModelRef(tiny_vl_dir), *vl_adapters[:2]
+    plan = [(base, [{"role": "user", "content": "hi"}], False),
+            (a, image_prompt("Colour?", ("red", "low")), False),
+            (b, image_prompt("And this one?", ("blue", "high")), False),
+            (base, image_prompt("Two:", ("green", "low"), ("red", "high")), False),
+            (a, [{"role": "user", "content": "Colour of the sky?"}], False),
+            (b, image_prompt("Streamed", ("green", "auto")), True)]
+    solo = sampling.Sampler(batch_window_s=0)
+    want, got, rows = solo_and_batched(plan, preload=(a, b), solo=solo)
+    assert rows == [1, 5]  # the first alone, then 4 image requests and 1 text request in ONE generate()
+    assert got == want  # text and usage (image tokens counted) as when decoded alone
+    # the adapters change what an image row decodes (so a row given another's LoRA would show)
+    assert len({want[1][0]} | {solo.generate(r, plan[1][1], params=VL_GREEDY).choices[0].text for r in (base, b)}) == 3
+
+
+def test_images_do_not_mix_with_adapters_that_cannot_stack(tiny_vl_dir, vl_adapters):
+    """An adapter with LoRA on the embeddings runs through PEFT's mixed batch, which cannot give a VLM's
+    images their own rows' adapters: its image requests batch with its own adapter's rows only."""
+    base, a, emb = ModelRef(tiny_vl_dir), vl_adapters[0], vl_adapters[2]
+    plan = [(base, [{"role": "user", "content": "hi"}], False),
+            (emb, image_prompt("Colour?", ("red", "low")), False),
+            (a, image_prompt("Colour?", ("blue", "low")), False),
+            (emb, [{"role": "user", "content": "x"}], False),
+            (a, [{"role": "user", "content": "y"}], False)]
+    want, got, rows = solo_and_batched(plan, preload=(a, emb))
+    assert rows == [1, 2, 2]  # emb's two requests together, then a's two
+    assert got == want

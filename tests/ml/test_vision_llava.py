@@ -14,7 +14,8 @@ import pytest
 from modelmill.ml import models, sampling, sft, vision, vision_train
 from modelmill.ml.types import ChatExample, ModelRef
 from tests.ml.reporters import ListReporter
-from tests.ml.test_vision import COLOURS, image_line, png_url, write
+from tests.ml.test_vision import (COLOURS, image_line, image_prompt, png_url, random_vl_adapters,
+                                 solo_and_batched, write)
 
 LLAVA_IMAGE_SIZE = 32  # CLIP: shortest edge resized to 32, centre-cropped to 32x32
 LLAVA_PATCH = 8  # (32 / 8)^2 = 16 patches + CLS; the "default" feature strategy drops CLS: 16 image tokens
@@ -151,3 +152,17 @@ def test_llava_dpo_with_images_trains(llava_dir, tmp_path):
     result = dpo.train_dpo(config, reporter)
     assert result.status == "succeeded" and result.steps == 3
     assert all("train_loss" in m for _s, _t, m in reporter.steps)
+
+
+def test_llava_image_and_text_requests_share_one_generate(llava_dir, tmp_path_factory):
+    """LLaVA's flat image layout: image requests (one or two images, base or an adapter with LoRA in the
+    CLIP tower and projector too) and text requests decode in ONE generate(), each as it does alone."""
+    base, (a,) = ModelRef(llava_dir), random_vl_adapters(llava_dir, tmp_path_factory, ["all-linear"])
+    plan = [(base, [{"role": "user", "content": "hi"}], False),
+            (a, image_prompt("Colour?", ("red", "low")), False),
+            (base, image_prompt("Two:", ("green", "high"), ("blue", "low")), False),
+            (a, [{"role": "user", "content": "Colour of the sky?"}], False),
+            (a, image_prompt("Streamed", ("blue", "auto")), True)]
+    want, got, rows = solo_and_batched(plan, preload=(a,))
+    assert rows == [1, 4]  # the first alone, then 3 image requests and 1 text request in ONE generate()
+    assert got == want

@@ -39,6 +39,12 @@ speed of a merged model; multi_lora.py says how a mixed batch runs and what it c
 adapters' requests ran as two batches one after the other: 8 concurrent requests split 4 + 4
 over two adapters got about half the throughput of 8 to one adapter (bench/bench_serving.py).
 
+A VLM's requests batch the same way with or without images: each request carries its prompts' image
+tensors (processed in the caller's thread), and decode_batch lays every row's images out beside it for
+the one generate() (vision.batch_pixels; text rows have none). The one exception (_joins): images never
+share a batch with rows of other adapters when an adapter there cannot give each image its own row's
+LoRA (multi_lora.MultiLoraModel.mixes_images); such a request waits for a batch of its own adapter.
+
 Process-wide, every model.generate() still runs under one lock (GENERATE_LOCK): two samplers in
 one process (the API's and the worker's) or two models would otherwise fight over the same
 cores.
@@ -55,7 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelmill.errors import RequestCancelledError
-from modelmill.ml import constraints, logits, ml_imports, observers
+from modelmill.ml import constraints, logits, ml_imports, observers, vision
 
 with ml_imports():  # not alongside another thread's first import of the stack (see modelmill.ml)
     import torch
@@ -122,9 +128,9 @@ class BatchRequest:
     # outputs and forced tool calls. None = no prompt is constrained.
     constraints: list[Any] | None = None
     sink: Any = None  # a TextIteratorStreamer fed with this request's tokens (single-row requests)
-    # A VLM request's image tensors for generate() (ml/vision.prompt_inputs), one row per batch row;
-    # such a request has a key of its own, so it is decoded alone. None = text only.
-    model_inputs: dict | None = None
+    # A VLM request's images: per prompt, its images' image-processor tensors (ml/vision.prompt_inputs),
+    # laid out with the rest of the batch's rows at decode time (vision.batch_pixels). None = text only.
+    images: list[list[dict]] | None = None
     # Set when nobody wants the rows any more (a stream consumer stopped reading, an HTTP client
     # disconnected): every row of the request ends at the next decoding step, and a request still
     # queued is dropped before it is decoded.
@@ -248,7 +254,7 @@ class Batcher:
         first = self._pending[0]
         batch, rows, rest = [first], first.n_rows, []
         for r in self._pending[1:]:
-            if r.key == first.key and rows + r.n_rows <= self.max_rows:
+            if r.key == first.key and rows + r.n_rows <= self.max_rows and _joins(batch, r):
                 batch.append(r)
                 rows += r.n_rows
             else:
@@ -307,10 +313,17 @@ def decode_batch(batch: list[BatchRequest]) -> None:
     if processors:
         kwargs["logits_processor"] = LogitsProcessorList(processors)
     started = time.perf_counter()
-    if first.model_inputs:  # images (a request with images is a batch of its own)
-        kwargs.update(first.model_inputs)
+    # Image rows and text rows of one VLM decode together: each row's images (none for a text row)
+    # in row order, padded to one tensor layout (ml/vision.batch_pixels).
+    rows_images = [imgs for req in batch for imgs in (req.images or [[]] * len(req.prompt_ids))
+                   for _ in range(req.copies)]
+    images_B = None
+    if any(rows_images):
+        pixels, images_B = vision.batch_pixels(rows_images)
+        kwargs.update(pixels)
     if getattr(first.model, "serves_adapters", False):  # a MultiLoraModel: each row names its adapter
         kwargs["adapters_B"] = [req.adapter for req in batch for _ in range(req.n_rows)]
+        kwargs["images_B"] = images_B  # the vision encoder's inputs per row, for LoRA on the vision side
     with GENERATE_LOCK, torch.inference_mode():
         out = first.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                                    stopping_criteria=StoppingCriteriaList([monitor]), **kwargs)
@@ -318,6 +331,17 @@ def decode_batch(batch: list[BatchRequest]) -> None:
     log.debug("decoded %d requests, %d rows, prompt width %d, %d steps in %.3f s (arrivals spread over %.1f ms)",
               len(batch), len(rows_ids), width, out.shape[1] - width, time.perf_counter() - started,
               1000 * (max(r.enqueued for r in batch) - min(r.enqueued for r in batch)))
+
+
+def _joins(batch: list[BatchRequest], r: BatchRequest) -> bool:
+    """Whether r may join this batch (same model, room left): always, unless images would meet rows of
+    several adapters on a model that cannot keep each image's LoRA apart (multi_lora.mixes_images)."""
+    requests = [*batch, r]
+    adapters = {q.adapter for q in requests}
+    if len(adapters) == 1 or not any(q.images for q in requests):
+        return True
+    mixes = getattr(r.model, "mixes_images", None)
+    return mixes is None or mixes(adapters)
 
 
 def _constraints(batch: list[BatchRequest]):

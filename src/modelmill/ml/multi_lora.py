@@ -15,7 +15,8 @@ How a batch runs, by the adapters its rows use (generate(), called under GENERAT
   LoRA output from the adapters stacked side by side (_stacked; the comment above it says why
   this is not PEFT's own mixed batch); adapters other than plain LoRA Linears (LoRA on
   embeddings, DoRA, LoRA bias) use PEFT's `generate(adapter_names=[...])`, and run unmerged
-  even alone (_plain).
+  even alone (_plain). With a VLM's images in the batch only the stacked path is used: its vision-side
+  LoRA layers see images, not rows, and get a per-image mask (mixes_images, _generate_stacked).
 Measured on SmolLM2-135M (8 rows x 16 greedy tokens, CPU seconds, medians of 3 on a shared
 2-core machine, in development): one merged adapter 4.85 s, two adapters stacked 4 + 4 5.04 s
 (0.96x), PEFT's mixed batch 5.75 s (0.84x), with the same tokens from both mixed paths; with 64
@@ -156,7 +157,8 @@ class MultiLoraModel(AdapterCache):
                                                        is_trainable=False)
             self.model.eval()
             self._stacks.clear()
-            self._plain_cache.clear()
+            # known from now on (mixes_images reads it without the lock): an adapter's own layers never change
+            self._plain(name)
         return name
 
     def _drop_adapter(self, name: str) -> None:
@@ -164,12 +166,19 @@ class MultiLoraModel(AdapterCache):
             self._set_merged(None)
             self.model.delete_adapter(name)
             self._stacks.clear()
-            self._plain_cache.clear()
+            self._plain_cache.pop(name, None)
 
     # -- decoding ----------------------------------------------------------------------------------
 
-    def generate(self, *, adapters_B: list[str | None], **kwargs: Any):
-        """model.generate(**kwargs) with row b decoded by adapter adapters_B[b] (None = the base).
+    def mixes_images(self, names) -> bool:
+        """Whether rows of these adapters (None = the base) may share a generate() with images: only when
+        every adapter stacks (_plain), as only the stacked path gives each image its own row's LoRA in the
+        vision encoder (PEFT's mixed batch would hand the vision layers the rows' adapter list)."""
+        return all(n is None or self._plain_cache.get(n, False) for n in names)
+
+    def generate(self, *, adapters_B: list[str | None], images_B: list[int] | None = None, **kwargs: Any):
+        """model.generate(**kwargs) with row b decoded by adapter adapters_B[b] (None = the base), its
+        images_B[b] vision-encoder inputs (a VLM's images or tiles, in row order; None = no images) too.
         The caller holds batching.GENERATE_LOCK."""
         model = self.model
         if not isinstance(model, PeftModel):
@@ -189,9 +198,11 @@ class MultiLoraModel(AdapterCache):
             return model.generate(**kwargs)
         self._set_merged(None)
         if not plain:  # an adapter kind the stacked path does not cover: PEFT's own mixed batch
+            if any(images_B or []):  # batching._joins never forms this batch (see mixes_images)
+                raise RuntimeError("images in a batch that mixes adapters need stacked (plain LoRA) adapters")
             return model.generate(adapter_names=[n or BASE for n in adapters_B], **kwargs)
         return self._generate_stacked(self._stacked(tuple(sorted(n for n in names if n is not None))),
-                                      adapters_B, kwargs)
+                                      adapters_B, images_B, kwargs)
 
     def _plain(self, name: str) -> bool:
         """Whether every layer of adapter `name` is a plain LoRA Linear (no DoRA or other variant, no
@@ -219,6 +230,8 @@ class MultiLoraModel(AdapterCache):
     # adapter's scaled B^T in the same column blocks, and mask_b keeps the block of row b's adapter
     # (all zero for a base row). This is the usual multi-LoRA formulation (Punica / S-LoRA do the
     # same with gathered kernels); the base layer stays PEFT's, with its adapters disabled.
+    # A VLM's vision encoder and projector see images (or tiles), not rows: row b's images_B[b] inputs
+    # come in row order, so their LoRA layers take a per-image mask (each image its row's adapter).
 
     def _stacked(self, names: tuple[str, ...]):
         """(LoRA layers with their A_cat (in x R) and B_cat (R x out), {name: column slice}) for these
@@ -234,6 +247,7 @@ class MultiLoraModel(AdapterCache):
             columns[n] = slice(start, start + ranks[n])
             start += ranks[n]
         stacked = []
+        text_side = self._text_side()
         for m in layers:
             weight = m.get_base_layer().weight  # (in/out_features are PEFT's, right for Conv1D bases too)
             a_cat = torch.zeros(m.in_features, start, dtype=weight.dtype, device=weight.device)
@@ -244,26 +258,49 @@ class MultiLoraModel(AdapterCache):
                     cols = columns[n]
                     a_cat[:, cols.start:cols.start + r] = m.lora_A[n].weight.T
                     b_cat[cols.start:cols.start + r] = (m.lora_B[n].weight * m.scaling[n]).T
-            stacked.append((m, a_cat, b_cat))
+            stacked.append((m, a_cat, b_cat, id(m) not in text_side))
         self._stacks[names] = (stacked, columns)
         return self._stacks[names]
 
-    def _generate_stacked(self, stacked, adapters_B: list[str | None], kwargs: dict):
+    def _text_side(self) -> set[int]:
+        """ids of the modules that see one input per batch row: the text decoder and the output head.
+        A VLM's other modules (vision encoder, projector) see its images."""
+        base = self.model.get_base_model()
+        modules = [base.get_output_embeddings()]
+        try:
+            modules.append(base.get_decoder())
+        except (AttributeError, NotImplementedError, ValueError):  # no known decoder: every layer sees rows
+            modules.append(base)
+        return {id(x) for m in modules if m is not None for x in m.modules()}
+
+    def _generate_stacked(self, stacked, adapters_B: list[str | None], images_B: list[int] | None, kwargs: dict):
         layers, columns = stacked
         width = layers[0][1].shape[1]
-        mask_B_R = torch.zeros(len(adapters_B), width, dtype=layers[0][1].dtype, device=layers[0][1].device)
-        for b, n in enumerate(adapters_B):
-            if n is not None:
-                mask_B_R[b, columns[n]] = 1.0
 
-        def add_lora(a_cat, b_cat):
+        def masks(adapters: list[str | None]):
+            mask = torch.zeros(len(adapters), width, dtype=layers[0][1].dtype, device=layers[0][1].device)
+            for b, n in enumerate(adapters):
+                if n is not None:
+                    mask[b, columns[n]] = 1.0
+            return mask
+
+        mask_B_R = masks(adapters_B)
+        mask_I_R = masks([n for n, k in zip(adapters_B, images_B or [0] * len(adapters_B), strict=True)
+                          for _ in range(k)])
+
+        def add_lora(a_cat, b_cat, per_image: bool):
             def hook(module, args, output):
                 x = args[0]
-                mask = mask_B_R.view(mask_B_R.shape[0], *([1] * (x.dim() - 2)), width)
+                rows = mask_I_R if per_image else mask_B_R
+                if x.shape[0] != rows.shape[0]:  # never guess whose input this is: fail the batch (retried alone)
+                    raise RuntimeError(f"a LoRA layer got {x.shape[0]} inputs for {rows.shape[0]} "
+                                       f"{'images' if per_image else 'rows'}")
+                mask = rows.view(rows.shape[0], *([1] * (x.dim() - 2)), width)
                 output.add_(((x.to(a_cat.dtype) @ a_cat) * mask) @ b_cat)
             return hook
 
-        handles = [m.register_forward_hook(add_lora(a_cat, b_cat)) for m, a_cat, b_cat in layers]
+        handles = [m.register_forward_hook(add_lora(a_cat, b_cat, per_image))
+                   for m, a_cat, b_cat, per_image in layers]
         try:
             with self.model.disable_adapter():
                 return self.model.generate(**kwargs)

@@ -329,35 +329,53 @@ def image_token_ids(processor, image) -> list[int]:
 
 def pixel_inputs(processor, images_B: list[list]) -> dict:
     """The image tensors for a batch: one list of PIL images per row (rows may have none), each image
-    processed at its own detail. Two layouts, as the families' models take them:
+    processed at its own detail (image_features), laid out by batch_pixels."""
+    return batch_pixels([image_features(processor, imgs) for imgs in images_B])[0]
+
+
+def image_features(processor, images: list) -> list[dict]:
+    """The image processor's tensors for each image on its own, at the image's detail (one processor
+    call per image: one call takes one set of settings, and `detail` is per image)."""
+    return [processor.image_processor(images=[img], return_tensors="pt", **detail_kwargs(processor, detail_of(img)))
+            for img in images]
+
+
+def batch_pixels(features_B: list[list[dict]]) -> tuple[dict, list[int]]:
+    """(the generate()/forward() image tensors for a batch, how many vision-encoder inputs each row owns)
+    from one list of image_features per row (rows may have none). Two layouts, as the families' models
+    take them:
     - stacked (Idefics3: the image processor gives 5-D pixel_values): [B, images, 3, H, W], a row's
-      images (tiles) in order, rows with fewer padded with all-zero images, which the model skips (its
-      real_images_inds), and the pixel_attention_mask with zeros;
+      images (tiles) in order, rows with fewer padded with all-zero images, which the model drops (its
+      real_images_inds) before the vision encoder, and the pixel_attention_mask with zeros;
     - flat (LLaVA: 4-D): [all images, 3, H, W] in row order, as the model scatters image features into
-      the image tokens in reading order."""
+      the image tokens in reading order.
+    Either way the vision encoder sees the rows' real images (tiles) in row order, row b's count being
+    counts[b] (multi_lora masks per-image LoRA outputs with it).
+    Hand-written because each image is processed with its own detail settings: the processor pads a batch
+    it processed itself in one call with one set of settings, so the rows are padded here the way its own
+    `pad` does (zero images, zero mask, images padded at the bottom / right to the batch's largest)."""
     import torch
 
-    per_row = [[processor.image_processor(images=[img], return_tensors="pt",
-                                          **detail_kwargs(processor, detail_of(img))) for img in imgs]
-               for imgs in images_B]
-    shown = [r for row in per_row for r in row]
+    shown = [r for row in features_B for r in row]
     if not shown:
-        return {}
+        return {}, [0] * len(features_B)
     if shown[0]["pixel_values"].dim() == 4:
-        return {k: torch.cat([r[k] for r in shown]) for k in shown[0].keys() if torch.is_tensor(shown[0][k])}
+        counts = [sum(r["pixel_values"].shape[0] for r in row) for row in features_B]
+        return {k: torch.cat([r[k] for r in shown]) for k in shown[0].keys() if torch.is_tensor(shown[0][k])}, counts
+    counts = [sum(r["pixel_values"].shape[1] for r in row) for row in features_B]
     keys = [k for k in shown[0].keys() if torch.is_tensor(shown[0][k])]
     height = max(r["pixel_values"].shape[-2] for r in shown)
     width = max(r["pixel_values"].shape[-1] for r in shown)
-    rows = {k: [torch.cat([_pad_hw(r[k][0], height, width) for r in row]) if row else None for row in per_row]
+    rows = {k: [torch.cat([_pad_hw(r[k][0], height, width) for r in row]) if row else None for row in features_B]
             for k in keys}
-    most = max(t.shape[0] for t in rows["pixel_values"] if t is not None)
+    most = max(counts)
     out = {}
     for k in keys:
         like = next(t for t in rows[k] if t is not None)
         out[k] = torch.stack([torch.cat([t if t is not None else like[:0],
                                          like.new_zeros([most - (t.shape[0] if t is not None else 0),
                                                          *like.shape[1:]])]) for t in rows[k]])
-    return out
+    return out, counts
 
 
 def _pad_hw(t, height: int, width: int):
@@ -368,10 +386,10 @@ def _pad_hw(t, height: int, width: int):
     return F.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2]))
 
 
-def prompt_inputs(processor, prompt_ids: list[list[int]], images_P: list[list], copies: int) -> dict:
-    """Sampling: expand each prompt's placeholders in place (prompt_ids is changed) and return the image
-    tensors for its rows (prompt-major, `copies` rows per prompt, as ml/batching lays them out)."""
-
+def prompt_inputs(processor, prompt_ids: list[list[int]], images_P: list[list]) -> list[list[dict]]:
+    """Sampling: expand each prompt's placeholders in place (prompt_ids is changed) and return each
+    prompt's image_features. ml/batching lays the features of all rows of a batch (any requests, with
+    images or not) out together with batch_pixels, just before its one generate()."""
     for i, (ids, images) in enumerate(zip(prompt_ids, images_P, strict=True)):
         try:
             prompt_ids[i] = expand(processor, ids, images)[0]
@@ -379,8 +397,7 @@ def prompt_inputs(processor, prompt_ids: list[list[int]], images_P: list[list], 
             from modelmill.errors import InvalidRequestError
 
             raise InvalidRequestError(str(e), param="messages", code="invalid_value") from None
-    # one entry per decoded row: a flat layout (LLaVA) needs each copy's images in row order too
-    return pixel_inputs(processor, [images for images in images_P for _ in range(copies)])
+    return [image_features(processor, images) for images in images_P]
 
 
 def count_image_tokens(processor, images: list) -> int:

@@ -21,7 +21,8 @@ Semantics (OpenAI's, where they map):
   or within a few ms of each other, are decoded together in one left-padded generate() and each
   caller gets its own rows back, as soon as they are done. Every rule on this page holds per
   request inside a batch (own budget, stop strings, seed, temperature / top_p, tool-call prefill
-  and parsing, usage); requests for the same base share a batch whatever their adapters. Generation
+  and parsing, usage); requests for the same base share a batch whatever their adapters, and a VLM's
+  requests with images share it with its text requests (docs/vision.md). Generation
   in the process still runs one generate() at a time (batching.GENERATE_LOCK): on a CPU box one
   generate() already uses every core.
 - stop: up to 4 strings; generation of a choice ends once one appears, the text is cut before

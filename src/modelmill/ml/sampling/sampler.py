@@ -234,8 +234,8 @@ class Sampler:
         with loaded.tok_lock:
             prompt_ids = [loaded.tokenizer(p.text, add_special_tokens=False)["input_ids"] for p in prompts]
             copies = 1 if params.greedy else params.n
-            model_inputs = vision.prompt_inputs(loaded.processor, prompt_ids, [list(p.images) for p in prompts],
-                                                copies) if any(p.images for p in prompts) else None
+            images = vision.prompt_inputs(loaded.processor, prompt_ids, [list(p.images) for p in prompts]
+                                          ) if any(p.images for p in prompts) else None
         budgets = [token_budget(params, loaded.context, len(ids)) for ids in prompt_ids]
         # A request without a seed takes one from the global RNG, so torch.manual_seed still
         # makes a single-threaded program repeatable.
@@ -247,11 +247,11 @@ class Sampler:
                                            frequency_penalty=float(params.frequency_penalty),
                                            top_logprobs=(params.top_logprobs or 0) if params.logprobs else None)
         return batching.BatchRequest(
-            # a request with images decodes alone (its image tensors are its own), text shares batches
-            key=loaded.model if model_inputs is None else ("images", object()), model=loaded.model, tokenizer=loaded.tokenizer, tok_lock=loaded.tok_lock,
+            # requests with and without images share batches: each row's images travel with it (batching.decode_batch)
+            key=loaded.model, model=loaded.model, tokenizer=loaded.tokenizer, tok_lock=loaded.tok_lock,
             eos_ids=loaded.eos_ids, pad_id=loaded.tokenizer.pad_token_id, prompt_ids=prompt_ids, budgets=budgets,
             copies=copies, settings=settings, sink=sink, cancel=cancel, adapter=adapter,
-            constraints=row_constraints(prompts, params), model_inputs=model_inputs)
+            constraints=row_constraints(prompts, params), images=images)
 
     def _render(self, loaded: _Loaded, messages: list[dict], tools: list[dict] | None, tool_choice: Any) -> Prompt:
         """prompts.render, with a VLM's image parts as its placeholders and the images loaded (a 400 for a bad
