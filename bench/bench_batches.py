@@ -18,7 +18,6 @@ Greedy decoding, so both arms produce the same tokens.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training_common import machine, row, rows_table, write_json, write_markdown  # noqa: E402
+from training_common import machine, row, rows_table, serving_bench_parser, write_json, write_markdown  # noqa: E402
 
 MODEL, QUICK_MODEL = "SmolLM2-135M-Instruct", "modelmill-tiny"
 TARGET = 3.0
@@ -44,15 +43,10 @@ def lines(model: str, n: int, max_tokens: int) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="modelmill-tiny, tiny budgets: a smoke run in seconds")
-    p.add_argument("--json", help="also write the Bench JSON (bench/README.md) here")
-    p.add_argument("--repeats", type=int, help="repeats of each arm (default 3; --quick 1)")
+    p = serving_bench_parser(__doc__, repeats_help="repeats of each arm (default 3; --quick 1)",
+                             max_tokens_help="completion budget per request (default 32; --quick 8)")
     p.add_argument("--lines", type=int, help="requests per batch (default 64; --quick 16)")
-    p.add_argument("--max-tokens", type=int, help="completion budget per request (default 32; --quick 8)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--no-write", action="store_true", help="do not rewrite BENCHMARKS.md")
-    p.add_argument("--home", default=os.environ.get("MODELMILL_HOME", str(Path.home() / ".modelmill")))
     args = p.parse_args()
     repeats, n = args.repeats or (1 if args.quick else 3), args.lines or (16 if args.quick else 64)
     max_tokens = args.max_tokens or (8 if args.quick else 32)

@@ -28,10 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import httpx
-from benchmarks_md import BENCHMARKS, write_section
+from benchmarks_md import BENCHMARKS, cpu_name, write_section
 
 P50_TARGET_MS = 20.0
 
@@ -122,14 +121,7 @@ def bench_fuzzy(n: int, repeats: int = 5) -> dict[str, list[float]]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     load = f", load average {os.getloadavg()[0]:.1f} at start" if hasattr(os, "getloadavg") else ""
     return f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, {platform.system()}{load}"
 

@@ -34,10 +34,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training_common import (MODEL, QUICK_MODEL, child_env, length_summary, machine,  # noqa: E402
-                             modelmill_batching, row, rows_table, run_plain, short_chat_rows, timed_repeats,
-                             token_lengths, training_bench_parser, write_json, write_jsonl,
-                             write_markdown)
+from training_common import (MODEL, QUICK_MODEL, QUICK_NOTE, alternating_runs, child_env, length_summary,  # noqa: E402
+                             machine, missed_profile, modelmill_batching, plain_hyperparameters, publish, row,
+                             run_plain, short_chat_rows, token_lengths, training_bench_parser, write_jsonl)
 
 BENCH = "job_overhead"
 TARGET_WALL = 1.10  # ModelMill wall time <= this x the plain script's
@@ -135,27 +134,26 @@ def main() -> None:
     defaults = sft.SFTConfig(base_dir=model_dir, train_path=train, valid_path=None, output_dir=work, **hp)
     padding_free, _ = modelmill_batching(model_dir, train, args.batch_size, args.seed)
 
-    runs: dict[str, list[dict]] = {"baseline": [], "modelmill": []}
-    for rep in timed_repeats(args.repeats, args.budget_s):
-        for side in (("baseline", "modelmill") if rep % 2 == 0 else ("modelmill", "baseline")):
-            out = work / f"{side}-{rep}"
-            if side == "baseline":
-                r = run_plain(model_dir, train, out, epochs=hp["n_epochs"], batch_size=hp["batch_size"],
-                              lr=sft.BASE_LEARNING_RATE * hp["learning_rate_multiplier"], seed=args.seed,
-                              lora_targets="all-linear", padding_free=padding_free,
-                              activation_checkpointing=False, threads=args.threads)
-                r["wall"], r["wall_no_start"] = r["exited"] - r["launched"], r["exited"] - r["launched"]
-                r["phases"] = phases_plain(r)
-            else:
-                out.mkdir(parents=True)
-                r = run_service(model, model_dir, train, out, hp, args.seed, args.poll_seconds, args.threads,
-                                args.worker_process)
-                r["wall"], r["wall_no_start"] = r["done"] - r["launched"], r["done"] - r["up"]
-                r["phases"] = phases_modelmill(r)
-            r["tokens_per_s"] = r["tokens"] / (r["last_step_end"] - r["train_called"])
-            runs[side].append(r)
-            print(f"[{side} {rep}] wall {r['wall']:.1f} s, training {r['tokens_per_s']:.1f} tok/s, "
-                  f"{r['steps']} steps", flush=True)
+    def one_run(side: str, rep: int) -> dict:
+        out = work / f"{side}-{rep}"
+        if side == "baseline":
+            r = run_plain(model_dir, train, out, **plain_hyperparameters(hp), seed=args.seed,
+                          lora_targets="all-linear", padding_free=padding_free,
+                          activation_checkpointing=False, threads=args.threads)
+            r["wall"], r["wall_no_start"] = r["exited"] - r["launched"], r["exited"] - r["launched"]
+            r["phases"] = phases_plain(r)
+        else:
+            out.mkdir(parents=True)
+            r = run_service(model, model_dir, train, out, hp, args.seed, args.poll_seconds, args.threads,
+                            args.worker_process)
+            r["wall"], r["wall_no_start"] = r["done"] - r["launched"], r["done"] - r["up"]
+            r["phases"] = phases_modelmill(r)
+        r["tokens_per_s"] = r["tokens"] / (r["last_step_end"] - r["train_called"])
+        print(f"[{side} {rep}] wall {r['wall']:.1f} s, training {r['tokens_per_s']:.1f} tok/s, "
+              f"{r['steps']} steps", flush=True)
+        return r
+
+    runs = alternating_runs(args.repeats, args.budget_s, one_run)
 
     base, mm = runs["baseline"], runs["modelmill"]
     rows = [
@@ -186,20 +184,12 @@ def main() -> None:
         "Median seconds per phase, plain script: " + _phases(base) + ".",
     ]
     if args.quick:
-        notes.insert(0, "--quick smoke run on modelmill-tiny: checks the code path; its figures mean nothing.")
-    missed = [r["what"] for r in rows if r["met"] is False]
-    profile = None
-    if missed:
-        profile = (f"Missed: {', '.join(missed)}. Where the time goes (median seconds per phase): ModelMill "
-                   f"{_phases(mm)}; plain script {_phases(base)}.")
-    doc = write_json(args.json, BENCH, machine_line, rows, notes, profile)
-    body = "\n".join([f"`python bench/bench_job_overhead.py` ({machine_line}; {len(mm)} interleaved "
-                      f"repeats).", "", rows_table(rows), "", *[f"- {n}" for n in notes]]
-                     + ([f"- Profile: {profile}"] if profile else []))
-    print(body)
-    write_markdown("bench_job_overhead", "Job overhead: an SFT job through the API vs a plain TRL script",
-                   body, args.quick)
-    return doc
+        notes.insert(0, QUICK_NOTE)
+    profile = missed_profile(rows, f"Where the time goes (median seconds per phase): ModelMill {_phases(mm)}; "
+                                   f"plain script {_phases(base)}.")
+    return publish(args, BENCH, "Job overhead: an SFT job through the API vs a plain TRL script",
+                   f"`python bench/bench_job_overhead.py` ({machine_line}; {len(mm)} interleaved repeats).",
+                   machine_line, rows, notes, profile)
 
 
 def _phases(runs: list[dict]) -> str:

@@ -16,17 +16,15 @@ repeats interleave the two sides. Target: ModelMill's peak <= the baseline's.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training_common import (MODEL, QUICK_MODEL, TimedReporter, length_summary, machine,  # noqa: E402
-                             modelmill_batching, peak_rss_mb, row, rows_table, run_child, run_plain,
-                             timed_repeats, token_lengths, training_bench_parser, write_json, write_jsonl,
-                             write_markdown)
+from training_common import (MODEL, QUICK_MODEL, QUICK_NOTE, TimedReporter, alternating_runs,  # noqa: E402
+                             length_summary, machine, modelmill_batching, parse_args_or_run_child, peak_rss_mb,
+                             publish, row, run_child, run_plain, token_lengths, training_bench_parser, write_jsonl)
 
 BENCH = "memory"
 TARGET = 1.0  # baseline peak / ModelMill peak must be >= this
@@ -83,9 +81,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=2)
-    args = p.parse_args()
-    if args.child:
-        print(json.dumps(child(args)))
+    args = parse_args_or_run_child(p, child)
+    if args is None:
         return
     if args.quick:
         args.repeats, args.steps, args.batch_size, args.seq_len = 1, 2, 2, 64
@@ -103,18 +100,18 @@ def main() -> None:
                              batch_size=args.batch_size, learning_rate_multiplier=1.0)
     padding_free, _ = modelmill_batching(model_dir, train, args.batch_size, args.seed)
 
-    runs: dict[str, list[dict]] = {"baseline": [], "modelmill": []}
-    for rep in timed_repeats(args.repeats, args.budget_s):
-        for side in (("baseline", "modelmill") if rep % 2 == 0 else ("modelmill", "baseline")):
-            out = work / f"{side}-{rep}"
-            if side == "baseline":
-                r = run_plain(model_dir, train, out, epochs=1, batch_size=args.batch_size,
-                              lr=sft.BASE_LEARNING_RATE, seed=args.seed, lora_targets="all-linear",
-                              padding_free=padding_free, activation_checkpointing=False, threads=args.threads)
-            else:
-                r = run_modelmill(args, model_dir, train, out)
-            runs[side].append(r)
-            print(f"[{side} {rep}] peak RSS {r['peak_rss_mb']:.0f} MiB, {r['steps']} steps", flush=True)
+    def one_run(side: str, rep: int) -> dict:
+        out = work / f"{side}-{rep}"
+        if side == "baseline":
+            r = run_plain(model_dir, train, out, epochs=1, batch_size=args.batch_size,
+                          lr=sft.BASE_LEARNING_RATE, seed=args.seed, lora_targets="all-linear",
+                          padding_free=padding_free, activation_checkpointing=False, threads=args.threads)
+        else:
+            r = run_modelmill(args, model_dir, train, out)
+        print(f"[{side} {rep}] peak RSS {r['peak_rss_mb']:.0f} MiB, {r['steps']} steps", flush=True)
+        return r
+
+    runs = alternating_runs(args.repeats, args.budget_s, one_run)
 
     base, mm = runs["baseline"], runs["modelmill"]
     rows = [row(f"peak RSS, LoRA SFT batch {args.batch_size} x ~{args.seq_len} tokens", "plain TRL script, same "
@@ -133,7 +130,7 @@ def main() -> None:
              + ", ".join(f"{r['rss_at_train_mb']:.0f}" for r in base) + "; ModelMill "
              + ", ".join(f"{r['rss_at_train_mb']:.0f}" for r in mm) + "."]
     if args.quick:
-        notes.insert(0, "--quick smoke run on modelmill-tiny: checks the code path; its figures mean nothing.")
+        notes.insert(0, QUICK_NOTE)
     profile = None
     if rows[0]["met"] is False:
         at_train = [statistics.median(r["rss_at_train_mb"] for r in side) for side in (base, mm)]
@@ -143,13 +140,9 @@ def main() -> None:
                    f"training starts (model, data, trainer), {peak_diff:+.0f} MiB at the peak (during training). "
                    + ("The two sides' per-run peaks overlap: the gap is within the run-to-run spread." if overlap
                       else "The per-run peaks do not overlap." if len(mm) > 1 else "One run per side only."))
-    doc = write_json(args.json, BENCH, machine_line, rows, notes, profile)
-    body = "\n".join([f"`python bench/bench_memory.py` ({machine_line}; {len(mm)} interleaved repeats, "
-                      f"each run its own process).", "", rows_table(rows), "", *[f"- {n}" for n in notes]]
-                     + ([f"- Profile: {profile}"] if profile else []))
-    print(body)
-    write_markdown("bench_memory", "Training memory: train_sft vs a plain TRL script", body, args.quick)
-    return doc
+    return publish(args, BENCH, "Training memory: train_sft vs a plain TRL script",
+                   f"`python bench/bench_memory.py` ({machine_line}; {len(mm)} interleaved repeats, each run its own "
+                   f"process).", machine_line, rows, notes, profile)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -49,7 +48,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training_common import machine, row, rows_table, write_json, write_markdown  # noqa: E402
+from training_common import machine, row, rows_table, serving_bench_parser, write_json, write_markdown  # noqa: E402
 
 MODEL, QUICK_MODEL = "SmolLM2-135M-Instruct", "modelmill-tiny"
 TARGET_CONCURRENT = 3.0
@@ -63,16 +62,11 @@ BATCH_LOG = re.compile(r"modelmill\.ml\.batching: decoded (\d+) requests, (\d+) 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="modelmill-tiny, tiny budgets: a smoke run in seconds")
-    p.add_argument("--json", help="also write the Bench JSON here")
-    p.add_argument("--repeats", type=int, help="repeats of each measurement (default 3; --quick 1)")
-    p.add_argument("--max-tokens", type=int, help="completion budget of every request (default 64; --quick 8)")
-    p.add_argument("--no-write", action="store_true", help="do not rewrite BENCHMARKS.md")
+    p = serving_bench_parser(__doc__, repeats_help="repeats of each measurement (default 3; --quick 1)",
+                             max_tokens_help="completion budget of every request (default 64; --quick 8)",
+                             home_help="where the base model is converted once (the server gets its own temporary home)")
     p.add_argument("--only-concurrency", action="store_true",
                    help="only the concurrent rows (8 to one adapter, 4 + 4 over two, 8 one after another)")
-    p.add_argument("--home", default=os.environ.get("MODELMILL_HOME", str(Path.home() / ".modelmill")),
-                   help="where the base model is converted once (the server gets its own temporary home)")
     p.add_argument("--plain-baseline", help=argparse.SUPPRESS)  # internal: run the (a) baseline, print JSON
     args = p.parse_args()
     if args.plain_baseline:

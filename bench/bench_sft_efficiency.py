@@ -30,10 +30,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training_common import (MODEL, QUICK_MODEL, TimedReporter, length_summary, machine,  # noqa: E402
-                             modelmill_batching, peak_rss_mb, row, rows_table, run_child, run_plain,
-                             skewed_chat_rows, timed_repeats, token_lengths, valid_loss, write_json,
-                             training_bench_parser, write_jsonl, write_markdown)
+from training_common import (MODEL, QUICK_MODEL, QUICK_NOTE, TimedReporter, alternating_runs,  # noqa: E402
+                             length_summary, machine, missed_profile, modelmill_batching, parse_args_or_run_child,
+                             peak_rss_mb, plain_hyperparameters, publish, row, run_child, run_plain,
+                             skewed_chat_rows, token_lengths, valid_loss, training_bench_parser, write_jsonl)
 
 BENCH = "sft_efficiency"
 TARGET_SPEEDUP = 1.3
@@ -68,9 +68,8 @@ def main() -> None:
                               budget_s=380, hidden=("--model-dir", "--train", "--out", "--hp"))
     p.add_argument("--train-examples", type=int, default=40)
     p.add_argument("--valid-examples", type=int, default=16)
-    args = p.parse_args()
-    if args.child:
-        print(json.dumps(child(args)))
+    args = parse_args_or_run_child(p, child)
+    if args is None:
         return
     if args.quick:
         args.repeats, args.train_examples, args.valid_examples = 1, 12, 4
@@ -88,23 +87,22 @@ def main() -> None:
                                          args.train_examples)
     lengths = token_lengths(model_dir, train)
 
-    runs: dict[str, list[dict]] = {"baseline": [], "modelmill": []}
-    for rep in timed_repeats(args.repeats, args.budget_s):
-        for side in (("baseline", "modelmill") if rep % 2 == 0 else ("modelmill", "baseline")):
-            out = work / f"{side}-{rep}"
-            if side == "baseline":
-                r = run_plain(model_dir, train, out, epochs=hp["n_epochs"], batch_size=hp["batch_size"],
-                              lr=sft.BASE_LEARNING_RATE * hp["learning_rate_multiplier"], seed=args.seed,
-                              lora_targets="default", padding_free=False, activation_checkpointing=False,
-                              threads=args.threads)
-                r["adapter"] = str(out / "adapter")
-            else:
-                r = run_modelmill(args, model_dir, train, out, hp)
-            r["tokens_per_s"] = r["tokens"] / (r["last_step_end"] - r["train_called"])
-            r["valid_loss"] = valid_loss(model_dir, Path(r["adapter"]), valid)
-            runs[side].append(r)
-            print(f"[{side} {rep}] {r['tokens_per_s']:.1f} tok/s, {r['steps']} steps, "
-                  f"valid loss {r['valid_loss']:.4f}", flush=True)
+    def one_run(side: str, rep: int) -> dict:
+        out = work / f"{side}-{rep}"
+        if side == "baseline":
+            r = run_plain(model_dir, train, out, **plain_hyperparameters(hp), seed=args.seed,
+                          lora_targets="default", padding_free=False, activation_checkpointing=False,
+                          threads=args.threads)
+            r["adapter"] = str(out / "adapter")
+        else:
+            r = run_modelmill(args, model_dir, train, out, hp)
+        r["tokens_per_s"] = r["tokens"] / (r["last_step_end"] - r["train_called"])
+        r["valid_loss"] = valid_loss(model_dir, Path(r["adapter"]), valid)
+        print(f"[{side} {rep}] {r['tokens_per_s']:.1f} tok/s, {r['steps']} steps, "
+              f"valid loss {r['valid_loss']:.4f}", flush=True)
+        return r
+
+    runs = alternating_runs(args.repeats, args.budget_s, one_run)
 
     base, mm = runs["baseline"], runs["modelmill"]
     tokens = {r["tokens"] for r in base + mm}
@@ -139,20 +137,13 @@ def main() -> None:
         f"{[round(r['peak_rss_mb']) for r in base]}, ModelMill {[round(r['peak_rss_mb']) for r in mm]}.",
     ]
     if args.quick:
-        notes.insert(0, "--quick smoke run on modelmill-tiny: checks the code path; its figures mean nothing.")
-    missed = [r["what"] for r in rows if r["met"] is False]
-    profile = None
-    if missed:
-        profile = (f"Missed: {', '.join(missed)}. Median seconds per optimizer step (step 1 counted from "
-                   f"trainer.train()): baseline {step_seconds(base)}, ModelMill {step_seconds(mm)}; ModelMill's "
-                   f"configuration: {config}.")
-    doc = write_json(args.json, BENCH, machine_line, rows, notes, profile)
-    body = "\n".join([f"`python bench/bench_sft_efficiency.py` ({machine_line}; {len(mm)} interleaved repeats, "
-                      f"each run its own process).", "", rows_table(rows), "", *[f"- {n}" for n in notes]]
-                     + ([f"- Profile: {profile}"] if profile else []))
-    print(body)
-    write_markdown("bench_sft_efficiency", "SFT efficiency: auto configuration vs TRL defaults", body, args.quick)
-    return doc
+        notes.insert(0, QUICK_NOTE)
+    profile = missed_profile(rows, f"Median seconds per optimizer step (step 1 counted from trainer.train()): "
+                                   f"baseline {step_seconds(base)}, ModelMill {step_seconds(mm)}; ModelMill's "
+                                   f"configuration: {config}.")
+    return publish(args, BENCH, "SFT efficiency: auto configuration vs TRL defaults",
+                   f"`python bench/bench_sft_efficiency.py` ({machine_line}; {len(mm)} interleaved repeats, each run "
+                   f"its own process).", machine_line, rows, notes, profile)
 
 
 def step_seconds(runs: list[dict]) -> str:

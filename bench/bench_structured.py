@@ -28,7 +28,6 @@ docs/structured-outputs.md). The notes record the variable's value.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -37,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from training_common import machine, row, rows_table, write_json, write_markdown  # noqa: E402
+from training_common import machine, row, rows_table, serving_bench_parser, write_json, write_markdown  # noqa: E402
 
 MODEL, QUICK_MODEL = "SmolLM2-135M-Instruct", "modelmill-tiny"
 TARGET_COST = 1.15  # constrained decoding may cost at most 1.15x unconstrained
@@ -68,15 +67,10 @@ def messages(person: str) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="modelmill-tiny, tiny budgets: a smoke run in seconds")
-    p.add_argument("--json", help="also write the Bench JSON (bench/README.md) here")
-    p.add_argument("--repeats", type=int, help="repeats of each measurement (default 3; --quick 1)")
-    p.add_argument("--max-tokens", type=int, help="completion budget per request (default 64; --quick 24)")
+    p = serving_bench_parser(__doc__, repeats_help="repeats of each measurement (default 3; --quick 1)",
+                             max_tokens_help="completion budget per request (default 64; --quick 24)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--no-write", action="store_true", help="do not rewrite BENCHMARKS.md")
     p.add_argument("--budget-s", type=float, default=None, help="start no new repeat after this many seconds")
-    p.add_argument("--home", default=os.environ.get("MODELMILL_HOME", str(Path.home() / ".modelmill")))
     args = p.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     max_tokens = args.max_tokens or (24 if args.quick else 64)

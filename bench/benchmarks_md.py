@@ -7,9 +7,22 @@ and rewrites only that section (appending it the first time).
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), for a section's machine line."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return cpu
 
 
 def write_section(key: str, title: str, body: str, path: Path = BENCHMARKS) -> None:

@@ -154,6 +154,32 @@ def training_bench_parser(doc: str, *, quick_help: str, repeats: int, budget_s: 
     return p
 
 
+def serving_bench_parser(doc: str, *, repeats_help: str, max_tokens_help: str, home_help: str | None = None):
+    """The argparse parser the serving benches share (bench_batches, bench_serving, bench_structured):
+    --quick, --json, --repeats, --max-tokens, --no-write and --home. --repeats and --max-tokens have no
+    argparse default: each bench picks its own, by --quick. Each bench adds its own arguments."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="modelmill-tiny, tiny budgets: a smoke run in seconds")
+    p.add_argument("--json", help="also write the Bench JSON (bench/README.md) here")
+    p.add_argument("--repeats", type=int, help=repeats_help)
+    p.add_argument("--max-tokens", type=int, help=max_tokens_help)
+    p.add_argument("--no-write", action="store_true", help="do not rewrite BENCHMARKS.md")
+    p.add_argument("--home", default=os.environ.get("MODELMILL_HOME", str(Path.home() / ".modelmill")), help=home_help)
+    return p
+
+
+def parse_args_or_run_child(p, child):
+    """p.parse_args(); with --child, run child(args), print its JSON report (the last line, which
+    run_child reads) and return None: the caller returns too."""
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return None
+    return args
+
+
 def child_env(threads: int) -> dict:
     """The environment of every process a bench starts (both sides alike): OMP_NUM_THREADS=threads
     (torch's CPU threads) when threads > 0, else torch's own default (one per core). On a machine
@@ -267,6 +293,36 @@ def timed_repeats(repeats: int, budget_s: float | None):
         longest = max(longest, time.monotonic() - begun)
 
 
+def alternating_runs(repeats: int, budget_s: float | None, run_side) -> dict[str, list[dict]]:
+    """run_side(side, rep) -> one run's figures, for both sides ("baseline", "modelmill") of every repeat
+    that timed_repeats allows: the baseline first on even repeats, ModelMill first on odd ones, so neither
+    side always runs on the warmer (or the busier) machine."""
+    runs: dict[str, list[dict]] = {"baseline": [], "modelmill": []}
+    for rep in timed_repeats(repeats, budget_s):
+        for side in (("baseline", "modelmill") if rep % 2 == 0 else ("modelmill", "baseline")):
+            runs[side].append(run_side(side, rep))
+    return runs
+
+
+QUICK_NOTE = "--quick smoke run on modelmill-tiny: checks the code path; its figures mean nothing."
+
+
+def missed_profile(rows: list[dict], detail: str) -> str | None:
+    """The Bench JSON's profile when a row missed its target: which ones, then `detail` (where the time
+    went); None when every target was met."""
+    missed = [r["what"] for r in rows if r["met"] is False]
+    return f"Missed: {', '.join(missed)}. {detail}" if missed else None
+
+
+def plain_hyperparameters(hp: dict) -> dict:
+    """run_plain's epochs, batch_size and lr for ModelMill's resolved SFT hyperparameters `hp` (its learning
+    rate is sft.BASE_LEARNING_RATE times the multiplier)."""
+    from modelmill.ml import sft
+
+    return {"epochs": hp["n_epochs"], "batch_size": hp["batch_size"],
+            "lr": sft.BASE_LEARNING_RATE * hp["learning_rate_multiplier"]}
+
+
 # ---------------------------------------------------------------- Bench JSON (bench/README.md)
 
 
@@ -300,6 +356,18 @@ def write_json(path: str | None, bench: str, machine_line: str, rows: list[dict]
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def publish(args, bench: str, title: str, intro: str, machine_line: str, rows: list[dict], notes: list[str],
+            profile: str | None) -> dict:
+    """A training bench's results: the Bench JSON (to --json), and its BENCHMARKS.md section (printed, and
+    written unless --quick): `intro`, the rows' table, the notes and the profile. Returns the JSON."""
+    doc = write_json(args.json, bench, machine_line, rows, notes, profile)
+    body = "\n".join([intro, "", rows_table(rows), "", *[f"- {n}" for n in notes]]
+                     + ([f"- Profile: {profile}"] if profile else []))
+    print(body)
+    write_markdown(f"bench_{bench}", title, body, args.quick)
     return doc
 
 

@@ -107,3 +107,17 @@ def assert_matches(obj, schema_name: str) -> None:
 
 
 validate = assert_matches  # the name some callers expect
+
+# Each streamed Responses API event type -> OpenAI's schema for it.
+RESPONSE_EVENT_SCHEMAS = {
+    "response.created": "ResponseCreatedEvent", "response.in_progress": "ResponseInProgressEvent",
+    "response.output_item.added": "ResponseOutputItemAddedEvent",
+    "response.content_part.added": "ResponseContentPartAddedEvent",
+    "response.output_text.delta": "ResponseTextDeltaEvent", "response.output_text.done": "ResponseTextDoneEvent",
+    "response.content_part.done": "ResponseContentPartDoneEvent",
+    "response.output_item.done": "ResponseOutputItemDoneEvent",
+    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
+    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
+    "response.completed": "ResponseCompletedEvent", "response.incomplete": "ResponseIncompleteEvent",
+    "response.failed": "ResponseFailedEvent", "error": "ResponseErrorEvent",
+}

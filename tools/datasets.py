@@ -6,6 +6,21 @@ from __future__ import annotations
 import json
 import random
 
+# Two function tools (a light switch, a thermometer) and a call of one: training lines with tools, for the
+# validator's tests and the malformed corpus.
+LIGHT_TOOLS = [
+    {"type": "function", "function": {
+        "name": "set_light", "description": "Turn a light on or off",
+        "parameters": {"type": "object", "properties": {"room": {"type": "string"}, "on": {"type": "boolean"}},
+                       "required": ["room"]}}},
+    {"type": "function", "function": {"name": "get_temp", "parameters": {"type": "object", "properties": {}}}},
+]
+
+
+def tool_call(id_: str, name: str = "set_light", args: str = '{"room": "kitchen", "on": true}') -> dict:
+    return {"id": id_, "type": "function", "function": {"name": name, "arguments": args}}
+
+
 # An RFT grader for arithmetic_dataset: the sample must equal the item's answer.
 STRING_CHECK = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
                 "reference": "{{item.answer}}", "operation": "eq"}
@@ -42,12 +57,13 @@ def short_preference_dataset(n: int, seed: int = 0) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def arithmetic_dataset(n: int, seed: int = 0) -> bytes:
-    """RFT lines: a user question and the answer as an extra field, visible to graders as item.answer."""
+def arithmetic_dataset(n: int, seed: int = 0, fields=None) -> bytes:
+    """RFT lines: a user question "What is a + b?" and the answer as extra fields, visible to graders as
+    item.<field>: fields(a + b) -> dict; by default item.answer (the sum) and item.level."""
+    fields = fields or (lambda total: {"answer": str(total), "level": "easy"})
     rng = random.Random(seed)
     lines = []
     for _ in range(n):
         a, b = rng.randint(1, 9), rng.randint(1, 9)
-        lines.append(json.dumps({"messages": [{"role": "user", "content": f"What is {a} + {b}?"}],
-                                 "answer": str(a + b), "level": "easy"}))
+        lines.append(json.dumps({"messages": [{"role": "user", "content": f"What is {a} + {b}?"}], **fields(a + b)}))
     return ("\n".join(lines) + "\n").encode()

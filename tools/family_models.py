@@ -114,12 +114,18 @@ def teach_tool_call(model, tokenizer, steps: int) -> float:
     ids, mask = chat_format.tokenize_conversation(chosen, [*TEACH_PROMPT, TEACH_CALL], TOOLS)
     input_ids = torch.tensor([ids])
     labels = torch.tensor([[i if keep else -100 for i, keep in zip(ids, mask, strict=True)]])
+    # Logits only from the position before the first trained token on: the same loss and gradients (the
+    # prompt's positions carry no loss), without a (prompt length x vocabulary) LM head forward and
+    # backward per step, which made teaching 2.5-4x slower (the prompt with its tool schema is ~190 tokens).
+    tail = len(ids) - mask.index(True) + 1
+    labels = labels[:, -tail:]
     optimizer = torch.optim.Adam(model.parameters(), lr=TEACH_LR)
     model.train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for _ in range(steps):
-            loss = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels).loss
+            loss = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels,
+                         logits_to_keep=tail).loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -55,14 +55,10 @@ def machine(load_at_start: float | None = None) -> str:
     above the CPU count, other work shared the machine and the wall times are inflated."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    sys.path.insert(0, str(BENCH_DIR))
+    from benchmarks_md import cpu_name
+
+    cpu = cpu_name()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     threads = os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()
     return (f"{cpu}, {os.cpu_count()} CPUs, fp32, torch {torch.__version__} (threads: {threads}), "

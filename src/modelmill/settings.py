@@ -40,6 +40,14 @@ def home_from_env() -> Path:
     return Path(os.environ.get("MODELMILL_HOME") or Path.home() / ".modelmill").expanduser()
 
 
+def cache_dir_from_env() -> Path | None:
+    """MODELMILL_CACHE_DIR: where conversions that are the same for every home are kept and shared
+    between processes (the SmolLM2 tokenizer read from its GGUF, ml/models.py); unset: none, and each
+    process converts again. The test suite sets it, so its many server processes convert once."""
+    raw = os.environ.get("MODELMILL_CACHE_DIR")
+    return Path(raw).expanduser() if raw else None
+
+
 def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
     raw = (os.environ.get(name) or "").strip().lower()
     if raw and raw not in choices:
@@ -184,6 +192,11 @@ class Settings:
     chat_concurrency: int = 16
     chat_project_concurrency: int = 8
     chat_queue: int = 64
+    # Threads of the API's request pool (MODELMILL_API_THREADS): at most this many plain `def` routes and
+    # dependencies run at once, the rest wait in arrival order on the event loop (api/app.py,
+    # request_threads). anyio's default is 40; fewer means fewer threads taking turns at the GIL with the
+    # event loop (RELIABILITY.md, Load).
+    api_threads: int = 40
     # MLflow tracking URI for jobs with a {"type": "mlflow"} integration (MODELMILL_MLFLOW_TRACKING_URI:
     # http(s)://, file:, databricks, ...; docs/operations.md); None = such jobs are refused with a 400.
     mlflow_tracking_uri: str | None = None
@@ -286,6 +299,7 @@ class Settings:
             chat_concurrency=max(1, _env_int("MODELMILL_CHAT_CONCURRENCY", 16)),
             chat_project_concurrency=max(1, _env_int("MODELMILL_CHAT_PROJECT_CONCURRENCY", 8)),
             chat_queue=max(0, _env_int("MODELMILL_CHAT_QUEUE", 64)),
+            api_threads=max(1, _env_int("MODELMILL_API_THREADS", 40)),
             mlflow_tracking_uri=os.environ.get("MODELMILL_MLFLOW_TRACKING_URI") or None,
             metrics=_env_choice("MODELMILL_METRICS", ("key", "public", "off"), "key"),
             webhook_allow_private=os.environ.get("MODELMILL_WEBHOOK_ALLOW_PRIVATE", "").lower() in ("1", "true", "yes"),

@@ -4,23 +4,15 @@ story says they are. Pure Python, no model: milliseconds."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
+from tests.bench.helpers import results_module
 
 
 @pytest.fixture(scope="module")
 def intent_data():
-    sys.path.insert(0, str(RESULTS))
-    try:
-        import intent_data as module
-
+    with results_module("intent_data") as module:
         yield module
-    finally:
-        sys.path.remove(str(RESULTS))
 
 
 def test_no_test_template_is_a_training_template(intent_data):

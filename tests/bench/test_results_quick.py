@@ -7,24 +7,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "bench" / "results"
+from tests.bench.helpers import RESULTS, results_module
+
 CONTRACT_KEYS = {"story", "model", "metric", "base", "fine_tuned", "target", "met", "wall_s", "details"}
 
 
 @pytest.fixture
 def common():
-    sys.path.insert(0, str(RESULTS))
-    try:
-        import common as module
-
+    with results_module("common") as module:
         yield module
-    finally:
-        sys.path.remove(str(RESULTS))
 
 
 def test_section_is_rebuilt_from_story_json_and_leaves_other_sections(tmp_path, common):

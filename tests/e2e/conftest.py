@@ -25,6 +25,15 @@ def client(server):
     return server.client
 
 
+@pytest.fixture
+def split_server(tmp_path):
+    """A server of its own with no worker inside (tests start and kill workers), short leases."""
+    s = Server(tmp_path / "home", worker=False, env={"MODELMILL_LEASE_SECONDS": "3",
+                                                     "MODELMILL_HEARTBEAT_SECONDS": "0.5"})
+    yield s
+    s.stop()
+
+
 @pytest.fixture(scope="session")
 def train_file(client):
     return client.files.create(file=("train.jsonl", short_dataset(48)), purpose="fine-tune")
@@ -33,6 +42,15 @@ def train_file(client):
 @pytest.fixture(scope="session")
 def valid_file(client):
     return client.files.create(file=("valid.jsonl", short_dataset(12, seed=1)), purpose="fine-tune")
+
+
+@pytest.fixture(scope="session")
+def sft_model(client, train_file) -> str:
+    """The fine_tuned_model of one finished SFT job on train_file (1 epoch), for the tests that train on
+    top of a fine-tuned model (SFT again, DPO): one base job for all of them, not one each."""
+    job = wait_for(client, tiny_job(client, train_file.id, suffix="base1").id, {"succeeded", "failed", "cancelled"})
+    assert job.status == "succeeded", job.error
+    return job.fine_tuned_model
 
 
 def wait_for(client, job_id: str, statuses: set[str], timeout: float = 180.0):

@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from tools.servers import Server
 from tests.spec_check import assert_matches
 
 
@@ -63,14 +62,6 @@ def test_bad_batch_file_is_a_400_naming_the_line(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert "line 1: body.model" in str(e.value) and e.value.body["param"] == "input_file_id"
-
-
-@pytest.fixture
-def split_server(tmp_path):
-    s = Server(tmp_path / "home", worker=False, env={"MODELMILL_LEASE_SECONDS": "3",
-                                                     "MODELMILL_HEARTBEAT_SECONDS": "0.5"})
-    yield s
-    s.stop()
 
 
 def test_sigkill_mid_batch_answers_every_line_once(split_server):

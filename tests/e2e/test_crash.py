@@ -11,33 +11,28 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.conftest import tiny_job, wait_for
 from tools.datasets import short_dataset
-from tools.servers import Server
 
 
-@pytest.fixture
-def split_server(tmp_path):
-    s = Server(tmp_path / "home", worker=False, env={"MODELMILL_LEASE_SECONDS": "3",
-                                                     "MODELMILL_HEARTBEAT_SECONDS": "0.5"})
-    yield s
-    s.stop()
+def wait_for_checkpoint(client, job_id: str, worker, timeout: float) -> None:
+    """Until the job has a checkpoint, with the worker process still running."""
+    deadline = time.monotonic() + timeout
+    while not client.fine_tuning.jobs.checkpoints.list(job_id).data:
+        assert time.monotonic() < deadline, "no checkpoint before the deadline"
+        assert worker.poll() is None
+        time.sleep(0.05)
 
 
 def test_sigkill_worker_resumes_from_checkpoint(split_server):
     client = split_server.client
-    train = client.files.create(file=("train.jsonl", short_dataset(24)), purpose="fine-tune")
+    # 12 examples (the 10 a file needs, and a few): every step is one more the test waits for, twice.
+    train = client.files.create(file=("train.jsonl", short_dataset(12)), purpose="fine-tune")
     # 2 epochs: the checkpoint at the end of the first is where the kill lands; the second is the resumed part.
     job = tiny_job(client, train.id, n_epochs=2, batch_size=1)
     worker = split_server.start_worker()
     try:
-        deadline = time.monotonic() + 120
-        while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
-            assert time.monotonic() < deadline, "no checkpoint before the deadline"
-            assert worker.poll() is None
-            time.sleep(0.05)
+        wait_for_checkpoint(client, job.id, worker, timeout=120)
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait()
         killed_at = client.fine_tuning.jobs.retrieve(job.id)
@@ -51,10 +46,10 @@ def test_sigkill_worker_resumes_from_checkpoint(split_server):
         assert any("resum" in e.message.lower() for e in events), [e.message for e in events]
         metrics = [e.data for e in events if e.type == "metrics"]
         steps = [m["step"] for m in metrics]
-        assert max(steps) == metrics[0]["total_steps"] == 2 * 24  # 24 examples, batch 1, 2 epochs
+        assert max(steps) == metrics[0]["total_steps"] == 2 * 12  # 12 examples, batch 1, 2 epochs
         # The second worker started from the checkpoint, not from step 1: steps before the
         # checkpoint were recorded once, by the first worker.
-        assert steps.count(1) == 1 and first_ckpt >= 24
+        assert steps.count(1) == 1 and first_ckpt >= 12
     finally:
         worker.kill()
         worker.wait()
@@ -79,11 +74,7 @@ def test_sigkill_of_a_two_rank_worker_takes_its_ranks_down_and_the_job_resumes(s
     worker = subprocess.Popen([sys.executable, "-m", "modelmill.cli", "worker"],
                               env=dict(split_server.env, MODELMILL_TRAIN_PROCESSES="2"))
     try:
-        deadline = time.monotonic() + 240
-        while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
-            assert time.monotonic() < deadline, "no checkpoint before the deadline"
-            assert worker.poll() is None
-            time.sleep(0.05)
+        wait_for_checkpoint(client, job.id, worker, timeout=240)
         ranks = [int(p.read_text()) for d in set(Path("/tmp").glob("mm-ranks-*")) - before
                  for p in d.glob("rank-*.pid")]
         assert len(ranks) == 2

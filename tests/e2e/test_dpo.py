@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.e2e.conftest import tiny_job, wait_for
+from tests.e2e.conftest import wait_for
 from tools.datasets import short_preference_dataset
 from tests.spec_check import assert_matches
 
@@ -51,13 +51,10 @@ def test_dpo_job_end_to_end(client, pref_file):
     assert reply.model == job.fine_tuned_model and reply.choices[0].message.content is not None
 
 
-def test_dpo_on_top_of_an_sft_model(client, train_file, pref_file):
-    sft = wait_for(client, tiny_job(client, train_file.id).id, {"succeeded", "failed", "cancelled"})
-    assert sft.status == "succeeded", sft.error
-    job = wait_for(client, dpo_job(client, pref_file.id, model=sft.fine_tuned_model).id,
-                   {"succeeded", "failed", "cancelled"})
+def test_dpo_on_top_of_an_sft_model(client, sft_model, pref_file):
+    job = wait_for(client, dpo_job(client, pref_file.id, model=sft_model).id, {"succeeded", "failed", "cancelled"})
     assert job.status == "succeeded", job.error
-    assert job.model == sft.fine_tuned_model and job.fine_tuned_model.startswith("ft:modelmill-tiny:")
+    assert job.model == sft_model and job.fine_tuned_model.startswith("ft:modelmill-tiny:")
     reply = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=4, temperature=0,
                                            messages=[{"role": "user", "content": "turn off the attic lights"}])
     assert reply.choices[0].finish_reason in ("stop", "length")

@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from tests.e2e.conftest import SMART_HOME, tiny_job, wait_for
+from tests.e2e.conftest import SMART_HOME, wait_for
 from tools.datasets import short_dataset
 from tests.spec_check import assert_matches
 
@@ -107,10 +107,8 @@ def test_chat_streaming_and_tools(client):
     assert len(resp.choices) == 2 and resp.usage.total_tokens > resp.usage.prompt_tokens
 
 
-def test_ft_model_continues_training(client, train_file):
-    first = wait_for(client, tiny_job(client, train_file.id, suffix="base1").id, {"succeeded", "failed"})
-    assert first.status == "succeeded", first.error
-    second = client.fine_tuning.jobs.create(training_file=train_file.id, model=first.fine_tuned_model,
+def test_ft_model_continues_training(client, train_file, sft_model):
+    second = client.fine_tuning.jobs.create(training_file=train_file.id, model=sft_model,
                                             method={"type": "supervised", "supervised": {
                                                 "hyperparameters": {"n_epochs": 1, "batch_size": 8}}})
     second = wait_for(client, second.id, {"succeeded", "failed"})

@@ -13,24 +13,13 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel
 
-from tests.spec_check import assert_matches
+from tests.spec_check import RESPONSE_EVENT_SCHEMAS, assert_matches
 
 TINY = {"model": "modelmill-tiny", "max_output_tokens": 4, "temperature": 0}
 TOOL = {"type": "function", "name": "set_lights", "description": "Turn the lights of a room on or off.",
         "strict": True, "parameters": {"type": "object", "properties": {
             "room": {"type": "string", "enum": ["hall", "kitchen"]}, "on": {"type": "boolean"}},
             "required": ["room", "on"], "additionalProperties": False}}
-EVENT_SCHEMAS = {
-    "response.created": "ResponseCreatedEvent", "response.in_progress": "ResponseInProgressEvent",
-    "response.output_item.added": "ResponseOutputItemAddedEvent",
-    "response.content_part.added": "ResponseContentPartAddedEvent",
-    "response.output_text.delta": "ResponseTextDeltaEvent", "response.output_text.done": "ResponseTextDoneEvent",
-    "response.content_part.done": "ResponseContentPartDoneEvent",
-    "response.output_item.done": "ResponseOutputItemDoneEvent",
-    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
-    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
-    "response.completed": "ResponseCompletedEvent", "response.incomplete": "ResponseIncompleteEvent",
-}
 
 
 def raw_create(client, **kw) -> dict:
@@ -60,9 +49,9 @@ def test_create_retrieve_input_items_delete(client):
 
 def check_events(events) -> list[str]:
     for ev in events:
-        if ev.type in EVENT_SCHEMAS:
-            assert_matches(ev.to_dict(warnings=False), EVENT_SCHEMAS[ev.type])
-    kinds = [e.type for e in events if e.type in EVENT_SCHEMAS]
+        if ev.type in RESPONSE_EVENT_SCHEMAS:
+            assert_matches(ev.to_dict(warnings=False), RESPONSE_EVENT_SCHEMAS[ev.type])
+    kinds = [e.type for e in events if e.type in RESPONSE_EVENT_SCHEMAS]
     assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
                          "response.content_part.added"]
     assert kinds[-4:-1] == ["response.output_text.done", "response.content_part.done", "response.output_item.done"]

@@ -17,20 +17,9 @@ from modelmill.errors import DataValidationError, InvalidRequestError
 from modelmill.ml import data, jsonl
 from modelmill.ml.data.methods import validate_supervised_line
 from modelmill.ml.types import ChatExample, LineProblem
+from tools.datasets import LIGHT_TOOLS as TOOLS, tool_call as call
 
 SPEC = Path("/work/shared/spec/openai-training-data-schemas.json")
-
-TOOLS = [
-    {"type": "function", "function": {
-        "name": "set_light", "description": "Turn a light on or off",
-        "parameters": {"type": "object", "properties": {"room": {"type": "string"}, "on": {"type": "boolean"}},
-                       "required": ["room"]}}},
-    {"type": "function", "function": {"name": "get_temp", "parameters": {"type": "object", "properties": {}}}},
-]
-
-
-def call(id_: str, name: str = "set_light", args: str = '{"room": "kitchen", "on": true}') -> dict:
-    return {"id": id_, "type": "function", "function": {"name": name, "arguments": args}}
 
 
 def valid_examples() -> list[dict]:

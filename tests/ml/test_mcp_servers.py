@@ -15,6 +15,7 @@ from modelmill.ml.environments import ToolCall, run_tool_calls, validate_environ
 from modelmill.ml.graders import sandbox as sandbox_mod
 from modelmill.ml.graders.sandbox import SandboxConfig
 from modelmill.ml.graders.sandbox.processes import live_processes
+from tests.ml.sandbox_checks import left_after
 
 UID, POOL = 2_100_100_000, 16
 BWRAP = SandboxConfig(wall_seconds=5.0, batch_wall_seconds=60.0, uid=UID, uid_pool_size=POOL)
@@ -88,10 +89,7 @@ def live_sandbox_processes() -> list[int]:
 @pytest.fixture(autouse=True)
 def nothing_left_behind():
     yield
-    deadline = time.monotonic() + 5
-    while live_sandbox_processes() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert live_sandbox_processes() == []
+    assert left_after(live_sandbox_processes, seconds=5) == []
 
 
 def validate(*tools, **over) -> dict:

@@ -162,3 +162,35 @@ def test_concurrent_loads_in_one_process_all_get_real_weights(tiny_model_dir):
     for _ in range(3):
         with ThreadPoolExecutor(4) as pool:
             assert list(pool.map(load, range(4))) == [[]] * 4
+
+
+def test_smollm2_tokenizer_shared_through_the_cache_is_the_gguf_one(tmp_path, monkeypatch):
+    """MODELMILL_CACHE_DIR (the suite sets one): the first process converts the GGUF's tokenizer and
+    saves it there; the next loads that copy, which must save the same bytes as the converted one."""
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("MODELMILL_CACHE_DIR", str(tmp_path / "cache"))
+    models._smollm2_tokenizer.cache_clear()
+    try:
+        converted = models._smollm2_tokenizer()
+        (saved,) = (tmp_path / "cache" / "smollm2-tokenizer").iterdir()
+        assert (saved / "tokenizer.json").is_file() and not list(saved.parent.glob(".tmp-*"))
+        models._smollm2_tokenizer.cache_clear()
+        monkeypatch.setattr(AutoTokenizer, "from_pretrained", _refusing_gguf(AutoTokenizer.from_pretrained))
+        cached = models._smollm2_tokenizer()
+    finally:
+        models._smollm2_tokenizer.cache_clear()
+    assert cached is not converted and cached.get_vocab() == converted.get_vocab()
+    text = "<|im_start|>user\nKitchen wörld 12345\t<|im_end|>"
+    assert cached(text)["input_ids"] == converted(text)["input_ids"]
+    for tok, out in ((converted, tmp_path / "a"), (cached, tmp_path / "b")):
+        tok.save_pretrained(out)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == \
+        {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+
+
+def _refusing_gguf(from_pretrained):
+    def load(*args, **kwargs):
+        assert "gguf_file" not in kwargs, "read the GGUF again instead of the cached tokenizer"
+        return from_pretrained(*args, **kwargs)
+    return load

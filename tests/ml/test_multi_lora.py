@@ -10,27 +10,15 @@ import torch
 
 from modelmill.ml import batching, models
 from modelmill.ml.multi_lora import MultiLoraModel
+from tests.ml.lora_adapters import random_lora_adapter
 
 
 @pytest.fixture(scope="module")
 def adapter_dirs(tiny_model_dir, tmp_path_factory) -> list[Path]:
     """Three adapters with different ranks and target modules (random A and B, scaled up)."""
-    from peft import LoraConfig, get_peft_model
-
-    out = []
-    for seed, (r, targets) in enumerate([(2, ["q_proj", "v_proj"]), (4, "all-linear"), (3, ["down_proj"])]):
-        torch.manual_seed(seed)
-        model, _ = models.load_model(tiny_model_dir)
-        peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=8, init_lora_weights=False,
-                                                      target_modules=targets))
-        with torch.no_grad():
-            for name, p in peft_model.named_parameters():
-                if "lora_" in name:
-                    p.mul_(20)
-        path = tmp_path_factory.mktemp(f"lora{seed}")
-        peft_model.save_pretrained(path)
-        out.append(path)
-    return out
+    return [random_lora_adapter(tiny_model_dir, tmp_path_factory.mktemp(f"lora{seed}"), seed=seed, r=r,
+                                targets=targets)
+            for seed, (r, targets) in enumerate([(2, ["q_proj", "v_proj"]), (4, "all-linear"), (3, ["down_proj"])])]
 
 
 def inputs(tokenizer, n: int) -> dict:

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
 from modelmill.errors import InvalidRequestError
-from modelmill.ml import models
 from modelmill.ml.sampling import Sampler, SamplingParams
 from modelmill.ml.types import ModelRef
 from modelmill.ml.vllm_backend import InferenceBackendError, VLLMBackend
 from tests.ml import vllm_standin
+from tests.ml.lora_adapters import random_lora_adapter
 
 REAL_URL = os.environ.get("MODELMILL_TEST_VLLM_URL")
 STANDIN = REAL_URL is None
@@ -53,22 +52,9 @@ def server_url(base_dir):
 @pytest.fixture(scope="module")
 def adapters(base_dir, tmp_path_factory) -> list[Path]:
     """Two LoRA adapters that visibly change the model's output (random A and B, scaled up)."""
-    from peft import LoraConfig, get_peft_model
-
-    out = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        model, _ = models.load_model(base_dir)
-        peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                                                      target_modules=["q_proj", "v_proj", "down_proj"]))
-        with torch.no_grad():
-            for name, p in peft_model.named_parameters():
-                if "lora_" in name:
-                    p.mul_(20)
-        path = tmp_path_factory.mktemp(f"adapter{seed}")
-        peft_model.save_pretrained(path)
-        out.append(path.resolve())
-    return out
+    return [random_lora_adapter(base_dir, tmp_path_factory.mktemp(f"adapter{seed}"), seed=seed, r=4,
+                                targets=["q_proj", "v_proj", "down_proj"]).resolve()
+            for seed in (1, 2)]
 
 
 @pytest.fixture(scope="module")

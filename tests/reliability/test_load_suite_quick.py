@@ -26,4 +26,8 @@ def test_load_suite_quick():  # its clients in 2 processes: the path `--client-p
     assert load["requests"] == 36 and load["server_errors"] == 0 and load["db_locked"] == 0
     assert sum(k["n"] for k in load["per_kind"].values()) == 36
     assert load["metadata_server_p50_ms"] >= 0  # a number, not nan: every response carried the header
+    # where the time went: the server's event-loop lag (from /metrics and its shutdown log) and each
+    # request's split, client before sending / server app / loop and wire / client after the headers
+    assert load["loop_lag"]["ticks"] > 0 and load["loop_lag"]["p99_ms"] >= 0 and load["loop_stalls"]["samples"] > 0
+    assert load["split"]["server_app_50_ms"] >= 0 and load["split"]["slowest_1pct"]["n"] >= 1
     assert race == {**race, "jobs": 2, "succeeded": 2, "claimed_once": 2, "steps_twice": 0, "integrity": "ok"}

@@ -10,9 +10,9 @@ import shutil
 import pytest
 
 from modelmill.service.models import adapters
-from modelmill.service.jobs.reporter import StoreReporter
 from modelmill.service.worker.loop import Worker
 from tests.service.conftest import create_job, training_jsonl, upload
+from tests.service.helpers import run_worker_until_first_checkpoint
 
 HP = {"n_epochs": 1, "batch_size": 4}
 
@@ -100,24 +100,11 @@ def test_a_job_continuing_a_changed_adapter_fails_clearly(client, store, setting
     refused(again, "adapter_model.safetensors was modified")  # and no new job starts from it
 
 
-class _Crash(BaseException):
-    """Stands in for SIGKILL: escapes every handler, so the worker writes nothing more."""
-
-
 def _crashed_job(client, store, settings, monkeypatch) -> str:
     """A 2-epoch job (3 steps each) whose worker died right after its first checkpoint (step 3)."""
     f = upload(client, training_jsonl(12))
     job = create_job(client, f["id"], seed=1, method=supervised(n_epochs=2, batch_size=4))
-    real = StoreReporter.on_checkpoint
-
-    def crash(self, step, path, metrics):
-        real(self, step, path, metrics)
-        raise _Crash()
-
-    monkeypatch.setattr(StoreReporter, "on_checkpoint", crash)
-    with pytest.raises(_Crash):
-        Worker(settings, store, worker_id="dead").run_once()
-    monkeypatch.setattr(StoreReporter, "on_checkpoint", real)
+    run_worker_until_first_checkpoint(settings, store, monkeypatch, worker_id="dead")
     store.db.execute("UPDATE jobs SET lease_expires_at = 0 WHERE id = ?", (job["id"],))  # its lease ran out
     return job["id"]
 

@@ -12,15 +12,7 @@ import pytest
 from modelmill import errors
 from modelmill.service.api.disconnect import run_until_disconnect, stream_until_disconnect
 from modelmill.service.core.limits import ProjectExecutor
-
-def run_async(coro):
-    """asyncio.run(coro) on a thread of its own: an earlier test in the session (playwright's sync API)
-    can leave this thread marked as running an event loop, where asyncio.run refuses to start."""
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
+from tests.service.helpers import run_async
 
 
 class Client:

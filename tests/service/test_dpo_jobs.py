@@ -14,6 +14,7 @@ import pytest
 
 from modelmill.service.worker.loop import Worker
 from tests.service.conftest import create_job, preference_jsonl, preference_line, training_jsonl, upload
+from tests.service.helpers import job_json, train_bad_file, train_continuing
 from tests.spec_check import assert_matches
 
 TINY_HP = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 2.0}
@@ -23,11 +24,6 @@ REWARD_KEYS = ("train_reward_margin", "train_reward_accuracy", "train_chosen_log
 def dpo(**hp) -> dict:
     return {"type": "dpo", "dpo": {"hyperparameters": hp}}
 
-
-def job_json(client, job_id: str) -> dict:
-    body = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-    assert_matches(body, "FineTuningJob")
-    return body
 
 
 def chat(client, model: str) -> dict:
@@ -118,13 +114,7 @@ def test_dpo_continues_an_sft_jobs_adapter(client, store, settings):
     assert sft_done["status"] == "succeeded", sft_done["error"]
 
     pref = upload(client, preference_jsonl(12))
-    job = create_job(client, pref["id"], model=sft_done["fine_tuned_model"], method=dpo(**TINY_HP))
-    record = store.jobs.get(job["id"])
-    assert record.base_model == "modelmill-tiny" and record.init_adapter.endswith("/adapter")
-    Worker(settings, store).run_once()
-    done = job_json(client, job["id"])
-    assert done["status"] == "succeeded", done["error"]
-    assert done["model"] == sft_done["fine_tuned_model"]
+    done = train_continuing(client, store, settings, pref["id"], sft_done["fine_tuned_model"], dpo(**TINY_HP))
     assert done["method"]["dpo"]["hyperparameters"]["beta"] > 0  # "auto" resolved
     chat(client, done["fine_tuned_model"])
 
@@ -149,12 +139,7 @@ def test_bad_preference_file_fails_with_line_numbers(client, store, settings):
         7: _edit(7, lambda o: o["preferred_output"][0].update(content="")),
         9: "{not json",
     }))
-    job = create_job(client, bad["id"], method=dpo(**TINY_HP))
-    Worker(settings, store).run_once()
-    failed = job_json(client, job["id"])
-    assert failed["status"] == "failed" and failed["fine_tuned_model"] is None
-    err = failed["error"]
-    assert err["param"] == "training_file" and err["code"] == "invalid_training_file"
+    err = train_bad_file(client, store, settings, bad["id"], dpo(**TINY_HP))["error"]
     for line in ("line 3", "line 6", "line 8", "line 10"):
         assert line in err["message"], err["message"]
     assert "preferred_output" in err["message"]

@@ -18,16 +18,8 @@ from modelmill import errors
 from modelmill.ml.graders import sandbox
 from modelmill.service.api.app import create_app
 from modelmill.service.core.limits import ProjectExecutor
+from tests.service.helpers import run_async
 from tests.spec_check import assert_matches
-
-def run_async(coro):
-    """asyncio.run(coro) on a thread of its own: an earlier test in the session (playwright's sync API)
-    can leave this thread marked as running an event loop, where asyncio.run refuses to start."""
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
 
 
 class Gate:

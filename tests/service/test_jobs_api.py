@@ -131,11 +131,17 @@ def test_cancel_pause_resume_transitions(client, train_file):
     assert client.post("/v1/fine_tuning/jobs/ftjob-nope/cancel").status_code == 404
 
 
-def test_cancel_of_a_running_job_is_a_request_to_its_worker(client, store, settings, train_file):
-    job = create_job(client, train_file["id"])
+def running_job(client, store, settings, file_id: str):
+    """A new job that worker "w1" claimed and set running: (its JSON at creation, the job queue, w1's lease)."""
+    job = create_job(client, file_id)
     queue = store.job_queue(settings.lease_seconds)
     lease = queue.claim("w1")
     queue.update(lease, status="running")
+    return job, queue, lease
+
+
+def test_cancel_of_a_running_job_is_a_request_to_its_worker(client, store, settings, train_file):
+    job, queue, lease = running_job(client, store, settings, train_file["id"])
     r = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()
     # OpenAI answers the state the request put the job in; the worker stops it within a step.
     assert r["status"] == "cancelled" and r["estimated_finish"] is None
@@ -146,10 +152,7 @@ def test_cancel_of_a_running_job_is_a_request_to_its_worker(client, store, setti
 
 
 def test_pause_of_a_running_job_answers_paused_and_resume_withdraws_it(client, store, settings, train_file):
-    job = create_job(client, train_file["id"])
-    queue = store.job_queue(settings.lease_seconds)
-    lease = queue.claim("w1")
-    queue.update(lease, status="running")
+    job, queue, lease = running_job(client, store, settings, train_file["id"])
     paused = client.post(f"/v1/fine_tuning/jobs/{job['id']}/pause").json()
     assert_matches(paused, "FineTuningJob")
     assert paused["status"] == "paused" and queue.requested_action(lease) == "pause"
@@ -165,10 +168,7 @@ def test_pause_of_a_running_job_answers_paused_and_resume_withdraws_it(client, s
 def test_resume_that_lands_while_the_worker_is_pausing_requeues_the_job(client, store, settings, train_file):
     # The worker has read the pause request and is writing its checkpoint when the user resumes
     # (the dashboard's Resume is enabled as soon as the API answers "paused"). The resume wins.
-    job = create_job(client, train_file["id"])
-    queue = store.job_queue(settings.lease_seconds)
-    lease = queue.claim("w1")
-    queue.update(lease, status="running")
+    job, queue, lease = running_job(client, store, settings, train_file["id"])
     client.post(f"/v1/fine_tuning/jobs/{job['id']}/pause")
     assert queue.requested_action(lease) == "pause"  # the worker sees it and stops at the step
     assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/resume").json()["status"] == "running"

@@ -11,25 +11,12 @@ from fastapi.testclient import TestClient
 
 from modelmill.ml.sampling import Choice, GenerationResult, Sampler, StreamEvent
 from modelmill.service.api.app import create_app
-from tests.spec_check import assert_matches
+from tests.spec_check import RESPONSE_EVENT_SCHEMAS, assert_matches
 
 TINY = {"model": "modelmill-tiny", "max_output_tokens": 4, "temperature": 0}
 TOOL = {"type": "function", "name": "set_lights", "description": "Lights on or off.", "strict": True,
         "parameters": {"type": "object", "properties": {"room": {"type": "string"}}, "required": ["room"],
                        "additionalProperties": False}}
-# Each streamed event type -> OpenAI's schema for it.
-EVENT_SCHEMAS = {
-    "response.created": "ResponseCreatedEvent", "response.in_progress": "ResponseInProgressEvent",
-    "response.output_item.added": "ResponseOutputItemAddedEvent",
-    "response.content_part.added": "ResponseContentPartAddedEvent",
-    "response.output_text.delta": "ResponseTextDeltaEvent", "response.output_text.done": "ResponseTextDoneEvent",
-    "response.content_part.done": "ResponseContentPartDoneEvent",
-    "response.output_item.done": "ResponseOutputItemDoneEvent",
-    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
-    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
-    "response.completed": "ResponseCompletedEvent", "response.incomplete": "ResponseIncompleteEvent",
-    "response.failed": "ResponseFailedEvent", "error": "ResponseErrorEvent",
-}
 
 
 def sse_events(text: str) -> list[dict]:
@@ -39,7 +26,7 @@ def sse_events(text: str) -> list[dict]:
         lines = dict(line.split(": ", 1) for line in block.split("\n"))
         event = json.loads(lines["data"])
         assert lines["event"] == event["type"]
-        assert_matches(event, EVENT_SCHEMAS[event["type"]])
+        assert_matches(event, RESPONSE_EVENT_SCHEMAS[event["type"]])
         out.append(event)
     assert [e["sequence_number"] for e in out] == list(range(len(out)))
     return out

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from modelmill.service.jobs.reporter import StoreReporter
 from modelmill.service.worker.loop import Worker
 from tests.service.conftest import chat_line, create_job, training_jsonl, upload
+from tests.service.helpers import job_json, run_worker_until_first_checkpoint, train_bad_file, train_continuing
 from tests.spec_check import assert_matches
 
 TINY_HP = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 2.0}
@@ -22,12 +22,6 @@ TINY_HP = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 2.0}
 
 def supervised(**hp) -> dict:
     return {"type": "supervised", "supervised": {"hyperparameters": hp}}
-
-
-def job_json(client, job_id: str) -> dict:
-    body = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-    assert_matches(body, "FineTuningJob")
-    return body
 
 
 def metric_steps(store, job_id: str) -> list[int]:
@@ -93,13 +87,7 @@ def test_job_trains_to_succeeded_and_its_models_serve(client, store, settings):
         assert out.json()["model"] == model
 
     # An ft: model is a starting point: the new job continues its adapter on the same base.
-    second = create_job(client, train["id"], model=done["fine_tuned_model"], method=supervised(**TINY_HP))
-    record = store.jobs.get(second["id"])
-    assert record.base_model == "modelmill-tiny" and record.init_adapter.endswith("/adapter")
-    Worker(settings, store).run_once()
-    second = job_json(client, second["id"])
-    assert second["status"] == "succeeded", second["error"]
-    assert second["model"] == done["fine_tuned_model"]
+    second = train_continuing(client, store, settings, train["id"], done["fine_tuned_model"], supervised(**TINY_HP))
     assert second["fine_tuned_model"].startswith("ft:modelmill-tiny:modelmill::")
 
     deleted = client.delete(f"/v1/models/{done['fine_tuned_model']}").json()
@@ -119,15 +107,11 @@ def bad_role_file() -> bytes:
 
 def test_bad_training_file_fails_with_line_numbers(client, store, settings):
     bad = upload(client, bad_role_file())
-    job = create_job(client, bad["id"], method=supervised(**TINY_HP))
-    Worker(settings, store).run_once()
-    failed = job_json(client, job["id"])
-    assert failed["status"] == "failed" and failed["fine_tuned_model"] is None
+    failed = train_bad_file(client, store, settings, bad["id"], supervised(**TINY_HP))
     err = failed["error"]
-    assert err["param"] == "training_file" and err["code"] == "invalid_training_file"
     assert "line 7: messages[2].role" in err["message"] and "'bot'" in err["message"]
     assert "line 10" in err["message"]
-    assert any(e.level == "error" for e in store.events.all_for(job["id"]))
+    assert any(e.level == "error" for e in store.events.all_for(failed["id"]))
 
 
 def test_bad_validation_file_names_validation_file(client, store, settings):
@@ -192,23 +176,10 @@ def test_pause_checkpoints_and_resume_continues(client, store, settings, long_jo
     assert steps == list(range(1, 25))  # continued after the pause step; none trained twice
 
 
-class _Crash(BaseException):
-    """Stands in for SIGKILL: escapes every handler, so the worker writes nothing more."""
-
-
 def test_new_worker_resumes_a_dead_workers_job_from_its_checkpoint(client, store, settings, monkeypatch):
     f = upload(client, training_jsonl(12))
     job = create_job(client, f["id"], method=supervised(n_epochs=3, batch_size=4, learning_rate_multiplier=1.0))
-    real_on_checkpoint = StoreReporter.on_checkpoint
-
-    def crash_after_first_checkpoint(self, step, path, metrics):
-        real_on_checkpoint(self, step, path, metrics)
-        raise _Crash()
-
-    monkeypatch.setattr(StoreReporter, "on_checkpoint", crash_after_first_checkpoint)
-    with pytest.raises(_Crash):
-        Worker(settings, store, worker_id="dead").run_once()
-    monkeypatch.setattr(StoreReporter, "on_checkpoint", real_on_checkpoint)
+    run_worker_until_first_checkpoint(settings, store, monkeypatch, worker_id="dead")
     record = store.jobs.get(job["id"])
     assert record.status == "running" and record.lease_owner == "dead"
     assert Worker(settings, store).run_once() is None  # its lease is still live: not claimable

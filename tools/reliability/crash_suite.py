@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from benchmarks_md import write_section  # noqa: E402
-from tools.datasets import short_dataset, short_preference_dataset  # noqa: E402
+from tools.datasets import arithmetic_dataset, short_dataset, short_preference_dataset  # noqa: E402
 from tools.servers import Server  # noqa: E402
 
 RELIABILITY = REPO / "RELIABILITY.md"
@@ -60,13 +60,8 @@ RFT_GRADER = {"type": "text_similarity", "name": "sim", "input": "{{sample.outpu
 
 
 def rft_dataset(n: int, seed: int = 0) -> bytes:
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n):
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        lines.append(json.dumps({"messages": [{"role": "user", "content": f"What is {a} + {b}?"}],
-                                 "answer_text": f"the answer is {a + b}"}))
-    return ("\n".join(lines) + "\n").encode()
+    """arithmetic_dataset with the answer as a sentence (item.answer_text), for RFT_GRADER."""
+    return arithmetic_dataset(n, seed, fields=lambda total: {"answer_text": f"the answer is {total}"})
 
 
 # n_epochs is high so a run outlasts its 20 kills and has many epoch-end checkpoints to resume from.

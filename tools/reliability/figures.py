@@ -30,25 +30,26 @@ from pathlib import Path
 MiB = 1024 * 1024
 
 
-def rss_mib() -> float:
-    """Peak RSS so far (MiB): VmHWM, which reset_peak_rss() resets; else ru_maxrss."""
+def _status_mib(field: str) -> float | None:
+    """One memory line of /proc/self/status (kB there) in MiB; None where there is no such file."""
     try:
         for row in Path("/proc/self/status").read_text().splitlines():
-            if row.startswith("VmHWM:"):
+            if row.startswith(field + ":"):
                 return int(row.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return None
+
+
+def rss_mib() -> float:
+    """Peak RSS so far (MiB): VmHWM, which reset_peak_rss() resets; else ru_maxrss."""
+    peak = _status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def current_rss_mib() -> float:
-    try:
-        for row in Path("/proc/self/status").read_text().splitlines():
-            if row.startswith("VmRSS:"):
-                return int(row.split()[1]) / 1024
-    except OSError:
-        pass
-    return rss_mib()
+    now = _status_mib("VmRSS")
+    return now if now is not None else rss_mib()
 
 
 def reset_peak_rss() -> None:

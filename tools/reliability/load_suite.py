@@ -6,12 +6,17 @@ workers racing for one queue.
    modelmill-tiny job trains on the server's worker. Recorded: every status code, client-side
    latency per kind, "database is locked" in the server's log. Targets: zero 5xx, zero "database is
    locked", p99 of metadata requests (everything but uploads and chat) under 500 ms.
+   Where the time goes: the server's event-loop lag during the load (its /metrics histogram, from
+   api/loop_lag.py), the loop's stalls and where its thread was (the server logs them at shutdown),
+   and each metadata request split into client-before-send / server app / loop-and-wire /
+   client-after-headers (where_the_time_goes).
 2. `jobs` short jobs are queued, then four worker processes start at once against the same
    MODELMILL_HOME. Each job must be claimed exactly once: it succeeds, its "started" claim happens
    once (jobs.reclaims == 0) and its steps are recorded once.
 
     python -m tools.reliability.load_suite                       # 50 x 200 + 4 workers x 12 jobs (make reliability)
     python -m tools.reliability.load_suite --clients 5 --requests 20 --jobs 4 --no-write   # quick
+    python -m tools.reliability.load_suite --client-processes 10 --no-write   # the same clients in 10 processes
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import os
 import platform
 import random
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +47,8 @@ from openai import OpenAI  # noqa: E402
 
 from modelmill.local_server import LocalServer, free_port  # noqa: E402
 from tools.datasets import short_dataset  # noqa: E402
+from tools.reliability.load_timing import (chat_note, loop_lag_buckets, loop_lag_window, pct,  # noqa: E402
+                                           server_env_note, stall_places, where_lines, where_the_time_goes)
 
 RELIABILITY = REPO / "RELIABILITY.md"
 # kind -> weight in each client's mix
@@ -84,28 +90,40 @@ def tiny_job(client: OpenAI, file_id: str, n_epochs: int, seed: int = 3):
 # -- 1. concurrent clients ------------------------------------------------------------------------
 
 
-def load(server: LiveServer, clients: int, per_client: int, seed: int, processes: int = 1) -> dict:
+def load(server: LiveServer, clients: int, per_client: int, seed: int, processes: int = 1,
+         cold_chat: bool = False) -> dict:
     """`clients` client threads, spread over `processes` client processes (1: all in this one), each
     sending `per_client` requests of MIX while a job trains. Why several processes: the SDK's parsing
     is Python, and 50 threads in one process queue for one GIL (a files.list of 800 files costs the
-    client ~45 ms of CPU, 4x the server's), which real clients, each its own process, don't."""
+    client ~45 ms of CPU, 4x the server's), which real clients, each its own process, don't.
+    Unless cold_chat, one chat completion loads the chat model before the clients start: that first
+    load (imports, weights: seconds of the GIL) stalls the event loop once in a server's life, and
+    inside the window it alone can fill the p99 (50 requests in flight, the slowest 1% is ~77); its
+    time is reported as first_chat_ms."""
     admin = server.client()
     train = admin.files.create(file=("load-train.jsonl", short_dataset(32)), purpose="fine-tune")
     trainer = tiny_job(admin, train.id, n_epochs=50)  # keeps the worker training throughout (50 is the cap)
     while admin.fine_tuning.jobs.retrieve(trainer.id).status != "running":
         time.sleep(0.2)
+    first_chat_ms = None
+    if not cold_chat:
+        started = time.perf_counter()
+        admin.chat.completions.create(model="modelmill-tiny", max_tokens=1, messages=[{"role": "user", "content": "hi"}])
+        first_chat_ms = round((time.perf_counter() - started) * 1000)
     work = Work(server.base_url, train.id, trainer.id, per_client, seed)
+    lag_before = loop_lag_buckets(server.base_url)
     if processes <= 1:
         results = client_group(work, list(range(clients)), threading.Barrier(clients))
     else:
         results = _in_processes(work, clients, processes)
     wall = max(r[7] for r in results) - min(r[6] for r in results)  # first request sent to last answered
+    lag = loop_lag_window(lag_before, loop_lag_buckets(server.base_url))
     latencies: dict[str, list[float]] = defaultdict(list)
     server_ms: dict[str, list[float]] = defaultdict(list)  # openai-processing-ms of the same requests
     statuses: Counter = Counter()
     errors: list[str] = []
     created_jobs: list[str] = []
-    for kind, ms, srv, code, err, job_id, _, _ in results:
+    for kind, ms, srv, code, err, job_id, *_ in results:
         latencies[kind].append(ms)
         if srv is not None:
             server_ms[kind].append(srv)
@@ -121,6 +139,7 @@ def load(server: LiveServer, clients: int, per_client: int, seed: int, processes
         except openai.APIStatusError:
             pass
     meta = sorted(ms for kind, values in latencies.items() if kind in METADATA for ms in values)
+    split = where_the_time_goes([r for r in results if r[0] in METADATA and r[3] == 200])
     meta_server = sorted(ms for kind, values in server_ms.items() if kind in METADATA for ms in values)
     log = server.log_text()
     return {"clients": clients, "requests": sum(statuses.values()), "wall_s": round(wall, 1),
@@ -131,7 +150,8 @@ def load(server: LiveServer, clients: int, per_client: int, seed: int, processes
                              "server_p50_ms": pct(server_ms[k], 50), "server_p99_ms": pct(server_ms[k], 99)}
                          for k, v in sorted(latencies.items())},
             "metadata_server_p50_ms": pct(meta_server, 50), "metadata_server_p99_ms": pct(meta_server, 99),
-            "metadata_p50_ms": pct(meta, 50), "metadata_p99_ms": pct(meta, 99), "metadata_n": len(meta)}
+            "metadata_p50_ms": pct(meta, 50), "metadata_p99_ms": pct(meta, 99), "metadata_n": len(meta),
+            "client_processes": processes, "loop_lag": lag, "split": split, "first_chat_ms": first_chat_ms}
 
 
 @dataclass(frozen=True)
@@ -147,8 +167,8 @@ class Work:
 def client_group(work: Work, indices: list[int], start) -> list[tuple]:
     """Run the clients `indices` on threads of this process (all waiting on `start`, a Barrier for
     every client of every process); their results: (kind, client ms, server ms or None, status,
-    error or None, created job id or None, sent at, answered at) per request (perf_counter seconds:
-    CLOCK_MONOTONIC on Linux, one clock for every process)."""
+    error or None, created job id or None, started at, answered at, response headers received at or None,
+    handed to httpx to send at or None) per request (perf_counter seconds: CLOCK_MONOTONIC on Linux, one clock for every process)."""
     results: list[tuple] = []
     lock = threading.Lock()
 
@@ -167,9 +187,14 @@ def client_group(work: Work, indices: list[int], start) -> list[tuple]:
 
 def one_client(work: Work, i: int, start) -> list[tuple]:
     rng = random.Random(work.seed * 1000 + i)
-    seen: list[float] = []
-    http = openai.DefaultHttpxClient(event_hooks={"response": [
-        lambda r: seen.append(float(r.headers.get("openai-processing-ms", "nan")))]})
+    # (server ms, when the headers arrived): httpx calls response hooks once the status line and
+    # headers are in, before it reads the body and before the SDK parses it into objects. sent: when
+    # the SDK had built the request and httpx was about to send it (its request hook).
+    seen: list[tuple[float, float]] = []
+    sent: list[float] = []
+    http = openai.DefaultHttpxClient(event_hooks={
+        "request": [lambda r: sent.append(time.perf_counter())],
+        "response": [lambda r: seen.append((float(r.headers.get("openai-processing-ms", "nan")), time.perf_counter()))]})
     client = OpenAI(base_url=work.base_url, api_key="load", max_retries=0, timeout=120, http_client=http)
     small = short_dataset(10, seed=7)
     kinds = rng.choices(list(MIX), weights=list(MIX.values()), k=work.per_client)
@@ -177,6 +202,7 @@ def one_client(work: Work, i: int, start) -> list[tuple]:
     start.wait()
     for kind in kinds:
         seen.clear()
+        sent.clear()
         t0 = time.perf_counter()
         code, err, job_id = 200, None, None
         try:
@@ -186,7 +212,8 @@ def one_client(work: Work, i: int, start) -> list[tuple]:
         except Exception as e:  # noqa: BLE001 - a connection error counts against the server too
             code, err = 0, f"{type(e).__name__}: {e}"[:200]
         t1 = time.perf_counter()
-        out.append((kind, (t1 - t0) * 1000, seen[-1] if seen else None, code, err, job_id, t0, t1))
+        srv, headers_at = seen[-1] if seen else (None, None)
+        out.append((kind, (t1 - t0) * 1000, srv, code, err, job_id, t0, t1, headers_at, sent[-1] if sent else None))
     return out
 
 
@@ -236,14 +263,6 @@ def _process_main(work: Work, indices: list[int], start, queue) -> None:
     queue.put(client_group(work, indices, start))
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return round(values[0], 1)
-    return round(statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1], 1)
-
-
 # -- 2. four workers, one queue -------------------------------------------------------------------
 
 
@@ -289,14 +308,16 @@ def race(home: Path, n_jobs: int, n_workers: int = 4) -> dict:
 
 def report(ld: dict, rc: dict, args) -> str:
     met = ld["server_errors"] == 0 and ld["db_locked"] == 0 and ld["metadata_p99_ms"] < P99_TARGET_MS
-    procs = f" --client-processes {args.client_processes}" if args.client_processes > 1 else ""
+    procs = (f" --client-processes {args.client_processes}" if args.client_processes > 1 else "") \
+        + (" --cold-chat" if args.cold_chat else "")
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPUs, by `python -m tools.reliability.load_suite --clients {args.clients} "
              f"--requests {args.requests} --jobs {args.jobs}{procs}` (`make reliability`). Clients, server and worker "
-             f"share the machine; the clients are threads of {args.client_processes} process(es).", "",
+             f"share the machine; the clients are threads of {args.client_processes} process(es)"
+             f"{server_env_note()}.", "",
              f"**{ld['clients']} concurrent clients x {args.requests} mixed requests** ({ld['requests']} in all, "
              f"{ld['wall_s']} s) while a modelmill-tiny job trained (status during the run: "
-             f"{ld['trainer_status_during']}). Status codes: {ld['statuses']}. 5xx or dropped connections: "
+             f"{ld['trainer_status_during']}; {chat_note(ld)}). Status codes: {ld['statuses']}. 5xx or dropped connections: "
              f"{ld['server_errors']}. \"database is locked\" in the server log: {ld['db_locked']}. Metadata requests "
              f"(n={ld['metadata_n']}): p50 {ld['metadata_p50_ms']} ms, **p99 {ld['metadata_p99_ms']} ms** "
              f"(target < {P99_TARGET_MS:.0f} ms: {'met' if met else 'missed'}).", "",
@@ -308,6 +329,8 @@ def report(ld: dict, rc: dict, args) -> str:
     for kind, s in ld["per_kind"].items():
         lines.append(f"| {kind} | {s['n']} | {s['p50_ms']} | {s['p99_ms']} | {s['max_ms']} | {s['server_p50_ms']} | "
                      f"{s['server_p99_ms']} |")
+    for paragraph in where_lines(ld):
+        lines += ["", paragraph]
     if ld["errors"]:
         lines += ["", "Errors seen: " + "; ".join(ld["errors"])]
     lines += ["", f"**{rc['workers']} workers racing for {rc['jobs']} queued jobs** ({rc['wall_s']} s): "
@@ -326,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-processes", type=int, default=1,
                     help="spread the clients over this many processes (1: threads of this one)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--cold-chat", action="store_true",
+                    help="no chat before the clients start: the chat model's first load falls inside the window")
     ap.add_argument("--worker-process", action="store_true",
                     help="serve --worker-process: the training worker in a child process, not an API thread")
     args = ap.parse_args(argv)
@@ -335,9 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     server = LiveServer(root / "a" / "home", worker=True,
                         extra_args=("--worker-process",) if args.worker_process else ())
     try:
-        ld = load(server, args.clients, args.requests, args.seed, processes=args.client_processes)
+        ld = load(server, args.clients, args.requests, args.seed, processes=args.client_processes,
+                  cold_chat=args.cold_chat)
     finally:
         server.stop()
+    ld["loop_stalls"] = stall_places(server.log_text())  # logged at the server's shutdown
     print(json.dumps(ld), flush=True)
     rc = race(root / "b" / "home", args.jobs)
     print(json.dumps(rc), flush=True)

@@ -382,18 +382,13 @@ def _archives(payload: bytes) -> Iterator[tuple[str, bytes]]:
     yield "gzip", gzip.compress(payload)
     yield "bzip2", bz2.compress(payload)
     yield "xz", lzma.compress(payload)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        info = tarfile.TarInfo("train.jsonl")
-        info.size = len(payload)
-        t.addfile(info, io.BytesIO(payload))
-    yield "tar", buf.getvalue()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as t:
-        info = tarfile.TarInfo("train.jsonl")
-        info.size = len(payload)
-        t.addfile(info, io.BytesIO(payload))
-    yield "tar_gz", buf.getvalue()
+    for what, mode in [("tar", "w"), ("tar_gz", "w:gz")]:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode=mode) as t:
+            info = tarfile.TarInfo("train.jsonl")
+            info.size = len(payload)
+            t.addfile(info, io.BytesIO(payload))
+        yield what, buf.getvalue()
 
 
 HEADS = [("pdf", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n"),

@@ -8,19 +8,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+from tools.datasets import LIGHT_TOOLS as TOOLS, tool_call as call
+
 METHODS = ("supervised", "preference", "reinforcement")
-
-TOOLS = [
-    {"type": "function", "function": {
-        "name": "set_light", "description": "Turn a light on or off",
-        "parameters": {"type": "object", "properties": {"room": {"type": "string"}, "on": {"type": "boolean"}},
-                       "required": ["room"]}}},
-    {"type": "function", "function": {"name": "get_temp", "parameters": {"type": "object", "properties": {}}}},
-]
-
-
-def call(id_: str, name: str = "set_light", args: str = '{"room": "kitchen", "on": true}') -> dict:
-    return {"id": id_, "type": "function", "function": {"name": name, "arguments": args}}
 
 
 def messages_of(obj: dict, method: str) -> tuple[list, str]:
@@ -97,16 +87,8 @@ def user_content(value, code: str, suffix: str = "") -> Mutation:
 
 
 def system_content(value, code: str) -> Mutation:
-    def fn(obj, method):
-        msgs, p = messages_of(obj, method)
-        i = first(msgs, "system")
-        if i is None:
-            i = first(msgs, "developer")
-        if i is None:
-            return None
-        msgs[i]["content"] = value
-        return f"{p}[{i}].content", code
-    return fn
+    """The system message's content, else the developer message's."""
+    return message_key(("system", "developer"), "content", value, code)
 
 
 def assistant_content(value, code: str) -> Mutation:
@@ -121,10 +103,13 @@ def assistant_content(value, code: str) -> Mutation:
     return fn
 
 
-def message_key(role: str, key: str, value, code: str) -> Mutation:
+def message_key(role: str | tuple[str, ...], key: str, value, code: str) -> Mutation:
+    """Set `key` on the first message of `role` (of the first of several roles that has one)."""
+    roles = (role,) if isinstance(role, str) else role
+
     def fn(obj, method):
         msgs, p = messages_of(obj, method)
-        i = first(msgs, role)
+        i = next((k for k in (first(msgs, r) for r in roles) if k is not None), None)
         if i is None:
             return None
         msgs[i][key] = value
@@ -133,14 +118,7 @@ def message_key(role: str, key: str, value, code: str) -> Mutation:
 
 
 def weight(value, code: str = "invalid_weight") -> Mutation:
-    def fn(obj, method):
-        msgs, p = messages_of(obj, method)
-        i = first(msgs, "assistant")
-        if i is None:
-            return None
-        msgs[i]["weight"] = value
-        return f"{p}[{i}].weight", code
-    return fn
+    return message_key("assistant", "weight", value, code)
 
 
 def all_weights_zero(obj, method):

@@ -1,7 +1,7 @@
 """Issue 17's sandbox and grader probes, long versions (the fast ones are in make test:
 tests/ml/graders/test_sandbox_bounds.py, tests/service/test_grader_concurrency.py).
 
-    python -m tools.reliability.sandbox_probe [--graders N] [--sleep S] [--json PATH]
+    python -m tools.reliability.sandbox_probe [--graders N] [--sleep S] [--mcp-jobs M] [--json PATH]
 
 1. Memory as a whole: a python grader forks 4 children that each allocate (and touch) 1.5 GiB, with
    the default SandboxConfig (2 GiB). Prints, per bound mechanism this host offers, how many children
@@ -10,6 +10,8 @@ tests/ml/graders/test_sandbox_bounds.py, tests/service/test_grader_concurrency.p
 3. Graders vs metadata: N concurrent graders/run calls with a python grader sleeping S seconds
    against a live server (in this process, on a temp MODELMILL_HOME), and GET /v1/files latency
    from another client meanwhile, plus the status codes the graders got (200 / 429).
+4. MCP probes vs metadata: M concurrent agentic RFT job creations whose MCP server never answers
+   (startup_timeout_seconds S), GET /v1/files latency meanwhile and their statuses (400 / 429).
 
 Only public APIs and HTTP are used, so the same script measures the code before this change
 (where SandboxConfig has no `bound` it reports "per-process rlimits only").
@@ -173,8 +175,9 @@ def sandbox_figures() -> list[dict]:
 # -- 3: graders vs metadata on a live server -----------------------------------------------------------
 
 
-def graders_figures(n: int, sleep_s: float) -> dict:
-    import httpx
+def _live_server():
+    """(uvicorn.Server, base URL): the API on a free port of 127.0.0.1 in a thread of this process, on a
+    temp MODELMILL_HOME, started. Stop it with server.should_exit = True."""
     import uvicorn
 
     from modelmill.service.api.app import create_app
@@ -190,7 +193,26 @@ def graders_figures(n: int, sleep_s: float) -> dict:
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.01)
-    base = f"http://127.0.0.1:{port}"
+    return server, f"http://127.0.0.1:{port}"
+
+
+async def _files_timings(base: str, n: int = 10) -> list[float]:
+    """Seconds each of n GET /v1/files took, one after another, from a client of its own."""
+    import httpx
+
+    timings = []
+    async with httpx.AsyncClient(base_url=base, timeout=600) as other:
+        for _ in range(n):
+            started = time.perf_counter()
+            await other.get("/v1/files")
+            timings.append(time.perf_counter() - started)
+    return timings
+
+
+def graders_figures(n: int, sleep_s: float) -> dict:
+    import httpx
+
+    server, base = _live_server()
     grader = {"type": "python", "name": "slow",
               "source": f"import time\ndef grade(sample, item):\n    time.sleep({sleep_s})\n    return 1.0\n"}
 
@@ -201,12 +223,7 @@ def graders_figures(n: int, sleep_s: float) -> dict:
                                                             json={"grader": grader, "model_sample": "x", "item": {}}))
                     for _ in range(n)]
             await asyncio.sleep(1.0)  # let them all arrive
-            timings = []
-            async with httpx.AsyncClient(base_url=base, timeout=600) as other:
-                for _ in range(10):
-                    started = time.perf_counter()
-                    await other.get("/v1/files")
-                    timings.append(time.perf_counter() - started)
+            timings = await _files_timings(base)
             done_started = time.perf_counter()
             results = await asyncio.gather(*runs, return_exceptions=True)
             drain = time.perf_counter() - done_started
@@ -222,13 +239,51 @@ def graders_figures(n: int, sleep_s: float) -> dict:
     return row
 
 
+def mcp_figures(n: int, hang_s: float) -> dict:
+    """N agentic RFT job creations at once, each with an MCP server that never answers initialize
+    (startup_timeout_seconds hang_s): their statuses (400 once the server times out, 429 when no
+    graders' slot is free in time: MCP start-ups at creation share the graders' executor) and GET
+    /v1/files latency from another client meanwhile."""
+    import httpx
+
+    server, base = _live_server()
+    train = httpx.post(base + "/v1/files", files={"file": ("t.jsonl", b'{"messages": [{"role": "user", "content": "hi"}]}\n')},
+                       data={"purpose": "fine-tune"}, timeout=60).json()["id"]
+    env = {"tools": [{"type": "mcp", "name": "db", "source": "import time\ntime.sleep(600)\n",
+                      "startup_timeout_seconds": hang_s}]}
+    body = {"model": "modelmill-tiny", "training_file": train, "method": {"type": "reinforcement", "reinforcement": {
+        "grader": {"type": "string_check", "name": "s", "input": "{{sample.output_text}}", "reference": "a",
+                   "operation": "eq"}, "environment": env}}}
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=base, timeout=600, limits=httpx.Limits(max_connections=n + 5)) as c:
+            started = time.perf_counter()
+            creates = [asyncio.create_task(c.post("/v1/fine_tuning/jobs", json=body)) for _ in range(n)]
+            await asyncio.sleep(1.0)
+            timings = await _files_timings(base)
+            results = await asyncio.gather(*creates, return_exceptions=True)
+            wall = time.perf_counter() - started
+        codes = collections.Counter(r.status_code if hasattr(r, "status_code") else type(r).__name__ for r in results)
+        return timings, dict(codes), wall
+
+    timings, codes, wall = asyncio.run(scenario())
+    server.should_exit = True
+    row = {"probe": f"GET /v1/files with {n} agentic job creations (an MCP server hanging {hang_s:g}s) in flight",
+           "files_p50_s": round(statistics.median(timings), 3), "files_max_s": round(max(timings), 3),
+           "create_statuses": codes, "creates_wall_s": round(wall, 1)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--graders", type=int, default=40, help="concurrent graders/run calls")
     parser.add_argument("--sleep", type=float, default=5.0, help="seconds each grader sleeps")
+    parser.add_argument("--mcp-jobs", type=int, default=20, help="concurrent agentic job creations (MCP probe)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
-    figures = {"sandbox": sandbox_figures(), "graders": graders_figures(args.graders, args.sleep)}
+    figures = {"sandbox": sandbox_figures(), "graders": graders_figures(args.graders, args.sleep),
+               "mcp_probe": mcp_figures(args.mcp_jobs, args.sleep)}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(figures, indent=2))

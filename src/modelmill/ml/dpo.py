@@ -201,9 +201,6 @@ class _DPOHooks(ReporterHooks):
     METRIC_NAMES = METRIC_NAMES
     config: DPOConfig
 
-    def batch_eval_every(self) -> int:
-        return self.config.eval_every_steps
-
     def train_metrics(self, logs: dict) -> dict[str, float]:
         out = {"train_loss": logs["loss"]}
         out.update({f"train_{ours}": logs[trl] for trl, ours in TRL_METRICS.items() if trl in logs})

@@ -91,8 +91,6 @@ def validate_environment(spec, path: str = "environment", *, tool_hosts: tuple[s
     for i, name in enumerate(names):
         if name in names[:i]:
             raise _bad(f"{path}.tools[{i}].name", f"{path}.tools[{i}].name: a tool named {name!r} is already defined")
-    if probe_mcp:
-        _list_mcp_tools(out, path, sandbox)
     size = sum(len(t["source"].encode("utf-8", "surrogatepass")) for t in out["tools"] if t["type"] == "python")
     if size > MAX_SOURCE_BYTES:
         raise _bad(f"{path}.tools", f"the python tools' sources are {size} bytes together; the limit is "
@@ -107,6 +105,8 @@ def validate_environment(spec, path: str = "environment", *, tool_hosts: tuple[s
                 raise _bad(f"{path}.{key}", f"{path}.{key} must be {kind} between {lo:g} and {hi:g}, got {value!r}")
             out[key] = value if integer else float(value)
     out["initial_state"] = check_state(spec.get("initial_state", {}), f"{path}.initial_state")
+    if probe_mcp:  # last: every cheap check first, so a malformed environment starts no server
+        _list_mcp_tools(out, path, sandbox)
     return out
 
 
@@ -172,11 +172,18 @@ def _list_mcp_tools(env: dict, path: str, sandbox) -> None:
     offers together must have unique names, and at most MAX_TOOLS of them."""
     from modelmill.ml import mcp_tools
 
+    budget = mcp_tools.PROBE_BUDGET_SECONDS
+    deadline = time.monotonic() + budget  # all the servers together (mcp_tools.PROBE_BUDGET_SECONDS)
     for i, tool in enumerate(env["tools"]):
         if tool["type"] == "mcp":
-            where = f"{path}.tools[{i}]"
+            where, left = f"{path}.tools[{i}]", deadline - time.monotonic()
+            if left < mcp_tools.STARTUP_LIMITS[0]:
+                raise _bad(where, f"{where}: the MCP server {tool['name']!r} was not started: the environment's "
+                                  f"MCP servers may take {budget:g} s in all to start at job creation, and the ones "
+                                  "before it used that up")
             env["tools"][i] = mcp_tools.list_into(
-                tool, where, _bad, lambda schema, label, where=where: _parameters(schema, where, label), sandbox)
+                tool, where, _bad, lambda schema, label, where=where: _parameters(schema, where, label), sandbox,
+                timeout=left)
     seen: dict[str, str] = {}
     for i, tool in enumerate(env["tools"]):
         for name, _ in offered(tool):

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 
 from modelmill.ml.graders.sandbox import SANDBOX_LIB, SandboxBusy, SandboxConfig, bounds, kill_processes_of_uid
 from modelmill.ml.graders.sandbox.backends import _backend  # noqa: PLC2701 - the sandbox's own backend lookup
+from modelmill.ml.graders.sandbox.backends import ns_init_pid
 from modelmill.ml.graders.sandbox.config import DEFAULT_PACKAGES
 from modelmill.ml.graders.sandbox.policy import rlimits
 from modelmill.ml.graders.sandbox.processes import _parent_of  # noqa: PLC2701 - the sandbox's own check
@@ -179,11 +180,8 @@ class McpServer:
             if not chunk:
                 break
             info += chunk
-            try:
-                pid = json.loads(info.decode()).get("child-pid")
-            except (ValueError, UnicodeDecodeError, AttributeError):
-                continue
-            if isinstance(pid, int) and pid > 1:
+            pid = ns_init_pid(info)
+            if pid is not None:
                 self._ns_init_pid = pid
                 break
 

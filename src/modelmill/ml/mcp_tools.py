@@ -14,6 +14,10 @@ from modelmill.ml.mcp_servers import CallOutcome, McpServer, McpServerError, pro
 
 MCP_KEYS = {"type", "name", "source", "command", "startup_timeout_seconds", "allowed_tools"}
 STARTUP_DEFAULT, STARTUP_LIMITS = 10.0, (1.0, 60.0)
+# Seconds all of a job's MCP servers together may take to start and list their tools at job creation
+# (environments.validate_environment starts them one after another, inside an HTTP request): without
+# it, 16 servers at 60 s each could hold the request for 16 minutes.
+PROBE_BUDGET_SECONDS = 60.0
 MAX_COMMAND_ARGS = 64
 # MCP's tool names: 1..128 of letters, digits, '_', '-', '.'; the model writes them in its tool calls.
 TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -67,18 +71,25 @@ def check_spec(tool: dict, path: str, bad, max_source_bytes: int) -> dict:
     return out
 
 
-def list_into(spec: dict, path: str, bad, check_schema, sandbox: SandboxConfig | None) -> dict:
+def list_into(spec: dict, path: str, bad, check_schema, sandbox: SandboxConfig | None,
+              timeout: float | None = None) -> dict:
     """Start the server once (probe) and put the tools it lists into spec["tools"] as
     {"name", "description", "parameters"}; a server that will not start or lists a bad tool is a
-    400 naming `path`. check_schema(schema, param) checks an input schema as environments does."""
+    400 naming `path`. check_schema(schema, param) checks an input schema as environments does.
+    timeout: seconds it may take (default its startup_timeout_seconds; less when the servers before
+    it used up part of PROBE_BUDGET_SECONDS)."""
     from modelmill import errors
 
+    own = spec["startup_timeout_seconds"]
+    timeout = own if timeout is None else min(own, timeout)
     try:
-        listed = probe(spec, sandbox, spec["startup_timeout_seconds"])
+        listed = probe(spec, sandbox, timeout)
     except McpServerError as e:
         if str(e).startswith("the sandbox is unavailable"):
             raise errors.ModelMillError(f"{path}: cannot start MCP servers: {e}", code="sandbox_unavailable") from None
-        raise bad(path, f"{path}: the MCP server {spec['name']!r} did not start: {e}") from None
+        cut = (f" (it had {timeout:.1f} s left of the {PROBE_BUDGET_SECONDS:g} s that all of a job's MCP servers "
+               "share to start at job creation)") if timeout < own else ""
+        raise bad(path, f"{path}: the MCP server {spec['name']!r} did not start: {e}{cut}") from None
     allowed = spec.get("allowed_tools")
     names = [t.name for t in listed]
     for name in allowed or ():

@@ -263,13 +263,49 @@ def _smollm2_gguf_dir() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _smollm2_tokenizer():
-    """The SmolLM2 tokenizer read from the GGUF (about 4 s; cached per process)."""
+    """The SmolLM2 tokenizer read from the GGUF (about 4 s of parsing; cached per process, and across
+    processes under MODELMILL_CACHE_DIR, where its saved tokenizer.json loads in well under a second)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(_smollm2_gguf_dir(), gguf_file=SMOLLM2_GGUF)
+    cached = _smollm2_tokenizer_cache()
+    if cached is not None and (cached / "tokenizer.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(cached)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(_smollm2_gguf_dir(), gguf_file=SMOLLM2_GGUF)
+        if cached is not None:
+            _save_atomically(tokenizer, cached)
     tokenizer.chat_template = chat_format.chat_template()
     tokenizer.model_max_length = SMOLLM2_CONTEXT
     return tokenizer
+
+
+def _smollm2_tokenizer_cache() -> Path | None:
+    """Where the converted tokenizer is shared between processes (settings.cache_dir_from_env), keyed by
+    the GGUF file and the transformers and tokenizers versions that converted it; None: not shared."""
+    import tokenizers
+    import transformers
+
+    from modelmill.settings import cache_dir_from_env
+
+    root = cache_dir_from_env()
+    if root is None:
+        return None
+    stat = (_smollm2_gguf_dir() / SMOLLM2_GGUF).stat()
+    key = f"{stat.st_size}-{stat.st_mtime_ns}-{transformers.__version__}-{tokenizers.__version__}"
+    return root / "smollm2-tokenizer" / re.sub(r"[^A-Za-z0-9._-]", "_", key)
+
+
+def _save_atomically(tokenizer, dest: Path) -> None:
+    """save_pretrained into a temp dir renamed onto `dest`, so a reader sees all of it or none; a
+    process that loses the race (or a read-only cache) keeps its own copy and writes nothing."""
+    tmp = dest.parent / f".tmp-{uuid.uuid4().hex}"
+    try:
+        tokenizer.save_pretrained(tmp)
+        os.rename(tmp, dest)
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _build_smollm2(out: Path, progress: Progress) -> None:

@@ -230,9 +230,6 @@ class _SFTHooks(ReporterHooks):
     METRIC_NAMES = METRIC_NAMES
     config: SFTConfig
 
-    def batch_eval_every(self) -> int:
-        return self.config.eval_every_steps
-
     def train_metrics(self, logs: dict) -> dict[str, float]:
         return {"train_loss": logs["loss"], "train_mean_token_accuracy": logs["mean_token_accuracy"]}
 

@@ -67,9 +67,9 @@ class ReporterHooks:
 
     def batch_eval_every(self) -> int:
         """Optimizer steps between evaluations of one validation batch ("valid"); 0 = only the full
-        validation set at epoch ends. SFT and DPO: their config's eval_every_steps (RFT overrides
-        on_step_end with its own eval_interval)."""
-        raise NotImplementedError
+        validation set at epoch ends. SFT and DPO: their config's eval_every_steps; a config without
+        that field evaluates at epoch ends only (RFT overrides on_step_end with its own eval_interval)."""
+        return getattr(self.config, "eval_every_steps", 0)
 
     def __init__(self, reporter: Reporter, config: RunConfig, has_valid: bool):
         self.reporter, self.config, self.has_valid = reporter, config, has_valid

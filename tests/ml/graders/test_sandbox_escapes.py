@@ -15,6 +15,7 @@ from modelmill import errors
 from modelmill.ml.graders import sandbox
 from modelmill.ml.graders.sandbox import RUNTIME_ERROR, SERVER_ERROR, SandboxConfig, run_python_grader
 from modelmill.ml.graders.sandbox.processes import live_processes
+from tests.ml.sandbox_checks import plant_secret, secret_scan_body
 
 UID, POOL = 2_100_000_000, 16
 CONFIG = SandboxConfig(wall_seconds=2.0, batch_wall_seconds=20.0, memory_bytes=512 * 1024**2,
@@ -162,19 +163,8 @@ def test_one_huge_file():
 
 
 def test_secrets_in_the_environment_stay_out(monkeypatch):
-    secret = f"sk-sandbox-test-{os.getpid()}-{time.time_ns()}"
-    monkeypatch.setenv("MODELMILL_TEST_SECRET", secret)
-    monkeypatch.setenv("OPENAI_API_KEY", secret)
-    body = ("import os\n"
-            "seen = [k for k, v in os.environ.items() if item['secret'] in v or 'SECRET' in k]\n"
-            "for pid in os.listdir('/proc'):\n"
-            "    if pid.isdigit():\n"
-            "        try:\n"
-            "            if item['secret'].encode() in open(f'/proc/{pid}/environ', 'rb').read():\n"
-            "                seen.append(pid)\n"
-            "        except OSError:\n"
-            "            pass\n"
-            "return float(len(seen))")
+    secret = plant_secret(monkeypatch, "sk-sandbox-test", "MODELMILL_TEST_SECRET", "OPENAI_API_KEY")
+    body = secret_scan_body("SECRET") + "return float(len(seen))"
     o = attempt(body, item={"secret": secret})
     assert o.error is None and o.score == 0.0, o
 

@@ -20,6 +20,7 @@ from modelmill.ml.environments import ToolCall, run_tool_calls, validate_environ
 from modelmill.ml.graders import sandbox
 from modelmill.ml.graders.sandbox import SandboxConfig
 from modelmill.ml.graders.sandbox.processes import live_processes
+from tests.ml.sandbox_checks import left_after, plant_secret, secret_scan_body
 
 UID, POOL = 2_100_200_000, 16
 CONFIG = SandboxConfig(wall_seconds=5.0, batch_wall_seconds=30.0, memory_bytes=512 * 1024**2,
@@ -94,10 +95,8 @@ def leftovers() -> list[str]:
 @pytest.fixture(autouse=True)
 def nothing_left_behind():
     yield
-    deadline = time.monotonic() + 3
-    while leftovers() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not leftovers(), f"processes left behind: {leftovers()}"
+    left = left_after(leftovers, seconds=3)
+    assert not left, f"processes left behind: {left}"
 
 
 KINDS = pytest.mark.parametrize("kind", ["python", "mcp"])
@@ -138,18 +137,8 @@ def test_the_services_store_is_out_of_reach(kind, tmp_path):
 
 @KINDS
 def test_keys_home_and_sources_are_out_of_reach(kind, monkeypatch):
-    secret = f"sk-tool-test-{os.getpid()}-{time.time_ns()}"
-    monkeypatch.setenv("MODELMILL_API_KEY", secret)
-    monkeypatch.setenv("OPENAI_API_KEY", secret)
-    body = ("import os\n"
-            "seen = [k for k, v in os.environ.items() if item['secret'] in v or 'KEY' in k]\n"
-            "for pid in os.listdir('/proc'):\n"
-            "    if pid.isdigit():\n"
-            "        try:\n"
-            "            if item['secret'].encode() in open(f'/proc/{pid}/environ', 'rb').read():\n"
-            "                seen.append(pid)\n"
-            "        except OSError:\n"
-            "            pass\n"
+    secret = plant_secret(monkeypatch, "sk-tool-test", "MODELMILL_API_KEY", "OPENAI_API_KEY")
+    body = (secret_scan_body("KEY") +
             "seen += [p for p in item['paths'] if os.path.exists(p) and os.listdir(p)]\n"
             "seen += [p for p in ('/etc/shadow', '/etc/passwd') if os.path.exists(p)]\n"
             "return seen")

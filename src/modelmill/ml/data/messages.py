@@ -82,12 +82,10 @@ def check_tools(tools: Any, path: str, c: Checker) -> set[str] | None:
         tpath = f"{path}[{i}]"
         if not c.type_is(t, dict, tpath, "a tool object"):
             continue
-        if c.required(t, "type", tpath) and t["type"] != "function":
-            c.add(f"{tpath}.type", "invalid_value", f"tool type must be 'function', got {short(t['type'])}")
-        if not c.required(t, "function", tpath) or not c.type_is(t["function"], dict, f"{tpath}.function",
-                                                                 "a function object"):
+        function = _function_object(t, tpath, "tool", c)
+        if function is None:
             continue
-        fn, fpath = t["function"], f"{tpath}.function"
+        fn, fpath = function
         name = _check_function_name(fn, fpath, c)
         if name is not None:
             if name in names:
@@ -217,17 +215,26 @@ def _check_tool_calls(calls: Any, path: str, c: Checker, tool_names: set[str] | 
             elif tc["id"] in call_ids:
                 c.add(f"{tpath}.id", "duplicate_tool_call_id", f"tool call id {short(tc['id'])} is used twice")
             call_ids.add(tc["id"])
-        if c.required(tc, "type", tpath) and tc["type"] != "function":
-            c.add(f"{tpath}.type", "invalid_value", f"tool call type must be 'function', got {short(tc['type'])}")
-        if not c.required(tc, "function", tpath) or not c.type_is(tc["function"], dict, f"{tpath}.function",
-                                                                  "a function object"):
+        function = _function_object(tc, tpath, "tool call", c)
+        if function is None:
             continue
-        fn, fpath = tc["function"], f"{tpath}.function"
+        fn, fpath = function
         name = _check_function_name(fn, fpath, c)
         if name is not None and tool_names is not None and name not in tool_names:
             c.add(f"{fpath}.name", "unknown_tool", f"function {name!r} is not declared in tools")
         if c.required(fn, "arguments", fpath):
             _check_arguments(fn["arguments"], f"{fpath}.arguments", c)
+
+
+def _function_object(obj: dict, tpath: str, what: str, c: Checker) -> tuple[dict, str] | None:
+    """The envelope a tool and a tool call share, {"type": "function", "function": {...}}: checks its
+    type; returns the function object and its path, or None when there is no object to check."""
+    if c.required(obj, "type", tpath) and obj["type"] != "function":
+        c.add(f"{tpath}.type", "invalid_value", f"{what} type must be 'function', got {short(obj['type'])}")
+    fpath = f"{tpath}.function"
+    if not c.required(obj, "function", tpath) or not c.type_is(obj["function"], dict, fpath, "a function object"):
+        return None
+    return obj["function"], fpath
 
 
 def _check_function_name(fn: dict, fpath: str, c: Checker) -> str | None:

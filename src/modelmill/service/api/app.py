@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI
 
 from modelmill.settings import Settings
 from modelmill.service.core import auth
-from modelmill.service.api import deps, errors as api_errors, housekeeping, query_params
+from modelmill.service.api import deps, errors as api_errors, housekeeping, loop_lag, query_params
 from modelmill.service.api.routes import (batches, chat, evals, files, graders, jobs, models, permissions,
                                           responses, stored_completions, uploads)
 from modelmill.service.store import Store, open_store
@@ -29,11 +29,12 @@ GC_YOUNG_THRESHOLD = 10_000
 
 
 def create_app(settings: Settings, *, start_worker: bool = False, store: Store | None = None,
-               sampler=None) -> FastAPI:
+               sampler=None, warm_routes: bool = False) -> FastAPI:
     """The ModelMill API. Raises errors.AuthenticationError when settings.host is not a
     loopback address and the store holds no API key.
 
     start_worker: run a training worker on a thread for as long as the app's lifespan.
+    warm_routes: build FastAPI's per-route structures at start-up (warm_up; `serve` does).
     store / sampler: injected instances (tests); by default the app opens its own store and
     samples with the process's one Sampler (service/models/sampler.py), made on the first request that needs it.
     """
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        request_threads(settings.api_threads)
         store.files.sweep_partial_uploads()
         stop = threading.Event()
         thread = None
@@ -57,7 +59,10 @@ def create_app(settings: Settings, *, start_worker: bool = False, store: Store |
                                       name="modelmill-worker", daemon=True)
             thread.start()
         try:
-            async with housekeeping.running(store):  # expired uploads and files swept (api/housekeeping.py)
+            # expired uploads and files swept (api/housekeeping.py); the event loop's lag measured (api/loop_lag.py)
+            async with housekeeping.running(store), loop_lag.running(app):
+                if warm_routes:
+                    await warm_up(app)
                 yield
         finally:
             stop.set()
@@ -118,7 +123,7 @@ def serve(settings: Settings, log_level: str = "info", worker_process: bool = Fa
     import uvicorn
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings, start_worker=settings.run_worker and not worker_process)
+    app = create_app(settings, start_worker=settings.run_worker and not worker_process, warm_routes=True)
     child = start_worker_process(settings) if settings.run_worker and worker_process else None
     tune_gc()
     try:
@@ -126,6 +131,41 @@ def serve(settings: Settings, log_level: str = "info", worker_process: bool = Fa
     finally:
         if child is not None:
             stop_worker_process(child)
+
+
+async def warm_up(app: FastAPI) -> None:
+    """One GET of a path no route has, through the whole app, before the server listens. FastAPI
+    builds each route's dependency tree and schemas on the first request that walks past it (signature
+    inspection, pydantic schemas: ~0.4 s for this app on a loaded 2-core machine), on the event loop:
+    without this, the first request after a start paid for it and stalled every other request then in
+    flight (api/loop_lag.py saw those stalls in the load suite)."""
+    path = "/v1/__modelmill_warm_up__"
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0)}
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        pass
+
+    try:
+        await app(scope, receive, send)
+    except Exception:  # noqa: BLE001 - only a warm-up: the first real request builds what this did not
+        log.warning("route warm-up failed", exc_info=True)
+
+
+def request_threads(n: int) -> None:
+    """Run at most n plain `def` routes and dependencies at once (settings.api_threads): the size of
+    anyio's default thread limiter, which FastAPI's run_in_threadpool uses, for this event loop (call
+    it on the loop). A request past it waits, in arrival order, on the loop and holds no thread.
+    Why a knob: every pool thread with work takes turns at the GIL with the event loop, and CPython
+    hands the GIL to no waiter in particular; with 40 busy threads the loop (which accepts, parses and
+    answers every request) could wait for many turns (RELIABILITY.md, Load)."""
+    import anyio.to_thread
+
+    anyio.to_thread.current_default_thread_limiter().total_tokens = n
 
 
 def tune_gc() -> None:

@@ -90,21 +90,34 @@ class ProjectExecutor:
         future.add_done_callback(lambda f: self._on_cancel(task) if f.cancelled() else None)
         return future
 
-    async def run(self, project_id: str, fn: Callable, *args: Any, request=None, **kwargs: Any):
+    async def run(self, project_id: str, fn: Callable, *args: Any, request=None, queue_timeout: float | None = None,
+                  **kwargs: Any):
         """Await fn's result from async code. request (a Starlette Request): while the task is
-        still queued, a disconnected client cancels it (ClientDisconnected, a 499 nobody reads)."""
+        still queued, a disconnected client cancels it (ClientDisconnected, a 499 nobody reads).
+        queue_timeout: seconds the task may wait in the queue; still queued then, it is dropped and
+        the caller gets errors.RateLimitError (429 with Retry-After), as past the queue bound."""
         future = self.submit(project_id, fn, *args, **kwargs)
         waiter = asyncio.wrap_future(future)
-        if request is None:
+        if request is None and queue_timeout is None:
             return await waiter
+        give_up = None if queue_timeout is None else asyncio.get_running_loop().time() + queue_timeout
         while True:
             done, _ = await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_SECONDS)
             if done:
                 return waiter.result()
-            if not future.running() and await request.is_disconnected():
+            if future.running():
+                continue
+            if request is not None and await request.is_disconnected():
                 future.cancel()  # still queued: drop it (a no-op once it has started)
                 if future.cancelled():
                     raise ClientDisconnected(f"The client disconnected while its {self.name} request was queued")
+            elif give_up is not None and asyncio.get_running_loop().time() >= give_up:
+                future.cancel()
+                if future.cancelled():
+                    raise errors.RateLimitError(
+                        f"Rate limit reached for {self.name}: the request waited {queue_timeout:g} s for a free "
+                        f"slot (at most {self.per_project} run at once per project, {self.max_workers} in all). "
+                        "Please try again shortly.", retry_after=self.retry_after_seconds)
 
     def stats(self) -> dict:
         """{"running": n, "queued": n, "running_by_project": {...}, "queued_by_project": {...}}."""

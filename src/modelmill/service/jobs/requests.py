@@ -54,6 +54,33 @@ def create_job(store: Store, settings: Settings, req: CreateJobRequest, *, proje
         ft_name=model_registry.fine_tuned_model_name(base_model, settings.owner, req.suffix, job_id)))
 
 
+# Seconds a job creation that starts MCP servers may wait for a free slot of the sandbox's executor
+# (api/routes/jobs.py) before it is refused with a 429: with the servers' own PROBE_BUDGET_SECONDS
+# (ml/mcp_tools.py) this bounds the whole request.
+MCP_QUEUE_WAIT_SECONDS = 30.0
+ENVIRONMENT_PARAM = "method.reinforcement.environment"
+
+
+def starts_mcp_servers(req: CreateJobRequest, settings: Settings) -> bool:
+    """Whether create_job(req) would start MCP servers (agentic RFT) to list their tools: slow,
+    sandboxed work that the route runs on the graders' bounded executor. Checks the environment's
+    shape first, starting nothing (a malformed one is its 400 now, before it queues for a slot)."""
+    from modelmill.ml import environments  # imports no torch
+
+    spec = environment_of(req)
+    if spec is None:
+        return False
+    env = environments.validate_environment(spec, ENVIRONMENT_PARAM, tool_hosts=settings.rft_tool_hosts,
+                                            probe_mcp=False)
+    return any(tool["type"] == "mcp" for tool in env["tools"])
+
+
+def environment_of(req: CreateJobRequest) -> dict | None:
+    """The request's method.reinforcement.environment as sent (agentic RFT), or None."""
+    section = req.method.reinforcement if req.method and req.method.type == "reinforcement" else None
+    return None if section is None else section.environment
+
+
 def _integrations(req: CreateJobRequest, settings: Settings) -> list[dict] | None:
     """The job's trackers as stored and echoed (service/jobs/trackers.py runs them). The schema has checked
     each one's type and fields; here: one of each type, and MLflow only where the server has a URI."""
@@ -192,7 +219,9 @@ def _method(req: CreateJobRequest) -> tuple[str, dict, str]:
             where = f"method.{method.name}.hyperparameters"
     hp = given or req.hyperparameters
     requested = hp.model_dump() if hp else {}
-    return method.name, {k: requested.get(k, "auto") for k in method.hyperparameter_keys}, where
+    # A key left out is "auto", except reasoning_effort, whose OpenAI enum has "default" instead.
+    return method.name, {k: requested.get(k, "default" if k == "reasoning_effort" else "auto")
+                         for k in method.hyperparameter_keys}, where
 
 
 def _grader(req: CreateJobRequest, judges) -> dict:
@@ -219,7 +248,7 @@ def _environment(req: CreateJobRequest, settings: Settings) -> dict | None:
     if section is None or section.environment is None:
         return None
     # MCP servers are started once here (in the graders' sandbox) to list their tools: a 400 if one cannot.
-    return environments.validate_environment(section.environment, "method.reinforcement.environment",
+    return environments.validate_environment(section.environment, ENVIRONMENT_PARAM,
                                              tool_hosts=settings.rft_tool_hosts,
                                              sandbox=graders.sandbox_config(settings))
 

@@ -11,9 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from modelmill.service.schemas.common import OpenAIRequest, WireModel, listing, unix
+from modelmill.service.schemas.common import CursorList, OpenAIRequest, WireModel, unix
 from modelmill.service.store.batches import BatchRecord
-from modelmill.service.store.records import Page
 
 
 class CreateBatchRequest(OpenAIRequest):
@@ -77,15 +76,5 @@ class BatchObject(WireModel):
                    usage=usage, metadata=b.metadata)
 
 
-class BatchList(WireModel):
-    object: Literal["list"] = "list"
-    data: list[BatchObject]
-    # OpenAI's schema types these as strings (not nullable); an empty page gets "" (as files do).
-    first_id: str
-    last_id: str
-    has_more: bool
-
-    @classmethod
-    def of(cls, page: Page[BatchRecord]) -> "BatchList":
-        data = [BatchObject.of(b) for b in page.items]
-        return cls(**listing(data, page.has_more))
+class BatchList(CursorList[BatchObject]):
+    pass

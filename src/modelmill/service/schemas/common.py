@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, model_serializer
 
@@ -54,3 +54,31 @@ def listing(data: list, has_more: bool, empty: str | None = "") -> dict:
     batches and evals, so an empty page gets "" there; jobs and permissions say null (`empty=None`)."""
     return {"data": data, "first_id": data[0].id if data else empty, "last_id": data[-1].id if data else empty,
             "has_more": has_more}
+
+
+# OpenAI's deletion answers ({"id" or "<x>_id", "object", "deleted": true}); each subclass declares its
+# object and id. A comment, not a docstring: pydantic would make a docstring every subclass's description.
+class Deletion(WireModel):
+    deleted: bool = True
+
+
+Item = TypeVar("Item")
+
+
+class CursorList(WireModel, Generic[Item]):
+    """OpenAI's list envelope where first_id / last_id are strings ("" on an empty page): files, batches,
+    evals, eval runs and output items. `CursorList[XObject]` lists XObject; of() builds each item with
+    XObject.of(record, *args). The subclasses (FileList...) name the schema in /openapi.json; they have
+    no docstring of their own, which would become that schema's description."""
+
+    object: Literal["list"] = "list"
+    data: list[Item]
+    first_id: str
+    last_id: str
+    has_more: bool
+
+    @classmethod
+    def of(cls, page, *args):
+        """The wire page of a store Page of records; args go on to the item type's of()."""
+        item_type = get_args(cls.model_fields["data"].annotation)[0]
+        return cls(**listing([item_type.of(record, *args) for record in page.items], page.has_more))

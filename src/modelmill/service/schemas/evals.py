@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from modelmill.service.schemas.common import WireModel, listing, unix
+from modelmill.service.schemas.common import CursorList, Deletion, WireModel, unix
 from modelmill.service.store.evals import EvalRecord, EvalRunRecord, OutputItemRecord
-from modelmill.service.store.records import Page
 
 # OpenAI's sample schema, added to an eval's data_source_config.schema with include_sample_schema.
 SAMPLE_SCHEMA = {
@@ -57,21 +56,12 @@ class EvalObject(WireModel):
                    testing_criteria=ev.testing_criteria, created_at=unix(ev.created_at), metadata=ev.metadata)
 
 
-class EvalList(WireModel):
-    object: Literal["list"] = "list"
-    data: list[EvalObject]
-    first_id: str
-    last_id: str
-    has_more: bool
-
-    @classmethod
-    def of(cls, page: Page[EvalRecord]) -> "EvalList":
-        return cls(**listing([EvalObject.of(e) for e in page.items], page.has_more))
+class EvalList(CursorList[EvalObject]):
+    pass
 
 
-class EvalDeleted(WireModel):
+class EvalDeleted(Deletion):
     object: Literal["eval.deleted"] = "eval.deleted"
-    deleted: bool = True
     eval_id: str
 
 
@@ -100,21 +90,12 @@ class EvalRunObject(WireModel):
                    metadata=run.metadata, error=run.error)
 
 
-class EvalRunList(WireModel):
-    object: Literal["list"] = "list"
-    data: list[EvalRunObject]
-    first_id: str
-    last_id: str
-    has_more: bool
-
-    @classmethod
-    def of(cls, page: Page[EvalRunRecord], base_url: str) -> "EvalRunList":
-        return cls(**listing([EvalRunObject.of(r, base_url) for r in page.items], page.has_more))
+class EvalRunList(CursorList[EvalRunObject]):
+    pass
 
 
-class EvalRunDeleted(WireModel):
+class EvalRunDeleted(Deletion):
     object: Literal["eval.run.deleted"] = "eval.run.deleted"
-    deleted: bool = True
     run_id: str
 
 
@@ -137,16 +118,8 @@ class OutputItemObject(WireModel):
                    sample=it.sample)
 
 
-class OutputItemList(WireModel):
-    object: Literal["list"] = "list"
-    data: list[OutputItemObject]
-    first_id: str
-    last_id: str
-    has_more: bool
-
-    @classmethod
-    def of(cls, page: Page[OutputItemRecord]) -> "OutputItemList":
-        return cls(**listing([OutputItemObject.of(i) for i in page.items], page.has_more))
+class OutputItemList(CursorList[OutputItemObject]):
+    pass
 
 
 def report_url(base_url: str, eval_id: str, run_id: str) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from modelmill.service.schemas.common import WireModel, listing, unix
-from modelmill.service.store.records import FileRecord, Page
+from modelmill.service.schemas.common import CursorList, Deletion, WireModel, unix
+from modelmill.service.store.records import FileRecord
 
 
 class FileObject(WireModel):
@@ -27,21 +27,10 @@ class FileObject(WireModel):
                    filename=f.filename, purpose=f.purpose, status=f.status)
 
 
-class FileList(WireModel):
-    object: Literal["list"] = "list"
-    data: list[FileObject]
-    # OpenAI's schema types these as strings (not nullable); an empty page gets "".
-    first_id: str
-    last_id: str
-    has_more: bool
-
-    @classmethod
-    def of(cls, page: Page[FileRecord]) -> "FileList":
-        data = [FileObject.of(f) for f in page.items]
-        return cls(**listing(data, page.has_more))
+class FileList(CursorList[FileObject]):
+    pass
 
 
-class FileDeleted(WireModel):
+class FileDeleted(Deletion):
     id: str
     object: Literal["file"] = "file"
-    deleted: bool = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from modelmill.service.models.registry import ServedModel
-from modelmill.service.schemas.common import WireModel
+from modelmill.service.schemas.common import Deletion, WireModel
 
 
 class ModelObject(WireModel):
@@ -24,7 +24,6 @@ class ModelList(WireModel):
     data: list[ModelObject]
 
 
-class ModelDeleted(WireModel):
+class ModelDeleted(Deletion):
     id: str
     object: Literal["model"] = "model"
-    deleted: bool = True

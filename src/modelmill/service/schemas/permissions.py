@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from modelmill.service.schemas.common import OpenAIRequest, WireModel, listing, unix
+from modelmill.service.schemas.common import Deletion, OpenAIRequest, WireModel, listing, unix
 from modelmill.service.store.projects import PermissionRecord
 
 # Projects one create request may name.
@@ -43,7 +43,6 @@ class PermissionList(WireModel):
         return cls(**listing(data, has_more, empty=None))
 
 
-class PermissionDeleted(WireModel):
+class PermissionDeleted(Deletion):
     id: str
     object: Literal["checkpoint.permission"] = "checkpoint.permission"
-    deleted: bool = True

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from modelmill.service.schemas.common import OpenAIRequest, WireModel, unix
+from modelmill.service.schemas.common import Deletion, OpenAIRequest, WireModel, unix
 from modelmill.service.store.webhooks import AttemptRecord, DeliveryRecord, EndpointRecord
 
 
@@ -35,10 +35,9 @@ class WebhookEndpointList(WireModel):
     data: list[WebhookEndpoint]
 
 
-class WebhookEndpointDeleted(WireModel):
+class WebhookEndpointDeleted(Deletion):
     id: str
     object: Literal["webhook_endpoint.deleted"] = "webhook_endpoint.deleted"
-    deleted: bool = True
 
 
 class WebhookAttempt(WireModel):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from modelmill.faults import crash_point
-from modelmill.service.store.migrations import MIGRATIONS
+from modelmill.service.store.migrations import MIGRATIONS, apply_pending
 
 log = logging.getLogger(__name__)
 
@@ -147,19 +147,15 @@ class Database:
 
         Runs under the write lock, so two processes starting at once apply each migration once.
         """
-        applied_now = []
         with self.transaction() as c:
             c.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
                       " name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-            done = {r["name"] for r in c.execute("SELECT name FROM schema_migrations")}
-            for name, sql in MIGRATIONS:
-                if name in done:
-                    continue
-                for statement in _split_sql(sql):
+
+            def run_script(_name: str, sql: str) -> None:
+                for statement in _split_sql(sql):  # one statement per execute() here
                     c.execute(statement)
-                c.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
-                          (name, time.time()))
-                applied_now.append(name)
+
+            applied_now = apply_pending(c, MIGRATIONS, run_script)
         if applied_now:
             log.info("applied migrations: %s", ", ".join(applied_now))
         return applied_now

@@ -22,7 +22,7 @@ from modelmill.service.store.ids import new_id
 from modelmill.service.store import webhooks
 from modelmill.service.store.db import Database
 from modelmill.service.store.pagination import MAX_LIMIT
-from modelmill.service.store.records import DEFAULT_PROJECT_ID, Leased, Page, to_json
+from modelmill.service.store.records import DEFAULT_PROJECT_ID, Leased, Page, in_project, to_json
 
 RUN_STATUSES = ("queued", "in_progress", "completed", "failed", "canceled")
 RUN_TERMINAL = ("completed", "failed", "canceled")
@@ -120,9 +120,7 @@ class EvalRepo:
 
     def get(self, eval_id: str, *, project_id: str | None = None) -> EvalRecord:
         """The eval; with project_id, only if that project owns it (else the NotFoundError of a missing id)."""
-        sql, params = "SELECT * FROM evals WHERE id = ?", [eval_id]
-        if project_id is not None:
-            sql, params = sql + " AND project_id = ?", params + [project_id]
+        sql, params = in_project("SELECT * FROM evals WHERE id = ?", [eval_id], project_id)
         row = self.db.one(sql, params)
         if row is None:
             raise errors.NotFoundError(f"No such eval: {eval_id}", param="eval_id")
@@ -142,9 +140,7 @@ class EvalRepo:
         """The oldest eval (of project_id, when given) whose metadata[key] == value (e.g. a job's own
         before/after eval)."""
         field_sql, field_param = self.db.json_field("metadata", key)
-        sql, params = f"SELECT * FROM evals WHERE {field_sql} = ?", [field_param, value]
-        if project_id is not None:
-            sql, params = sql + " AND project_id = ?", params + [project_id]
+        sql, params = in_project(f"SELECT * FROM evals WHERE {field_sql} = ?", [field_param, value], project_id)
         row = self.db.one(sql + " ORDER BY seq LIMIT 1", params)
         return None if row is None else record(EvalRecord, row)
 
@@ -185,9 +181,8 @@ class EvalRepo:
     def get_run(self, eval_id: str, run_id: str, *, project_id: str | None = None) -> EvalRunRecord:
         """The run of that eval; with project_id, only if that project owns them (a run of another
         project's eval gets the eval's NotFoundError, as a missing eval does)."""
-        sql, params = "SELECT * FROM eval_runs WHERE id = ? AND eval_id = ?", [run_id, eval_id]
-        if project_id is not None:
-            sql, params = sql + " AND project_id = ?", params + [project_id]
+        sql, params = in_project("SELECT * FROM eval_runs WHERE id = ? AND eval_id = ?", [run_id, eval_id],
+                                 project_id)
         row = self.db.one(sql, params)
         if row is None:
             self.get(eval_id, project_id=project_id)

@@ -16,7 +16,7 @@ from modelmill import errors
 from modelmill.service.store.ids import new_id
 from modelmill.service.store.db import Database
 from modelmill.service.store.pagination import page_rows
-from modelmill.service.store.records import DEFAULT_PROJECT_ID, FileRecord, Page, from_row
+from modelmill.service.store.records import DEFAULT_PROJECT_ID, FileRecord, Page, from_row, in_project
 
 # Purposes accepted on upload (OpenAI's CreateFileRequest enum) plus the ones the server writes.
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -101,9 +101,7 @@ class FileRepo:
     def get(self, file_id: str, *, param: str = "file_id", project_id: str | None = None) -> FileRecord:
         """The file; with project_id, only if that project owns it (else the same NotFoundError
         as a missing id, so ids of other projects cannot be probed)."""
-        sql, params = "SELECT * FROM files WHERE id = ?", [file_id]
-        if project_id is not None:
-            sql, params = sql + " AND project_id = ?", params + [project_id]
+        sql, params = in_project("SELECT * FROM files WHERE id = ?", [file_id], project_id)
         row = self.db.one(sql, params)
         if row is not None and row["expires_at"] is not None and row["expires_at"] <= time.time():
             self._remove(file_id)  # expired (an Upload's expires_after): gone on access, as at the next sweep

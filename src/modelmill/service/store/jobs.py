@@ -20,7 +20,7 @@ from modelmill.service.store.db import Database
 from modelmill.service.store.events import insert_event
 from modelmill.service.store.pagination import page_rows
 from modelmill.service.store.records import (ACTIVE_STATUSES, DEFAULT_PROJECT_ID, TERMINAL_STATUSES, JobRecord,
-                                             Page, from_row, to_json)
+                                             Page, from_row, in_project, to_json)
 
 
 @dataclass(frozen=True)
@@ -155,9 +155,7 @@ class JobRepo:
     def _locked_get(self, c, job_id: str, project_id: str | None = None, *, lock: bool = False) -> JobRecord:
         """The job read on `c`; lock=True (in a transaction that then writes it) also locks the row on
         Postgres, so a worker's claim or fenced write can't slip in between the read and the write."""
-        sql, params = "SELECT * FROM jobs WHERE id = ?", [job_id]
-        if project_id is not None:
-            sql, params = sql + " AND project_id = ?", params + [project_id]
+        sql, params = in_project("SELECT * FROM jobs WHERE id = ?", [job_id], project_id)
         row = c.execute(sql + (self.db.row_lock if lock else ""), params).fetchone()
         if row is None:
             raise errors.NotFoundError(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")

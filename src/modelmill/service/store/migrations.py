@@ -4,6 +4,23 @@ Each table has an integer `seq` (insertion order, used for stable pagination) an
 OpenAI-style string `id` the API shows. Times are Unix seconds (REAL); JSON columns hold text.
 """
 
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+# The lease columns a queue table ends with (eval_runs, webhook_deliveries, batches; jobs predates
+# `reclaims`): the owner, its fencing token and expiry, attempts and reclaims (store/queue.py). One text,
+# concatenated into each table's migration, so the tables cannot drift apart; the SQL each migration
+# runs is unchanged by it.
+_LEASE_QUEUE_COLUMNS = """\
+            lease_owner TEXT,
+            lease_token INTEGER NOT NULL DEFAULT 0,
+            lease_expires_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            reclaims INTEGER NOT NULL DEFAULT 0
+        );"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_files", """
         CREATE TABLE files (
@@ -138,12 +155,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             finished_at REAL,
             updated_at REAL NOT NULL,
             -- the lease, as on jobs: owner, fencing token, expiry
-            lease_owner TEXT,
-            lease_token INTEGER NOT NULL DEFAULT 0,
-            lease_expires_at REAL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            reclaims INTEGER NOT NULL DEFAULT 0
-        );
+""" + _LEASE_QUEUE_COLUMNS + """
         CREATE INDEX eval_runs_eval ON eval_runs (eval_id, seq);
         CREATE INDEX eval_runs_claim ON eval_runs (status, seq);
         CREATE INDEX eval_runs_job ON eval_runs (job_id);
@@ -285,12 +297,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             created_at REAL NOT NULL,
             finished_at REAL,
             updated_at REAL NOT NULL,
-            lease_owner TEXT,
-            lease_token INTEGER NOT NULL DEFAULT 0,
-            lease_expires_at REAL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            reclaims INTEGER NOT NULL DEFAULT 0
-        );
+""" + _LEASE_QUEUE_COLUMNS + """
         CREATE INDEX webhook_deliveries_claim ON webhook_deliveries (status, next_attempt_at, seq);
         CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, seq);
         CREATE TABLE webhook_attempts (
@@ -369,12 +376,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             finished_at REAL,
             updated_at REAL NOT NULL,
             -- the lease, as on jobs: owner, fencing token, expiry
-            lease_owner TEXT,
-            lease_token INTEGER NOT NULL DEFAULT 0,
-            lease_expires_at REAL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            reclaims INTEGER NOT NULL DEFAULT 0
-        );
+""" + _LEASE_QUEUE_COLUMNS + """
         CREATE INDEX batches_claim ON batches (status, seq);
         CREATE INDEX batches_project ON batches (project_id, seq);
         CREATE TABLE batch_results (
@@ -393,3 +395,17 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE jobs ADD COLUMN environment TEXT;
     """),
 ]
+
+
+def apply_pending(c, migrations: list[tuple[str, str]], run_script: Callable[[str, str], None]) -> list[str]:
+    """SQLite's and Postgres's migrate(), on connection `c` inside their transaction (schema_migrations
+    exists): run_script(name, sql) for each of `migrations` (MIGRATIONS; a test passes fewer) not
+    recorded yet, in order, then record it. Returns the names applied."""
+    done = {r["name"] for r in c.execute("SELECT name FROM schema_migrations")}
+    applied = []
+    for name, sql in migrations:
+        if name not in done:
+            run_script(name, sql)
+            c.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
+            applied.append(name)
+    return applied

@@ -148,3 +148,11 @@ def from_row(cls: type[T], row: sqlite3.Row) -> T:
 
 def to_json(value) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def in_project(sql: str, params: list, project_id: str | None) -> tuple[str, list]:
+    """`sql` (which ends in its WHERE clause) narrowed to the rows that project_id owns; as it is for
+    None (the worker's and the admin's reads, across projects)."""
+    if project_id is None:
+        return sql, params
+    return sql + " AND project_id = ?", params + [project_id]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from modelmill import errors
 from modelmill.service.store.ids import new_id
 from modelmill.service.store.db import Database
+from modelmill.service.store.records import in_project
 
 # Every event type OpenAI's spec defines a Webhook* schema for (../shared/spec: WebhookBatchCancelled ...).
 EVENT_TYPES = (
@@ -153,9 +154,7 @@ class WebhookRepo:
         return self.get_endpoint(endpoint_id)
 
     def get_endpoint(self, endpoint_id: str, *, project_id: str | None = None) -> EndpointRecord:
-        sql, params = "SELECT * FROM webhook_endpoints WHERE id = ?", [endpoint_id]
-        if project_id is not None:
-            sql, params = sql + " AND project_id = ?", params + [project_id]
+        sql, params = in_project("SELECT * FROM webhook_endpoints WHERE id = ?", [endpoint_id], project_id)
         row = self.db.one(sql, params)
         if row is None:
             raise errors.NotFoundError(f"No such webhook endpoint: {endpoint_id}", param="webhook_endpoint_id")

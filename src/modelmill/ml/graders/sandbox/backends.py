@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import json
 import logging
 import os
 import platform
@@ -38,6 +39,16 @@ class Launch:
     sweep_uid: int | None = None
     # Called once the process is gone (returns the uid to the pool).
     release: Callable[[], None] | None = None
+
+
+def ns_init_pid(info: bytes) -> int | None:
+    """The namespace init's pid from what bwrap has written to --info-fd so far (JSON {"child-pid": N});
+    None while that is incomplete or holds no plausible pid (killing the init ends the namespace)."""
+    try:
+        pid = json.loads(info.decode()).get("child-pid")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) and pid > 1 else None
 
 
 class SandboxBackend(Protocol):

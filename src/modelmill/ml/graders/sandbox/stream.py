@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 
-from .backends import Launch
+from .backends import Launch, ns_init_pid
 from .config import SandboxConfig, SandboxOutcome, _UNSAFE_TEXT, _runtime, _server
 
 log = logging.getLogger(__name__)
@@ -128,11 +128,8 @@ class _Run:
                     pass
 
     def _parse_info(self, info: bytes) -> None:
-        try:
-            pid = json.loads(info.decode()).get("child-pid")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            return
-        if isinstance(pid, int) and pid > 1:
+        pid = ns_init_pid(info)
+        if pid is not None:
             self.ns_init_pid = pid
 
     def _line(self, line: bytes) -> None:

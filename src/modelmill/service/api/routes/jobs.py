@@ -4,12 +4,14 @@ caller's project (another project's job is a 404, exactly like a missing one).""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from modelmill import errors
 from modelmill.settings import Settings
 from modelmill.service.jobs import eval_reports as job_evals
 from modelmill.service.api import deps
 from modelmill.service.api.query_params import query_maps
+from modelmill.service.jobs import requests as job_requests
 from modelmill.service.jobs.requests import create_job
 from modelmill.service.schemas.jobs import CheckpointList, CreateJobRequest, EventList, JobList, JobObject
 from modelmill.service.store import Store
@@ -22,10 +24,26 @@ def _job(job, settings: Settings, store: Store) -> dict:
 
 
 @router.post("")
-def create(body: CreateJobRequest, store: Store = Depends(deps.get_store),
-           settings: Settings = Depends(deps.get_settings),
-           project: str = Depends(deps.get_project)) -> dict:
-    return _job(create_job(store, settings, body, project_id=project), settings, store)
+async def create(body: CreateJobRequest, request: Request) -> dict:
+    """An agentic job's MCP servers are started here to list their tools (up to a minute of sandboxed
+    work): that runs on the graders' executor (service/core/limits.py), capped per project and in all
+    like graders/run, and not in the request thread pool every other route needs. A request that
+    cannot get a slot within MCP_QUEUE_WAIT_SECONDS, or finds its project's queue full, is a 429."""
+    store, settings, project = deps.store(request), deps.settings(request), deps.project(request)
+
+    def create_and_show() -> dict:
+        return _job(create_job(store, settings, body, project_id=project), settings, store)
+
+    if job_requests.environment_of(body) is None \
+            or not await run_in_threadpool(job_requests.starts_mcp_servers, body, settings):
+        return await run_in_threadpool(create_and_show)
+    try:
+        return await deps.grader_executor(request).run(project, create_and_show, request=request,
+                                                       queue_timeout=job_requests.MCP_QUEUE_WAIT_SECONDS)
+    except errors.RateLimitError as e:  # the executor's 429, naming the field that asked for the servers
+        raise errors.RateLimitError(f"{job_requests.ENVIRONMENT_PARAM}: its MCP servers were not started: "
+                                    f"{e.message}", retry_after=int(e.headers["Retry-After"]),
+                                    param=job_requests.ENVIRONMENT_PARAM) from None
 
 
 @router.get("")
