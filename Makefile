@@ -47,11 +47,11 @@ demo: $(STAMP)  ## fine-tune SmolLM2-135M-Instruct for smart-home function calli
 	$(PY) -m modelmill.cli demo
 
 # MODELMILL_REQUIRE_POSTGRES=1: a Postgres that can't start fails the store and queue suites, never skips them.
-# OMP_NUM_THREADS=1: the tests' models are tiny (hidden size 64), where a second OpenMP thread costs more than it
-# gives, and the test process, its servers and workers share 2 cores (tests/e2e/test_dpo.py + tests/ml/test_dpo.py:
-# 126 s -> 110 s, two runs each, shared machine). Everyone's local runs already use it.
-test: $(STAMP)  ## the whole test suite, as CI runs it (everything not marked slow; 17-22 minutes on 2 cores)
-	OMP_NUM_THREADS=1 MODELMILL_REQUIRE_POSTGRES=1 $(PY) -m pytest -q --durations=30 tests  # the 30 slowest listed: where the time goes
+# torch keeps its default threads (one per core): on a quiet 2-core machine OMP_NUM_THREADS=1 was slower
+# (tests/service/test_worker.py + tests/ml/test_dpo.py: 67 s with the default, 80 s with 1; the whole suite
+# 30 min 10 s with 1), though it helps on a machine shared with other work.
+test: $(STAMP)  ## the whole test suite, as CI runs it (everything not marked slow; 25-30 minutes on 2 cores)
+	MODELMILL_REQUIRE_POSTGRES=1 $(PY) -m pytest -q --durations=30 tests  # the 30 slowest listed: where the time goes
 
 # Unit tests only: tests/ml, tests/service and the CLI tests, and nothing marked slow; no e2e, browser,
 # reliability or bench suite. HEAVY_TESTS are the modules that train models, start processes, servers or a

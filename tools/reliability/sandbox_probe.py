@@ -210,33 +210,38 @@ async def _files_timings(base: str, n: int = 10) -> list[float]:
 
 
 def graders_figures(n: int, sleep_s: float) -> dict:
-    import httpx
-
     server, base = _live_server()
     grader = {"type": "python", "name": "slow",
               "source": f"import time\ndef grade(sample, item):\n    time.sleep({sleep_s})\n    return 1.0\n"}
-
-    async def scenario():
-        async with httpx.AsyncClient(base_url=base, timeout=600,
-                                     limits=httpx.Limits(max_connections=n + 5)) as graders_client:
-            runs = [asyncio.create_task(graders_client.post("/v1/fine_tuning/alpha/graders/run",
-                                                            json={"grader": grader, "model_sample": "x", "item": {}}))
-                    for _ in range(n)]
-            await asyncio.sleep(1.0)  # let them all arrive
-            timings = await _files_timings(base)
-            done_started = time.perf_counter()
-            results = await asyncio.gather(*runs, return_exceptions=True)
-            drain = time.perf_counter() - done_started
-        codes = collections.Counter(r.status_code if hasattr(r, "status_code") else type(r).__name__ for r in results)
-        return timings, dict(codes), drain
-
-    timings, codes, drain = asyncio.run(scenario())
+    timings, codes, _, drain = _flood(base, n, "/v1/fine_tuning/alpha/graders/run",
+                                      {"grader": grader, "model_sample": "x", "item": {}})
     server.should_exit = True
     row = {"probe": f"GET /v1/files with {n} graders/run (python, sleep {sleep_s}s) in flight",
            "files_p50_s": round(statistics.median(timings), 3), "files_max_s": round(max(timings), 3),
            "grader_statuses": codes, "graders_drain_s": round(drain, 1)}
     print(json.dumps(row), flush=True)
     return row
+
+
+def _flood(base: str, n: int, path: str, body: dict) -> tuple[list[float], dict, float, float]:
+    """POST `body` to `path` n times at once and, once they have all arrived, time GET /v1/files from
+    another client. Returns (the GET timings, the POSTs' status counts, seconds from the first POST
+    until all answered, seconds from the end of the GETs until all answered)."""
+    import httpx
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=base, timeout=600, limits=httpx.Limits(max_connections=n + 5)) as c:
+            started = time.perf_counter()
+            posts = [asyncio.create_task(c.post(path, json=body)) for _ in range(n)]
+            await asyncio.sleep(1.0)  # let them all arrive
+            timings = await _files_timings(base)
+            drain_started = time.perf_counter()
+            results = await asyncio.gather(*posts, return_exceptions=True)
+            done = time.perf_counter()
+        codes = collections.Counter(r.status_code if hasattr(r, "status_code") else type(r).__name__ for r in results)
+        return timings, dict(codes), done - started, done - drain_started
+
+    return asyncio.run(scenario())
 
 
 def mcp_figures(n: int, hang_s: float) -> dict:
@@ -255,18 +260,7 @@ def mcp_figures(n: int, hang_s: float) -> dict:
         "grader": {"type": "string_check", "name": "s", "input": "{{sample.output_text}}", "reference": "a",
                    "operation": "eq"}, "environment": env}}}
 
-    async def scenario():
-        async with httpx.AsyncClient(base_url=base, timeout=600, limits=httpx.Limits(max_connections=n + 5)) as c:
-            started = time.perf_counter()
-            creates = [asyncio.create_task(c.post("/v1/fine_tuning/jobs", json=body)) for _ in range(n)]
-            await asyncio.sleep(1.0)
-            timings = await _files_timings(base)
-            results = await asyncio.gather(*creates, return_exceptions=True)
-            wall = time.perf_counter() - started
-        codes = collections.Counter(r.status_code if hasattr(r, "status_code") else type(r).__name__ for r in results)
-        return timings, dict(codes), wall
-
-    timings, codes, wall = asyncio.run(scenario())
+    timings, codes, wall, _ = _flood(base, n, "/v1/fine_tuning/jobs", body)
     server.should_exit = True
     row = {"probe": f"GET /v1/files with {n} agentic job creations (an MCP server hanging {hang_s:g}s) in flight",
            "files_p50_s": round(statistics.median(timings), 3), "files_max_s": round(max(timings), 3),
