@@ -15,6 +15,7 @@ from modelmill.errors import InvalidRequestError
 from modelmill.ml import models
 from modelmill.ml.sampling import Sampler, SamplingParams
 from modelmill.ml.types import ModelRef
+from tests.ml.lora_adapters import random_lora_adapter
 
 PROMPTS = [[{"role": "user", "content": text}] for text in (
     "hi", "Turn on the kitchen lights please", "What is two plus two?",
@@ -306,23 +307,9 @@ def test_max_batch_rows_caps_a_batch(ref):
 def two_adapters(ref, tmp_path_factory):
     """Two LoRA adapters of modelmill-tiny that visibly change its output, plus one whose LoRA also
     covers the embeddings (a layer kind only PEFT's own mixed batch handles)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    out = []
-    for seed, targets in ((1, ["q_proj", "v_proj", "down_proj"]), (2, "all-linear"), (3, ["embed_tokens", "q_proj"])):
-        torch.manual_seed(seed)
-        model, _ = models.load_model(ref.base_dir)
-        peft_model = get_peft_model(model, LoraConfig(r=2 + seed, lora_alpha=8, init_lora_weights=False,
-                                                      target_modules=targets))
-        with torch.no_grad():
-            for name, p in peft_model.named_parameters():
-                if "lora_" in name:
-                    p.mul_(20)
-        path = tmp_path_factory.mktemp(f"adapter{seed}")
-        peft_model.save_pretrained(path)
-        out.append(ModelRef(ref.base_dir, path))
-    return out
+    return [ModelRef(ref.base_dir, random_lora_adapter(ref.base_dir, tmp_path_factory.mktemp(f"adapter{seed}"), seed=seed,
+                                                       r=2 + seed, targets=targets))
+            for seed, targets in ((1, ["q_proj", "v_proj", "down_proj"]), (2, "all-linear"), (3, ["embed_tokens", "q_proj"]))]
 
 
 def test_requests_for_different_adapters_of_one_base_share_one_generate(ref, alone, two_adapters):

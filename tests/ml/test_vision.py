@@ -14,6 +14,7 @@ from PIL import Image
 
 from modelmill.ml import data, models, sampling, sft, vision, vision_train
 from modelmill.ml.types import ChatExample, ModelRef
+from tests.ml.lora_adapters import random_lora_adapter
 from tests.ml.reporters import ListReporter
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
@@ -257,23 +258,9 @@ def image_prompt(text: str, *images: tuple[str, str]) -> list[dict]:
 def random_vl_adapters(base_dir, tmp_path_factory, targets: list) -> list[ModelRef]:
     """Random LoRA adapters of a VLM, scaled up so each visibly changes the output. "all-linear" is what
     training makes (sft/dpo): LoRA in the vision encoder and projector too."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    out = []
-    for seed, target in enumerate(targets, start=1):
-        torch.manual_seed(seed)
-        model, _ = models.load_model(base_dir)
-        peft_model = get_peft_model(model, LoraConfig(r=2 + seed, lora_alpha=8, init_lora_weights=False,
-                                                      target_modules=target, task_type="CAUSAL_LM"))
-        with torch.no_grad():
-            for name, p in peft_model.named_parameters():
-                if "lora_" in name:
-                    p.mul_(20)
-        path = tmp_path_factory.mktemp(f"vl-adapter{seed}")
-        peft_model.save_pretrained(path)
-        out.append(ModelRef(base_dir, path))
-    return out
+    return [ModelRef(base_dir, random_lora_adapter(base_dir, tmp_path_factory.mktemp(f"vl-adapter{seed}"), seed=seed,
+                                                   r=2 + seed, targets=target, task_type="CAUSAL_LM"))
+            for seed, target in enumerate(targets, start=1)]
 
 
 @pytest.fixture(scope="module")
