@@ -50,7 +50,7 @@ demo: $(STAMP)  ## fine-tune SmolLM2-135M-Instruct for smart-home function calli
 # torch keeps its default threads (one per core): on a quiet 2-core machine OMP_NUM_THREADS=1 was slower
 # (tests/service/test_worker.py + tests/ml/test_dpo.py: 67 s with the default, 80 s with 1; the whole suite
 # 30 min 10 s with 1), though it helps on a machine shared with other work.
-test: $(STAMP)  ## the whole test suite, as CI runs it (everything not marked slow; 25-30 minutes on 2 cores)
+test: $(STAMP)  ## the whole test suite, as CI runs it (everything not marked slow; about 22 minutes on 2 quiet cores)
 	MODELMILL_REQUIRE_POSTGRES=1 $(PY) -m pytest -q --durations=30 tests  # the 30 slowest listed: where the time goes
 
 # Unit tests only: tests/ml, tests/service and the CLI tests, and nothing marked slow; no e2e, browser,
