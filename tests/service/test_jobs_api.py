@@ -180,6 +180,45 @@ def test_resume_that_lands_while_the_worker_is_pausing_requeues_the_job(client, 
     assert queue.claim("w2").id == job["id"]  # and a worker picks it up again
 
 
+@pytest.mark.parametrize("resumed_first", [True, False])
+def test_cancel_that_lands_while_the_worker_is_pausing_cancels_the_job(client, store, settings, train_file,
+                                                                       resumed_first):
+    # The browser test's CI failure: the worker has read the pause request and is finishing its pause
+    # (checkpoint, then the paused write) when the user clicks Resume (which withdraws the pending pause)
+    # and then Cancel (the lease is still live, so it is a request). The finish must end the job
+    # cancelled, not re-queue it as a withdrawn pause: that cleared the cancel and the next worker
+    # trained on while the API's answer flipped back from "cancelled" to "queued".
+    job, queue, lease = running_job(client, store, settings, train_file["id"])
+    client.post(f"/v1/fine_tuning/jobs/{job['id']}/pause")
+    assert queue.requested_action(lease) == "pause"  # the worker sees it and stops at the step
+    if resumed_first:
+        assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/resume").json()["status"] == "running"
+    assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    assert queue.requested_action(lease) == "cancel"
+    queue.finish(lease, "paused", message="Job paused; resume it to continue from this checkpoint")
+    done = store.jobs.get(job["id"])
+    assert done.status == "cancelled" and done.finished_at is not None and done.requested_action is None
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "cancelled"
+    events = [e["message"] for e in client.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()["data"]]
+    assert events[0] == "Job cancelled" and not any(m.startswith(("Pause withdrawn by resume; queued", "Job paused"))
+                                                    for m in events)
+    assert queue.claim("w2") is None  # no worker trains it again
+
+
+@pytest.mark.parametrize("requested,status", [("cancel", "cancelled"), ("pause", "paused")])
+def test_a_request_that_lands_while_a_stopping_worker_hands_the_job_back_is_kept(client, store, settings,
+                                                                                 train_file, requested, status):
+    # A worker shutting down checkpoints and hands the job back as queued; a cancel or pause the user
+    # asked for after its last look at the request is the job's outcome, not dropped with the lease.
+    job, queue, lease = running_job(client, store, settings, train_file["id"])
+    assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/{requested}").json()["status"] == status
+    queue.finish(lease, "queued", message="Worker stopped; job re-queued to resume from its checkpoint")
+    done = store.jobs.get(job["id"])
+    assert done.status == status and done.requested_action is None and done.lease_owner is None
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == status
+    assert queue.claim("w2") is None
+
+
 def test_events_newest_first_and_paged(client, store, settings, train_file):
     job = create_job(client, train_file["id"])
     queue = store.job_queue(settings.lease_seconds)

@@ -82,16 +82,33 @@ class JobQueue(LeaseQueue):
                **fields) -> None:
         """Write the job's outcome (an optional event `message`, `fields`) and release the lease, in
         one fenced transaction. `status` is terminal (succeeded / failed / cancelled), "paused", or
-        "queued" (hand the job back, e.g. when the worker shuts down)."""
+        "queued" (hand the job back, e.g. when the worker shuts down); a hand-back carries out the
+        user's pending cancel or pause instead (_latest_word)."""
         with self.fenced(lease) as c:
-            if status == "paused" and _requested(c, lease.id) != "pause":
-                # The worker read the pause request, then the user resumed before this write (the
-                # resume withdrew the request): honour the later word and hand the job back to run on
-                # from the checkpoint the pause just wrote, rather than park it paused for good.
-                status, message = "queued", "Pause withdrawn by resume; queued to continue from its checkpoint"
+            if status in ("paused", "queued"):
+                status, message = _latest_word(_requested(c, lease.id), status, message)
             if message:
                 insert_event(c, lease.id, level, message)
             self.finish_in(c, lease, status, dict(fields, estimated_finish=None))
+
+
+def _latest_word(requested: str | None, status: str, message: str | None) -> tuple[str, str | None]:
+    """(status, message) for a worker handing a job back ("paused" or "queued"), from the user's request
+    on the row now. The worker chose its status at its last look at requested_action; the API may have
+    stored a newer request since and already answered with it (schemas/jobs.py wire_status). This finish
+    clears requested_action and releases the lease, so the request must be carried out here or it is
+    lost: a cancel that landed while the worker was finishing a pause was re-queued as a withdrawn pause,
+    and the next worker trained on while the API's answer went from "cancelled" back to "queued"."""
+    if requested == "cancel":  # the cancel is the latest word whatever the worker stopped for
+        return "cancelled", "Job cancelled"
+    if status == "paused" and requested != "pause":
+        # The worker read the pause request, then the user resumed before this write (the resume
+        # withdrew the request): hand the job back to run on from the checkpoint the pause just
+        # wrote, rather than park it paused for good.
+        return "queued", "Pause withdrawn by resume; queued to continue from its checkpoint"
+    if status == "queued" and requested == "pause":  # a pause that landed while the worker was shutting down
+        return "paused", "Job paused; resume it to continue from its checkpoint"
+    return status, message
 
 
 def _requested(c: sqlite3.Connection, job_id: str) -> str | None:
