@@ -135,6 +135,20 @@ def test_worker_shutdown_hands_the_run_back(store, settings, monkeypatch):
     assert store.evals.run_by_id(run_id).result_counts["total"] == 6
 
 
+def test_a_cancel_that_lands_while_the_run_is_handed_back_ends_it(store):
+    """The runner looked at requested_action, saw nothing, and hands the run back (shutdown); a cancel
+    stored in between must end the run, not be cleared with the lease and the run re-queued."""
+    run_id = make_run(store, 2)
+    queue = store.eval_run_queue(lease_seconds=10)
+    lease = queue.claim("w")
+    run = store.evals.run_by_id(run_id)
+    assert store.evals.cancel_run(run.eval_id, run_id) is not None  # the lease is live: stored as a request
+    assert queue.requested_action(lease) == "cancel"
+    queue.finish(lease, "queued")
+    assert store.evals.run_by_id(run_id).status == "canceled"
+    assert queue.claim("w2") is None
+
+
 def test_training_jobs_come_before_eval_runs(store, settings, client):
     from tests.service.conftest import create_job, training_jsonl, upload
 

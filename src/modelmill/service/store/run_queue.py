@@ -58,5 +58,11 @@ class EvalRunQueue(LeaseQueue):
 
     def finish(self, lease: Lease, status: str, error: dict | None = None) -> None:
         """Write the outcome and release the lease. `status` is terminal, or "queued" to hand the
-        run back (the worker is shutting down)."""
-        super().finish(lease, status, error=error)
+        run back (the worker is shutting down); a hand-back carries out a cancel the user asked for
+        since the runner's last look, which finish_in would otherwise clear with the lease (the same
+        rule as JobQueue.finish)."""
+        with self.fenced(lease) as c:
+            if status == "queued" and c.execute(f"SELECT requested_action FROM {self.table.name} WHERE id = ?",
+                                                (lease.id,)).fetchone()[0] == "cancel":
+                status = "canceled"
+            self.finish_in(c, lease, status, {"error": error})
