@@ -47,8 +47,8 @@ TEST_SLOTS = {
 # Training messages are sometimes wrapped in a greeting or a thank-you (training only), for variety.
 TRAIN_WRAPPERS = ["{}", "{}", "Hello, {}", "Hi. {}", "{} Thank you.", "Good morning. {}"]
 
-# Polite, complete sentences: how the training set asks.
-TRAIN_TEMPLATES = {
+# Polite, complete sentences: half of how the training set asks.
+POLITE_TEMPLATES = {
     "check_balance": ["What is the balance of my {account} account?", "I would like to check my account balance.",
                       "Can you tell me how much money is in my {account} account?",
                       "Please show me my current balance.", "How much do I have available to spend?",
@@ -89,6 +89,42 @@ TRAIN_TEMPLATES = {
                       "Please activate the {card} I received.", "My new {card} arrived, can you activate it?",
                       "I need to activate my replacement {card}.", "I would like to start using my new {card}."],
 }
+
+# Short, casual and misspelled messages: the other half, as real customers write. Written apart from
+# the test set: tests/bench/test_intent_data.py checks that none shares a skeleton, or any three words in
+# a row, with a test template, so the test's slang, typos and fragments stay unseen.
+CASUAL_TEMPLATES = {
+    "check_balance": ["whats my balance", "quick q, how much is sitting in my {account}?", "show balance",
+                      "check ballance on {account} please", "is there still cash in my {account}",
+                      "hey, need to see what my {account} has in it"],
+    "transfer_money": ["send money to {person}", "can u move {amount} to {person}", "transfer to {person} thx",
+                       "wire {amount} to {person} today", "pay {person} back {amount}",
+                       "i owe {person} {amount}, send it from {account}"],
+    "lost_card": ["my card is lost", "help i lost my {card}", "misplaced my {card} somewhere", "lost card",
+                  "where did my {card} go, i lost it", "dropped my {card} somewhere in {city}"],
+    "report_fraud": ["theres a charge i dont recognize", "fraud on my {card}",
+                     "someone stole my card number and bought stuff", "unauthorized payment of {amount}",
+                     "i got charged {amount} for something i didnt order", "report fraud"],
+    "pay_bill": ["pay {biller}", "pay my {biller} bill now", "i wanna pay the {biller}", "{biller} bill payment please",
+                 "take {amount} out of {account} for the {biller} bill", "can i pay {biller} through the app"],
+    "change_pin": ["change my pin", "reset pin", "i want a new pin for my {card}", "how can i change my pin number",
+                   "pin change for {card}", "update the pin on my {card} please"],
+    "find_atm": ["find me an atm", "atms in {city}?", "where do i get cash {place}", "any cash machines in {city}",
+                 "i need to withdraw money, which atm is close", "atm locations {place}"],
+    "apply_loan": ["i need a loan", "loan for a {loan}?", "apply for loan", "i want to borrow {amount}",
+                   "{loan} loan rates and how to apply", "get me a {loan} loan"],
+    "exchange_rate": ["{currency} exchange rate", "convert {amount} to {currency}", "usd to {currency}?",
+                      "exchange rate for {currency}", "how much {currency} for {amount}", "currency rates"],
+    "close_account": ["close my account", "i wanna close {account}", "shut my {account} account",
+                      "delete my bank account", "delete my {account} account", "i want out, close everything"],
+    "update_address": ["change my address", "update address to {city}", "moved to {city}", "new address",
+                       "i have a new address in {city}", "my mailing address is wrong, correct it"],
+    "activate_card": ["activate my card", "activate {card}", "please turn on my new {card}", "card activation",
+                      "set up my new {card} so i can use it", "how to start using the {card}"],
+}
+# Every training template, polite and casual alternating (build cycles through them in this order).
+TRAIN_TEMPLATES = {intent: [t for pair in zip(POLITE_TEMPLATES[intent], CASUAL_TEMPLATES[intent]) for t in pair]
+                   for intent in POLITE_TEMPLATES}
 
 # Shapes the training set never uses: slang, typos, fragments, long stories, other verbs and orders.
 TEST_TEMPLATES = {
@@ -148,16 +184,17 @@ def line(message: str, intent: str) -> dict:
 
 
 def build(train_per_intent: int, test_per_intent: int | None, seed: int,
-          intents: tuple[str, ...] = INTENTS) -> tuple[list[dict], list[dict]]:
+          intents: tuple[str, ...] = INTENTS, casual: bool = True) -> tuple[list[dict], list[dict]]:
     """(training chat lines, test probes {"id", "intent", "template", "message"}). Training cycles
     each intent's templates with training slot values until it has train_per_intent distinct
     messages; the test set fills each test template once (the first test_per_intent of them;
-    None: all) with test slot values."""
+    None: all) with test slot values. casual=False: the polite templates only (the story's data
+    until 2026-12-03, for comparison)."""
     rng = random.Random(seed)
     train = []
     for intent in intents:
         seen: set[str] = set()
-        templates = TRAIN_TEMPLATES[intent]
+        templates = TRAIN_TEMPLATES[intent] if casual else POLITE_TEMPLATES[intent]
         for attempt in range(train_per_intent * 50):  # enough tries to find distinct fills
             if len(seen) == train_per_intent:
                 break

@@ -1,8 +1,10 @@
 """Intent story: the seed's banking demo. A customer message in, one of 12 intent labels out.
 
 Data (intent_data.py, generated in code from templates and slot values; nothing is downloaded):
-- training: `train_per_intent` polite, complete sentences per intent from TRAIN_TEMPLATES with
-  TRAIN_SLOTS values (some wrapped in a greeting or a thank-you);
+- training: `train_per_intent` messages per intent from TRAIN_TEMPLATES with TRAIN_SLOTS values:
+  polite, complete sentences (some wrapped in a greeting or a thank-you) alternating with short, casual
+  and misspelled ones written apart from the test set (no three words in a row shared with it);
+  `casual=False` trains on the polite half only, the data until 2026-12-03;
 - held out: every TEST_TEMPLATES shape once per intent, with TEST_SLOTS values. Those shapes are
   never trained on (slang, typos, fragments, long messages, other verbs); tests/bench/test_intent_data.py
   checks that no test template's skeleton is a training template's.
@@ -34,6 +36,7 @@ class IntentStory:
     model: str = "SmolLM2-135M-Instruct"
     intents: tuple[str, ...] = intent_data.INTENTS
     train_per_intent: int = 12  # distinct training messages per intent
+    casual: bool = True  # train on the casual templates too (False: polite sentences only, as until 2026-12-03)
     test_per_intent: int | None = None  # held-out shapes per intent; None: all of TEST_TEMPLATES (5 each)
     hyperparameters: dict | None = None  # None: every hyperparameter "auto" (the point of the story)
     max_tokens: int = 8  # a label is at most 4 tokens; room to see what else the model says
@@ -81,7 +84,7 @@ def confusions(answers: list[dict]) -> str:
 def run(ctx: Context, cfg: IntentStory | None = None) -> dict:
     cfg = cfg or (QUICK if ctx.quick else FULL)
     client = ctx.client
-    train, probes = intent_data.build(cfg.train_per_intent, cfg.test_per_intent, cfg.seed, cfg.intents)
+    train, probes = intent_data.build(cfg.train_per_intent, cfg.test_per_intent, cfg.seed, cfg.intents, cfg.casual)
     print(f"[intent] {len(train)} training lines, {len(probes)} held-out messages, {len(cfg.intents)} intents",
           flush=True)
 
@@ -121,7 +124,8 @@ def report(ctx: Context, cfg: IntentStory, train: list[dict], probes: list[dict]
                 f"< {cfg.train_minutes_target:g}", train_s / 60 < cfg.train_minutes_target)]
     notes = [
         f"Training: {len(train)} lines ({cfg.train_per_intent} per intent) from "
-        f"{sum(len(intent_data.TRAIN_TEMPLATES[i]) for i in cfg.intents)} training templates; "
+        f"{sum(len((intent_data.TRAIN_TEMPLATES if cfg.casual else intent_data.POLITE_TEMPLATES)[i]) for i in cfg.intents)} "
+        f"training templates ({'polite and casual' if cfg.casual else 'polite only'}); "
         + (f"hyperparameters {cfg.hyperparameters}, the rest \"auto\"" if cfg.hyperparameters
            else "every hyperparameter \"auto\"")
         + f", resolved by the job to {hp.n_epochs} epochs, batch {hp.batch_size}, LR multiplier "

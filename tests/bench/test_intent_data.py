@@ -37,3 +37,25 @@ def test_generated_sets_are_disjoint_and_cover_every_intent(intent_data):
     for slot, values in intent_data.TEST_SLOTS.items():
         assert not set(values) & set(intent_data.TRAIN_SLOTS[slot]), slot
     assert intent_data.build(12, None, 7) == (train, test)  # same seed, same data
+
+
+def test_no_casual_training_template_shares_three_words_in_a_row_with_a_test_template(intent_data):
+    """Stricter than the skeleton for the casual half (the one written in the test set's register): no
+    run of three words (slots removed) appears in both a casual training template and a test template,
+    so no casual training message carries a test message's wording. (The polite half shares only runs
+    of function words such as "how do i" and "of my account", which the skeleton check allows.)"""
+    def trigrams(template):
+        words = intent_data.skeleton(template).split()
+        return {tuple(words[i:i + 3]) for i in range(len(words) - 2)}
+
+    test_grams = {g: t for ts in intent_data.TEST_TEMPLATES.values() for t in ts for g in trigrams(t)}
+    shared = [(t, test_grams[g]) for ts in intent_data.CASUAL_TEMPLATES.values() for t in ts
+              for g in trigrams(t) if g in test_grams]
+    assert shared == []
+    # Both halves are trained on by default; casual=False keeps the polite half only (the older data).
+    for intent in intent_data.INTENTS:
+        assert set(intent_data.TRAIN_TEMPLATES[intent]) == (set(intent_data.POLITE_TEMPLATES[intent])
+                                                            | set(intent_data.CASUAL_TEMPLATES[intent]))
+    polite_only, _ = intent_data.build(12, None, 7, casual=False)
+    both, _ = intent_data.build(12, None, 7)
+    assert {line["messages"][1]["content"] for line in polite_only} != {line["messages"][1]["content"] for line in both}
