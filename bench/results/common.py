@@ -3,7 +3,10 @@ the official openai SDK), the Results JSON (bench/README.md, "Results JSON") and
 BENCHMARKS.md section `results` built from every story's JSON.
 
 A story module has `run(ctx: Context) -> dict` returning `result(...)`; bench/results/run.py
-times it, writes bench/out/results_<story>.json and rewrites the section.
+times it, writes bench/out/results_<story>.json and merges it into the section: a re-run story's
+table block and notes block replace its old ones, which stay right below, relabelled
+"<story> (earlier run, kept for comparison)" (one earlier run per story); every other story's
+blocks stay as they are (bench/out is git-ignored: on a fresh checkout it holds only this run's JSON).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -133,8 +137,8 @@ def write_json(data: dict, out_dir: Path) -> Path:
     return path
 
 
-def read_results(out_dir: Path) -> list[dict]:
-    found = {s: out_dir / f"results_{s}.json" for s in STORIES}
+def read_results(out_dir: Path, stories: tuple[str, ...] | list[str] = STORIES) -> list[dict]:
+    found = {s: out_dir / f"results_{s}.json" for s in STORIES if s in stories}
     return [json.loads(p.read_text()) for p in found.values() if p.exists()]
 
 
@@ -179,10 +183,111 @@ def section_body(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_section(out_dir: Path, md_path: Path) -> None:
+# Merging into the section already in BENCHMARKS.md. A body splits into its head (intro and the table's
+# header), table blocks (a row whose first cell names a story, then its rows with an empty first cell) and
+# notes blocks (from a line "**<label>** (...):" to the next such line), each keyed by its label.
+
+EARLIER = " (earlier run, kept for comparison)"
+TABLE_HEADER = "| story |"
+NOTES_LABEL = re.compile(r"\*\*([^*]+)\*\*.*:$")
+
+
+def _blocks(lines: list[str], label) -> list[tuple[str, list[str]]]:
+    """(label, lines) in order; lines before the first label form a block labelled ""."""
+    blocks = []
+    for line in lines:
+        key = label(line)
+        if key is not None or not blocks:
+            blocks.append((key or "", []))
+        blocks[-1][1].append(line)
+    return blocks
+
+
+def _row_label(line: str) -> str | None:
+    return line.split("|")[1].strip() or None
+
+
+def _notes_label(line: str) -> str | None:
+    m = NOTES_LABEL.match(line)
+    return m.group(1) if m else None
+
+
+def _parse(body: str):
+    """(head, table blocks, notes blocks), or None when the body has no table to merge with."""
+    lines = body.strip("\n").split("\n")
+    start = next((i for i, line in enumerate(lines) if line.startswith(TABLE_HEADER)), None)
+    if start is None:
+        return None
+    end = start + 2  # the header and its |---| line
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    notes = [(key, _strip_blank(block)) for key, block in _blocks(lines[end:], _notes_label)]
+    return lines[:start + 2], _blocks(lines[start + 2:end], _row_label), [b for b in notes if b[1]]
+
+
+def _strip_blank(lines: list[str]) -> list[str]:
+    while lines and not lines[0].strip():
+        lines = lines[1:]
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    return lines
+
+
+def _relabel(lines: list[str], key: str, pattern: str) -> list[str]:
+    """The block with its label (first line) renamed to "<key> (earlier run, ...)"; the rest as it was."""
+    first = lines[0].replace(pattern.format(key), pattern.format(key + EARLIER), 1)
+    return [first, *lines[1:]]
+
+
+def _merge(old: list, new: list, stories: list[str], pattern: str) -> list:
+    """old's blocks, each re-run story's new block in its old one's place (or appended), the old one kept
+    below it as the earlier run unless identical (so that writing the same JSON twice changes nothing)."""
+    blocks, fresh = list(old), dict(new)
+    for story in stories:
+        keys = [k for k, _ in blocks]
+        new_block = [(story, fresh[story])] if story in fresh else []
+        if story not in keys:
+            blocks += new_block
+        elif blocks[keys.index(story)][1] != fresh.get(story):
+            i = keys.index(story)
+            earlier = (story + EARLIER, _relabel(blocks[i][1], story, pattern))
+            # One earlier run per story: the one already there gives way to the block replaced now.
+            blocks = ([b for b in blocks[:i] if b[0] != earlier[0]] + new_block + [earlier]
+                      + [b for b in blocks[i + 1:] if b[0] != earlier[0]])
+    return blocks
+
+
+def merged_body(old_body: str | None, results: list[dict]) -> str:
+    """The section body with `results` merged into old_body (the section as it stands, if any)."""
+    new = _parse(section_body(results))
+    old = _parse(old_body) if old_body else None
+    if old is None:  # no section yet, or no table in it: the fresh body, as before merging existed
+        return section_body(results)
+    stories = [r["story"] for r in results]
+    rows = _merge(old[1], new[1], stories, "| {} |")
+    notes = _merge(old[2], new[2], stories, "**{}**")
+    lines = new[0] + [line for _, block in rows for line in block]  # the writer's own intro and header
+    for _, block in notes:
+        lines += ["", *block]
+    return "\n".join(lines)
+
+
+def _current_body(md_path: Path) -> str | None:
+    """The text of the section `results` under its "## title" line, or None when there is none."""
+    begin, end = f"<!-- BEGIN {SECTION[0]} -->", f"<!-- END {SECTION[0]} -->"
+    doc = md_path.read_text() if md_path.exists() else ""
+    if begin not in doc or end not in doc:
+        return None
+    body = doc.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+    return body.split("\n", 1)[1] if body.startswith("## ") and "\n" in body else body
+
+
+def write_section(out_dir: Path, md_path: Path, stories: tuple[str, ...] | list[str] = STORIES) -> None:
+    """Merge the JSONs of `stories` (default: every one found in out_dir) into md_path's section. run.py
+    names only the stories it just ran, so an older JSON left in out_dir never displaces a hand-edited block."""
     sys.path.insert(0, str(BENCH_DIR))
     from benchmarks_md import write_section as write
 
-    results = read_results(out_dir)
+    results = read_results(out_dir, stories)
     if results:
-        write(SECTION[0], SECTION[1], section_body(results), md_path)
+        write(SECTION[0], SECTION[1], merged_body(_current_body(md_path), results), md_path)

@@ -16,8 +16,9 @@ data, offline.
 - agentic (agentic_story.py, opt-in: --story agentic): agentic RFT with a calculator tool on 3-digit x
   2-digit multiplication; held-out reward of greedy agent runs (target >= 0.4 and at least double the base).
 
-Each story writes OUT/results_<story>.json (bench/README.md, "Results JSON"); then the section
-`results` of BENCHMARKS.md is rewritten from every story JSON in OUT. The server runs with
+Each story writes OUT/results_<story>.json (bench/README.md, "Results JSON"); then every story JSON in
+OUT is merged into the section `results` of BENCHMARKS.md: a re-run story's rows and notes replace
+its old ones, kept below as its earlier run; other stories' stay as they are. The server runs with
 MODELMILL_HOME = --home (default bench/out/home; the base model is converted there once, before any
 story's clock starts). --quick defaults OUT to bench/out/quick and writes the section to
 OUT/BENCHMARKS.md, so a smoke run never replaces real figures.
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
         run_stories(stories, home.resolve(), args.quick, out)
     if not stories:  # every story named was skipped (it said why): no results to write
         return 0
-    common.write_section(out, md)
+    common.write_section(out, md, stories)
     print(f"results: {', '.join(str(out / f'results_{s}.json') for s in stories)}; section `results` of {md}")
     return 0
 
