@@ -63,10 +63,14 @@ def _target_text(tokenizer, row: sft.TokenizedExample) -> str:
 # ---------------------------------------------------------------- hyperparameters
 
 
-@pytest.mark.parametrize("n, epochs, batch", [(1, 10, 1), (10, 10, 1), (20, 5, 2), (50, 3, 4), (100_000, 1, 4)])
-def test_auto_rule(n, epochs, batch):
+@pytest.mark.parametrize("n, epochs, batch, lr", [(1, 10, 1, 3.0), (10, 10, 1, 3.0), (20, 5, 2, 3.0), (50, 3, 4, 3.0),
+                                                   (499, 3, 4, 3.0), (500, 3, 4, 1.0), (100_000, 1, 4, 1.0)])
+def test_auto_rule(n, epochs, batch, lr):
+    # Under 500 examples "auto" trains at 3x the base LoRA rate (the intent story's evidence); 1x above.
     assert sft.resolve_sft_hyperparameters({}, n) == {"n_epochs": epochs, "batch_size": batch,
-                                                      "learning_rate_multiplier": 1.0}
+                                                      "learning_rate_multiplier": lr}
+    assert sft.resolve_sft_hyperparameters({"learning_rate_multiplier": "auto"}, n)["learning_rate_multiplier"] == lr
+    assert sft.resolve_sft_hyperparameters({"learning_rate_multiplier": 0.5}, n)["learning_rate_multiplier"] == 0.5
 
 
 def test_explicit_values_are_kept_and_checked():

@@ -48,7 +48,8 @@ def test_job_trains_to_succeeded_and_its_models_serve(client, store, settings):
     done = job_json(client, job["id"])
     assert done["status"] == "succeeded", done["error"]
     assert done["fine_tuned_model"] == f"ft:modelmill-tiny:modelmill:unit:{job['id'][6:14]}"
-    assert done["hyperparameters"] == {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 1.0}
+    # 12 examples: "auto" learning_rate_multiplier is the small-data 3.0 (ml/sft.py)
+    assert done["hyperparameters"] == {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 3.0}
     assert done["method"]["supervised"]["hyperparameters"] == done["hyperparameters"]
     assert done["trained_tokens"] > 0 and done["finished_at"] >= done["created_at"]
     assert done["estimated_finish"] is None

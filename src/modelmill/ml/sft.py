@@ -40,6 +40,9 @@ from modelmill.ml.trainer_hooks import ReporterHooks
 from modelmill.ml.types import ChatExample, TrainResult
 
 BASE_LEARNING_RATE = 2e-4  # LoRA learning rate at learning_rate_multiplier=1.0
+# "auto" learning_rate_multiplier under SMALL_DATA_EXAMPLES training examples (resolve_sft_hyperparameters)
+SMALL_DATA_EXAMPLES = 500
+SMALL_DATA_LR_MULTIPLIER = 3.0
 # Random batches drawn from the training set to compare the cost of padded and padding-free batches.
 COST_SAMPLE_BATCHES = 256
 # The metrics reporter.on_step sends (OpenAI's names), in this order.
@@ -49,12 +52,22 @@ METRIC_NAMES = ("train_loss", "train_mean_token_accuracy", "valid_loss", "valid_
 
 def resolve_sft_hyperparameters(requested: dict, n_train_examples: int) -> dict:
     """Resolve "auto" (or missing) SFT hyperparameters: the shared rule, run_config.resolve_run_hyperparameters
-    (its docstring has it); learning_rate_multiplier 1.0 means a LoRA learning rate of BASE_LEARNING_RATE.
+    (its docstring has it), except the learning rate for small data: under SMALL_DATA_EXAMPLES
+    training examples, "auto" learning_rate_multiplier is SMALL_DATA_LR_MULTIPLIER (a LoRA learning rate
+    of 6e-4), otherwise 1.0 (BASE_LEARNING_RATE).
+
+    Why: with a few hundred examples a run is a hundred-odd optimizer steps, and at 2e-4 the adapter
+    underfits; the intent story (BENCHMARKS.md, "Learning results") measures both multipliers side by
+    side on held-out phrasings. Above SMALL_DATA_EXAMPLES the shared rule stands (not re-measured here).
 
     Returns {"n_epochs": int, "batch_size": int, "learning_rate_multiplier": float}.
     Raises InvalidRequestError for a value of the wrong type or out of range.
     """
-    return resolve_run_hyperparameters(requested, n_train_examples)
+    resolved = resolve_run_hyperparameters(requested, n_train_examples)
+    if (requested or {}).get("learning_rate_multiplier", "auto") in ("auto", None) \
+            and n_train_examples < SMALL_DATA_EXAMPLES:
+        resolved["learning_rate_multiplier"] = SMALL_DATA_LR_MULTIPLIER
+    return resolved
 
 
 @dataclass(frozen=True, kw_only=True)
