@@ -139,7 +139,7 @@ reliability: $(STAMP)  ## bad input, edge, work, sandbox, webhook, crash and loa
 	$(PY) -m tools.reliability.crash_suite
 	@# The long variants of make test's e2e checks (marked slow): pause and resume an RFT job across epochs.
 	$(PY) -m pytest -q -p no:cacheprovider -m slow tests/e2e/test_rft.py
-	@# Load: 50 clients x 200 mixed requests while a job trains; 4 workers racing for 12 jobs.
+	@# Load: 50 clients (10 processes x 5 threads) x 200 mixed requests while a job trains; 4 workers racing for 12 jobs.
 	$(PY) -m tools.reliability.load_suite
 
 .PHONY: bench bench-first-step bench-gpu

@@ -177,6 +177,49 @@ def fill(template: str, slots: dict, rng: random.Random) -> str:
     return _SLOT.sub(lambda m: rng.choice(slots[m.group(1)]), template)
 
 
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+def _words(texts) -> set[str]:
+    return {w.lower() for text in texts for w in _WORD.findall(_SLOT.sub(" ", text))}
+
+
+# Every word of the held-out messages that training does not also use: a misspelling made for training
+# must never be one of these, so the test's own misspellings ("balanse", "lsot", "lone") stay unseen.
+TEST_ONLY_WORDS = (_words(t for ts in TEST_TEMPLATES.values() for t in ts) | _words(v for vs in TEST_SLOTS.values() for v in vs)) \
+    - _words([*(t for ts in TRAIN_TEMPLATES.values() for t in ts), *(v for vs in TRAIN_SLOTS.values() for v in vs),
+              *TRAIN_WRAPPERS])
+
+
+def misspell(message: str, rng: random.Random) -> str:
+    """The message with one word of four or more letters misspelled by one random edit: two neighbouring
+    letters swapped, a letter dropped, a letter doubled, or a vowel replaced by another. Edits that
+    make a word of the test set (TEST_ONLY_WORDS) are refused and redrawn. Written here rather than
+    taken from an augmentation library (nlpaug pulls in pandas and gdown) because it is four edits
+    and must refuse the test vocabulary."""
+    spans = [m.span() for m in _WORD.finditer(message) if len(m.group()) >= 4]
+    for _ in range(50 if spans else 0):
+        start, end = rng.choice(spans)
+        word = message[start:end]
+        i = rng.randrange(1, len(word) - 1)  # keep the first letter, as most real typos do
+        op = rng.choice(("swap", "drop", "double", "vowel"))
+        if op == "swap":
+            typo = word[:i] + word[i + 1] + word[i] + word[i + 2:]
+        elif op == "drop":
+            typo = word[:i] + word[i + 1:]
+        elif op == "double":
+            typo = word[:i] + word[i] + word[i:]
+        else:
+            vowels = [j for j, c in enumerate(word) if c in "aeiou" and j > 0]
+            if not vowels:
+                continue
+            j = rng.choice(vowels)
+            typo = word[:j] + rng.choice([v for v in "aeiou" if v != word[j]]) + word[j + 1:]
+        if typo != word and typo.lower() not in TEST_ONLY_WORDS:
+            return message[:start] + typo + message[end:]
+    return message
+
+
 def line(message: str, intent: str) -> dict:
     """One chat-format training line."""
     return {"messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": message},
@@ -184,13 +227,17 @@ def line(message: str, intent: str) -> dict:
 
 
 def build(train_per_intent: int, test_per_intent: int | None, seed: int,
-          intents: tuple[str, ...] = INTENTS, casual: bool = True) -> tuple[list[dict], list[dict]]:
+          intents: tuple[str, ...] = INTENTS, casual: bool = True,
+          typo_share: float = 0.0) -> tuple[list[dict], list[dict]]:
     """(training chat lines, test probes {"id", "intent", "template", "message"}). Training cycles
     each intent's templates with training slot values until it has train_per_intent distinct
     messages; the test set fills each test template once (the first test_per_intent of them;
     None: all) with test slot values. casual=False: the polite templates only (the story's data
-    until 2026-12-03, for comparison)."""
+    until 2026-12-03, for comparison). typo_share: that share of the training messages, drawn at
+    random, get one misspelled word (misspell); same count of lines, and 0 gives exactly the data
+    of before (the typos draw from their own random stream)."""
     rng = random.Random(seed)
+    typo_rng = random.Random(seed + 1)
     train = []
     for intent in intents:
         seen: set[str] = set()
@@ -198,7 +245,10 @@ def build(train_per_intent: int, test_per_intent: int | None, seed: int,
         for attempt in range(train_per_intent * 50):  # enough tries to find distinct fills
             if len(seen) == train_per_intent:
                 break
-            message = rng.choice(TRAIN_WRAPPERS).format(fill(templates[attempt % len(templates)], TRAIN_SLOTS, rng))
+            wrapper, body = rng.choice(TRAIN_WRAPPERS), fill(templates[attempt % len(templates)], TRAIN_SLOTS, rng)
+            if typo_share and typo_rng.random() < typo_share:
+                body = misspell(body, typo_rng)  # the request, not its greeting
+            message = wrapper.format(body)
             if message not in seen:
                 seen.add(message)
                 train.append(line(message, intent))

@@ -4,7 +4,8 @@ Data (intent_data.py, generated in code from templates and slot values; nothing 
 - training: `train_per_intent` messages per intent from TRAIN_TEMPLATES with TRAIN_SLOTS values:
   polite, complete sentences (some wrapped in a greeting or a thank-you) alternating with short, casual
   and misspelled ones written apart from the test set (no three words in a row shared with it);
-  `casual=False` trains on the polite half only, the data until 2026-12-03;
+  `casual=False` trains on the polite half only, the data until 2026-12-03; `typo_share` misspells one
+  word in that share of the training messages (intent_data.misspell: never into a word of the test set);
 - held out: every TEST_TEMPLATES shape once per intent, with TEST_SLOTS values. Those shapes are
   never trained on (slang, typos, fragments, long messages, other verbs); tests/bench/test_intent_data.py
   checks that no test template's skeleton is a training template's.
@@ -37,12 +38,13 @@ from common import Context, job_events, machine, result, row, today, wait_job
 class IntentStory:
     model: str = "SmolLM2-135M-Instruct"
     intents: tuple[str, ...] = intent_data.INTENTS
-    train_per_intent: int = 12  # distinct training messages per intent
+    train_per_intent: int = 24  # distinct training messages per intent (12 until 2026-12-04)
     casual: bool = True  # train on the casual templates too (False: polite sentences only, as until 2026-12-03)
+    typo_share: float = 0.5  # share of training messages with one misspelled word (intent_data.misspell; 0 until 2026-12-04)
     test_per_intent: int | None = None  # held-out shapes per intent; None: all of TEST_TEMPLATES (5 each)
     hyperparameters: dict | None = None  # None: every hyperparameter "auto" (the point of the story)
     # A second job, side by side in the same run: what the "auto" rule before 2026-12-04 resolved to for
-    # these 144 lines (3 epochs, batch 4, LR multiplier 1.0), so a change of the rule is measured against
+    # these 288 lines (3 epochs, batch 4, LR multiplier 1.0), so a change of the rule is measured against
     # the old one on the same data, seed and machine. None: one job only.
     compare_hyperparameters: dict | None = field(default_factory=lambda: {
         "n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0})
@@ -93,7 +95,8 @@ def confusions(answers: list[dict]) -> str:
 def run(ctx: Context, cfg: IntentStory | None = None) -> dict:
     cfg = cfg or (QUICK if ctx.quick else FULL)
     client = ctx.client
-    train, probes = intent_data.build(cfg.train_per_intent, cfg.test_per_intent, cfg.seed, cfg.intents, cfg.casual)
+    train, probes = intent_data.build(cfg.train_per_intent, cfg.test_per_intent, cfg.seed, cfg.intents, cfg.casual,
+                                      cfg.typo_share)
     print(f"[intent] {len(train)} training lines, {len(probes)} held-out messages, {len(cfg.intents)} intents",
           flush=True)
 
@@ -152,10 +155,15 @@ def report(ctx: Context, cfg: IntentStory, train: list[dict], probes: list[dict]
                         f"{c_hp.batch_size}, LR multiplier {c_hp.learning_rate_multiplier}; "
                         f"{c_train_s / 60:.1f} min of training), side by side in this run", base, c_acc,
                         "reported", None))
+    messages = [line["messages"][1]["content"] for line in train]
+    clean = {line["messages"][1]["content"] for line in
+             intent_data.build(cfg.train_per_intent, cfg.test_per_intent, cfg.seed, cfg.intents, cfg.casual)[0]}
     notes = [
         f"Training: {len(train)} lines ({cfg.train_per_intent} per intent) from "
         f"{sum(len((intent_data.TRAIN_TEMPLATES if cfg.casual else intent_data.POLITE_TEMPLATES)[i]) for i in cfg.intents)} "
-        f"training templates ({'polite and casual' if cfg.casual else 'polite only'}); "
+        f"training templates ({'polite and casual' if cfg.casual else 'polite only'}"
+        + (f"; {sum(m not in clean for m in messages)} of the lines with one word misspelled at random "
+           f"(typo_share {cfg.typo_share:.2f}; never a word of the test set)" if cfg.typo_share else "") + "); "
         + (f"hyperparameters {cfg.hyperparameters}, the rest \"auto\"" if cfg.hyperparameters
            else "every hyperparameter \"auto\"")
         + f", resolved by the job to {hp.n_epochs} epochs, batch {hp.batch_size}, LR multiplier "

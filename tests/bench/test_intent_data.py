@@ -59,3 +59,22 @@ def test_no_casual_training_template_shares_three_words_in_a_row_with_a_test_tem
     polite_only, _ = intent_data.build(12, None, 7, casual=False)
     both, _ = intent_data.build(12, None, 7)
     assert {line["messages"][1]["content"] for line in polite_only} != {line["messages"][1]["content"] for line in both}
+
+
+def test_misspelled_training_messages_never_use_the_test_sets_own_misspellings(intent_data):
+    """typo_share misspells that share of the training messages (one edit in one word of the request),
+    keeps the count, and never produces a word only the test set uses ("balanse", "lsot", "lone")."""
+    clean, test = intent_data.build(12, None, 7)
+    typo, test_again = intent_data.build(12, None, 7, typo_share=1 / 3)
+    assert test_again == test and len(typo) == len(clean)
+    changed = [line["messages"][1]["content"] for line in typo]
+    changed = [m for m in changed if m not in {line["messages"][1]["content"] for line in clean}]
+    assert len(typo) / 5 < len(changed) < len(typo) / 2  # about a third
+    assert {"balanse", "lsot", "lone", "acount", "adress"} <= intent_data.TEST_ONLY_WORDS
+    trained_words = {w.lower() for line in typo for w in intent_data._WORD.findall(line["messages"][1]["content"])}
+    assert not trained_words & intent_data.TEST_ONLY_WORDS
+    # The edit refuses a test word and draws again: "lost" swapped would be "lsot".
+    import random
+    rng = random.Random(0)
+    assert all("lsot" not in intent_data.misspell("lost", rng) for _ in range(200))
+    assert intent_data.misspell("hi", rng) == "hi"  # no word of four letters: unchanged
