@@ -228,14 +228,15 @@ def line(message: str, intent: str) -> dict:
 
 def build(train_per_intent: int, test_per_intent: int | None, seed: int,
           intents: tuple[str, ...] = INTENTS, casual: bool = True,
-          typo_share: float = 0.0) -> tuple[list[dict], list[dict]]:
+          typo_share: float = 0.0, misspelled: set[str] | None = None) -> tuple[list[dict], list[dict]]:
     """(training chat lines, test probes {"id", "intent", "template", "message"}). Training cycles
     each intent's templates with training slot values until it has train_per_intent distinct
     messages; the test set fills each test template once (the first test_per_intent of them;
     None: all) with test slot values. casual=False: the polite templates only (the story's data
     until 2026-12-03, for comparison). typo_share: that share of the training messages, drawn at
     random, get one misspelled word (misspell); same count of lines, and 0 gives exactly the data
-    of before (the typos draw from their own random stream)."""
+    of before (the typos draw from their own random stream). misspelled, when given, receives the
+    training messages that got a misspelling."""
     rng = random.Random(seed)
     typo_rng = random.Random(seed + 1)
     train = []
@@ -246,11 +247,14 @@ def build(train_per_intent: int, test_per_intent: int | None, seed: int,
             if len(seen) == train_per_intent:
                 break
             wrapper, body = rng.choice(TRAIN_WRAPPERS), fill(templates[attempt % len(templates)], TRAIN_SLOTS, rng)
-            if typo_share and typo_rng.random() < typo_share:
+            typo = bool(typo_share) and typo_rng.random() < typo_share
+            if typo:
                 body = misspell(body, typo_rng)  # the request, not its greeting
             message = wrapper.format(body)
             if message not in seen:
                 seen.add(message)
+                if typo and misspelled is not None:
+                    misspelled.add(message)
                 train.append(line(message, intent))
     rng.shuffle(train)
     test = []

@@ -95,8 +95,9 @@ def confusions(answers: list[dict]) -> str:
 def run(ctx: Context, cfg: IntentStory | None = None) -> dict:
     cfg = cfg or (QUICK if ctx.quick else FULL)
     client = ctx.client
+    misspelled: set[str] = set()
     train, probes = intent_data.build(cfg.train_per_intent, cfg.test_per_intent, cfg.seed, cfg.intents, cfg.casual,
-                                      cfg.typo_share)
+                                      cfg.typo_share, misspelled)
     print(f"[intent] {len(train)} training lines, {len(probes)} held-out messages, {len(cfg.intents)} intents",
           flush=True)
 
@@ -155,14 +156,11 @@ def report(ctx: Context, cfg: IntentStory, train: list[dict], probes: list[dict]
                         f"{c_hp.batch_size}, LR multiplier {c_hp.learning_rate_multiplier}; "
                         f"{c_train_s / 60:.1f} min of training), side by side in this run", base, c_acc,
                         "reported", None))
-    messages = [line["messages"][1]["content"] for line in train]
-    clean = {line["messages"][1]["content"] for line in
-             intent_data.build(cfg.train_per_intent, cfg.test_per_intent, cfg.seed, cfg.intents, cfg.casual)[0]}
     notes = [
         f"Training: {len(train)} lines ({cfg.train_per_intent} per intent) from "
         f"{sum(len((intent_data.TRAIN_TEMPLATES if cfg.casual else intent_data.POLITE_TEMPLATES)[i]) for i in cfg.intents)} "
         f"training templates ({'polite and casual' if cfg.casual else 'polite only'}"
-        + (f"; {sum(m not in clean for m in messages)} of the lines with one word misspelled at random "
+        + (f"; {len(misspelled)} of the lines with one word misspelled at random "
            f"(typo_share {cfg.typo_share:.2f}; never a word of the test set)" if cfg.typo_share else "") + "); "
         + (f"hyperparameters {cfg.hyperparameters}, the rest \"auto\"" if cfg.hyperparameters
            else "every hyperparameter \"auto\"")

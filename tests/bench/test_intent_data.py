@@ -65,11 +65,12 @@ def test_misspelled_training_messages_never_use_the_test_sets_own_misspellings(i
     """typo_share misspells that share of the training messages (one edit in one word of the request),
     keeps the count, and never produces a word only the test set uses ("balanse", "lsot", "lone")."""
     clean, test = intent_data.build(12, None, 7)
-    typo, test_again = intent_data.build(12, None, 7, typo_share=1 / 3)
-    assert test_again == test and len(typo) == len(clean)
-    changed = [line["messages"][1]["content"] for line in typo]
-    changed = [m for m in changed if m not in {line["messages"][1]["content"] for line in clean}]
-    assert len(typo) / 5 < len(changed) < len(typo) / 2  # about a third
+    misspelled: set[str] = set()
+    typo, _ = intent_data.build(12, None, 7, typo_share=1 / 3, misspelled=misspelled)
+    assert len(typo) == len(clean) and [p["template"] for p in _] == [p["template"] for p in test]
+    trained = {line["messages"][1]["content"] for line in typo}
+    assert misspelled <= trained and not misspelled & {line["messages"][1]["content"] for line in clean}
+    assert len(typo) / 5 < len(misspelled) < len(typo) / 2  # about a third
     assert {"balanse", "lsot", "lone", "acount", "adress"} <= intent_data.TEST_ONLY_WORDS
     trained_words = {w.lower() for line in typo for w in intent_data._WORD.findall(line["messages"][1]["content"])}
     assert not trained_words & intent_data.TEST_ONLY_WORDS
