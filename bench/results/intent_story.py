@@ -115,7 +115,8 @@ def run(ctx: Context, cfg: IntentStory | None = None) -> dict:
         print(f"[intent] exact label with {cfg.compare_label}: {compare[2]:.3f}; training {compare[1]:.0f} s",
               flush=True)
     wall = time.monotonic() - t0
-    return report(ctx, cfg, train, probes, job, (base, base_answers), (tuned, tuned_answers), train_s, wall, compare)
+    return report(ctx, cfg, train, probes, job, (base, base_answers), (tuned, tuned_answers), train_s, wall, compare,
+                  len(misspelled))
 
 
 def train_and_score(client, cfg: IntentStory, train_file: str, hyperparameters: dict | None, probes: list[dict]):
@@ -134,9 +135,10 @@ def train_and_score(client, cfg: IntentStory, train_file: str, hyperparameters: 
 
 
 def report(ctx: Context, cfg: IntentStory, train: list[dict], probes: list[dict], job, before: tuple, after: tuple,
-           train_s: float, wall: float, compare: tuple | None = None) -> dict:
+           train_s: float, wall: float, compare: tuple | None = None, misspelled: int = 0) -> dict:
     """The story's Results JSON from the finished job and both models' (accuracy, answers); `compare` is
-    the side-by-side job's train_and_score result, or None."""
+    the side-by-side job's train_and_score result, or None; `misspelled`: how many training lines got a
+    misspelling."""
     client = ctx.client
     (base, base_answers), (tuned, tuned_answers) = before, after
     hp = job.method.supervised.hyperparameters
@@ -160,7 +162,7 @@ def report(ctx: Context, cfg: IntentStory, train: list[dict], probes: list[dict]
         f"Training: {len(train)} lines ({cfg.train_per_intent} per intent) from "
         f"{sum(len((intent_data.TRAIN_TEMPLATES if cfg.casual else intent_data.POLITE_TEMPLATES)[i]) for i in cfg.intents)} "
         f"training templates ({'polite and casual' if cfg.casual else 'polite only'}"
-        + (f"; {len(misspelled)} of the lines with one word misspelled at random "
+        + (f"; {misspelled} of the lines with one word misspelled at random "
            f"(typo_share {cfg.typo_share:.2f}; never a word of the test set)" if cfg.typo_share else "") + "); "
         + (f"hyperparameters {cfg.hyperparameters}, the rest \"auto\"" if cfg.hyperparameters
            else "every hyperparameter \"auto\"")
