@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from modelmill.errors import DataValidationError, InvalidRequestError
 from modelmill.ml import data, dpo, models, sft
+from modelmill.ml.run_config import resolve_run_hyperparameters
 from modelmill.ml.types import PreferencePair
 from tests.ml.reporters import ListReporter
 
@@ -97,7 +98,10 @@ def test_invalid_json_line_and_read_examples_raises(tmp_path):
 
 def test_resolve_hyperparameters():
     auto = dpo.resolve_dpo_hyperparameters({}, 45)
-    assert auto == {**sft.resolve_sft_hyperparameters({}, 45), "beta": 0.1}
+    # The shared rule, not SFT's: SFT's small-data learning rate (3.0 under 500 examples) is unmeasured for DPO.
+    assert auto == {**resolve_run_hyperparameters({}, 45), "beta": 0.1}
+    assert auto["learning_rate_multiplier"] == 1.0
+    assert sft.resolve_sft_hyperparameters({}, 45)["learning_rate_multiplier"] == sft.SMALL_DATA_LR_MULTIPLIER
     explicit = dpo.resolve_dpo_hyperparameters({"beta": 0.5, "n_epochs": 1, "batch_size": "auto"}, 45)
     assert explicit["beta"] == 0.5 and explicit["n_epochs"] == 1
     for bad in (0, 5.0, "high", True):
