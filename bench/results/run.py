@@ -1,8 +1,8 @@
-"""The learning-results suite (`make results`): three stories, each fine-tuning SmolLM2-135M-Instruct
+"""The learning-results suite (`make results`): the stories, each fine-tuning SmolLM2-135M-Instruct
 through a live ModelMill server (the official openai SDK) and scoring base vs fine-tuned on held-out
 data, offline.
 
-    python bench/results/run.py                      # every story: sft, intent, dpo, rft (in that order)
+    python bench/results/run.py                      # every story: sft, intent, dpo, dpo_arith, rft (in that order)
     python bench/results/run.py --story sft          # one story
     python bench/results/run.py --quick              # every code path on modelmill-tiny, tiny data
 
@@ -12,6 +12,8 @@ data, offline.
   on held-out phrasings whose sentence shapes training never uses (target >= 0.85, training < 20 min).
 - dpo (dpo_story.py): examples/dpo_jokes; held-out preference accuracy, and a judge's win rate of
   the fine-tuned model's jokes over the base model's.
+- dpo_arith (dpo_arith_story.py): right vs subtly wrong answers to one-digit arithmetic (arith_pairs.py);
+  held-out preference accuracy (target >= 0.70), held-out task accuracy (above base), and chained SFT -> DPO.
 - rft (rft_story.py): examples/rft_arithmetic; validation reward (target >= 0.35).
 - agentic (agentic_story.py, opt-in: --story agentic): agentic RFT with a calculator tool on 3-digit x
   2-digit multiplication; held-out reward of greedy agent runs (target >= 0.4 and at least double the base).
@@ -38,7 +40,8 @@ sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
 
-STORY_MODULES = {"sft": "sft_story", "intent": "intent_story", "dpo": "dpo_story", "rft": "rft_story"}
+STORY_MODULES = {"sft": "sft_story", "intent": "intent_story", "dpo": "dpo_story", "dpo_arith": "dpo_arith_story",
+                 "rft": "rft_story"}
 # Run only when named (--story synth), not by "all": issue 19's `data synth` story (synth_story.py).
 # agentic: issue 22's (agentic_story.py); vision: issue 23's, only with a real VLM registered (vision_story.py).
 OPT_IN_STORIES = {"synth": "synth_story", "agentic": "agentic_story", "vision": "vision_story"}

@@ -47,7 +47,7 @@ def test_quick_run_writes_every_story(tmp_path):
                            "--benchmarks-md", str(md), "--home", str(tmp_path / "home")],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for story in ("sft", "intent", "dpo", "rft"):
+    for story in ("sft", "intent", "dpo", "dpo_arith", "rft"):
         data = json.loads((out / f"results_{story}.json").read_text())
         assert set(data) == CONTRACT_KEYS
         assert data["story"] == story and data["model"] == "modelmill-tiny"
@@ -56,7 +56,7 @@ def test_quick_run_writes_every_story(tmp_path):
         assert data["details"]["quick"] is True and data["details"]["rows"][0]["metric"] == data["metric"]
     text = md.read_text()
     assert "<!-- BEGIN results -->" in text
-    for story in ("sft", "intent", "dpo", "rft"):
+    for story in ("sft", "intent", "dpo", "dpo_arith", "rft"):
         assert f"| {story} | " in text
     sft = json.loads((out / "results_sft.json").read_text())["details"]
     assert {a["group"] for a in sft["base_answers"]} == {"smart_home", "bfcl_seen", "bfcl_unseen"}
