@@ -170,7 +170,7 @@ $(RESULTS_STAMP): $(STAMP)
 	$(PY) -c "import bfcl_eval" 2>/dev/null || $(PIP) install --no-deps "bfcl-eval==$(BFCL_VERSION)"
 	touch $(RESULTS_STAMP)
 
-results: $(RESULTS_STAMP)  ## the learning-results suite (bench/results/; STORY=one story or all; about 1.5 h)
+results: $(RESULTS_STAMP)  ## the learning-results suite (bench/results/; STORY=one story or all; about 4 h on 2 CPU cores)
 	$(PY) bench/results/run.py --story $(STORY)
 
 .PHONY: bench-overhead bench-efficiency bench-memory

@@ -148,7 +148,7 @@ def report(ctx: Context, cfg: DPOArithStory, train, held, jobs, logps, task, acc
     kinds = {k: by_kind(held, v) for k, v in logps.items()}
     notes = [
         f"Data (bench/results/arith_pairs.py): reasoning-gym basic_arithmetic, 2 one-digit terms; {len(train)} training "
-        f"and {n} held-out pairs, split by answer (no answer in both); the wrong answer of each pair is one of the base "
+        f"and {n} held-out pairs, split by the answer's absolute value (no answer in both, not even with the other sign); the wrong answer of each pair is one of the base "
         "model's own kinds of mistake (sign, double negative, off by one), drawn at random.",
         f"DPO job: every hyperparameter \"auto\", resolved to {hp.n_epochs} epochs, batch {hp.batch_size}, beta "
         f"{hp.beta}, LR multiplier {hp.learning_rate_multiplier}; {train_s / 60:.1f} min of training.",
