@@ -10,7 +10,8 @@ Metrics, base vs base + the job's adapter, on the held-out pairs:
 - held-out preference accuracy: the share of pairs whose right answer gets a higher summed log-probability
   than the wrong one (examples/dpo_jokes/run.py pair_logps, the jokes story's measure). Target >= 0.70;
 - held-out task accuracy: the held-out questions asked through chat completions (greedy), right when the
-  reply's last number is the answer (the RFT arithmetic grader's rule). Target: above base.
+  reply's last number is the answer (last_number: a plain "-?digits" rule, not the RFT arithmetic
+  grader's final_answer, which reads "9-4" as 4 where this reads -4). Target: above base.
 
 Chained SFT -> DPO (`chain`): an SFT job on the same training questions with their right answers, then a
 DPO job on the same pairs starting from that SFT model (model = its ft: name, so SFT is also DPO's
@@ -96,7 +97,8 @@ def run(ctx: Context, cfg: DPOArithStory | None = None) -> dict:
 
     cfg = cfg or (QUICK if ctx.quick else FULL)
     client = ctx.client
-    pair_logps, accuracy = (lambda ex: (ex.pair_logps, ex.accuracy))(load_example("dpo_jokes"))
+    jokes = load_example("dpo_jokes")  # its pair_logps / accuracy: the jokes story's preference measure
+    pair_logps, accuracy = jokes.pair_logps, jokes.accuracy
     train, held = arith_pairs.build(cfg.train_pairs, cfg.heldout_pairs, cfg.data_seed)
     print(f"[dpo_arith] {len(train)} training pairs, {len(held)} held-out pairs (no answer shared)", flush=True)
     base_dir = models.ensure_base(ctx.home, cfg.model)
