@@ -18,7 +18,9 @@ fine-tuned (SFT then RFT) model,
 each run as an agent by this script through /v1/chat/completions with `tools` (greedy, up to
 max_turns turns, the tool executed locally exactly as the sandboxed one computes it), plus the rate of
 correct tool use (a multiply call with the right operands). Target: the held-out reward at least
-doubles and is >= 0.4.
+doubles and is >= 0.4. Greedy runs of the SFT warm-up alone can already reach the target (its traces
+teach the exact call), so the SFT model and the RFT model are also run sampled, at the rollouts'
+temperature, `sampled_per_question` times per held-out question: what RFT itself added.
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ class AgenticStory:
         "compute_multiplier": 2.0, "eval_interval": 12, "eval_samples": 1})
     max_rollout_tokens: int = 256
     target: float = 0.4
+    # Held-out runs sampled as the job's rollouts sample (RFT's temperature 1.0), this many per question:
+    # greedy runs of the SFT warm-up alone can already be right, and sampled ones show what RFT added.
+    sampled_per_question: int = 2
+    sample_temperature: float = 1.0
+    concurrency: int = 8  # held-out agent runs in flight at once (the server batches their generations)
     # Tool-use traces of the SFT warm-up (disjoint from the held-out questions). Fewer steps did not
     # teach SmolLM2 the call format at all (16 traces x 1 epoch, 24 x 2: no tool call on held-out questions).
     sft_lines: int = 48
@@ -139,17 +146,17 @@ def _grader() -> dict:
     return namespace
 
 
-def run_agent(client, model: str, line: dict, cfg: AgenticStory) -> dict:
+def run_agent(client, model: str, line: dict, cfg: AgenticStory, temperature: float = 0.0) -> dict:
     """One held-out question as the job's rollouts run it: the model's turns through chat completions
-    with the tools, each multiply call answered locally, until an answer or max_turns; the sample the
-    grader gets (output_text of the last turn, every tool call)."""
+    with the tools (greedy, or sampled at `temperature`), each multiply call answered locally, until an
+    answer or max_turns; the sample the grader gets (output_text of the last turn, every tool call)."""
     from modelmill.ml.rft.rewards import REASONING_INSTRUCTION, split_answer, with_instruction
 
     messages = with_instruction(line["messages"], REASONING_INSTRUCTION)  # as training renders the prompt
     calls, text = [], ""
     for turn in range(cfg.max_turns):
-        reply = client.chat.completions.create(model=model, messages=messages, tools=CHAT_TOOLS, temperature=0,
-                                               max_tokens=cfg.answer_tokens).choices[0].message
+        reply = client.chat.completions.create(model=model, messages=messages, tools=CHAT_TOOLS,
+                                               temperature=temperature, max_tokens=cfg.answer_tokens).choices[0].message
         text = reply.content or ""
         made = [c.model_dump() for c in reply.tool_calls or []]
         calls += made  # as in training, a call in the last turn counts though it does not run
@@ -171,12 +178,18 @@ def _multiply(call: dict) -> str:
         return f"Error: the arguments do not match the tool's parameters: {e}"
 
 
-def score(client, model: str, lines: list[dict], cfg: AgenticStory) -> tuple[float, float, float]:
-    """(mean reward, share with the right final number, share with a right multiply call)."""
+def score(client, model: str, lines: list[dict], cfg: AgenticStory, temperature: float = 0.0,
+          per_question: int = 1) -> tuple[float, float, float]:
+    """(mean reward, share with the right final number, share with a right multiply call) over
+    per_question runs of each line (greedy when temperature is 0), cfg.concurrency runs at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
     grader = _grader()
+    lines = [line for line in lines for _ in range(per_question)]
+    with ThreadPoolExecutor(cfg.concurrency) as pool:
+        samples = list(pool.map(lambda line: run_agent(client, model, line, cfg, temperature), lines))
     rewards, right, used = [], 0, 0
-    for line in lines:
-        sample = run_agent(client, model, line, cfg)
+    for line, sample in zip(lines, samples, strict=True):
         rewards.append(grader["grade"](sample, line))
         tool_ok = grader["_right_call"](sample["output_tools"], line["a"], line["b"])
         used += tool_ok
@@ -207,6 +220,8 @@ def run(ctx: Context, cfg: AgenticStory | None = None) -> dict:
                                                            "environment": environment}})
     job = wait_job(ctx.client, job.id)
     tuned = score(ctx.client, job.fine_tuned_model, test, cfg)
+    sampled = {name: score(ctx.client, model, test, cfg, cfg.sample_temperature, cfg.sampled_per_question)
+               for name, model in (("sft", sft.fine_tuned_model), ("rft", job.fine_tuned_model))}
     wall = time.monotonic() - t0
     metrics = [e.data for e in job_events(ctx.client, job.id) if e.type == "metrics"]
     met = tuned[0] >= cfg.target and tuned[0] >= 2 * base[0]
@@ -214,7 +229,12 @@ def run(ctx: Context, cfg: AgenticStory | None = None) -> dict:
                 f">= {cfg.target} and >= 2x base", met),
             row("right final number", base[1], tuned[1], None, None),
             row("correct tool use (multiply with the question's operands)", base[2], tuned[2], None, None),
-            row("held-out reward after the SFT warm-up alone (fine-tuned column)", base[0], warmed[0], None, None)]
+            row("held-out reward after the SFT warm-up alone (fine-tuned column)", base[0], warmed[0], None, None),
+            row(f"held-out reward sampled at temperature {cfg.sample_temperature:g} as in training "
+                f"({cfg.sampled_per_question} runs per question): SFT warm-up alone -> SFT then RFT",
+                sampled["sft"][0], sampled["rft"][0], None, None),
+            row("correct tool use, sampled as above: SFT warm-up alone -> SFT then RFT",
+                sampled["sft"][2], sampled["rft"][2], None, None)]
     notes = [f"SFT warm-up: {len(warm)} tool-use traces from the task's generator (no held-out question), "
              f"{cfg.sft_hyperparameters}; job {sft.id}; after it: reward {warmed[0]:.3f}, right number {warmed[1]:.3f}, "
              f"correct tool use {warmed[2]:.3f}.",

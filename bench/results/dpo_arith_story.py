@@ -10,8 +10,13 @@ Metrics, base vs base + the job's adapter, on the held-out pairs:
 - held-out preference accuracy: the share of pairs whose right answer gets a higher summed log-probability
   than the wrong one (examples/dpo_jokes/run.py pair_logps, the jokes story's measure). Target >= 0.70;
 - held-out task accuracy: the held-out questions asked through chat completions (greedy), right when the
-  reply's last number is the answer (last_number: a plain "-?digits" rule, not the RFT arithmetic
-  grader's final_answer, which reads "9-4" as 4 where this reads -4). Target: above base.
+  reply's final answer is the answer: `final_answer`, the RFT arithmetic example's grader's own rule
+  (examples/rft_arithmetic/grader.py: the whole reply when it is bare, else its last number, a minus
+  sign counting only when it is not a subtraction). Target: above base.
+
+Side by side (`compare_plain`): each DPO job is trained twice, with "auto" (DPO's loss plus an SFT term on
+the preferred answer, ml/dpo.py AUTO_SFT_WEIGHT) and with DPO's loss alone (job metadata
+`modelmill.dpo_sft_weight` "0", the "auto" rule before 2026-12-04), scored the same way.
 
 Chained SFT -> DPO (`chain`): an SFT job on the same training questions with their right answers, then a
 DPO job on the same pairs starting from that SFT model (model = its ft: name, so SFT is also DPO's
@@ -38,32 +43,41 @@ class DPOArithStory:
     heldout_pairs: int = 100
     hyperparameters: dict | None = None  # None: every hyperparameter "auto"
     chain: bool = True  # also SFT, then DPO from the SFT model (see the module docstring)
+    # Also train every DPO job with the plain DPO loss (metadata modelmill.dpo_sft_weight "0", the "auto"
+    # rule before 2026-12-04), side by side with "auto", which adds the SFT term (ml/dpo.py AUTO_SFT_WEIGHT).
+    compare_plain: bool = True
     max_tokens: int = 32  # the reply budget when asking a held-out question
     seed: int = 7
     data_seed: int = 1234
     target: float = 0.70
 
 
+PLAIN = {"modelmill.dpo_sft_weight": "0"}  # DPO's loss alone (the comparison jobs)
 FULL = DPOArithStory()
 QUICK = DPOArithStory(model="modelmill-tiny", train_pairs=12, heldout_pairs=3, max_tokens=4,
                       hyperparameters={"n_epochs": 1, "batch_size": 4})
 
 
-def last_number(text: str) -> str | None:
-    nums = re.findall(r"-?\d+", text or "")
-    return nums[-1] if nums else None
+def final_answer(text: str) -> str | None:
+    """The reply's final answer as examples/rft_arithmetic's grader reads it (its GRADER_SOURCE, run here)."""
+    grader = load_example("rft_arithmetic", "grader.py")
+    if not hasattr(grader, "scope"):
+        grader.scope = {}
+        exec(compile(grader.GRADER_SOURCE, "rft_arithmetic_grader", "exec"), grader.scope)  # our own example's source
+    text = (text or "").strip()
+    return text if re.fullmatch(r"-?\d+", text) else grader.scope["final_answer"](text)
 
 
 def task_accuracy(client, model: str, pairs: list[dict], max_tokens: int) -> tuple[float, list[dict]]:
-    """Each held-out question through chat completions (temperature 0): right when the reply's last
-    number is the answer. (accuracy, [{question, answer, reply, ok}])."""
+    """Each held-out question through chat completions (temperature 0): right when the reply's final
+    answer (final_answer) is the answer. (accuracy, [{question, answer, reply, ok}]), whole replies."""
     answers, t0 = [], time.monotonic()
     for i, p in enumerate(pairs, 1):
         resp = client.chat.completions.create(model=model, temperature=0, max_tokens=max_tokens,
                                               messages=p["input"]["messages"])
         reply = resp.choices[0].message.content or ""
-        answers.append({"question": p["question"], "answer": p["answer"], "reply": reply[:80],
-                        "ok": last_number(reply) == p["answer"]})
+        answers.append({"question": p["question"], "answer": p["answer"], "reply": reply,
+                        "ok": final_answer(reply) == p["answer"]})
         if i % 25 == 0 or i == len(pairs):
             print(f"[dpo_arith]   {model}: {i}/{len(pairs)} asked, {sum(a['ok'] for a in answers)} right, "
                   f"{time.monotonic() - t0:.0f} s", flush=True)
@@ -78,10 +92,11 @@ def by_kind(pairs: list[dict], logps: list[tuple[float, float]]) -> dict[str, st
     return {k: f"{sum(v)}/{len(v)}" for k, v in sorted(out.items())}
 
 
-def _job(client, cfg: DPOArithStory, model: str, method: str, file_id: str, suffix: str):
+def _job(client, cfg: DPOArithStory, model: str, method: str, file_id: str, suffix: str, metadata: dict | None = None):
     spec = {"hyperparameters": cfg.hyperparameters} if cfg.hyperparameters else {}
     job = client.fine_tuning.jobs.create(model=model, training_file=file_id, suffix=suffix, seed=cfg.seed,
-                                         metadata={"eval": "false"}, method={"type": method, method: spec})
+                                         metadata={"eval": "false", **(metadata or {})},
+                                         method={"type": method, method: spec})
     t0 = time.monotonic()
     job = wait_job(client, job.id)
     return job, time.monotonic() - t0
@@ -110,23 +125,26 @@ def run(ctx: Context, cfg: DPOArithStory | None = None) -> dict:
         task = {"base": task_accuracy(client, cfg.model, held, cfg.max_tokens)}
         dpo_file = _upload(client, "results_dpo_arith_train.jsonl", [arith_pairs.strip(p) for p in train])
         jobs = {}
-        jobs["dpo"] = _job(client, cfg, cfg.model, "dpo", dpo_file, "results-dpo-arith")
-        logps["dpo"] = pair_logps(base_dir, ctx.home / "jobs" / jobs["dpo"][0].id / "adapter", held_path)
-        task["dpo"] = task_accuracy(client, jobs["dpo"][0].fine_tuned_model, held, cfg.max_tokens)
-        print(f"[dpo_arith] preference accuracy {accuracy(logps['base']):.3f} -> {accuracy(logps['dpo']):.3f}; "
-              f"task accuracy {task['base'][0]:.3f} -> {task['dpo'][0]:.3f}", flush=True)
+
+        def dpo_job(key: str, model: str, suffix: str, metadata: dict | None = None) -> None:
+            jobs[key] = _job(client, cfg, model, "dpo", dpo_file, suffix, metadata)
+            logps[key] = pair_logps(base_dir, ctx.home / "jobs" / jobs[key][0].id / "adapter", held_path)
+            task[key] = task_accuracy(client, jobs[key][0].fine_tuned_model, held, cfg.max_tokens)
+            print(f"[dpo_arith] {key}: preference accuracy {accuracy(logps['base']):.3f} -> "
+                  f"{accuracy(logps[key]):.3f}; task accuracy {task['base'][0]:.3f} -> {task[key][0]:.3f}", flush=True)
+
+        dpo_job("dpo", cfg.model, "results-dpo-arith")
+        if cfg.compare_plain:
+            dpo_job("dpo_plain", cfg.model, "results-dpo-arith-plain", PLAIN)
         if cfg.chain:
             sft_lines = [{"messages": [*p["input"]["messages"], *p["preferred_output"]]} for p in train]
             sft_file = _upload(client, "results_dpo_arith_sft.jsonl", sft_lines)
             jobs["sft"] = _job(client, cfg, cfg.model, "supervised", sft_file, "results-arith-sft")
             task["sft"] = task_accuracy(client, jobs["sft"][0].fine_tuned_model, held, cfg.max_tokens)
-            jobs["sft_dpo"] = _job(client, cfg, jobs["sft"][0].fine_tuned_model, "dpo", dpo_file,
-                                   "results-arith-sft-dpo")
-            task["sft_dpo"] = task_accuracy(client, jobs["sft_dpo"][0].fine_tuned_model, held, cfg.max_tokens)
-            logps["sft_dpo"] = pair_logps(base_dir, ctx.home / "jobs" / jobs["sft_dpo"][0].id / "adapter",
-                                          held_path)
-            print(f"[dpo_arith] chained: task accuracy SFT {task['sft'][0]:.3f}, SFT -> DPO "
-                  f"{task['sft_dpo'][0]:.3f}", flush=True)
+            logps["sft"] = pair_logps(base_dir, ctx.home / "jobs" / jobs["sft"][0].id / "adapter", held_path)
+            dpo_job("sft_dpo", jobs["sft"][0].fine_tuned_model, "results-arith-sft-dpo")
+            if cfg.compare_plain:
+                dpo_job("sft_dpo_plain", jobs["sft"][0].fine_tuned_model, "results-arith-sft-dpo-plain", PLAIN)
     wall = time.monotonic() - t0
     return report(ctx, cfg, train, held, jobs, logps, task, accuracy, wall)
 
@@ -138,7 +156,7 @@ def report(ctx: Context, cfg: DPOArithStory, train, held, jobs, logps, task, acc
     hp = job.method.dpo.hyperparameters
     rows = [row(f"held-out preference accuracy ({n} pairs: right answer vs a subtly wrong one, log-prob)",
                 pref["base"], pref["dpo"], f">= {cfg.target}", pref["dpo"] >= cfg.target),
-            row(f"held-out task accuracy ({n} questions whose answers training never has; chat, greedy, last number)",
+            row(f"held-out task accuracy ({n} questions whose answers training never has; chat, greedy, final answer)",
                 task["base"][0], task["dpo"][0], "> base", task["dpo"][0] > task["base"][0])]
     if "sft" in jobs:
         rows += [row("chained: task accuracy after SFT on the same questions' right answers (base -> SFT)",
@@ -146,7 +164,16 @@ def report(ctx: Context, cfg: DPOArithStory, train, held, jobs, logps, task, acc
                  row("chained: task accuracy, the SFT model (base column) -> SFT then DPO (must not lose what SFT taught)",
                      task["sft"][0], task["sft_dpo"][0], ">= SFT", task["sft_dpo"][0] >= task["sft"][0]),
                  row("chained: held-out preference accuracy (base -> SFT then DPO)", pref["base"], pref["sft_dpo"],
+                     "reported", None),
+                 row("chained: held-out preference accuracy (base -> SFT alone)", pref["base"], pref["sft"],
                      "reported", None)]
+    if "dpo_plain" in jobs:  # the same jobs with DPO's loss alone (dpo_sft_weight 0, "auto" before 2026-12-04)
+        rows += [row("plain DPO loss (dpo_sft_weight 0): held-out preference accuracy", pref["base"],
+                     pref["dpo_plain"], "reported", None),
+                 row("plain DPO loss: held-out task accuracy", task["base"][0], task["dpo_plain"][0], "reported", None)]
+    if "sft_dpo_plain" in jobs:
+        rows += [row("plain DPO loss, chained: task accuracy, the SFT model (base column) -> SFT then DPO",
+                     task["sft"][0], task["sft_dpo_plain"][0], "reported", None)]
     kinds = {k: by_kind(held, v) for k, v in logps.items()}
     notes = [
         f"Data (bench/results/arith_pairs.py): reasoning-gym basic_arithmetic, 2 one-digit terms; {len(train)} training "

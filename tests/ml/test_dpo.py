@@ -4,6 +4,7 @@ continuation from an SFT adapter, and no second model copy for the reference."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def setup(tmp_path_factory, tiny_model_dir):
     valid = write(home / "valid.jsonl", [pair(f"Pun {i}?", f"Ducks {i} love puns.", "Meh.") for i in range(3)])
     return dpo.DPOConfig(base_dir=tiny_model_dir, train_path=train, valid_path=valid, output_dir=home / "ref",
                          n_epochs=2, batch_size=2, learning_rate_multiplier=5.0, max_seq_len=64,
-                         eval_every_steps=1, torch_threads=1)
+                         eval_every_steps=1, torch_threads=1, sft_weight=0.0)  # DPO's loss alone: ln 2 at step 1
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +219,16 @@ def test_continue_from_sft_adapter_uses_it_as_reference(setup, tmp_path):
     end = load_file(result.adapter_dir / "adapter_model.safetensors")
     assert start.keys() == end.keys() and not (result.adapter_dir / "ref").exists()
     assert any(not torch.equal(start[k], end[k]) for k in start)  # the SFT adapter itself was trained on
+
+
+def test_sft_weight_adds_the_preferred_answers_nll_to_the_loss(setup, tmp_path):
+    """sft_weight w adds w x (the preferred answer's mean per-token NLL) to DPO's loss (TRL's loss_type
+    ["sigmoid", "sft"]): at step 1 the policy is the reference, so DPO's part is ln 2 and the rest is
+    w x NLL, twice as large for w = 2 as for w = 1."""
+    first = {}
+    for w in (1.0, 2.0):
+        rep = ListReporter(action="cancel", stop_on_poll=1)
+        dpo.train_dpo(replace(setup, output_dir=tmp_path / f"w{w:g}", sft_weight=w), rep)
+        first[w] = rep.steps[0][2]["train_loss"] - math.log(2)
+    assert first[1.0] > 0.5  # a random tiny model's NLL per token is several nats
+    assert first[2.0] == pytest.approx(2 * first[1.0], rel=1e-3)

@@ -122,6 +122,10 @@ def test_nf4_on_a_cpu_worker_fails_the_job_clearly(client, store, settings):
     ({"modelmill.final_model": "first"}, "modelmill.final_model"),
     ({"modelmill.final_model": "best"}, "'modelmill.final_model' needs a validation_file"),
     ({"modelmill.early_stopping": "2"}, "'modelmill.early_stopping' needs a validation_file"),
+    ({"modelmill.dpo_sft_weight": "lots"}, "'modelmill.dpo_sft_weight' must be 'auto' or a number"),
+    ({"modelmill.dpo_sft_weight": "nan"}, "'modelmill.dpo_sft_weight' must be 'auto' or a number"),
+    ({"modelmill.dpo_sft_weight": "11"}, "'modelmill.dpo_sft_weight' must be 'auto' or a number"),
+    ({"modelmill.dpo_sft_weight": "1"}, "'modelmill.dpo_sft_weight' is for dpo jobs only"),
 ])
 def test_bad_training_metadata_is_a_400_naming_metadata(client, settings, metadata, needle):
     models.ensure_base(settings.home, "modelmill-tiny")  # so its context can be checked at creation

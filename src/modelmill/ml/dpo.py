@@ -46,6 +46,11 @@ from modelmill.ml.types import PreferencePair, TrainResult
 # that already answers well and a large step collapses both answers' log-probs together.
 BASE_LEARNING_RATE = 1e-4
 AUTO_BETA = 0.1  # the DPO paper's and TRL's default strength of the pull towards the reference
+# "auto" weight of the SFT term on the preferred answer (DPOConfig.sft_weight; job metadata
+# modelmill.dpo_sft_weight). Measured on the dpo_arith story (BENCHMARKS.md, "Learning results"), the same
+# data and seeds side by side: DPO's loss alone let the preferred answers' own likelihood fall with the
+# rejected ones' (chained SFT -> DPO task accuracy 0.40 -> 0.12); with this term 0.40 -> 0.45.
+AUTO_SFT_WEIGHT = 1.0
 BETA_LIMITS = (1e-3, 2.0)  # OpenAI's accepted range for beta
 # TRL's logged metric -> our metric suffix (the prefix is train_ / valid_ / full_valid_).
 TRL_METRICS = {"rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
@@ -87,6 +92,9 @@ class DPOConfig(RunConfig):
 
     eval_every_steps: int = 5  # valid_* on one validation batch every N steps; 0 = only at epoch ends
     beta: float = AUTO_BETA  # DPO temperature: higher keeps the policy closer to the reference
+    # Weight of a supervised term (the preferred answer's mean per-token negative log-likelihood) added to
+    # DPO's loss: TRL's loss_type ["sigmoid", "sft"], the RPO paper's alpha. 0 = DPO's loss alone.
+    sft_weight: float = AUTO_SFT_WEIGHT
 
     def plan_run(self, tokenizer):
         """(this config with max_seq_len, quantization and gradient_checkpointing resolved, its
@@ -125,7 +133,13 @@ def train_dpo(config: DPOConfig, reporter: Reporter) -> TrainResult:
                         build_trainer=_build_trainer, example_lengths=example_lengths, rows_per_example=2,
                         describe=lambda ds: f"Training on {len(ds)} preference pairs for {config.n_epochs} "
                                             f"epoch(s), batch size {config.batch_size}, beta {config.beta:g}; "
-                                            f"reference: {reference}")
+                                            f"loss: {_loss_name(config)}; reference: {reference}")
+
+
+def _loss_name(config: DPOConfig) -> str:
+    if not config.sft_weight:
+        return "DPO"
+    return f"DPO + {config.sft_weight:g} x the preferred answer's NLL (modelmill.dpo_sft_weight)"
 
 
 def pair_tokens(tokenizer, row: dict[str, str]) -> int:
@@ -183,8 +197,9 @@ def _build_trainer(config: DPOConfig, model, tokenizer, train_ds, valid_ds, call
     from trl import DPOTrainer
 
     is_vlm = vision.is_vision_dir(config.base_dir)
+    loss = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, config.sft_weight]} if config.sft_weight else {}
     args = TRLDPOConfig(**run_config.trainer_args(config, BASE_LEARNING_RATE), beta=config.beta,
-                        truncation_mode="keep_start", **({"remove_unused_columns": False} if is_vlm else {}))
+                        truncation_mode="keep_start", **loss, **({"remove_unused_columns": False} if is_vlm else {}))
     # A VLM trains through TRL's vision path, with each image expanded at its own detail
     # (vision_train.preference_collator; remove_unused_columns=False keeps the image_details column).
     processing_class = vision.load_processor(config.base_dir) if is_vlm else tokenizer

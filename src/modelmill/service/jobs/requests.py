@@ -42,6 +42,8 @@ def create_job(store: Store, settings: Settings, req: CreateJobRequest, *, proje
     _check_hyperparameters(method_type, hyperparameters, hp_where)
     _check_training_options(settings, req.metadata, base_model)
     _check_selection_options(req.metadata, method_type, req.validation_file)
+    if META_DPO_SFT_WEIGHT in (req.metadata or {}) and method_type != "dpo":
+        raise _bad_metadata(f"metadata '{META_DPO_SFT_WEIGHT}' is for dpo jobs only; this job's method is {method_type}")
     job_id = new_id("ftjob-")
     if environment is None:  # an agentic job has no one-turn before/after eval (job_evals.enabled)
         _own_eval(store, job_id, method_type, grader, req, project_id)
@@ -132,6 +134,9 @@ META_QUANTIZATION = "modelmill.quantization"  # "auto" | "none" | "nf4"; default
 # Early stopping and the best checkpoint (docs/api.md, "Early stopping and the best checkpoint"):
 META_EARLY_STOPPING = "modelmill.early_stopping"  # "off" (default) | N: stop after N evaluations without improvement
 META_FINAL_MODEL = "modelmill.final_model"  # "last" (default, OpenAI's rule) | "best": the best-validated checkpoint
+# DPO's supervised term (ml/dpo.py DPOConfig.sft_weight): "auto" (default: the measured rule) | a number 0..10
+META_DPO_SFT_WEIGHT = "modelmill.dpo_sft_weight"
+MAX_DPO_SFT_WEIGHT = 10.0
 MAX_PATIENCE = 100
 META_PREFIX = "modelmill."
 MAX_SEQ_LEN_LIMIT = 1 << 20
@@ -142,7 +147,8 @@ def training_options(metadata: dict[str, str] | None, settings: Settings) -> dic
     quantization, quantization_from. Raises InvalidRequestError (param "metadata") naming the key of a
     bad value or an unknown modelmill.* key (a misspelled key is refused, never ignored)."""
     meta = metadata or {}
-    known = (META_MAX_SEQ_LEN, META_TRUNCATION, META_QUANTIZATION, META_EARLY_STOPPING, META_FINAL_MODEL)
+    known = (META_MAX_SEQ_LEN, META_TRUNCATION, META_QUANTIZATION, META_EARLY_STOPPING, META_FINAL_MODEL,
+             META_DPO_SFT_WEIGHT)
     for key in meta:
         if key.startswith(META_PREFIX) and key not in known:
             raise _bad_metadata(f"unknown metadata key '{key}'; ModelMill reads {', '.join(known)}")
@@ -159,6 +165,15 @@ def training_options(metadata: dict[str, str] | None, settings: Settings) -> dic
             raise _bad_metadata(f"metadata '{META_EARLY_STOPPING}' must be 'off' or a whole number of evaluations "
                                 f"between 1 and {MAX_PATIENCE}, got {meta[META_EARLY_STOPPING]!r}")
         out["early_stopping_patience"] = int(patience)
+    weight = meta.get(META_DPO_SFT_WEIGHT, "auto").strip().lower()
+    if weight != "auto":  # DPO jobs only: create_job refuses it for other methods
+        try:
+            out["sft_weight"] = float(weight)
+        except ValueError:
+            out["sft_weight"] = -1.0
+        if not 0.0 <= out["sft_weight"] <= MAX_DPO_SFT_WEIGHT:  # also refuses nan and inf
+            raise _bad_metadata(f"metadata '{META_DPO_SFT_WEIGHT}' must be 'auto' or a number between 0 and "
+                                f"{MAX_DPO_SFT_WEIGHT:g}, got {meta[META_DPO_SFT_WEIGHT]!r}")
     raw = meta.get(META_MAX_SEQ_LEN)
     if raw is not None:
         if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_SEQ_LEN_LIMIT:
