@@ -73,7 +73,7 @@ def test_dpo_job_trains_with_reward_metrics_and_serves(client, store, settings):
     train = upload(client, preference_jsonl(12))
     valid = upload(client, preference_jsonl(10), filename="valid.jsonl")
     job = create_job(client, train["id"], validation_file=valid["id"], suffix="pref", seed=1,
-                     method=dpo(**TINY_HP, beta=0.2))
+                     method=dpo(**TINY_HP, beta=0.2), metadata={"modelmill.dpo_sft_weight": "0.5"})
     assert Worker(settings, store).run_once() == job["id"]
 
     done = job_json(client, job["id"])
@@ -87,6 +87,7 @@ def test_dpo_job_trains_with_reward_metrics_and_serves(client, store, settings):
     assert_matches(events, "ListFineTuningJobEventsResponse")
     metrics = [e["data"] for e in reversed(events["data"]) if e["type"] == "metrics"]
     assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert any("loss: DPO + 0.5 x the preferred answer's NLL" in e["message"] for e in events["data"])
     assert all("train_loss" in m and all(k in m for k in REWARD_KEYS) for m in metrics), metrics
     assert 0.0 <= metrics[-1]["train_reward_accuracy"] <= 1.0
     assert "full_valid_reward_margin" in metrics[-1] and "full_valid_reward_accuracy" in metrics[-1]

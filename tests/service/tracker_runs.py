@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,19 @@ class WandbRun:
     exit_code: int | None = None
 
 
-def read_wandb_run(run_file: Path) -> WandbRun:
+def read_wandb_run(run_file: Path, timeout: float = 30.0) -> WandbRun:
+    """The run as its file holds it once its exit record is there. wandb-core (a separate process) writes an
+    offline run's records some time after `run.finish()` returns: seen here with only the file's 7-byte
+    header on disk right after finish, and every record a moment later, when the machine was busy."""
+    deadline = time.monotonic() + timeout
+    run = _read_wandb_run(run_file)
+    while run.exit_code is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        run = _read_wandb_run(run_file)
+    return run
+
+
+def _read_wandb_run(run_file: Path) -> WandbRun:
     run = WandbRun()
     for r in wandb_records(run_file):
         kind = r.WhichOneof("record_type")

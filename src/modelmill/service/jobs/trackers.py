@@ -103,6 +103,7 @@ class WandbTracker:
                                  "trained_tokens": outcome.trained_tokens})
         if outcome.fine_tuned_model:
             self.run.config.update({"fine_tuned_model": outcome.fine_tuned_model}, allow_val_change=True)
+        # Offline, wandb-core (its own process) may write the run file's records a moment after this returns.
         self.run.finish(exit_code=1 if outcome.status == "failed" else 0)
 
 
