@@ -61,7 +61,10 @@ def events_of(client, job_id: str) -> list:
 def test_rft_job_end_to_end(client, rft_files, rft_small_train, grader, with_validation):
     # 10 prompts: 2 steps of 4 with the validation file; without it 1 prompt is held out, leaving 9 (2 steps).
     valid = {"validation_file": rft_files[1]} if with_validation else {}
-    created = rft_job(client, rft_small_train, grader, suffix="rft", **valid)
+    # One job sets its rollouts' temperature through metadata; the others get "auto" (0.7).
+    temperature = "0.9" if grader is PYTHON else None
+    meta = {"metadata": {"modelmill.rft_temperature": temperature}} if temperature else {}
+    created = rft_job(client, rft_small_train, grader, suffix="rft", **valid, **meta)
     assert created.method.type == "reinforcement"
     job = wait_for(client, created.id, {"succeeded", "failed", "cancelled"}, timeout=240)
     assert job.status == "succeeded", job.error
@@ -75,6 +78,8 @@ def test_rft_job_end_to_end(client, rft_files, rft_small_train, grader, with_val
     events = events_of(client, job.id)
     held_out = any("held out" in e.message.lower() for e in events)
     assert held_out == (not with_validation), [e.message for e in events]
+    [plan] = [e.message for e in events if e.message.startswith("Training on")]
+    assert f"temperature {temperature or '0.7'}," in plan, plan
     base = [e for e in events if "base_reward" in (e.data or {})]
     assert len(base) == 1 and 0.0 <= base[0].data["base_reward"] <= 1.0 and base[0].data["samples"] > 0
     metrics = [e.data for e in events if e.type == "metrics"]

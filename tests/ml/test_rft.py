@@ -78,6 +78,9 @@ def test_compute_multiplier_and_reasoning_effort_mapping(tmp_path):
     assert [replace(config, reasoning_effort=e).completion_budget for e in ("low", "medium", "high")] == [64, 128, 256]
     assert replace(config, max_completion_tokens=16).completion_budget == 16 and config.num_generations == 4
     assert config.completion_budget == 64  # reasoning_effort "default" resolves to "low"
+    # Rollout temperature: the job's, else 0.7 one-turn (the measured "auto") and 1.0 agentic.
+    assert (config.sampling_temperature, replace(config, temperature=1.2).sampling_temperature) == (0.7, 1.2)
+    assert replace(config, environment={"tools": []}).sampling_temperature == 1.0
 
 
 def test_rollout_backends():

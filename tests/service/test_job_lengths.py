@@ -126,6 +126,11 @@ def test_nf4_on_a_cpu_worker_fails_the_job_clearly(client, store, settings):
     ({"modelmill.dpo_sft_weight": "nan"}, "'modelmill.dpo_sft_weight' must be 'auto' or a number"),
     ({"modelmill.dpo_sft_weight": "11"}, "'modelmill.dpo_sft_weight' must be 'auto' or a number"),
     ({"modelmill.dpo_sft_weight": "1"}, "'modelmill.dpo_sft_weight' is for dpo jobs only"),
+    ({"modelmill.rft_temperature": "warm"}, "'modelmill.rft_temperature' must be 'auto' or a number greater than 0"),
+    ({"modelmill.rft_temperature": "0"}, "'modelmill.rft_temperature' must be 'auto' or a number greater than 0"),
+    ({"modelmill.rft_temperature": "2.5"}, "'modelmill.rft_temperature' must be 'auto' or a number greater than 0"),
+    ({"modelmill.rft_temperature": "inf"}, "'modelmill.rft_temperature' must be 'auto' or a number greater than 0"),
+    ({"modelmill.rft_temperature": "0.7"}, "'modelmill.rft_temperature' is for reinforcement jobs only"),
 ])
 def test_bad_training_metadata_is_a_400_naming_metadata(client, settings, metadata, needle):
     models.ensure_base(settings.home, "modelmill-tiny")  # so its context can be checked at creation

@@ -45,7 +45,8 @@ the rule for each). How each one maps onto GRPO:
 
 Steps per epoch are n // batch_size (TRL drops a last partial batch of prompts, a different one each
 epoch since prompts are shuffled). Fixed choices (RFTConfig fields, documented there): KL beta 0.04
-(the GRPO paper's), temperature 1.0, one GRPO iteration per generation (on-policy), TRL's "dapo"
+(the GRPO paper's), temperature 0.7 (1.0 for agentic rollouts; config.AUTO_TEMPERATURE has the measurement;
+job metadata "modelmill.rft_temperature" sets it), one GRPO iteration per generation (on-policy), TRL's "dapo"
 token-level loss, advantages scaled by the group's reward std.
 
 Metrics (reporter.on_step each step): train_reward_mean, train_reward_std, train_grader_error_rate,

@@ -79,7 +79,8 @@ def _describe(config: RFTConfig, train_ds) -> str:
                f"tools {', '.join(t['name'] for t in env['tools'])}") if env else ""
     return (f"Training on {len(train_ds)} prompts for {config.n_epochs} epoch(s): {config.batch_size} prompt(s) x "
             f"{config.num_generations} generations per step, up to {config.completion_budget} completion tokens "
-            f"{'per turn ' if env else ''}(reasoning_effort {config.reasoning_effort}), KL beta {config.kl_beta:g}; "
+            f"{'per turn ' if env else ''}(reasoning_effort {config.reasoning_effort}), temperature {config.sampling_temperature:g}, "
+            f"KL beta {config.kl_beta:g}; "
             f"validation reward every {config.eval_interval} steps, {config.eval_samples} sample(s) per prompt"
             + agentic)
 
@@ -200,7 +201,7 @@ def _build_trainer(config: RFTConfig, model, tokenizer, train_ds, valid_ds, call
                 include_num_input_tokens_seen="no")  # GRPO counts prompt + completion tokens itself
     trl_args = GRPOConfig(**args, num_generations=n_gen, generation_batch_size=completions_per_step,
                           max_completion_length=config.completion_budget, beta=config.kl_beta,
-                          temperature=config.temperature, top_p=1.0, top_k=0, num_iterations=1,
+                          temperature=config.sampling_temperature, top_p=1.0, top_k=0, num_iterations=1,
                           loss_type="dapo", scale_rewards="group", shuffle_dataset=True, log_completions=False,
                           **rollout_backend_args(config.rollout_backend))
     reward = GraderReward(config.grader, config.grader_context, max_error_share=config.max_grader_error_share,
@@ -389,7 +390,7 @@ class _RFTHooks(ReporterHooks):
             return self._grade(samples, rows)
         texts = sample_completions(self.trainer.model, self.tokenizer, [r["prompt"] for r in rows],
                                    max_new_tokens=self.config.completion_budget,
-                                   temperature=self.config.temperature, eos_ids=self.trainer.eos_token_ids, seed=seed,
+                                   temperature=self.config.sampling_temperature, eos_ids=self.trainer.eos_token_ids, seed=seed,
                                    before_batch=self._check_stop)
         parse = chat_families.family_of(self.tokenizer).parse
         samples = [completion_sample(t, parse_tools=r["has_tools"], require_marker=self.config.require_answer_marker,

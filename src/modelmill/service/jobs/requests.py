@@ -13,6 +13,7 @@ refused exactly as a missing file or model is.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 
 from modelmill import errors
@@ -42,8 +43,9 @@ def create_job(store: Store, settings: Settings, req: CreateJobRequest, *, proje
     _check_hyperparameters(method_type, hyperparameters, hp_where)
     _check_training_options(settings, req.metadata, base_model)
     _check_selection_options(req.metadata, method_type, req.validation_file)
-    if META_DPO_SFT_WEIGHT in (req.metadata or {}) and method_type != "dpo":
-        raise _bad_metadata(f"metadata '{META_DPO_SFT_WEIGHT}' is for dpo jobs only; this job's method is {method_type}")
+    for key, method in ((META_DPO_SFT_WEIGHT, "dpo"), (META_RFT_TEMPERATURE, "reinforcement")):
+        if key in (req.metadata or {}) and method_type != method:
+            raise _bad_metadata(f"metadata '{key}' is for {method} jobs only; this job's method is {method_type}")
     job_id = new_id("ftjob-")
     if environment is None:  # an agentic job has no one-turn before/after eval (job_evals.enabled)
         _own_eval(store, job_id, method_type, grader, req, project_id)
@@ -137,6 +139,10 @@ META_FINAL_MODEL = "modelmill.final_model"  # "last" (default, OpenAI's rule) | 
 # DPO's supervised term (ml/dpo.py DPOConfig.sft_weight): "auto" (default: the measured rule) | a number 0..10
 META_DPO_SFT_WEIGHT = "modelmill.dpo_sft_weight"
 MAX_DPO_SFT_WEIGHT = 10.0
+# RFT's sampling temperature for rollouts and sampled evaluations (ml/rft/config.py AUTO_TEMPERATURE):
+# "auto" (default: the measured rule) | a number > 0 and <= 2
+META_RFT_TEMPERATURE = "modelmill.rft_temperature"
+MAX_RFT_TEMPERATURE = 2.0
 MAX_PATIENCE = 100
 META_PREFIX = "modelmill."
 MAX_SEQ_LEN_LIMIT = 1 << 20
@@ -148,7 +154,7 @@ def training_options(metadata: dict[str, str] | None, settings: Settings) -> dic
     bad value or an unknown modelmill.* key (a misspelled key is refused, never ignored)."""
     meta = metadata or {}
     known = (META_MAX_SEQ_LEN, META_TRUNCATION, META_QUANTIZATION, META_EARLY_STOPPING, META_FINAL_MODEL,
-             META_DPO_SFT_WEIGHT)
+             META_DPO_SFT_WEIGHT, META_RFT_TEMPERATURE)
     for key in meta:
         if key.startswith(META_PREFIX) and key not in known:
             raise _bad_metadata(f"unknown metadata key '{key}'; ModelMill reads {', '.join(known)}")
@@ -165,15 +171,18 @@ def training_options(metadata: dict[str, str] | None, settings: Settings) -> dic
             raise _bad_metadata(f"metadata '{META_EARLY_STOPPING}' must be 'off' or a whole number of evaluations "
                                 f"between 1 and {MAX_PATIENCE}, got {meta[META_EARLY_STOPPING]!r}")
         out["early_stopping_patience"] = int(patience)
-    weight = meta.get(META_DPO_SFT_WEIGHT, "auto").strip().lower()
-    if weight != "auto":  # DPO jobs only: create_job refuses it for other methods
-        try:
-            out["sft_weight"] = float(weight)
-        except ValueError:
-            out["sft_weight"] = -1.0
-        if not 0.0 <= out["sft_weight"] <= MAX_DPO_SFT_WEIGHT:  # also refuses nan and inf
+    weight = _number(meta, META_DPO_SFT_WEIGHT)  # DPO jobs only: create_job refuses it for other methods
+    if weight is not None:
+        if not 0.0 <= weight <= MAX_DPO_SFT_WEIGHT:  # also refuses nan
             raise _bad_metadata(f"metadata '{META_DPO_SFT_WEIGHT}' must be 'auto' or a number between 0 and "
                                 f"{MAX_DPO_SFT_WEIGHT:g}, got {meta[META_DPO_SFT_WEIGHT]!r}")
+        out["sft_weight"] = weight
+    temperature = _number(meta, META_RFT_TEMPERATURE)  # reinforcement jobs only, as above
+    if temperature is not None:
+        if not 0.0 < temperature <= MAX_RFT_TEMPERATURE:  # also refuses nan
+            raise _bad_metadata(f"metadata '{META_RFT_TEMPERATURE}' must be 'auto' or a number greater than 0 and "
+                                f"at most {MAX_RFT_TEMPERATURE:g}, got {meta[META_RFT_TEMPERATURE]!r}")
+        out["temperature"] = temperature
     raw = meta.get(META_MAX_SEQ_LEN)
     if raw is not None:
         if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_SEQ_LEN_LIMIT:
@@ -192,6 +201,18 @@ def _check_selection_options(metadata: dict[str, str] | None, method_type: str, 
     if asked and method_type != "reinforcement" and not validation_file:
         raise _bad_metadata(f"metadata '{asked[0]}' needs a validation_file: it ranks the job's validation "
                             f"evaluations, and a {method_type} job without one has none")
+
+
+def _number(meta: dict[str, str], key: str) -> float | None:
+    """A numeric metadata value; None for "auto" or no key, nan for text that is not a number (the
+    caller's range check refuses nan, naming the key and the value)."""
+    value = meta.get(key, "auto").strip().lower()
+    if value == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
 
 
 def _choice(meta: dict[str, str], key: str, choices: tuple[str, ...], default: str) -> str:
