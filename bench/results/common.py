@@ -27,7 +27,7 @@ BENCH_DIR = RESULTS_DIR.parent
 REPO = BENCH_DIR.parent
 EXAMPLES = REPO / "examples"
 SECTION = ("results", "Learning results")
-STORIES = ("sft", "intent", "dpo", "dpo_arith", "rft", "synth", "agentic", "vision")
+STORIES = ("sft", "intent", "dpo", "dpo_arith", "rft", "rft_gcd", "synth", "agentic", "vision")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 through a live ModelMill server (the official openai SDK) and scoring base vs fine-tuned on held-out
 data, offline.
 
-    python bench/results/run.py                      # every story: sft, intent, dpo, dpo_arith, rft (in that order)
+    python bench/results/run.py                      # every story: sft, intent, dpo, dpo_arith, rft, rft_gcd (in that order)
     python bench/results/run.py --story sft          # one story
     python bench/results/run.py --quick              # every code path on modelmill-tiny, tiny data
 
@@ -14,7 +14,10 @@ data, offline.
   the fine-tuned model's jokes over the base model's.
 - dpo_arith (dpo_arith_story.py): right vs subtly wrong answers to one-digit arithmetic (arith_pairs.py);
   held-out preference accuracy (target >= 0.70), held-out task accuracy (above base), and chained SFT -> DPO.
-- rft (rft_story.py): examples/rft_arithmetic; validation reward (target >= 0.35).
+- rft (rft_story.py): examples/rft_arithmetic; validation reward (target >= 0.45), with the rollout temperature
+  before 2026-12-04 side by side.
+- rft_gcd (rft_gcd_story.py): RFT on reasoning-gym's gcd, training and validation answers disjoint;
+  held-out reward before/after (target: above base; the issue sets none).
 - agentic (agentic_story.py, opt-in: --story agentic): agentic RFT with a calculator tool on 3-digit x
   2-digit multiplication; held-out reward of greedy agent runs (target >= 0.4 and at least double the base).
 
@@ -41,7 +44,7 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
 STORY_MODULES = {"sft": "sft_story", "intent": "intent_story", "dpo": "dpo_story", "dpo_arith": "dpo_arith_story",
-                 "rft": "rft_story"}
+                 "rft": "rft_story", "rft_gcd": "rft_gcd_story"}
 # Run only when named (--story synth), not by "all": issue 19's `data synth` story (synth_story.py).
 # agentic: issue 22's (agentic_story.py); vision: issue 23's, only with a real VLM registered (vision_story.py).
 OPT_IN_STORIES = {"synth": "synth_story", "agentic": "agentic_story", "vision": "vision_story"}
@@ -123,7 +126,7 @@ def run_stories(stories: list[str], home: Path, quick: bool, out: Path) -> None:
             data["details"]["quick"] = quick
             path = common.write_json(data, out)
             print(f"== {s}: {data['metric']}: base {data['base']} -> fine-tuned {data['fine_tuned']} "
-                  f"(target {data['target']}: {'met' if data['met'] else 'missed'}); "
+                  f"(target {data['target']}: {'-' if data['met'] is None else 'met' if data['met'] else 'missed'}); "
                   f"{data['wall_s']:.0f} s; {path}", flush=True)
 
 

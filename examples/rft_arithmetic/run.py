@@ -30,16 +30,17 @@ HYPERPARAMETERS = {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 4
 
 
 def run(client, model: str, hyperparameters: dict | None = None, data_dir: Path = HERE,
-        metadata: dict | None = None) -> dict:
+        metadata: dict | None = None, grader: dict | None = None, suffix: str = "arith") -> dict:
     """Train and follow the job; hyperparameters and data_dir (train.jsonl, valid.jsonl) default to
     this example's (bench/results' quick mode passes smaller ones); metadata is the job's (for example
-    {"modelmill.rft_temperature": "1.0"}, the rollout temperature before "auto" became 0.7)."""
+    {"modelmill.rft_temperature": "1.0"}, the rollout temperature before "auto" became 0.7); grader defaults
+    to this example's (bench/results/rft_gcd_story.py passes the same rule under another name)."""
     train = client.files.create(file=open(data_dir / "train.jsonl", "rb"), purpose="fine-tune")
     valid = client.files.create(file=open(data_dir / "valid.jsonl", "rb"), purpose="fine-tune")
     t0 = time.time()
     job = client.fine_tuning.jobs.create(
-        model=model, training_file=train.id, validation_file=valid.id, suffix="arith", seed=7, metadata=metadata,
-        method={"type": "reinforcement", "reinforcement": {"grader": GRADER,
+        model=model, training_file=train.id, validation_file=valid.id, suffix=suffix, seed=7, metadata=metadata,
+        method={"type": "reinforcement", "reinforcement": {"grader": grader or GRADER,
                                                            "hyperparameters": hyperparameters or HYPERPARAMETERS}})
     print(f"job {job.id} created", flush=True)
     seen = set()

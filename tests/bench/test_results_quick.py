@@ -40,6 +40,7 @@ def test_section_is_rebuilt_from_story_json_and_leaves_other_sections(tmp_path, 
     assert text.index("| sft |") < text.index("| rft |")
 
 
+@pytest.mark.timeout(900)  # every story's quick path in one subprocess: several minutes on 2 cores
 def test_quick_run_writes_every_story(tmp_path):
     pytest.importorskip("bfcl_eval", reason="bfcl-eval is installed by `make results`")
     out, md = tmp_path / "out", tmp_path / "BENCHMARKS.md"
@@ -47,7 +48,7 @@ def test_quick_run_writes_every_story(tmp_path):
                            "--benchmarks-md", str(md), "--home", str(tmp_path / "home")],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for story in ("sft", "intent", "dpo", "dpo_arith", "rft"):
+    for story in ("sft", "intent", "dpo", "dpo_arith", "rft", "rft_gcd"):
         data = json.loads((out / f"results_{story}.json").read_text())
         assert set(data) == CONTRACT_KEYS
         assert data["story"] == story and data["model"] == "modelmill-tiny"
@@ -56,7 +57,7 @@ def test_quick_run_writes_every_story(tmp_path):
         assert data["details"]["quick"] is True and data["details"]["rows"][0]["metric"] == data["metric"]
     text = md.read_text()
     assert "<!-- BEGIN results -->" in text
-    for story in ("sft", "intent", "dpo", "dpo_arith", "rft"):
+    for story in ("sft", "intent", "dpo", "dpo_arith", "rft", "rft_gcd"):
         assert f"| {story} | " in text
     sft = json.loads((out / "results_sft.json").read_text())["details"]
     assert {a["group"] for a in sft["base_answers"]} == {"smart_home", "bfcl_seen", "bfcl_unseen"}
