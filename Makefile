@@ -159,9 +159,9 @@ bench-gpu: $(STAMP)  ## ModelMill vs plain TRL on a random 1B Llama in bf16 on C
 	$(PY) bench/bench_gpu.py --json bench/out/gpu.json
 
 .PHONY: results
-# The learning-results suite (bench/results/): SFT function calling, DPO jokes, RFT arithmetic on
-# SmolLM2-135M-Instruct, base vs fine-tuned on held-out data; `make results STORY=sft` runs one.
-# Writes bench/out/results_<story>.json and BENCHMARKS.md's `results` section. About 1.5 h on 2 CPU cores.
+# The learning-results suite (bench/results/): SFT function calling, intents, DPO jokes and arithmetic,
+# RFT arithmetic and GCD on SmolLM2-135M-Instruct, base vs fine-tuned on held-out data; `make results
+# STORY=sft` runs one. Writes bench/out/results_<story>.json and BENCHMARKS.md's `results` section.
 STORY ?= all
 BFCL_VERSION ?= 2026.3.23
 RESULTS_STAMP := $(VENV)/.results-installed
