@@ -91,8 +91,8 @@ def sample_trajectories(model, tokenizer, rows: list[dict], config, *, eos_ids: 
     before_batch is called before every generate() call but the first (it raises to stop)."""
     from transformers import GenerationConfig
 
-    gen = GenerationConfig(max_new_tokens=config.completion_budget, do_sample=True, temperature=config.sampling_temperature,
-                           top_p=1.0, top_k=0, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id)
+    gen = GenerationConfig(max_new_tokens=config.completion_budget, do_sample=True,
+                           temperature=config.sampling_temperature, top_p=1.0, top_k=0, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id)
     device = next(model.parameters()).device
     calls = [0]
 

@@ -111,7 +111,7 @@ class RFTConfig(RunConfig):
     eval_interval: int = 5  # valid_reward_mean (and a checkpoint) every N steps, plus at epoch ends
     eval_samples: int = AUTO_EVAL_SAMPLES  # completions per validation prompt per evaluation
     kl_beta: float = 0.04  # weight of the KL(policy || reference) penalty; 0 would drop the reference pass
-    temperature: float | None = None  # sampling temperature of rollouts and evaluations; None = sampling_temperature's rule
+    temperature: float | None = None  # of rollouts and sampled evaluations; None = sampling_temperature's rule
     max_completion_tokens: int | None = None  # override of the reasoning_effort budget; None = COMPLETION_TOKENS
     reasoning_instruction: str | None = REASONING_INSTRUCTION  # system instruction added to prompts; None = none
     require_answer_marker: bool = False  # True: a completion without "Answer:" is graded as an empty answer

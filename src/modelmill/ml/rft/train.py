@@ -79,8 +79,8 @@ def _describe(config: RFTConfig, train_ds) -> str:
                f"tools {', '.join(t['name'] for t in env['tools'])}") if env else ""
     return (f"Training on {len(train_ds)} prompts for {config.n_epochs} epoch(s): {config.batch_size} prompt(s) x "
             f"{config.num_generations} generations per step, up to {config.completion_budget} completion tokens "
-            f"{'per turn ' if env else ''}(reasoning_effort {config.reasoning_effort}), temperature {config.sampling_temperature:g}, "
-            f"KL beta {config.kl_beta:g}; "
+            f"{'per turn ' if env else ''}(reasoning_effort {config.reasoning_effort}), "
+            f"temperature {config.sampling_temperature:g}, KL beta {config.kl_beta:g}; "
             f"validation reward every {config.eval_interval} steps, {config.eval_samples} sample(s) per prompt"
             + agentic)
 
@@ -390,7 +390,8 @@ class _RFTHooks(ReporterHooks):
             return self._grade(samples, rows)
         texts = sample_completions(self.trainer.model, self.tokenizer, [r["prompt"] for r in rows],
                                    max_new_tokens=self.config.completion_budget,
-                                   temperature=self.config.sampling_temperature, eos_ids=self.trainer.eos_token_ids, seed=seed,
+                                   temperature=self.config.sampling_temperature, eos_ids=self.trainer.eos_token_ids,
+                                   seed=seed,
                                    before_batch=self._check_stop)
         parse = chat_families.family_of(self.tokenizer).parse
         samples = [completion_sample(t, parse_tools=r["has_tools"], require_marker=self.config.require_answer_marker,
