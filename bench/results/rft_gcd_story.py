@@ -10,10 +10,12 @@ tasks probed were outside it: leg_counting 0.02, simple_equations 0.02, chain_su
 terms) 0.09, letter_counting 0.15, lcm 0.19, products (one-digit) 0.62, spell_backward,
 number_sorting and count_bits 0.00.
 
-The job is the arithmetic example's (examples/rft_arithmetic/run.py's `run`, its hyperparameters,
-its grader's rule under the name "gcd": the text after "Answer:", else the reply's last number,
-scored with reasoning-gym's score_answer), on 60 training prompts: 30 GRPO steps. Metric: the
-job's own before/after eval, greedy, on every validation line. The issue asks for the before/after
+The job is the arithmetic example's (examples/rft_arithmetic/run.py's `run`, its hyperparameters but
+reasoning_effort "medium", its grader's rule under the name "gcd": the text after "Answer:", else the
+reply's last number, scored with reasoning-gym's score_answer), on 60 training prompts: 30 GRPO steps.
+Metric: the job's own before/after eval, greedy, on every validation line (it prompts the bare
+question); beside it, the same lines prompted as training prompts them (ModelMill's reasoning
+instruction as the system message) for the base, final and best-checkpoint models. The issue asks for the before/after
 with no target; the story's is "above base".
 """
 
@@ -29,11 +31,16 @@ from pathlib import Path
 
 from common import Context, load_example, machine, result, row, today
 
+from modelmill.ml.rft.config import COMPLETION_TOKENS
+from modelmill.ml.rft.rewards import REASONING_INSTRUCTION, split_answer
+
 CONFIG = {"min_numbers": 2, "max_numbers": 2, "min_value": 1, "max_value": 30}
 PROBE = {"gcd (2 numbers <= 30)": 0.28, "lcm (2 numbers <= 12)": 0.19, "letter_counting": 0.15,
          "chain_sum (3 one-digit terms)": 0.09, "leg_counting (1-2 animals)": 0.02, "simple_equations": 0.02,
          "products (2 one-digit)": 0.62, "spell_backward": 0.0, "number_sorting (3)": 0.0, "count_bits": 0.0}
-HYPERPARAMETERS = {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 4.0, "reasoning_effort": "low",
+# reasoning_effort "medium" (128 tokens): the first run, at "low" (64), taught the model to work through
+# Euclid's algorithm in prose that the budget cut off (BENCHMARKS.md, rft_gcd's earlier run).
+HYPERPARAMETERS = {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 4.0, "reasoning_effort": "medium",
                    "compute_multiplier": 2.0, "eval_interval": 10, "eval_samples": 2}
 
 
@@ -112,6 +119,19 @@ def run(ctx: Context, cfg: GCDStory | None = None) -> dict:
     if r["valid"]:
         rows.append(row("valid_reward_mean, sampled at temperature 0.7 (best eval step)", r["base"]["base_reward"],
                         max(v for _, v in r["valid"]), None, None))
+    # The job's eval prompts the bare question; training prompted it with the reasoning instruction.
+    budget = COMPLETION_TOKENS[hp.reasoning_effort]
+    models = {"base": cfg.model, "final": job.fine_tuned_model}
+    if r["best"]:
+        models["best"] = f"{job.fine_tuned_model}:ckpt-step-{r['best']['best_checkpoint_step']}"
+    as_trained = {k: _score_as_trained(ctx.client, m, valid, grader_module.GRADER_SOURCE, budget)
+                  for k, m in models.items()}
+    rows.append(row(f"the same lines prompted as trained (the reasoning instruction as system message; greedy, "
+                    f"{budget} tokens; chat completions)", as_trained["base"]["reward"], as_trained["final"]["reward"],
+                    "> base", as_trained["final"]["reward"] > as_trained["base"]["reward"]))
+    if "best" in as_trained:
+        rows.append(row(f"  the best checkpoint (step {r['best']['best_checkpoint_step']}), prompted as trained",
+                        as_trained["base"]["reward"], as_trained["best"]["reward"], None, None))
     notes = [
         f"Data: reasoning-gym gcd, two numbers from {CONFIG['min_value']} to {CONFIG['max_value']}, seed {cfg.seed}: "
         f"{len(train)} training prompts, {len(valid)} validation prompts; validation answers "
@@ -126,5 +146,25 @@ def run(ctx: Context, cfg: GCDStory | None = None) -> dict:
     details = {"rows": rows, "notes": notes, "date": today(), "machine": machine(), "job_id": job.id,
                "fine_tuned_model": job.fine_tuned_model, "comparison": r["comparison"], "valid_reward_mean": r["valid"],
                "base_reward_sampled": r["base"], "best_checkpoint": r["best"], "hyperparameters": hp.to_dict(),
-               "probe": PROBE}
+               "probe": PROBE, "as_trained": as_trained}
     return result("rft_gcd", cfg.model, rows[0]["metric"], b, f, rows[0]["target"], rows[0]["met"], wall, details)
+
+
+def _score_as_trained(client, model: str, lines: list[dict], grader_source: str, max_tokens: int) -> dict:
+    """Greedy replies through chat completions to each line prompted as RFT training prompts it (the
+    reasoning instruction as the system message), graded as the job grades a sample: the text after
+    "Answer:" when the reply has one, else the whole reply, through the grader's own `grade`."""
+    ns: dict = {}
+    exec(grader_source, ns)  # the grader's python source: this story's own, as the sandbox runs it
+    scores, answers = [], []
+    for x in lines:
+        reply = client.chat.completions.create(
+            model=model, temperature=0, max_tokens=max_tokens,
+            messages=[{"role": "system", "content": REASONING_INSTRUCTION}, *x["messages"]])
+        text = reply.choices[0].message.content or ""
+        answer, _, marked = split_answer(text)
+        sample = answer if marked else text
+        scores.append(ns["grade"]({"output_text": sample}, x))
+        answers.append(ns["final_answer"](sample))
+    return {"model": model, "reward": sum(scores) / len(scores), "exact": sum(v == 1 for v in scores),
+            "answers": answers}
