@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import Context, load_example, machine, result, row, today
+from rft_story import before_after
 
 from modelmill.ml.rft.config import COMPLETION_TOKENS
 from modelmill.ml.rft.rewards import REASONING_INSTRUCTION, split_answer
@@ -107,11 +108,7 @@ def run(ctx: Context, cfg: GCDStory | None = None) -> dict:
         wall = time.monotonic() - t0
     example.report(r)
     job = r["job"]
-    table = {x["label"]: x for x in (r["comparison"] or {}).get("rows", [])}
-    base, final = table.get("base"), table.get("final")
-    if base is None or final is None:
-        raise RuntimeError(f"job {job.id} recorded no before/after eval: {r['comparison']}")
-    b, f = base["scores"]["gcd"], final["scores"]["gcd"]
+    b, f, base, final = before_after(r, "gcd")
     hp = job.method.reinforcement.hyperparameters
     rows = [row(f"held-out reward, greedy ({base['total']} validation lines whose answers training never has; "
                 "the job's before/after eval)", b, f, "> base", f > b),

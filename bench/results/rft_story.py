@@ -82,7 +82,7 @@ def run(ctx: Context, cfg: RFTStory | None = None) -> dict:
             before = example.run(ctx.client, cfg.model, cfg.hyperparameters, data, metadata=RULE_BEFORE)
             example.report(before)
     job = r["job"]
-    b, f, base, final = _before_after(r, cfg.criterion)
+    b, f, base, final = before_after(r, cfg.criterion)
     hp = job.method.reinforcement.hyperparameters
     rows = [row(f"validation reward, greedy ({base['total']} lines, the job's before/after eval)", b, f,
                 f">= {cfg.target}", f >= cfg.target),
@@ -92,7 +92,7 @@ def run(ctx: Context, cfg: RFTStory | None = None) -> dict:
         rows.append(row("valid_reward_mean, sampled at temperature 0.7 (best eval step)", r["base"]["base_reward"],
                         best, None, None))
     if before:
-        bb, bf, bbase, bfinal = _before_after(before, cfg.criterion)
+        bb, bf, bbase, bfinal = before_after(before, cfg.criterion)
         rows += [row("the same job with the rule before 2026-12-04 (rollout temperature 1.0), side by side in "
                      "this run: validation reward, greedy", bb, bf, "reported", None),
                  row("  its exact answers (reward 1)", bbase["passed"], bfinal["passed"], None, None)]
@@ -118,7 +118,7 @@ def run(ctx: Context, cfg: RFTStory | None = None) -> dict:
     return result("rft", cfg.model, rows[0]["metric"], b, f, rows[0]["target"], rows[0]["met"], wall, details)
 
 
-def _before_after(r: dict, criterion: str) -> tuple[float, float, dict, dict]:
+def before_after(r: dict, criterion: str) -> tuple[float, float, dict, dict]:
     job = r["job"]
     table = {x["label"]: x for x in (r["comparison"] or {}).get("rows", [])}
     base, final = table.get("base"), table.get("final")

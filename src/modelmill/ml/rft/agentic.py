@@ -92,7 +92,8 @@ def sample_trajectories(model, tokenizer, rows: list[dict], config, *, eos_ids: 
     from transformers import GenerationConfig
 
     gen = GenerationConfig(max_new_tokens=config.completion_budget, do_sample=True,
-                           temperature=config.sampling_temperature, top_p=1.0, top_k=0, eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id)
+                           temperature=config.sampling_temperature, top_p=1.0, top_k=0, eos_token_id=eos_ids,
+                           pad_token_id=tokenizer.pad_token_id)
     device = next(model.parameters()).device
     calls = [0]
 
