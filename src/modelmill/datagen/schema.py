@@ -64,6 +64,8 @@ VOCAB = {
     "song": ["Bohemian Rhapsody", "Clair de Lune", "Blinding Lights"],
     "artist": ["Nina Simone", "Daft Punk", "Miles Davis"],
 }
+NAMES = ["Northwind", "Blue Harbor", "Cedar Grove", "Orion", "Silver Lake", "Kestrel", "Maple Street",
+         "Harbor View", "Atlas", "Red Rock", "Greenfield", "Summit Hall", "Juniper", "Eastgate", "Lumen"]
 FORMATS = {
     "date": VOCAB["date"], "date-time": ["2026-03-14T09:30:00Z", "2026-11-02T18:45:00+01:00"],
     "time": ["09:30:00", "14:00:00"], "email": VOCAB["email"], "uri": VOCAB["url"], "url": VOCAB["url"],
@@ -320,6 +322,10 @@ def _string_candidates(schema: dict, name: str) -> list[str]:
 
 
 def _words_for(name: str, rng: random.Random) -> str:
+    """A string for a field nothing else describes: half the time a name-like value (most free strings
+    in requests are names of things), else the field's own words and a tag ("website north")."""
+    if rng.random() < 0.5:
+        return rng.choice(NAMES)
     words = [w for w in re.split(r"[_\W]+|(?<=[a-z])(?=[A-Z])", name) if w] or ["value"]
     return f"{' '.join(words).lower()} {rng.choice(['alpha', 'north', 'blue', 'seven', 'delta', 'main'])}"
 

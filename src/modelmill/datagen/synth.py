@@ -50,12 +50,34 @@ class SynthReport:
         return f"{len(self.lines)} lines for {len(self.per_function)} functions ({how}{dups}). {funcs}"
 
 
-TEMPLATES = [
+# Requests written without a teacher. Real users rarely name the parameters: most requests carry the
+# values in prose ("3 raised to the power 4", "Lakers and Clippers on Jan 28"). So a request is a frame
+# (an opener around the function's description, and an ending) around the arguments, each argument in one
+# of several forms, most of them the value alone; the form-like templates of the first version stay as one
+# shape among the others (FORM_SHARE). Measured on the synth story (BENCHMARKS.md, "synth").
+FORM_TEMPLATES = [
     "{Desc}: {colon}.", "Please {desc} - {set_to}.", "Can you {action} with {set_to}?",
     "I'd like to {desc}. Use {is_}.", "{Colon}. {Desc}, please.", "Hey, {action} for me: {colon}",
     "Need you to {desc} ({eq})", "{action_cap} please, {is_}.",
 ]
-NO_ARG_TEMPLATES = ["Please {desc}.", "Can you {action}?", "{Desc}, please.", "I need you to {desc} now."]
+FORM_SHARE = 0.2
+FRAMES = [
+    "{Desc} for {args}.", "{Desc} with {args}.", "Please {desc}: {args}.", "Can you {desc} for {args}?",
+    "Could you {desc} using {args}?", "I need to {desc} - {args}.", "I'd like to {desc} with {args}, please.",
+    "Help me {desc}. {Args}.", "{Args}: {desc}, please.", "{action_cap} {args}", "{Desc} ({args}).",
+    "Given {args}, {desc}.", "How do I {desc} for {args}?", "I want to {desc}, {args}.", "{Desc}, {args}.",
+    "Quick one - {desc} for {args}", "{Desc} given {args}?",
+]
+# The value alone 7 times in 16: about a quarter of requests then name no parameter at all.
+VALUE_FORMS = ["{v}"] * 7 + ["{k} {v}", "{a} {k} of {v}", "{v} as the {k}", "the {k} {v}", "{k} of {v}",
+               "{k} {v}", "{k}: {v}", "{k} set to {v}", "{k} = {v}", "the {k} being {v}"]
+BOOL_FORMS = {True: ["with {k}", "{k}: yes", "{k} set to true", "{k} on", "yes to {k}"],
+              False: ["without {k}", "{k}: no", "{k} set to false", "{k} off", "no {k}"]}
+NO_ARG_TEMPLATES = ["Please {desc}.", "Can you {action}?", "{Desc}, please.", "I need you to {desc} now.",
+                    "{Desc}.", "Could you {desc}?", "Help me {desc}."]
+# A description's leading verb in the third person ("Fetches the list ...") becomes the imperative
+# ("fetch the list ...") so that it reads after "Please" or "Can you"; words that only look like it stay.
+NOT_VERBS = {"this", "is", "was", "has", "its", "as", "us", "does", "news", "status", "analysis", "series", "class"}
 STYLES = ["casual", "terse", "polite", "indirect, as a need rather than a command", "chatty", "imperative"]
 TEACHER_SYSTEM = (
     "You write training data for a function-calling assistant. Given a function and the exact arguments "
@@ -161,19 +183,56 @@ def teacher_request(teacher: Teacher, fn: dict, args: dict, rng: random.Random, 
 
 
 def template_request(fn: dict, args: dict, rng: random.Random) -> str:
-    """A plain request that names every argument value, in one of several phrasings."""
+    """A request that names every argument value, in one of many phrasings (see FRAMES)."""
     desc = (fn.get("description") or "").strip().rstrip(".").split(". ")[0]
     action = " ".join(w for w in re.split(r"[_\-]+|(?<=[a-z])(?=[A-Z])", fn["name"]) if w).lower()
-    desc = desc[:1].lower() + desc[1:] if desc else action
-    items = [(" ".join(re.split(r"[_\-]+", k)), _spoken(v)) for k, v in args.items()]
-    parts = {
-        "desc": desc, "Desc": desc[:1].upper() + desc[1:], "action": action,
-        "action_cap": action[:1].upper() + action[1:],
-        "colon": ", ".join(f"{k}: {v}" for k, v in items), "set_to": _and([f"{k} set to {v}" for k, v in items]),
-        "is_": _and([f"{v} as the {k}" for k, v in items]), "eq": ", ".join(f"{k}={v}" for k, v in items),
-    }
-    parts["Colon"] = parts["colon"][:1].upper() + parts["colon"][1:]
-    return rng.choice(TEMPLATES if items else NO_ARG_TEMPLATES).format(**parts)
+    desc = _imperative(desc[:1].lower() + desc[1:]) if desc else action
+    parts = {"desc": desc, "Desc": desc[:1].upper() + desc[1:], "action": action,
+             "action_cap": action[:1].upper() + action[1:]}
+    if not args:
+        return rng.choice(NO_ARG_TEMPLATES).format(**parts)
+    keys = [" ".join(re.split(r"[_\-]+", k)) for k in args]
+    if rng.random() < FORM_SHARE:
+        items = [(k, _spoken(v)) for k, v in zip(keys, args.values())]
+        parts.update({
+            "colon": ", ".join(f"{k}: {v}" for k, v in items), "set_to": _and([f"{k} set to {v}" for k, v in items]),
+            "is_": _and([f"{v} as the {k}" for k, v in items]), "eq": ", ".join(f"{k}={v}" for k, v in items)})
+        parts["Colon"] = parts["colon"][:1].upper() + parts["colon"][1:]
+        return rng.choice(FORM_TEMPLATES).format(**parts)
+    one_form = rng.choice(VALUE_FORMS) if rng.random() < 0.5 else None  # else each argument its own form
+    rendered = []
+    for k, v in zip(keys, args.values()):
+        if isinstance(v, bool):
+            rendered.append(rng.choice(BOOL_FORMS[v]).format(k=k))
+        else:
+            rendered.append((one_form or rng.choice(VALUE_FORMS)).format(k=k, v=_prose(v),
+                                                                   a="an" if k[:1] in "aeiou" else "a"))
+    parts["args"] = _and(rendered)
+    value_first = not isinstance(first := next(iter(args.values())), bool) and rendered[0].startswith(_prose(first))
+    # At a sentence's start, capitalise a parameter's name but never a value ("kitchen" stays "kitchen").
+    parts["Args"] = parts["args"] if value_first else parts["args"][:1].upper() + parts["args"][1:]
+    return rng.choice(FRAMES).format(**parts)
+
+
+def _imperative(desc: str) -> str:
+    first, _, rest = desc.partition(" ")
+    word = first.lower()
+    if len(word) > 3 and word not in NOT_VERBS and word.isalpha():
+        if word.endswith("ies"):
+            first = first[:-3] + "y"
+        elif word.endswith(("ches", "shes", "sses", "xes")):
+            first = first[:-2]
+        elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
+            first = first[:-1]
+    return f"{first} {rest}".strip()
+
+
+def _prose(value) -> str:
+    """A value as a person writes it: a list of plain items as "a, b and c", anything else as _spoken."""
+    if isinstance(value, list) and value and all(isinstance(x, (str, int, float)) and not isinstance(x, bool)
+                                                 for x in value):
+        return _and([_spoken(x) for x in value])
+    return _spoken(value)
 
 
 def _spoken(value) -> str:
