@@ -13,6 +13,10 @@ Data (built here, in memory, from packages; nothing is committed):
     out. Only functions whose example is the sole one under its name are taken.
   - other: functions trained on their own BFCL example, for variety; never evaluated.
   - unseen: functions never trained on; their BFCL example is held out.
+  - synth: up to `synth_functions` more functions, trained only through `synth_per_function` lines
+    that `modelmill data synth` writes from their schema (templates, no teacher); never evaluated.
+    More schemas to read, in requests that carry values in prose (issue 18's lever for held-out
+    functions: "more varied schemas in training"). 0 reproduces the story before 2026-12-05.
 
 Metrics (greedy chat completions with the example's tools; the first tool call is scored):
 - held-out examples (the headline, target >= 85%): smart-home test lines (exact name and
@@ -44,6 +48,8 @@ class SFTStory:
     variants_per_function: int = 3  # generated training requests per seen function
     other_functions: int = 40  # BFCL functions trained on their own example (never evaluated)
     unseen_functions: int = 30  # BFCL functions never trained on: the held-out-functions figure
+    synth_functions: int = 80  # more BFCL functions, trained through `data synth` lines only (never evaluated)
+    synth_per_function: int = 2  # `data synth` lines per such function
     smart_home_train: int = 80  # lines of examples/smart_home/train.jsonl trained on (it has 80)
     smart_home_test: int = 30  # lines of examples/smart_home/test.jsonl held out (it has 30)
     max_example_tokens: int = 350  # BFCL examples longer than this (prompt + call, tokens) are left out (CPU time)
@@ -57,7 +63,7 @@ class SFTStory:
 
 FULL = SFTStory()
 QUICK = SFTStory(model="modelmill-tiny", seen_functions=2, variants_per_function=2, other_functions=2,
-                 unseen_functions=2, smart_home_train=4, smart_home_test=2, answer_margin_tokens=4)
+                 unseen_functions=2, synth_functions=2, synth_per_function=1, smart_home_train=4, smart_home_test=2, answer_margin_tokens=4)
 
 
 @dataclass
@@ -110,12 +116,15 @@ def build(cfg: SFTStory, tokenizer) -> tuple[list[dict], list[Probe], dict]:
     rest = [n for n in names if n not in seen]
     unseen = [n for n in rest if len(by_name[n]) == 1][:cfg.unseen_functions]
     other = [n for n in rest if n not in unseen][:cfg.other_functions]
+    synth_lines, synthesized, refused = _synth_lines(cfg, [n for n in rest if n not in unseen and n not in other],
+                                                     by_name)
 
     train = read_jsonl(SMART_HOME / "train.jsonl")[:cfg.smart_home_train]
     for n in seen:
         fn = by_name[n][0].function
         train += [bfcl.chat_line(q, fn, args) for q, args in generated[n]]
     train += [bfcl.chat_line(e.question, e.function, bfcl.canonical_args(e)) for n in other for e in by_name[n]]
+    train += synth_lines
     random.Random(cfg.seed).shuffle(train)
 
     probes = []
@@ -132,10 +141,35 @@ def build(cfg: SFTStory, tokenizer) -> tuple[list[dict], list[Probe], dict]:
     split = {"bfcl_examples": len(examples), "bfcl_examples_that_fit": len(fits),
              "seen_functions": [by_name[n][0].id for n in seen], "other_functions": [by_name[n][0].id for n in other],
              "unseen_functions": [by_name[n][0].id for n in unseen],
+             "synth_functions": [by_name[n][0].id for n in synthesized], "synth_refused": refused,
              "train_lines": {"smart_home": min(cfg.smart_home_train, 80),
                              "bfcl_generated": len(seen) * cfg.variants_per_function,
-                             "bfcl_original": sum(len(by_name[n]) for n in other), "total": len(train)}}
+                             "bfcl_original": sum(len(by_name[n]) for n in other),
+                             "bfcl_synth": len(synth_lines), "total": len(train)}}
     return train, probes, split
+
+
+def _synth_lines(cfg: SFTStory, names: list[str], by_name: dict) -> tuple[list[dict], list[str], dict]:
+    """`data synth` lines for the first `synth_functions` of `names` whose schema it accepts:
+    (lines, the functions used, {function: why refused})."""
+    from modelmill.datagen.schema import SchemaError, load_tools
+    from modelmill.datagen.synth import SynthConfig, synthesize
+
+    lines: list[dict] = []
+    used: list[str] = []
+    refused: dict[str, str] = {}
+    for n in names:
+        if len(used) == cfg.synth_functions:
+            break
+        try:
+            tools = load_tools([bfcl.openai_tool(by_name[n][0].function)])
+        except SchemaError as e:  # e.g. a string pattern with no example: data synth says why and skips it
+            refused[n] = str(e)
+            continue
+        config = SynthConfig(per_function=cfg.synth_per_function, seed=cfg.seed + len(used))
+        lines += synthesize(tools, config, progress=False).lines
+        used.append(n)
+    return lines, used, refused
 
 
 def _norm(messages):
@@ -261,7 +295,9 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
     notes = [
         f"Training: {split['train_lines']['total']} lines ({split['train_lines']['smart_home']} smart-home, "
         f"{split['train_lines']['bfcl_generated']} generated from {len(split['seen_functions'])} BFCL functions, "
-        f"{split['train_lines']['bfcl_original']} BFCL examples of {len(split['other_functions'])} other functions), "
+        f"{split['train_lines']['bfcl_original']} BFCL examples of {len(split['other_functions'])} other functions, "
+        f"{split['train_lines']['bfcl_synth']} written by `data synth` from {len(split['synth_functions'])} more "
+        f"functions' schemas), "
         f"{job.method.supervised.hyperparameters.n_epochs} epoch, batch "
         f"{job.method.supervised.hyperparameters.batch_size}, LR multiplier "
         f"{job.method.supervised.hyperparameters.learning_rate_multiplier}, LoRA r=8; "

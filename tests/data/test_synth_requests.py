@@ -53,3 +53,19 @@ def test_description_verb_becomes_an_order():
     assert _imperative("analyzes text") == "analyze text"
     assert _imperative("this tool finds") == "this tool finds"  # not a verb: left as written
     assert _imperative("find recipes") == "find recipes"
+
+
+def test_values_come_in_any_order_and_on_both_sides_of_the_description():
+    texts = requests({"city": "Oslo", "days_ahead": 3})
+    desc = "fetch the weather forecast for a place"
+    assert any(t.index("3") < t.index("Oslo") for t in texts)  # not only the schema's order
+    assert any(t.index("Oslo") < t.lower().index(desc) < t.index("3") for t in texts if desc in t.lower())
+
+
+def test_values_of_one_kind_out_of_order_are_named():
+    fn = {"name": "power", "description": "Raises a number to a power.", "parameters": {"type": "object",
+          "properties": {"base": {"type": "integer"}, "exponent": {"type": "integer"}}}}
+    for seed in range(300):
+        text = template_request(fn, {"base": 7, "exponent": 2}, random.Random(seed))
+        if text.index("2") < text.index("7"):  # out of order: 2 must say it is the exponent
+            assert "exponent" in text.lower(), text

@@ -68,6 +68,12 @@ FRAMES = [
     "Given {args}, {desc}.", "How do I {desc} for {args}?", "I want to {desc}, {args}.", "{Desc}, {args}.",
     "Quick one - {desc} for {args}", "{Desc} given {args}?",
 ]
+# Frames that put some arguments before the description and the rest after it (two or more arguments).
+SPLIT_FRAMES = ["For {args1}, {desc} with {args2}.", "{Args1}: can you {desc} for {args2}?",
+                "Given {args1}, please {desc} - {args2}.", "With {args1}, I need to {desc} for {args2}.",
+                "{Args1} - {desc}, {args2}."]
+SHUFFLE_SHARE = 0.5  # requests whose values come in another order than the schema's
+SPLIT_SHARE = 0.3  # requests (of two or more arguments) in a SPLIT_FRAMES frame
 # The value alone 7 times in 16: about a quarter of requests then name no parameter at all.
 VALUE_FORMS = ["{v}"] * 7 + ["{k} {v}", "{a} {k} of {v}", "{v} as the {k}", "the {k} {v}", "{k} of {v}",
                "{k} {v}", "{k}: {v}", "{k} set to {v}", "{k} = {v}", "the {k} being {v}"]
@@ -199,18 +205,38 @@ def template_request(fn: dict, args: dict, rng: random.Random) -> str:
             "is_": _and([f"{v} as the {k}" for k, v in items]), "eq": ", ".join(f"{k}={v}" for k, v in items)})
         parts["Colon"] = parts["colon"][:1].upper() + parts["colon"][1:]
         return rng.choice(FORM_TEMPLATES).format(**parts)
+    # Real requests give values in any order ("pop concerts in New York" for location, date, genre), and
+    # a model that learnt the schema's order maps them by position: half the requests shuffle them.
+    order = list(range(len(args)))
+    shuffled = rng.random() < SHUFFLE_SHARE
+    if shuffled:
+        rng.shuffle(order)
+    kinds = Counter(_kind(v) for v in args.values())
     one_form = rng.choice(VALUE_FORMS) if rng.random() < 0.5 else None  # else each argument its own form
     rendered = []
     for k, v in zip(keys, args.values()):
         if isinstance(v, bool):
             rendered.append(rng.choice(BOOL_FORMS[v]).format(k=k))
-        else:
-            rendered.append((one_form or rng.choice(VALUE_FORMS)).format(k=k, v=_prose(v),
-                                                                   a="an" if k[:1] in "aeiou" else "a"))
-    parts["args"] = _and(rendered)
-    value_first = not isinstance(first := next(iter(args.values())), bool) and rendered[0].startswith(_prose(first))
-    # At a sentence's start, capitalise a parameter's name but never a value ("kitchen" stays "kitchen").
-    parts["Args"] = parts["args"] if value_first else parts["args"][:1].upper() + parts["args"][1:]
+            continue
+        form = one_form or rng.choice(VALUE_FORMS)
+        if form == "{v}" and shuffled and kinds[_kind(v)] > 1:
+            # Two bare values of one kind out of the schema's order could map either way: name this one.
+            form = rng.choice([f for f in VALUE_FORMS if f != "{v}"])
+        rendered.append(form.format(k=k, v=_prose(v), a="an" if k[:1] in "aeiou" else "a"))
+    values = list(args.values())
+
+    def joined(idx: list[int]) -> tuple[str, str]:
+        text = _and([rendered[i] for i in idx])
+        value_first = not isinstance(values[idx[0]], bool) and rendered[idx[0]].startswith(_prose(values[idx[0]]))
+        # At a sentence's start, capitalise a parameter's name but never a value ("kitchen" stays "kitchen").
+        return text, text if value_first else text[:1].upper() + text[1:]
+
+    if len(order) >= 2 and rng.random() < SPLIT_SHARE:
+        cut = rng.randint(1, len(order) - 1)
+        parts["args1"], parts["Args1"] = joined(order[:cut])
+        parts["args2"], _ = joined(order[cut:])
+        return rng.choice(SPLIT_FRAMES).format(**parts)
+    parts["args"], parts["Args"] = joined(order)
     return rng.choice(FRAMES).format(**parts)
 
 
@@ -225,6 +251,10 @@ def _imperative(desc: str) -> str:
         elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
             first = first[:-1]
     return f"{first} {rest}".strip()
+
+
+def _kind(value) -> str:
+    return "number" if isinstance(value, (int, float)) else type(value).__name__
 
 
 def _prose(value) -> str:
