@@ -53,7 +53,7 @@ class SynthReport:
 # Requests written without a teacher. Real users rarely name the parameters: most requests carry the
 # values in prose ("3 raised to the power 4", "Lakers and Clippers on Jan 28"). So a request is a frame
 # (an opener around the function's description, and an ending) around the arguments, each argument in one
-# of several forms, most of them the value alone; the form-like templates of the first version stay as one
+# of several forms, often the value alone; the form-like templates of the first version stay as one
 # shape among the others (FORM_SHARE). Measured on the synth story (BENCHMARKS.md, "synth").
 FORM_TEMPLATES = [
     "{Desc}: {colon}.", "Please {desc} - {set_to}.", "Can you {action} with {set_to}?",
@@ -74,7 +74,8 @@ SPLIT_FRAMES = ["For {args1}, {desc} with {args2}.", "{Args1}: can you {desc} fo
                 "{Args1} - {desc}, {args2}."]
 SHUFFLE_SHARE = 0.5  # requests whose values come in another order than the schema's
 SPLIT_SHARE = 0.3  # requests (of two or more arguments) in a SPLIT_FRAMES frame
-# The value alone 7 times in 16: about a quarter of requests then name no parameter at all.
+# The value alone 7 times in 16: a fifth of the requests for two arguments of different kinds name no
+# parameter at all (a tenth for two of one kind: see below).
 VALUE_FORMS = ["{v}"] * 7 + ["{k} {v}", "{a} {k} of {v}", "{v} as the {k}", "the {k} {v}", "{k} of {v}",
                "{k} {v}", "{k}: {v}", "{k} set to {v}", "{k} = {v}", "the {k} being {v}"]
 BOOL_FORMS = {True: ["with {k}", "{k}: yes", "{k} set to true", "{k} on", "yes to {k}"],
