@@ -255,6 +255,8 @@ def _imperative(desc: str) -> str:
 
 
 def _kind(value) -> str:
+    if isinstance(value, bool):  # before int: True is an int to Python, but never a bare number here
+        return "bool"
     return "number" if isinstance(value, (int, float)) else type(value).__name__
 
 
