@@ -65,7 +65,8 @@ class SFTStory:
 
 FULL = SFTStory()
 QUICK = SFTStory(model="modelmill-tiny", seen_functions=2, variants_per_function=2, other_functions=2,
-                 unseen_functions=2, synth_functions=2, synth_per_function=1, smart_home_train=4, smart_home_test=2, answer_margin_tokens=4)
+                 unseen_functions=2, synth_functions=2, synth_per_function=1, smart_home_train=4, smart_home_test=2,
+                 answer_margin_tokens=4)
 
 
 @dataclass
@@ -297,9 +298,9 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
     notes = [
         f"Training: {split['train_lines']['total']} lines ({split['train_lines']['smart_home']} smart-home, "
         f"{split['train_lines']['bfcl_generated']} generated from {len(split['seen_functions'])} BFCL functions, "
-        f"{split['train_lines']['bfcl_original']} BFCL examples of {len(split['other_functions'])} other functions, "
-        f"{split['train_lines']['bfcl_synth']} written by `data synth` from {len(split['synth_functions'])} more "
-        f"functions' schemas), "
+        f"{split['train_lines']['bfcl_original']} BFCL examples of {len(split['other_functions'])} other functions"
+        + (f", {split['train_lines']['bfcl_synth']} written by `data synth` from {len(split['synth_functions'])} "
+           "more functions' schemas" if split["synth_functions"] else "") + "), "
         f"{job.method.supervised.hyperparameters.n_epochs} epoch, batch "
         f"{job.method.supervised.hyperparameters.batch_size}, LR multiplier "
         f"{job.method.supervised.hyperparameters.learning_rate_multiplier}, LoRA r=8; "
