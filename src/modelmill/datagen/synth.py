@@ -74,8 +74,8 @@ SPLIT_FRAMES = ["For {args1}, {desc} with {args2}.", "{Args1}: can you {desc} fo
                 "{Args1} - {desc}, {args2}."]
 SHUFFLE_SHARE = 0.5  # requests whose values come in another order than the schema's
 SPLIT_SHARE = 0.3  # requests (of two or more arguments) in a SPLIT_FRAMES frame
-# The value alone 7 times in 16: a fifth of the requests for two arguments of different kinds name no
-# parameter at all (a tenth for two of one kind: see below).
+# The value alone 7 times in 17 ("{k} {v}" twice): a fifth of the requests for two arguments of different
+# kinds name no parameter at all (a tenth for two of one kind: see below).
 VALUE_FORMS = ["{v}"] * 7 + ["{k} {v}", "{a} {k} of {v}", "{v} as the {k}", "the {k} {v}", "{k} of {v}",
                "{k} {v}", "{k}: {v}", "{k} set to {v}", "{k} = {v}", "the {k} being {v}"]
 BOOL_FORMS = {True: ["with {k}", "{k}: yes", "{k} set to true", "{k} on", "yes to {k}"],
