@@ -140,6 +140,16 @@ def chat_line(question: str, function: dict, args: dict) -> dict:
             "tools": [openai_tool(function)]}
 
 
+def synth_lines(function: dict, per_function: int, seed: int) -> list[dict]:
+    """`modelmill data synth` lines (templates, no teacher) for one BFCL function's schema. Raises
+    datagen's SchemaError, naming the field, for a schema data synth cannot use."""
+    from modelmill.datagen.schema import load_tools
+    from modelmill.datagen.synth import SynthConfig, synthesize
+
+    tools = load_tools([openai_tool(function)])
+    return synthesize(tools, SynthConfig(per_function=per_function, seed=seed), progress=False).lines
+
+
 # -- training requests generated from an example ------------------------------------------------
 
 def _number_pattern(text: str) -> re.Pattern:

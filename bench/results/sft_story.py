@@ -155,8 +155,7 @@ def build(cfg: SFTStory, tokenizer) -> tuple[list[dict], list[Probe], dict]:
 def _synth_lines(cfg: SFTStory, names: list[str], by_name: dict) -> tuple[list[dict], list[str], dict]:
     """`data synth` lines for the first `synth_functions` of `names` whose schema it accepts:
     (lines, the functions used, {function: why refused})."""
-    from modelmill.datagen.schema import SchemaError, load_tools
-    from modelmill.datagen.synth import SynthConfig, synthesize
+    from modelmill.datagen.schema import SchemaError
 
     lines: list[dict] = []
     used: list[str] = []
@@ -165,12 +164,10 @@ def _synth_lines(cfg: SFTStory, names: list[str], by_name: dict) -> tuple[list[d
         if len(used) == cfg.synth_functions:
             break
         try:
-            tools = load_tools([bfcl.openai_tool(by_name[n][0].function)])
+            lines += bfcl.synth_lines(by_name[n][0].function, cfg.synth_per_function, cfg.seed + len(used))
         except SchemaError as e:  # e.g. a string pattern with no example: data synth says why and skips it
             refused[n] = str(e)
             continue
-        config = SynthConfig(per_function=cfg.synth_per_function, seed=cfg.seed + len(used))
-        lines += synthesize(tools, config, progress=False).lines
         used.append(n)
     return lines, used, refused
 

@@ -78,8 +78,7 @@ def build(cfg: SynthStory, tokenizer) -> tuple[list[dict], list[Probe], dict]:
     chosen = [n for n in names if n_tokens(by_name[n][0]) <= cfg.max_example_tokens][:cfg.bfcl_functions]
     train: list[dict] = []
     for i, n in enumerate(chosen):
-        tools = load_tools([bfcl.openai_tool(by_name[n][0].function)])
-        train += synthesize(tools, SynthConfig(per_function=cfg.per_function, seed=cfg.seed + i), progress=False).lines
+        train += bfcl.synth_lines(by_name[n][0].function, cfg.per_function, cfg.seed + i)
     home = load_example("smart_home", "generate.py")
     train += synthesize(load_tools(home.TOOLS), SynthConfig(per_function=cfg.smart_home_per_function, seed=cfg.seed),
                         progress=False).lines
