@@ -214,23 +214,23 @@ def template_request(fn: dict, args: dict, rng: random.Random) -> str:
         rng.shuffle(order)
     kinds = Counter(_kind(v) for v in args.values())
     one_form = rng.choice(VALUE_FORMS) if rng.random() < 0.5 else None  # else each argument its own form
-    rendered = []
+    rendered, leads = [], []  # each argument's text; whether that text starts with the value itself
     for k, v in zip(keys, args.values()):
         if isinstance(v, bool):
             rendered.append(rng.choice(BOOL_FORMS[v]).format(k=k))
+            leads.append(False)
             continue
         form = one_form or rng.choice(VALUE_FORMS)
         if form == "{v}" and shuffled and kinds[_kind(v)] > 1:
             # Two bare values of one kind out of the schema's order could map either way: name this one.
             form = rng.choice([f for f in VALUE_FORMS if f != "{v}"])
         rendered.append(form.format(k=k, v=_prose(v), a="an" if k[:1] in "aeiou" else "a"))
-    values = list(args.values())
+        leads.append(form.startswith("{v}"))
 
     def joined(idx: list[int]) -> tuple[str, str]:
         text = _and([rendered[i] for i in idx])
-        value_first = not isinstance(values[idx[0]], bool) and rendered[idx[0]].startswith(_prose(values[idx[0]]))
         # At a sentence's start, capitalise a parameter's name but never a value ("kitchen" stays "kitchen").
-        return text, text if value_first else text[:1].upper() + text[1:]
+        return text, text if leads[idx[0]] else text[:1].upper() + text[1:]
 
     if len(order) >= 2 and rng.random() < SPLIT_SHARE:
         cut = rng.randint(1, len(order) - 1)
