@@ -323,3 +323,44 @@ def test_images_do_not_mix_with_adapters_that_cannot_stack(tiny_vl_dir, vl_adapt
     want, got, rows = solo_and_batched(plan, preload=(a, emb))
     assert rows == [1, 2, 2]  # emb's two requests together, then a's two
     assert got == want
+
+
+def test_image_requests_keep_their_adapter_batch_whatever_order_they_arrive_in():
+    """The batcher's grouping alone, every arrival order of four requests (two adapters, an image and a
+    text request each) behind a busy first batch, on a model that cannot mix adapters under images: each
+    adapter's two requests decode together, never text first and each image alone."""
+    import itertools
+
+    from modelmill.ml import batching
+
+    class NoImageMixing:  # what multi_lora.MultiLoraModel.mixes_images says of an embedding adapter
+        @staticmethod
+        def mixes_images(adapters):
+            return len(adapters) == 1
+
+    settings = batching.DecodeSettings(greedy=True, temperature=1.0, top_p=1.0, stop=None, seed=0)
+
+    def request(adapter, image):
+        return batching.BatchRequest(key="base", model=NoImageMixing(), tokenizer=None, tok_lock=None, eos_ids=[0],
+                                     pad_id=0, prompt_ids=[[1, 2]], budgets=[1], copies=1, settings=settings,
+                                     adapter=adapter, images=[[{"pixels": 0}]] if image else None)
+
+    for order in itertools.permutations([("a", True), ("a", False), ("e", True), ("e", False)]):
+        batches, busy, gate = [], threading.Event(), threading.Event()
+
+        def decode(batch):
+            batches.append(sorted((r.adapter, bool(r.images)) for r in batch))
+            busy.set()
+            gate.wait(10)
+            for r in batch:
+                r.row_done(0, [5], True)
+
+        b = batching.Batcher(window_s=0, decode=decode)
+        b.submit(request(None, False))
+        assert busy.wait(10)
+        queued = [b.submit(request(*o)) for o in order]
+        gate.set()
+        for r in queued:
+            assert r.wait() == [([5], True)]
+        assert batches[1:] in ([[("a", False), ("a", True)], [("e", False), ("e", True)]],
+                               [[("e", False), ("e", True)], [("a", False), ("a", True)]]), (order, batches)
