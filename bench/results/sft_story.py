@@ -24,6 +24,10 @@ Metrics (greedy chat completions with the example's tools; the first tool call i
 - held-out functions: the unseen functions' BFCL examples (BFCL's checker). This measures
   generalisation to a schema never trained on, not memory, and is reported separately.
 Each answer may use the expected call's length in tokens plus `answer_margin_tokens`.
+
+Side by side (`compare_overrides`): a second job in the same run, trained on the split this config
+builds with those fields changed (the probes must come out identical), scored on the same probes: a
+lever is measured against the story as it stands, not against an older run on another day.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import bfcl
@@ -52,6 +56,11 @@ class SFTStory:
     # 2026-12-05: held-out functions 14 -> 16 of 30 but trained functions 25 -> 20 (BENCHMARKS.md), so 0.
     synth_functions: int = 0
     synth_per_function: int = 2  # `data synth` lines per such function
+    # A second job side by side in the same run, on the same probes: this config with these fields changed
+    # (None = no second job). Issue 18's lever for held-out functions, "more varied schemas in training",
+    # with BFCL's own human-written requests: every other function that fits (252) instead of 40.
+    compare_overrides: dict | None = field(default_factory=lambda: {"other_functions": 400})
+    compare_label: str = "every other BFCL function that fits trained on its own example"
     smart_home_train: int = 80  # lines of examples/smart_home/train.jsonl trained on (it has 80)
     smart_home_test: int = 30  # lines of examples/smart_home/test.jsonl held out (it has 30)
     max_example_tokens: int = 350  # BFCL examples longer than this (prompt + call, tokens) are left out (CPU time)
@@ -66,7 +75,7 @@ class SFTStory:
 FULL = SFTStory()
 QUICK = SFTStory(model="modelmill-tiny", seen_functions=2, variants_per_function=2, other_functions=2,
                  unseen_functions=2, synth_functions=2, synth_per_function=1, smart_home_train=4, smart_home_test=2,
-                 answer_margin_tokens=4)
+                 answer_margin_tokens=4, compare_overrides={"other_functions": 4})
 
 
 @dataclass
@@ -249,6 +258,36 @@ def failure_note(answers: list[dict]) -> str:
     return "Fine-tuned misses by kind: " + ("; ".join(parts) if parts else "none") + "."
 
 
+def train_and_score(client, cfg: SFTStory, train: list[dict], valid_file: str, probes: list[Probe], name: str):
+    """One SFT job on `train`, then its model scored: (the finished job, training seconds, scores, answers)."""
+    data = "".join(json.dumps(x) + "\n" for x in train).encode()
+    train_file = client.files.create(file=(name, data), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=cfg.model, training_file=train_file.id, validation_file=valid_file, suffix="results-sft",
+        seed=cfg.seed, metadata={"eval": "false"},  # scored here, with BFCL's checker
+        method={"type": "supervised", "supervised": {"hyperparameters": cfg.hyperparameters}})
+    t_train = time.monotonic()
+    job = wait_job(client, job.id)
+    train_s = time.monotonic() - t_train
+    print(f"[sft] scoring {job.fine_tuned_model} ...", flush=True)
+    scores, answers = score(client, job.fine_tuned_model, probes)
+    print(f"[sft] fine-tuned: {scores}", flush=True)
+    return job, train_s, scores, answers
+
+
+def training_note(split: dict, job, train_s: float) -> str:
+    """What one job trained on and how: lines by source, hyperparameters, tokens and time."""
+    lines, hp = split["train_lines"], job.method.supervised.hyperparameters
+    steps = math.ceil(lines["total"] / hp.batch_size) * hp.n_epochs
+    return (f"{lines['total']} lines ({lines['smart_home']} smart-home, {lines['bfcl_generated']} generated from "
+            f"{len(split['seen_functions'])} BFCL functions, {lines['bfcl_original']} BFCL examples of "
+            f"{len(split['other_functions'])} other functions"
+            + (f", {lines['bfcl_synth']} written by `data synth` from {len(split['synth_functions'])} "
+               "more functions' schemas" if split["synth_functions"] else "") + "), "
+            f"{hp.n_epochs} epoch, batch {hp.batch_size}, LR multiplier {hp.learning_rate_multiplier}, LoRA r=8; "
+            f"{job.trained_tokens} tokens in {train_s:.0f} s ({steps} steps, {train_s / steps:.0f} s a step)")
+
+
 def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
     from transformers import AutoTokenizer
 
@@ -261,28 +300,28 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
     train, probes, split = build(cfg, tokenizer)
     counts = {g: sum(p.group == g for p in probes) for g in ("smart_home", "bfcl_seen", "bfcl_unseen")}
     print(f"[sft] {len(train)} training lines {split['train_lines']}; held out {counts}", flush=True)
+    variant = None
+    if cfg.compare_overrides:
+        v_cfg = replace(cfg, **cfg.compare_overrides)
+        v_train, v_probes, v_split = build(v_cfg, tokenizer)
+        # side by side means the same questions: the variant changes training only
+        assert [(p.id, p.messages) for p in v_probes] == [(p.id, p.messages) for p in probes], "probes differ"
+        print(f"[sft] side by side: {cfg.compare_label}: {len(v_train)} training lines {v_split['train_lines']}",
+              flush=True)
 
     t0 = time.monotonic()
-    data = "".join(json.dumps(x) + "\n" for x in train).encode()
-    train_file = client.files.create(file=("results_sft_train.jsonl", data), purpose="fine-tune")
     valid_file = client.files.create(file=open(SMART_HOME / "valid.jsonl", "rb"), purpose="fine-tune")
     print(f"[sft] scoring the base model {cfg.model} on {len(probes)} held-out requests ...", flush=True)
     before, before_answers = score(client, cfg.model, probes)
     print(f"[sft] base: {before}", flush=True)
-    job = client.fine_tuning.jobs.create(
-        model=cfg.model, training_file=train_file.id, validation_file=valid_file.id, suffix="results-sft",
-        seed=cfg.seed, metadata={"eval": "false"},  # scored here, with BFCL's checker
-        method={"type": "supervised", "supervised": {"hyperparameters": cfg.hyperparameters}})
-    t_train = time.monotonic()
-    job = wait_job(client, job.id)
-    train_s = time.monotonic() - t_train
-    print(f"[sft] scoring {job.fine_tuned_model} ...", flush=True)
-    after, after_answers = score(client, job.fine_tuned_model, probes)
-    print(f"[sft] fine-tuned: {after}", flush=True)
+    job, train_s, after, after_answers = train_and_score(client, cfg, train, valid_file.id, probes,
+                                                         "results_sft_train.jsonl")
+    if cfg.compare_overrides:
+        print(f"[sft] side by side: {cfg.compare_label} ...", flush=True)
+        variant = (v_split, *train_and_score(client, v_cfg, v_train, valid_file.id, probes,
+                                             "results_sft_train_compare.jsonl"))
     wall = time.monotonic() - t0
 
-    hp = job.method.supervised.hyperparameters
-    steps = math.ceil(len(train) / hp.batch_size) * hp.n_epochs
     head_base, head_ft = before["held_out_examples"], after["held_out_examples"]
     n_head = counts["smart_home"] + counts["bfcl_seen"]
     rows = [row(f"held-out examples, exact call ({n_head}: {counts['smart_home']} smart-home + "
@@ -292,16 +331,17 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
                 before["held_out_functions"], after["held_out_functions"], "reported, no target", None),
             row("  of which smart-home test", before["smart_home_exact"], after["smart_home_exact"], None, None),
             row("  of which BFCL, trained functions", before["bfcl_seen_exact"], after["bfcl_seen_exact"], None, None)]
+    if variant:
+        v_split, v_job, v_train_s, v_after, v_answers = variant
+        rows += [row(f"the same, side by side in this run, with {cfg.compare_label} "
+                     f"({v_split['train_lines']['total']} training lines): held-out examples", head_base,
+                     v_after["held_out_examples"], "reported", None),
+                 row("  its held-out functions", before["held_out_functions"], v_after["held_out_functions"],
+                     "reported", None),
+                 row("  its BFCL, trained functions", before["bfcl_seen_exact"], v_after["bfcl_seen_exact"], None,
+                     None)]
     notes = [
-        f"Training: {split['train_lines']['total']} lines ({split['train_lines']['smart_home']} smart-home, "
-        f"{split['train_lines']['bfcl_generated']} generated from {len(split['seen_functions'])} BFCL functions, "
-        f"{split['train_lines']['bfcl_original']} BFCL examples of {len(split['other_functions'])} other functions"
-        + (f", {split['train_lines']['bfcl_synth']} written by `data synth` from {len(split['synth_functions'])} "
-           "more functions' schemas" if split["synth_functions"] else "") + "), "
-        f"{job.method.supervised.hyperparameters.n_epochs} epoch, batch "
-        f"{job.method.supervised.hyperparameters.batch_size}, LR multiplier "
-        f"{job.method.supervised.hyperparameters.learning_rate_multiplier}, LoRA r=8; "
-        f"{job.trained_tokens} tokens in {train_s:.0f} s ({steps} steps, {train_s / steps:.0f} s a step).",
+        "Training: " + training_note(split, job, train_s) + ".",
         f"BFCL `simple_python` examples whose prompt + call exceed {cfg.max_example_tokens} tokens are left out "
         f"({split['bfcl_examples'] - split['bfcl_examples_that_fit']} of {split['bfcl_examples']}). A trained "
         "function's held-out example is BFCL's own request; training saw the same sentence with other numbers "
@@ -313,10 +353,19 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
         "No large model runs offline here, so there is no side-by-side large-model figure; the target stands in.",
         failure_note(after_answers),
     ]
+    if variant:
+        notes.append(f"Side by side in this run, the same probes and seed, with {cfg.compare_label} "
+                     f"({cfg.compare_overrides}): " + training_note(v_split, v_job, v_train_s) + ". Its "
+                     + failure_note(v_answers)[0].lower() + failure_note(v_answers)[1:]
+                     + " The wall time includes this second job and its scoring.")
     details = {"rows": rows, "notes": notes, "date": today(), "machine": machine(), "split": split,
                "config": {k: v for k, v in cfg.__dict__.items()}, "job_id": job.id,
                "fine_tuned_model": job.fine_tuned_model, "train_s": round(train_s, 1),
                "trained_tokens": job.trained_tokens, "base_scores": before, "fine_tuned_scores": after,
-               "base_answers": before_answers, "fine_tuned_answers": after_answers}
+               "base_answers": before_answers, "fine_tuned_answers": after_answers,
+               "compare": None if not variant else {
+                   "label": cfg.compare_label, "overrides": cfg.compare_overrides, "split": variant[0],
+                   "job_id": variant[1].id, "train_s": round(variant[2], 1), "trained_tokens": variant[1].trained_tokens,
+                   "scores": variant[3], "answers": variant[4]}}
     return result("sft", cfg.model, rows[0]["metric"], head_base, head_ft, rows[0]["target"], rows[0]["met"], wall,
                   details)
