@@ -14,7 +14,8 @@ What this module adds:
   names as OpenAI does), so "math.factorial" becomes "math_factorial", as BFCL's own OpenAI handler
   does; the checker is told the same (`underscore_to_dot`).
 - `canonical_args`: one call the checker accepts, used as a training target: arguments whose
-  acceptable values include "" are left out, every other argument takes its first listed value.
+  acceptable values include "" are left out (or, with optional=True, written out with their first
+  listed value), every other argument takes its first listed value.
 - `variants`: new training requests for a function, generated from one example by swapping the
   numbers the request spells out (an argument's value written once in the question, e.g. "a base
   of 10 units") for other numbers of the same kind, with the call changed to match. This is the
@@ -110,14 +111,18 @@ def _map_types(properties: dict, mapping: dict) -> None:
             _map_types({"_": items}, mapping)
 
 
-def canonical_args(ex: BfclExample) -> dict:
+def canonical_args(ex: BfclExample, optional: bool = False) -> dict:
     """One call BFCL accepts: optional arguments ("" listed, and not `required` by the schema,
-    which a few answers contradict) left out, others their first value, in the schema's order."""
+    which a few answers contradict) left out, others their first value, in the schema's order.
+    optional=True writes the optional arguments out too, with the first value BFCL lists for them
+    (BFCL accepts either; a training set that always leaves them out teaches a model to leave out
+    the ones a request does state)."""
     params = ex.function.get("parameters") or {}
     required = set(params.get("required") or [])
     order = [*(params.get("properties") or {}), *ex.answer]
     keep = [k for k in dict.fromkeys(order)
-            if k in ex.answer and ("" not in ex.answer[k] or k in required) and any(v != "" for v in ex.answer[k])]
+            if k in ex.answer and (optional or "" not in ex.answer[k] or k in required)
+            and any(v != "" for v in ex.answer[k])]
     return {k: _concrete(next(v for v in ex.answer[k] if v != "")) for k in keep}
 
 
@@ -189,11 +194,13 @@ def _new_number(text: str, rng: random.Random) -> tuple[str, int | float]:
     return str(new), new
 
 
-def variants(ex: BfclExample, k: int, rng: random.Random, tries: int = 50) -> list[tuple[str, dict]]:
+def variants(ex: BfclExample, k: int, rng: random.Random, tries: int = 50,
+             optional: bool = False) -> list[tuple[str, dict]]:
     """Up to k (question, args) pairs: the example's question with its swappable numbers replaced
-    by new ones and the canonical call changed to match. Empty when nothing is swappable."""
+    by new ones and the canonical call (canonical_args(ex, optional)) changed to match. Empty when
+    nothing is swappable."""
     swap = swappable(ex)
-    base = canonical_args(ex)
+    base = canonical_args(ex, optional)
     out, questions = [], {ex.question}
     for _ in range(tries):
         if len(out) >= k or not swap:

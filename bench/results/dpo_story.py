@@ -26,10 +26,11 @@ import json
 import tempfile
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import EXAMPLES, Context, load_example, machine, output_items, result, row, today, wait_eval_run
+from common import (EXAMPLES, Context, job_events, load_example, machine, output_items, result, row, today,
+                    wait_eval_run)
 
 JOKES = EXAMPLES / "dpo_jokes"
 JUDGE_SYSTEM = ("You are a comedy judge. You rate how funny a joke is on a scale from 0 (not funny at all) "
@@ -55,6 +56,10 @@ class DPOStory:
     hyperparameters: dict | None = None  # None: the example's own (examples/dpo_jokes/run.py)
     train_pairs: int | None = None  # None: all 45 training pairs
     heldout_pairs: int | None = None  # None: all 12 held-out pairs
+    # A second job side by side in the same run, the same data and hyperparameters with this job metadata
+    # (None = none): DPO's loss alone, the "auto" rule until 2026-12-04, against today's DPO + 0.3 x SFT term.
+    compare_metadata: dict | None = field(default_factory=lambda: {"modelmill.dpo_sft_weight": "0"})
+    compare_label: str = "DPO's loss alone (the \"auto\" rule until 2026-12-04)"
 
 
 FULL = DPOStory()
@@ -163,6 +168,15 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
         after = example.pair_logps(base_dir, adapter, folder / "heldout.jsonl")
         acc_base, acc_ft = example.accuracy(before), example.accuracy(after)
         print(f"[dpo] held-out preference accuracy {acc_base:.3f} -> {acc_ft:.3f}", flush=True)
+        side = None
+        if cfg.compare_metadata:
+            print(f"[dpo] side by side: {cfg.compare_label} ...", flush=True)
+            t_c = time.monotonic()
+            c_adapter = example.train_remote(args, cfg.hyperparameters, folder, metadata=cfg.compare_metadata)
+            c_train_s = time.monotonic() - t_c
+            c_after = example.pair_logps(base_dir, c_adapter, folder / "heldout.jsonl")
+            side = (c_adapter.parent.name, c_train_s, example.accuracy(c_after), c_after)
+            print(f"[dpo] held-out preference accuracy with {cfg.compare_label}: {side[2]:.3f}", flush=True)
         pairs, n_train = heldout(folder), _lines(folder / "train.jsonl")
         scores, run_ids = judge_runs(ctx, cfg, pairs, {"base": cfg.model, "fine_tuned": job.fine_tuned_model})
         wall = time.monotonic() - t0
@@ -180,6 +194,9 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
                 f"{duel['wins']} wins / {duel['ties']} ties / {duel['losses']} losses / {duel['unscored']} unscored)",
                 None, duel["wins"] / n, "> 50% of decided", (duel["wins"] / decided > 0.5) if decided else None),
             row("mean judge score (0-10)", mean["base"], mean["fine_tuned"], None, None)]
+    if side:
+        rows.append(row(f"the same data and hyperparameters with {cfg.compare_label}, side by side in this run: "
+                        "held-out preference accuracy", acc_base, side[2], "reported", None))
     notes = [
         f"Training: examples/dpo_jokes/run.py's job ({_hp(job)}), {n_train} training pairs, "
         f"{train_s:.0f} s including the job's own before/after eval of its validation file.",
@@ -191,6 +208,11 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
         f"Jokes sampled at temperature {cfg.joke_temperature}, up to {cfg.joke_tokens} tokens, seed {cfg.seed} for "
         f"both models ({n} held-out lines, {prompts} distinct prompts).",
     ]
+    if side:
+        notes.append(f"DPO's supervised term: the job above ran with the \"auto\" weight (loss: "
+                     f"{_loss(ctx.client, job.id)}); the side-by-side job, metadata {cfg.compare_metadata} (loss: "
+                     f"{_loss(ctx.client, side[0])}), trained {side[1]:.0f} s (its preference accuracy is the last "
+                     "row; the judge did not score its jokes). The wall time includes it.")
     jokes = [{"prompt": p["input"]["messages"][-1]["content"], "base": b[1], "base_score": b[0],
               "fine_tuned": f[1], "fine_tuned_score": f[0]}
              for p, b, f in zip(pairs, scores["base"], scores["fine_tuned"])]
@@ -198,8 +220,19 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
                "fine_tuned_model": job.fine_tuned_model, "train_s": round(train_s, 1),
                "logps_base": before, "logps_fine_tuned": after, "duel": duel, "judge_vs_human": agree,
                "mean_scores": mean, "judge_grader": judge_grader(cfg), "eval_runs": run_ids, "jokes": jokes,
-               "config": dict(cfg.__dict__)}
+               "config": dict(cfg.__dict__),
+               "compare": None if not side else {"label": cfg.compare_label, "metadata": cfg.compare_metadata,
+                                                 "job_id": side[0], "train_s": round(side[1], 1),
+                                                 "accuracy": side[2], "logps": side[3]}}
     return result("dpo", cfg.model, rows[0]["metric"], acc_base, acc_ft, "> base", rows[0]["met"], wall, details)
+
+
+def _loss(client, job_id: str) -> str:
+    """The loss the job's start event names (ml/dpo.py: "loss: DPO + 0.3 x the preferred answer's NLL ...")."""
+    for e in job_events(client, job_id):
+        if "loss: " in e.message:
+            return e.message.split("loss: ", 1)[1].split(";")[0]
+    return "not reported"
 
 
 def _spread(scores: dict) -> str:

@@ -59,8 +59,13 @@ class SFTStory:
     # A second job side by side in the same run, on the same probes: this config with these fields changed
     # (None = no second job). Issue 18's lever for held-out functions, "more varied schemas in training",
     # with BFCL's own human-written requests: every other function that fits (252) instead of 40.
-    compare_overrides: dict | None = field(default_factory=lambda: {"other_functions": 400})
-    compare_label: str = "every other BFCL function that fits trained on its own example"
+    # Training calls write out the optional arguments BFCL lists a value for (bfcl.canonical_args); False:
+    # left out wherever BFCL accepts that, the story until 2026-12-05.
+    write_optional_args: bool = False
+    compare_overrides: dict | None = field(default_factory=lambda: {"other_functions": 400,
+                                                                    "write_optional_args": True})
+    compare_label: str = ("every other BFCL function that fits trained on its own example, and optional "
+                          "arguments written out in training calls")
     smart_home_train: int = 80  # lines of examples/smart_home/train.jsonl trained on (it has 80)
     smart_home_test: int = 30  # lines of examples/smart_home/test.jsonl held out (it has 30)
     max_example_tokens: int = 350  # BFCL examples longer than this (prompt + call, tokens) are left out (CPU time)
@@ -122,7 +127,8 @@ def build(cfg: SFTStory, tokenizer) -> tuple[list[dict], list[Probe], dict]:
         by_name.setdefault(e.name, []).append(e)
     names = sorted(by_name)
     rng.shuffle(names)
-    generated = {n: bfcl.variants(by_name[n][0], cfg.variants_per_function, random.Random(f"{cfg.seed}:{n}"))
+    generated = {n: bfcl.variants(by_name[n][0], cfg.variants_per_function, random.Random(f"{cfg.seed}:{n}"),
+                                  optional=cfg.write_optional_args)
                  for n in names if len(by_name[n]) == 1}
     seen = [n for n in names if len(generated.get(n, [])) == cfg.variants_per_function][:cfg.seen_functions]
     rest = [n for n in names if n not in seen]
@@ -135,7 +141,8 @@ def build(cfg: SFTStory, tokenizer) -> tuple[list[dict], list[Probe], dict]:
     for n in seen:
         fn = by_name[n][0].function
         train += [bfcl.chat_line(q, fn, args) for q, args in generated[n]]
-    train += [bfcl.chat_line(e.question, e.function, bfcl.canonical_args(e)) for n in other for e in by_name[n]]
+    train += [bfcl.chat_line(e.question, e.function, bfcl.canonical_args(e, cfg.write_optional_args))
+              for n in other for e in by_name[n]]
     train += synth_lines
     random.Random(cfg.seed).shuffle(train)
 
@@ -147,7 +154,8 @@ def build(cfg: SFTStory, tokenizer) -> tuple[list[dict], list[Probe], dict]:
     for group, chosen in (("bfcl_seen", seen), ("bfcl_unseen", unseen)):
         for n in chosen:
             e = by_name[n][0]
-            call = {"name": bfcl.tool_name(e.name), "arguments": bfcl.canonical_args(e)}
+            # the answer budget fits the call with its optional arguments written out, whichever form trained
+            call = {"name": bfcl.tool_name(e.name), "arguments": bfcl.canonical_args(e, optional=True)}
             probes.append(Probe(group, e.id, [{"role": "user", "content": e.question}], [bfcl.openai_tool(e.function)],
                                 call_tokens(call) + cfg.answer_margin_tokens, call, e))
     split = {"bfcl_examples": len(examples), "bfcl_examples_that_fit": len(fits),
@@ -239,7 +247,8 @@ def score(client, model: str, probes: list[Probe]) -> tuple[dict, list[dict]]:
     return summary, answers
 
 
-FAILURE_KINDS = (("Invalid value", "a wrong value"), ("type", "a wrong type"), ("Missing", "a missing argument"),
+FAILURE_KINDS = (("Optional parameter", "an optional argument left out that BFCL's answer wants"),
+                 ("Invalid value", "a wrong value"), ("type", "a wrong type"), ("Missing", "a missing argument"),
                  ("Unexpected", "an argument the schema lacks"), ("calls", "more than one call"),
                  ("no tool call", "no call"), ("expected", "a wrong smart-home call"))
 
@@ -305,7 +314,8 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
         v_cfg = replace(cfg, **cfg.compare_overrides)
         v_train, v_probes, v_split = build(v_cfg, tokenizer)
         # side by side means the same questions: the variant changes training only
-        assert [(p.id, p.messages) for p in v_probes] == [(p.id, p.messages) for p in probes], "probes differ"
+        assert [(p.id, p.messages, p.max_tokens) for p in v_probes] == [(p.id, p.messages, p.max_tokens)
+                                                                          for p in probes], "probes differ"
         print(f"[sft] side by side: {cfg.compare_label}: {len(v_train)} training lines {v_split['train_lines']}",
               flush=True)
 
@@ -365,7 +375,7 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
                "base_answers": before_answers, "fine_tuned_answers": after_answers,
                "compare": None if not variant else {
                    "label": cfg.compare_label, "overrides": cfg.compare_overrides, "split": variant[0],
-                   "job_id": variant[1].id, "train_s": round(variant[2], 1), "trained_tokens": variant[1].trained_tokens,
-                   "scores": variant[3], "answers": variant[4]}}
+                   "job_id": variant[1].id, "train_s": round(variant[2], 1),
+                   "trained_tokens": variant[1].trained_tokens, "scores": variant[3], "answers": variant[4]}}
     return result("sft", cfg.model, rows[0]["metric"], head_base, head_ft, rows[0]["target"], rows[0]["met"], wall,
                   details)

@@ -52,17 +52,19 @@ def accuracy(logps: list[tuple[float, float]]) -> float:
     return sum(c > r for c, r in logps) / len(logps)
 
 
-def train_remote(args, hyperparameters: dict | None = None, data_dir: Path = HERE) -> Path:
+def train_remote(args, hyperparameters: dict | None = None, data_dir: Path = HERE,
+                 metadata: dict[str, str] | None = None) -> Path:
     """Upload, create the DPO job, wait; returns the job's adapter dir under MODELMILL_HOME.
     hyperparameters and data_dir (train.jsonl, heldout.jsonl) default to this example's
-    (bench/results' quick mode passes smaller ones)."""
+    (bench/results' quick mode passes smaller ones); metadata goes on the job (e.g. ModelMill's
+    modelmill.dpo_sft_weight)."""
     from openai import OpenAI
 
     client = OpenAI(base_url=args.base_url, api_key=args.api_key or os.environ.get("MODELMILL_API_KEY", "none"))
     train = client.files.create(file=open(data_dir / "train.jsonl", "rb"), purpose="fine-tune")
     valid = client.files.create(file=open(data_dir / "heldout.jsonl", "rb"), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
-        model=args.model, training_file=train.id, validation_file=valid.id, suffix="jokes",
+        model=args.model, training_file=train.id, validation_file=valid.id, suffix="jokes", metadata=metadata,
         method={"type": "dpo", "dpo": {"hyperparameters": hyperparameters or HYPERPARAMETERS}})
     print(f"job {job.id} created")
     while job.status not in ("succeeded", "failed", "cancelled"):
