@@ -14,8 +14,8 @@ What this module adds:
   names as OpenAI does), so "math.factorial" becomes "math_factorial", as BFCL's own OpenAI handler
   does; the checker is told the same (`underscore_to_dot`).
 - `canonical_args`: one call the checker accepts, used as a training target: arguments whose
-  acceptable values include "" are left out (or, with optional=True, written out with their first
-  listed value), every other argument takes its first listed value.
+  acceptable values include "" are left out (or written out: always, or when the request states the
+  value), every other argument takes its first listed value.
 - `variants`: new training requests for a function, generated from one example by swapping the
   numbers the request spells out (an argument's value written once in the question, e.g. "a base
   of 10 units") for other numbers of the same kind, with the call changed to match. This is the
@@ -111,19 +111,43 @@ def _map_types(properties: dict, mapping: dict) -> None:
             _map_types({"_": items}, mapping)
 
 
-def canonical_args(ex: BfclExample, optional: bool = False) -> dict:
-    """One call BFCL accepts: optional arguments ("" listed, and not `required` by the schema,
-    which a few answers contradict) left out, others their first value, in the schema's order.
-    optional=True writes the optional arguments out too, with the first value BFCL lists for them
-    (BFCL accepts either; a training set that always leaves them out teaches a model to leave out
-    the ones a request does state)."""
+OPTIONAL_ARGS = ("omit", "all", "stated")
+
+
+def canonical_args(ex: BfclExample, optional: str = "omit") -> dict:
+    """One call BFCL accepts, every argument its first listed value, in the schema's order. Optional
+    arguments ("" listed, and not `required` by the schema, which a few answers contradict), which
+    BFCL accepts with or without:
+    - "omit": left out;
+    - "all": written out with the first value BFCL lists;
+    - "stated": written out with the first listed value the request states ("in mile" -> "mile"), if any.
+    A training set that always leaves them out teaches a model to leave out the ones a request states;
+    one that always writes them teaches it to fill in values nobody asked for."""
+    if optional not in OPTIONAL_ARGS:
+        raise ValueError(f"optional must be one of {OPTIONAL_ARGS}, got {optional!r}")
     params = ex.function.get("parameters") or {}
     required = set(params.get("required") or [])
     order = [*(params.get("properties") or {}), *ex.answer]
-    keep = [k for k in dict.fromkeys(order)
-            if k in ex.answer and (optional or "" not in ex.answer[k] or k in required)
-            and any(v != "" for v in ex.answer[k])]
-    return {k: _concrete(next(v for v in ex.answer[k] if v != "")) for k in keep}
+    out = {}
+    for k in dict.fromkeys(order):
+        values = [v for v in ex.answer.get(k, []) if v != ""]
+        if not values:
+            continue
+        if "" in ex.answer[k] and k not in required and optional != "all":
+            values = [v for v in values if _stated(v, ex.question)] if optional == "stated" else []
+            if not values:
+                continue
+        out[k] = _concrete(values[0])
+    return out
+
+
+def _stated(value, question: str) -> bool:
+    """Whether a plain value (a string or a number; not a bool, a list or a dict) is written in the
+    question as a word of its own, case aside."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return False
+    texts = {str(value)} | ({f"{value:g}"} if isinstance(value, float) else set())
+    return any(re.search(rf"(?<![\w.]){re.escape(t)}(?![\w])", question, re.IGNORECASE) for t in texts if t)
 
 
 def _concrete(value):
@@ -195,7 +219,7 @@ def _new_number(text: str, rng: random.Random) -> tuple[str, int | float]:
 
 
 def variants(ex: BfclExample, k: int, rng: random.Random, tries: int = 50,
-             optional: bool = False) -> list[tuple[str, dict]]:
+             optional: str = "omit") -> list[tuple[str, dict]]:
     """Up to k (question, args) pairs: the example's question with its swappable numbers replaced
     by new ones and the canonical call (canonical_args(ex, optional)) changed to match. Empty when
     nothing is swappable."""

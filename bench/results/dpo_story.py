@@ -194,9 +194,13 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
                 f"{duel['wins']} wins / {duel['ties']} ties / {duel['losses']} losses / {duel['unscored']} unscored)",
                 None, duel["wins"] / n, "> 50% of decided", (duel["wins"] / decided > 0.5) if decided else None),
             row("mean judge score (0-10)", mean["base"], mean["fine_tuned"], None, None)]
+    rows.append(row("held-out reward accuracy (DPO's implicit reward: the preferred answer gained more log-prob over "
+                    "the base model than the non-preferred one; a model that learned nothing scores 0)", None,
+                    reward_accuracy(before, after), "reported", None))
     if side:
         rows.append(row(f"the same data and hyperparameters with {cfg.compare_label}, side by side in this run: "
                         "held-out preference accuracy", acc_base, side[2], "reported", None))
+        rows.append(row("  its held-out reward accuracy", None, reward_accuracy(before, side[3]), "reported", None))
     notes = [
         f"Training: examples/dpo_jokes/run.py's job ({_hp(job)}), {n_train} training pairs, "
         f"{train_s:.0f} s including the job's own before/after eval of its validation file.",
@@ -225,6 +229,13 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
                                                  "job_id": side[0], "train_s": round(side[1], 1),
                                                  "accuracy": side[2], "logps": side[3]}}
     return result("dpo", cfg.model, rows[0]["metric"], acc_base, acc_ft, "> base", rows[0]["met"], wall, details)
+
+
+def reward_accuracy(base: list[tuple[float, float]], tuned: list[tuple[float, float]]) -> float:
+    """The share of pairs whose preferred answer's log-prob rose more (or fell less) from base to tuned
+    than the non-preferred one's: the sign of DPO's implicit reward margin, beta x (log pi/pi_ref(chosen)
+    - log pi/pi_ref(rejected)), the reward accuracy TRL logs on validation data. Ties count as misses."""
+    return sum((tc - bc) > (tr - br) for (bc, br), (tc, tr) in zip(base, tuned, strict=True)) / len(base)
 
 
 def _loss(client, job_id: str) -> str:

@@ -59,13 +59,13 @@ class SFTStory:
     # A second job side by side in the same run, on the same probes: this config with these fields changed
     # (None = no second job). Issue 18's lever for held-out functions, "more varied schemas in training",
     # with BFCL's own human-written requests: every other function that fits (252) instead of 40.
-    # Training calls write out the optional arguments BFCL lists a value for (bfcl.canonical_args); False:
-    # left out wherever BFCL accepts that, the story until 2026-12-05.
-    write_optional_args: bool = False
+    # The optional arguments of training calls (bfcl.canonical_args): "omit" (the story until 2026-12-05),
+    # "all" or "stated" (written out when the request states the value).
+    optional_args: str = "omit"
     compare_overrides: dict | None = field(default_factory=lambda: {"other_functions": 400,
-                                                                    "write_optional_args": True})
+                                                                    "optional_args": "stated"})
     compare_label: str = ("every other BFCL function that fits trained on its own example, and optional "
-                          "arguments written out in training calls")
+                          "arguments written out in training calls when the request states their value")
     smart_home_train: int = 80  # lines of examples/smart_home/train.jsonl trained on (it has 80)
     smart_home_test: int = 30  # lines of examples/smart_home/test.jsonl held out (it has 30)
     max_example_tokens: int = 350  # BFCL examples longer than this (prompt + call, tokens) are left out (CPU time)
@@ -80,7 +80,7 @@ class SFTStory:
 FULL = SFTStory()
 QUICK = SFTStory(model="modelmill-tiny", seen_functions=2, variants_per_function=2, other_functions=2,
                  unseen_functions=2, synth_functions=2, synth_per_function=1, smart_home_train=4, smart_home_test=2,
-                 answer_margin_tokens=4, compare_overrides={"other_functions": 4})
+                 answer_margin_tokens=4, compare_overrides={"other_functions": 4, "optional_args": "stated"})
 
 
 @dataclass
@@ -128,7 +128,7 @@ def build(cfg: SFTStory, tokenizer) -> tuple[list[dict], list[Probe], dict]:
     names = sorted(by_name)
     rng.shuffle(names)
     generated = {n: bfcl.variants(by_name[n][0], cfg.variants_per_function, random.Random(f"{cfg.seed}:{n}"),
-                                  optional=cfg.write_optional_args)
+                                  optional=cfg.optional_args)
                  for n in names if len(by_name[n]) == 1}
     seen = [n for n in names if len(generated.get(n, [])) == cfg.variants_per_function][:cfg.seen_functions]
     rest = [n for n in names if n not in seen]
@@ -141,7 +141,7 @@ def build(cfg: SFTStory, tokenizer) -> tuple[list[dict], list[Probe], dict]:
     for n in seen:
         fn = by_name[n][0].function
         train += [bfcl.chat_line(q, fn, args) for q, args in generated[n]]
-    train += [bfcl.chat_line(e.question, e.function, bfcl.canonical_args(e, cfg.write_optional_args))
+    train += [bfcl.chat_line(e.question, e.function, bfcl.canonical_args(e, cfg.optional_args))
               for n in other for e in by_name[n]]
     train += synth_lines
     random.Random(cfg.seed).shuffle(train)
@@ -155,7 +155,7 @@ def build(cfg: SFTStory, tokenizer) -> tuple[list[dict], list[Probe], dict]:
         for n in chosen:
             e = by_name[n][0]
             # the answer budget fits the call with its optional arguments written out, whichever form trained
-            call = {"name": bfcl.tool_name(e.name), "arguments": bfcl.canonical_args(e, optional=True)}
+            call = {"name": bfcl.tool_name(e.name), "arguments": bfcl.canonical_args(e, "all")}
             probes.append(Probe(group, e.id, [{"role": "user", "content": e.question}], [bfcl.openai_tool(e.function)],
                                 call_tokens(call) + cfg.answer_margin_tokens, call, e))
     split = {"bfcl_examples": len(examples), "bfcl_examples_that_fit": len(fits),
