@@ -162,7 +162,8 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
         before = example.pair_logps(base_dir, None, folder / "heldout.jsonl")
         args = types.SimpleNamespace(base_url=ctx.base_url, api_key=ctx.api_key, model=cfg.model, home=str(ctx.home))
         t_train = time.monotonic()
-        adapter = example.train_remote(args, cfg.hyperparameters, folder)  # upload, create the job, wait
+        # upload, create the job, wait; both jobs get the story's seed (until 2026-12-05 the server drew one)
+        adapter = example.train_remote(args, cfg.hyperparameters, folder, seed=cfg.seed)
         train_s = time.monotonic() - t_train
         job = ctx.client.fine_tuning.jobs.retrieve(adapter.parent.name)
         after = example.pair_logps(base_dir, adapter, folder / "heldout.jsonl")
@@ -172,7 +173,8 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
         if cfg.compare_metadata:
             print(f"[dpo] side by side: {cfg.compare_label} ...", flush=True)
             t_c = time.monotonic()
-            c_adapter = example.train_remote(args, cfg.hyperparameters, folder, metadata=cfg.compare_metadata)
+            c_adapter = example.train_remote(args, cfg.hyperparameters, folder, metadata=cfg.compare_metadata,
+                                             seed=cfg.seed)
             c_train_s = time.monotonic() - t_c
             c_after = example.pair_logps(base_dir, c_adapter, folder / "heldout.jsonl")
             side = (c_adapter.parent.name, c_train_s, example.accuracy(c_after), c_after)

@@ -53,11 +53,11 @@ def accuracy(logps: list[tuple[float, float]]) -> float:
 
 
 def train_remote(args, hyperparameters: dict | None = None, data_dir: Path = HERE,
-                 metadata: dict[str, str] | None = None) -> Path:
+                 metadata: dict[str, str] | None = None, seed: int | None = None) -> Path:
     """Upload, create the DPO job, wait; returns the job's adapter dir under MODELMILL_HOME.
     hyperparameters and data_dir (train.jsonl, heldout.jsonl) default to this example's
     (bench/results' quick mode passes smaller ones); metadata goes on the job (e.g. ModelMill's
-    modelmill.dpo_sft_weight)."""
+    modelmill.dpo_sft_weight); seed None lets the server pick one."""
     from openai import OpenAI
 
     client = OpenAI(base_url=args.base_url, api_key=args.api_key or os.environ.get("MODELMILL_API_KEY", "none"))
@@ -65,6 +65,7 @@ def train_remote(args, hyperparameters: dict | None = None, data_dir: Path = HER
     valid = client.files.create(file=open(data_dir / "heldout.jsonl", "rb"), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
         model=args.model, training_file=train.id, validation_file=valid.id, suffix="jokes", metadata=metadata,
+        **({"seed": seed} if seed is not None else {}),
         method={"type": "dpo", "dpo": {"hyperparameters": hyperparameters or HYPERPARAMETERS}})
     print(f"job {job.id} created")
     while job.status not in ("succeeded", "failed", "cancelled"):
