@@ -56,12 +56,14 @@ class SFTStory:
     # 2026-12-05: held-out functions 14 -> 16 of 30 but trained functions 25 -> 20 (BENCHMARKS.md), so 0.
     synth_functions: int = 0
     synth_per_function: int = 2  # `data synth` lines per such function
-    # A second job side by side in the same run, on the same probes: this config with these fields changed
-    # (None = no second job). Issue 18's lever for held-out functions, "more varied schemas in training",
-    # with BFCL's own human-written requests: every other function that fits (252) instead of 40.
     # The optional arguments of training calls (bfcl.canonical_args): "omit" (the story until 2026-12-05),
     # "all" or "stated" (written out when the request states the value).
     optional_args: str = "omit"
+    # A second job side by side in the same run, on the same probes: this config with these fields changed
+    # (None = no second job). Issue 18's lever for held-out functions, "more varied schemas in training",
+    # with BFCL's own human-written requests: every other function that fits (252) instead of 40, here with
+    # optional arguments written when stated (2026-12-05: 0.850 / 0.533; with "omit" the same, with "all"
+    # 0.950 / 0.500, against the story's 0.917 / 0.467; BENCHMARKS.md).
     compare_overrides: dict | None = field(default_factory=lambda: {"other_functions": 400,
                                                                     "optional_args": "stated"})
     compare_label: str = ("every other BFCL function that fits trained on its own example, and optional "
@@ -75,6 +77,7 @@ class SFTStory:
                                                            "learning_rate_multiplier": 5.0})
     seed: int = 7
     target: float = 0.85  # held-out examples, exact call
+    functions_target: float = 0.65  # held-out functions, exact call (issue 18)
 
 
 FULL = SFTStory()
@@ -338,7 +341,8 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
                 f"{counts['bfcl_seen']} BFCL of trained functions)", head_base, head_ft,
                 f">= {cfg.target:.0%}", head_ft >= cfg.target),
             row(f"held-out functions, exact call ({counts['bfcl_unseen']} BFCL functions never trained on)",
-                before["held_out_functions"], after["held_out_functions"], "reported, no target", None),
+                before["held_out_functions"], after["held_out_functions"], f">= {cfg.functions_target:.0%}",
+                after["held_out_functions"] >= cfg.functions_target),
             row("  of which smart-home test", before["smart_home_exact"], after["smart_home_exact"], None, None),
             row("  of which BFCL, trained functions", before["bfcl_seen_exact"], after["bfcl_seen_exact"], None, None)]
     if variant:
