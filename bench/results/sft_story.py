@@ -256,7 +256,7 @@ FAILURE_KINDS = (("Optional parameter", "an optional argument left out that BFCL
                  ("no tool call", "no call"), ("expected", "a wrong smart-home call"))
 
 
-def failure_note(answers: list[dict]) -> str:
+def failure_note(answers: list[dict], label: str = "Fine-tuned misses") -> str:
     """What the fine-tuned model's misses were, by BFCL's error kind, per group."""
     parts = []
     for group in ("smart_home", "bfcl_seen", "bfcl_unseen"):
@@ -267,7 +267,7 @@ def failure_note(answers: list[dict]) -> str:
                 kind = next((label for key, label in FAILURE_KINDS if key in a["why"]), "other")
                 kinds[kind] = kinds.get(kind, 0) + 1
             parts.append(f"{group} {len(missed)} ({', '.join(f'{n} {k}' for k, n in kinds.items())})")
-    return "Fine-tuned misses by kind: " + ("; ".join(parts) if parts else "none") + "."
+    return f"{label} by kind: " + ("; ".join(parts) if parts else "none") + "."
 
 
 def train_and_score(client, cfg: SFTStory, train: list[dict], valid_file: str, probes: list[Probe], name: str):
@@ -345,8 +345,12 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
                 after["held_out_functions"] >= cfg.functions_target),
             row("  of which smart-home test", before["smart_home_exact"], after["smart_home_exact"], None, None),
             row("  of which BFCL, trained functions", before["bfcl_seen_exact"], after["bfcl_seen_exact"], None, None)]
+    compare = None
     if variant:
         v_split, v_job, v_train_s, v_after, v_answers = variant
+        compare = {"label": cfg.compare_label, "overrides": cfg.compare_overrides, "split": v_split,
+                   "job_id": v_job.id, "train_s": round(v_train_s, 1), "trained_tokens": v_job.trained_tokens,
+                   "scores": v_after, "answers": v_answers}
         rows += [row(f"the same, side by side in this run, with {cfg.compare_label} "
                      f"({v_split['train_lines']['total']} training lines): held-out examples", head_base,
                      v_after["held_out_examples"], "reported", None),
@@ -369,17 +373,14 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
     ]
     if variant:
         notes.append(f"Side by side in this run, the same probes and seed, with {cfg.compare_label} "
-                     f"({cfg.compare_overrides}): " + training_note(v_split, v_job, v_train_s) + ". Its "
-                     + failure_note(v_answers)[0].lower() + failure_note(v_answers)[1:]
+                     f"({cfg.compare_overrides}): " + training_note(v_split, v_job, v_train_s) + ". "
+                     + failure_note(v_answers, "Its fine-tuned misses")
                      + " The wall time includes this second job and its scoring.")
     details = {"rows": rows, "notes": notes, "date": today(), "machine": machine(), "split": split,
                "config": {k: v for k, v in cfg.__dict__.items()}, "job_id": job.id,
                "fine_tuned_model": job.fine_tuned_model, "train_s": round(train_s, 1),
                "trained_tokens": job.trained_tokens, "base_scores": before, "fine_tuned_scores": after,
                "base_answers": before_answers, "fine_tuned_answers": after_answers,
-               "compare": None if not variant else {
-                   "label": cfg.compare_label, "overrides": cfg.compare_overrides, "split": variant[0],
-                   "job_id": variant[1].id, "train_s": round(variant[2], 1),
-                   "trained_tokens": variant[1].trained_tokens, "scores": variant[3], "answers": variant[4]}}
+               "compare": compare}
     return result("sft", cfg.model, rows[0]["metric"], head_base, head_ft, rows[0]["target"], rows[0]["met"], wall,
                   details)
