@@ -162,6 +162,7 @@ bench-gpu: $(STAMP)  ## ModelMill vs plain TRL on a random 1B Llama in bf16 on C
 # The learning-results suite (bench/results/): SFT function calling, intents, DPO jokes and arithmetic,
 # RFT arithmetic and GCD on SmolLM2-135M-Instruct, base vs fine-tuned on held-out data; `make results
 # STORY=sft` runs one. Writes bench/out/results_<story>.json and BENCHMARKS.md's `results` section.
+# RESULTS_ARGS="--set FIELD=VALUE" changes one field of the story's config for a run (bench/results/run.py).
 STORY ?= all
 BFCL_VERSION ?= 2026.3.23
 RESULTS_STAMP := $(VENV)/.results-installed
@@ -171,7 +172,7 @@ $(RESULTS_STAMP): $(STAMP)
 	touch $(RESULTS_STAMP)
 
 results: $(RESULTS_STAMP)  ## the learning-results suite (bench/results/; STORY=one story or all; about 4 h on 2 CPU cores)
-	$(PY) bench/results/run.py --story $(STORY)
+	$(PY) bench/results/run.py --story $(STORY) $(RESULTS_ARGS)
 
 .PHONY: bench-overhead bench-efficiency bench-memory
 # An SFT job through the API (live server, openai SDK) vs a plain TRL script: wall time and training tokens/s.

@@ -5,6 +5,7 @@ data, offline.
     python bench/results/run.py                      # every story: sft, intent, dpo, dpo_arith, rft, rft_gcd (in that order)
     python bench/results/run.py --story sft          # one story
     python bench/results/run.py --quick              # every code path on modelmill-tiny, tiny data
+    python bench/results/run.py --story dpo_arith --set compare_plain=false   # one story, one config field changed
 
 - sft (sft_story.py): function calling on BFCL simple_python + the demo's smart-home set;
   exact calls on held-out examples (target >= 85%) and, apart, on held-out functions.
@@ -32,6 +33,8 @@ OUT/BENCHMARKS.md, so a smoke run never replaces real figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -61,6 +64,9 @@ def parse_args(argv=None):
                         "with --quick)")
     p.add_argument("--home", type=Path, default=None,
                    help="the server's MODELMILL_HOME (default bench/out/home; a temporary one with --quick)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
+                   help="change one field of the story's config for this run (VALUE read as JSON, else as text; "
+                        "repeatable); the results JSON and the story's notes say what was changed")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch in the server and here (OMP_NUM_THREADS); default: torch's own")
     return p.parse_args(argv)
@@ -79,7 +85,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="modelmill-results-") as tmp:
         home = args.home or (Path(tmp) if args.quick else common.BENCH_DIR / "out" / "home")
-        run_stories(stories, home.resolve(), args.quick, out)
+        run_stories(stories, home.resolve(), args.quick, out, parse_overrides(args.overrides))
     if not stories:  # every story named was skipped (it said why): no results to write
         return 0
     common.write_section(out, md, stories)
@@ -87,7 +93,35 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_stories(stories: list[str], home: Path, quick: bool, out: Path) -> None:
+def parse_overrides(pairs: list[str]) -> dict:
+    """--set FIELD=VALUE pairs as {field: value}; VALUE is JSON when it parses ("false", "400", '{"a": 1}'),
+    else the text itself."""
+    out = {}
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or not field:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE")
+        try:
+            out[field] = json.loads(value)
+        except json.JSONDecodeError:
+            out[field] = value
+    return out
+
+
+def configure(module, quick: bool, overrides: dict) -> None:
+    """Replace the story module's FULL (or QUICK) config by one with `overrides` applied; an unknown field
+    stops the run before anything trains (a misspelt field must not run the committed config quietly)."""
+    name = "QUICK" if quick else "FULL"
+    cfg = getattr(module, name)
+    known = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise SystemExit(f"--set: {module.__name__} has no config field {', '.join(unknown)} "
+                         f"(its fields: {', '.join(sorted(known))})")
+    setattr(module, name, dataclasses.replace(cfg, **overrides))
+
+
+def run_stories(stories: list[str], home: Path, quick: bool, out: Path, overrides: dict | None = None) -> None:
     import importlib
 
     from openai import OpenAI
@@ -97,6 +131,9 @@ def run_stories(stories: list[str], home: Path, quick: bool, out: Path) -> None:
 
     home.mkdir(parents=True, exist_ok=True)
     modules = {s: importlib.import_module({**STORY_MODULES, **OPT_IN_STORIES}[s]) for s in stories}
+    if overrides:
+        for s in stories:
+            configure(modules[s], quick, overrides)
     for s in list(stories):  # a story that cannot run here (vision without a real VLM) says why and is skipped
         why = getattr(modules[s], "unavailable", lambda _home, _quick: None)(home, quick)
         if why:
@@ -124,6 +161,12 @@ def run_stories(stories: list[str], home: Path, quick: bool, out: Path) -> None:
             data["details"]["story_s"] = round(time.monotonic() - t0, 1)
             data["details"]["machine"] = common.machine(load_at_start=load)
             data["details"]["quick"] = quick
+            if overrides:
+                data["details"]["config_overrides"] = overrides
+                changed = ", ".join(f"{k} = {json.dumps(v)}" for k, v in overrides.items())
+                data["details"].setdefault("notes", []).append(
+                    f"Run with the story's config changed: {changed} (`bench/results/run.py --set`); every other "
+                    "field as committed.")
             path = common.write_json(data, out)
             print(f"== {s}: {data['metric']}: base {data['base']} -> fine-tuned {data['fine_tuned']} "
                   f"(target {data['target']}: {'-' if data['met'] is None else 'met' if data['met'] else 'missed'}); "
