@@ -177,8 +177,9 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
                                              seed=cfg.seed)
             c_train_s = time.monotonic() - t_c
             c_after = example.pair_logps(base_dir, c_adapter, folder / "heldout.jsonl")
-            side = (c_adapter.parent.name, c_train_s, example.accuracy(c_after), c_after)
-            print(f"[dpo] held-out preference accuracy with {cfg.compare_label}: {side[2]:.3f}", flush=True)
+            side = {"label": cfg.compare_label, "metadata": cfg.compare_metadata, "job_id": c_adapter.parent.name,
+                    "train_s": round(c_train_s, 1), "accuracy": example.accuracy(c_after), "logps": c_after}
+            print(f"[dpo] held-out preference accuracy with {cfg.compare_label}: {side['accuracy']:.3f}", flush=True)
         pairs, n_train = heldout(folder), _lines(folder / "train.jsonl")
         scores, run_ids = judge_runs(ctx, cfg, pairs, {"base": cfg.model, "fine_tuned": job.fine_tuned_model})
         wall = time.monotonic() - t0
@@ -201,8 +202,9 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
                     reward_accuracy(before, after), "reported", None))
     if side:
         rows.append(row(f"the same data and hyperparameters with {cfg.compare_label}, side by side in this run: "
-                        "held-out preference accuracy", acc_base, side[2], "reported", None))
-        rows.append(row("  its held-out reward accuracy", None, reward_accuracy(before, side[3]), "reported", None))
+                        "held-out preference accuracy", acc_base, side["accuracy"], "reported", None))
+        rows.append(row("  its held-out reward accuracy", None, reward_accuracy(before, side["logps"]), "reported",
+                        None))
     notes = [
         f"Training: examples/dpo_jokes/run.py's job ({_hp(job)}), {n_train} training pairs, "
         f"{train_s:.0f} s including the job's own before/after eval of its validation file.",
@@ -217,7 +219,8 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
     if side:
         notes.append(f"DPO's supervised term: the job above ran with the \"auto\" weight (loss: "
                      f"{_loss(ctx.client, job.id)}); the side-by-side job, metadata {cfg.compare_metadata} (loss: "
-                     f"{_loss(ctx.client, side[0])}), trained {side[1]:.0f} s (its preference accuracy is the last "
+                     f"{_loss(ctx.client, side['job_id'])}), trained {side['train_s']:.0f} s (its preference accuracy "
+                     "is the last "
                      "row; the judge did not score its jokes). The wall time includes it.")
     jokes = [{"prompt": p["input"]["messages"][-1]["content"], "base": b[1], "base_score": b[0],
               "fine_tuned": f[1], "fine_tuned_score": f[0]}
@@ -227,9 +230,7 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
                "logps_base": before, "logps_fine_tuned": after, "duel": duel, "judge_vs_human": agree,
                "mean_scores": mean, "judge_grader": judge_grader(cfg), "eval_runs": run_ids, "jokes": jokes,
                "config": dict(cfg.__dict__),
-               "compare": None if not side else {"label": cfg.compare_label, "metadata": cfg.compare_metadata,
-                                                 "job_id": side[0], "train_s": round(side[1], 1),
-                                                 "accuracy": side[2], "logps": side[3]}}
+               "compare": side}
     return result("dpo", cfg.model, rows[0]["metric"], acc_base, acc_ft, "> base", rows[0]["met"], wall, details)
 
 

@@ -5,7 +5,7 @@ data, offline.
     python bench/results/run.py                      # every story: sft, intent, dpo, dpo_arith, rft, rft_gcd (in that order)
     python bench/results/run.py --story sft          # one story
     python bench/results/run.py --quick              # every code path on modelmill-tiny, tiny data
-    python bench/results/run.py --story dpo_arith --set compare_plain=false   # one story, one config field changed
+    python bench/results/run.py --story dpo_arith --set compare_plain=false  # one config field changed
 
 - sft (sft_story.py): function calling on BFCL simple_python + the demo's smart-home set;
   exact calls on held-out examples (target >= 85%) and, apart, on held-out functions.

@@ -328,7 +328,8 @@ def training_note(split: dict, job, train_s: float) -> str:
             f"{len(split['other_functions'])} other functions"
             + (f", {lines['bfcl_synth']} written by `data synth` from {len(split['synth_functions'])} "
                "more functions' schemas" if split["synth_functions"] else "") + "), "
-            f"{hp.n_epochs} epoch{'s' if hp.n_epochs > 1 else ''}, batch {hp.batch_size}, LR multiplier {hp.learning_rate_multiplier}, LoRA r=8; "
+            f"{hp.n_epochs} epoch{'s' if hp.n_epochs > 1 else ''}, batch {hp.batch_size}, "
+            f"LR multiplier {hp.learning_rate_multiplier}, LoRA r=8; "
             f"{job.trained_tokens} tokens in {train_s:.0f} s ({steps} steps, {train_s / steps:.0f} s a step)")
 
 
