@@ -220,8 +220,7 @@ def run(ctx: Context, cfg: DPOStory | None = None) -> dict:
         notes.append(f"DPO's supervised term: the job above ran with the \"auto\" weight (loss: "
                      f"{_loss(ctx.client, job.id)}); the side-by-side job, metadata {cfg.compare_metadata} (loss: "
                      f"{_loss(ctx.client, side['job_id'])}), trained {side['train_s']:.0f} s (its preference accuracy "
-                     "is the last "
-                     "row; the judge did not score its jokes). The wall time includes it.")
+                     "is the last row; the judge did not score its jokes). The wall time includes it.")
     jokes = [{"prompt": p["input"]["messages"][-1]["content"], "base": b[1], "base_score": b[0],
               "fine_tuned": f[1], "fine_tuned_score": f[0]}
              for p, b, f in zip(pairs, scores["base"], scores["fine_tuned"])]

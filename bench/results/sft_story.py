@@ -285,12 +285,12 @@ def failure_note(answers: list[dict], label: str = "Fine-tuned misses") -> str:
     return f"{label} by kind: " + ("; ".join(parts) if parts else "none") + "."
 
 
-def strict_scores(client, model: str, probes: list[Probe], label: str) -> tuple[dict, list[dict]]:
-    """The BFCL probes asked again with strict tools (SFTStory.strict_probes)."""
+def strict_scores(client, model: str, probes: list[Probe], label: str) -> dict:
+    """The BFCL probes asked again with strict tools (SFTStory.strict_probes): {"scores", "answers"}."""
     print(f"[sft] {label}: the BFCL probes again, tools sent strict: true ...", flush=True)
     scores, answers = score(client, model, [p for p in probes if p.example is not None], strict=True)
     print(f"[sft] {label}, strict tools: {scores}", flush=True)
-    return scores, answers
+    return {"scores": scores, "answers": answers}
 
 
 def strict_change(plain: list[dict], strict: list[dict]) -> str:
@@ -345,7 +345,6 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
     train, probes, split = build(cfg, tokenizer)
     counts = {g: sum(p.group == g for p in probes) for g in ("smart_home", "bfcl_seen", "bfcl_unseen")}
     print(f"[sft] {len(train)} training lines {split['train_lines']}; held out {counts}", flush=True)
-    variant = None
     if cfg.compare_overrides:
         v_cfg = replace(cfg, **cfg.compare_overrides)
         v_train, v_probes, v_split = build(v_cfg, tokenizer)
@@ -368,10 +367,10 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
                   "fine_tuned": strict_scores(client, job.fine_tuned_model, probes, "fine-tuned")}
     if cfg.compare_overrides:
         print(f"[sft] side by side: {cfg.compare_label} ...", flush=True)
-        variant = (v_split, *train_and_score(client, v_cfg, v_train, valid_file.id, probes,
-                                             "results_sft_train_compare.jsonl"))
+        v_job, v_train_s, v_after, v_answers = train_and_score(client, v_cfg, v_train, valid_file.id, probes,
+                                                               "results_sft_train_compare.jsonl")
         if cfg.strict_probes:
-            strict["compare"] = strict_scores(client, variant[1].fine_tuned_model, probes, "side by side")
+            strict["compare"] = strict_scores(client, v_job.fine_tuned_model, probes, "side by side")
     wall = time.monotonic() - t0
 
     head_base, head_ft = before["held_out_examples"], after["held_out_examples"]
@@ -385,15 +384,14 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
             row("  of which smart-home test", before["smart_home_exact"], after["smart_home_exact"], None, None),
             row("  of which BFCL, trained functions", before["bfcl_seen_exact"], after["bfcl_seen_exact"], None, None)]
     if strict:
-        (s_base, _), (s_ft, s_answers) = strict["base"], strict["fine_tuned"]
+        s_base, s_ft = strict["base"]["scores"], strict["fine_tuned"]["scores"]
         rows += [row("held-out functions, the same model and questions with the tools sent `strict: true` "
                      "(grammar-constrained arguments)", s_base["bfcl_unseen_exact"], s_ft["bfcl_unseen_exact"],
                      f">= {cfg.functions_target:.0%}", s_ft["bfcl_unseen_exact"] >= cfg.functions_target),
                  row("  BFCL, trained functions, strict tools", s_base["bfcl_seen_exact"], s_ft["bfcl_seen_exact"],
                      None, None)]
     compare = None
-    if variant:
-        v_split, v_job, v_train_s, v_after, v_answers = variant
+    if cfg.compare_overrides:
         compare = {"label": cfg.compare_label, "overrides": cfg.compare_overrides, "split": v_split,
                    "job_id": v_job.id, "train_s": round(v_train_s, 1), "trained_tokens": v_job.trained_tokens,
                    "scores": v_after, "answers": v_answers}
@@ -405,7 +403,7 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
                  row("  its BFCL, trained functions", before["bfcl_seen_exact"], v_after["bfcl_seen_exact"], None,
                      None)]
         if strict:
-            v_strict = strict["compare"][0]
+            v_strict = strict["compare"]["scores"]
             rows += [row("  its held-out functions, strict tools", s_base["bfcl_unseen_exact"],
                          v_strict["bfcl_unseen_exact"], "reported", None),
                      row("  its BFCL, trained functions, strict tools", s_base["bfcl_seen_exact"],
@@ -423,17 +421,17 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
         "No large model runs offline here, so there is no side-by-side large-model figure; the target stands in.",
         failure_note(after_answers),
     ]
-    if variant:
+    if compare:
         notes.append(f"Side by side in this run, the same probes and seed, with {cfg.compare_label} "
                      f"({cfg.compare_overrides}): " + training_note(v_split, v_job, v_train_s) + ". "
                      + failure_note(v_answers, "Its fine-tuned misses")
                      + " The wall time includes this second job and its scoring.")
     if strict:
         notes.append("Strict tools (the BFCL probes asked again with `strict: true`, the same models): the story's "
-                     "model: " + strict_change(after_answers, s_answers) + "; "
-                     + failure_note(s_answers, "misses")
-                     + (" The side-by-side model: " + strict_change(v_answers, strict["compare"][1]) + "; "
-                        + failure_note(strict["compare"][1], "misses") if variant else "")
+                     "model: " + strict_change(after_answers, strict["fine_tuned"]["answers"]) + "; "
+                     + failure_note(strict["fine_tuned"]["answers"], "misses")
+                     + (" The side-by-side model: " + strict_change(v_answers, strict["compare"]["answers"]) + "; "
+                        + failure_note(strict["compare"]["answers"], "misses") if compare else "")
                      + f" Base with strict tools: valid calls {s_base['bfcl_seen_valid']:.0%} (trained functions' "
                      f"questions), {s_base['bfcl_unseen_valid']:.0%} (held-out functions'). Strict tools constrain "
                      "a call once the model starts one; they choose no value.")
@@ -443,6 +441,6 @@ def run(ctx: Context, cfg: SFTStory | None = None) -> dict:
                "trained_tokens": job.trained_tokens, "base_scores": before, "fine_tuned_scores": after,
                "base_answers": before_answers, "fine_tuned_answers": after_answers,
                "compare": compare,
-               "strict": {k: {"scores": v[0], "answers": v[1]} for k, v in strict.items()} if strict else None}
+               "strict": strict}
     return result("sft", cfg.model, rows[0]["metric"], head_base, head_ft, rows[0]["target"], rows[0]["met"], wall,
                   details)
