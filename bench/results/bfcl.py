@@ -21,6 +21,9 @@ What this module adds:
   of 10 units") for other numbers of the same kind, with the call changed to match. This is the
   seed talk's recipe (training data generated from the function schema) in the one form that
   needs no other model: the phrasing is BFCL's, the argument values are new.
+- `string_variants`: the same for the string values a request states ("the Beef Lasagna recipe" ->
+  "the Cedar Grove recipe"; an enum's other members where the schema lists them), numbers swapped
+  too: requests that can only be answered by copying the value from the request.
 - `check_call`: BFCL's own AST checker (`simple_function_checker`: name, required arguments, types
   with Python's int -> float promotion, each value one of the acceptable ones, strings compared
   case- and punctuation-insensitively, optional arguments).
@@ -234,6 +237,95 @@ def variants(ex: BfclExample, k: int, rng: random.Random, tries: int = 50,
             new_text, new_value = _new_number(text, rng)
             question = _number_pattern(text).sub(new_text, question, count=1)
             args[arg] = new_value
+        if question not in questions:
+            questions.add(question)
+            out.append((question, args))
+    return out
+
+
+def string_swappable(ex: BfclExample) -> dict[str, str]:
+    """Required string arguments whose value the question writes exactly once, as a phrase of its own
+    (case aside; the first of BFCL's acceptable values found) -> that phrase as the question writes it.
+    An argument that is optional ("" listed), not a string, or sharing its phrase with another is left."""
+    props = (ex.function.get("parameters") or {}).get("properties") or {}
+    found: dict[str, str] = {}
+    for arg, values in ex.answer.items():
+        given = [v for v in values if v != ""]
+        if "" in values or not given or not all(isinstance(v, str) for v in given):
+            continue
+        if (props.get(arg) or {}).get("type") not in ("string", None):
+            continue
+        for v in sorted(given, key=len, reverse=True):  # "Miami, Florida" before "Miami"
+            hits = list(_phrase_pattern(v).finditer(ex.question))
+            if len(hits) == 1:
+                found[arg] = hits[0].group(0)
+                break
+    spans = [t.lower() for t in found.values()]
+    return {a: t for a, t in found.items() if spans.count(t.lower()) == 1}
+
+
+def _phrase_pattern(text: str) -> re.Pattern:
+    # The phrase as whole words, case aside: "Beef Lasagna" in "the Beef Lasagna recipe", not "ice" in "price".
+    return re.compile(rf"(?<![\w]){re.escape(text)}(?![\w])", re.IGNORECASE)
+
+
+# Field-name words -> modelmill.datagen.schema.VOCAB's values of that kind, for string_variants: the
+# kinds whose values any request may state. Units, dates, ids and free text are left out: their values
+# need a format or a meaning (a request that said "how many imperial in 4 metric" would teach nonsense).
+_SWAP_KINDS = {"city": "city", "location": "location", "country": "country", "currency": "currency",
+               "language": "language", "color": "color", "symbol": "symbol", "song": "song", "artist": "artist",
+               "player": "name", "actor": "name", "author": "name", "person": "name", "full_name": "name"}
+# Field-name words of things known by a proper name, for which data synth's name-like values
+# ("Northwind", "Blue Harbor") stand in when the request writes one ("the company Google").
+_PROPER_NAME_FIELDS = ("name", "company", "team", "museum", "park", "court", "brand", "store", "restaurant",
+                       "hotel", "organization", "institution", "university", "school")
+
+
+def _new_string(arg: str, schema: dict, old: str, question: str, rng: random.Random) -> str | None:
+    """Another value for a string argument: another enum member when the schema lists them, else a
+    value data synth would write for a field of that kind (VOCAB, by the field name's words), else,
+    for a proper name as written ("Google") of a field named for one (_PROPER_NAME_FIELDS), one of data
+    synth's name-like values. None when no value of the same kind is at hand: a common word ("vegan",
+    "km/h") or a name of another kind ("Celsius", "Tennis") is kept."""
+    from modelmill.datagen.schema import NAMES, VOCAB
+
+    if schema.get("enum"):
+        pool = [str(v) for v in schema["enum"]]
+    else:
+        pool = [v for word, kind in _SWAP_KINDS.items() if word in arg.lower() for v in VOCAB[kind]]
+        if not pool and old[:1].isupper() and any(w in arg.lower() for w in _PROPER_NAME_FIELDS):
+            pool = NAMES
+    pool = [v for v in dict.fromkeys(pool) if v.lower() != old.lower() and v.lower() not in question.lower()]
+    return rng.choice(pool) if pool else None
+
+
+def string_variants(ex: BfclExample, k: int, rng: random.Random, tries: int = 50,
+                    optional: str = "omit") -> list[tuple[str, dict]]:
+    """Up to k (question, args) pairs: the example's question with every string value it states
+    (string_swappable) replaced by another (_new_string) and, where it writes numbers (swappable),
+    those replaced too; the canonical call changed to match. A model trained on the same sentence
+    with other values must read each value from the request (copy it) rather than recall it, which
+    is what a call to a function it never saw needs. Empty when no string is swappable."""
+    strings, numbers = string_swappable(ex), swappable(ex)
+    props = (ex.function.get("parameters") or {}).get("properties") or {}
+    base = canonical_args(ex, optional)
+    out, questions = [], {ex.question}
+    for _ in range(tries):
+        if len(out) >= k or not strings:
+            break
+        question, args, swapped = ex.question, dict(base), 0
+        for arg, text in strings.items():
+            new = _new_string(arg, props.get(arg) or {}, text, question, rng)
+            if new is not None:
+                question = _phrase_pattern(text).sub(lambda m: new, question, count=1)
+                args[arg], swapped = new, swapped + 1
+        if not swapped:
+            break  # no string of this example has another value of its kind
+        for arg, text in numbers.items():
+            if _number_pattern(text).search(question):
+                new_text, new_value = _new_number(text, rng)
+                question = _number_pattern(text).sub(new_text, question, count=1)
+                args[arg] = new_value
         if question not in questions:
             questions.add(question)
             out.append((question, args))
