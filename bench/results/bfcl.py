@@ -332,6 +332,24 @@ def string_variants(ex: BfclExample, k: int, rng: random.Random, tries: int = 50
     return out
 
 
+def with_defaults(function: dict, defaults: dict) -> dict:
+    """The function's schema with each argument of `defaults` described as defaulting to that value
+    ("The city. Default is 'Paris'."), as many real schemas describe theirs; an argument whose
+    description already names a default is left as it is. With a request that states another value,
+    a training line teaches that the request's value wins over the one the schema mentions (a model
+    that copies "default is 'km'" into a call for "the distance in miles" has not learned that)."""
+    fn = copy.deepcopy(function)
+    props = (fn.get("parameters") or {}).get("properties") or {}
+    for arg, value in defaults.items():
+        schema = props.get(arg)
+        if schema is None or "default" in (schema.get("description") or "").lower():
+            continue
+        shown = f"'{value}'" if isinstance(value, str) else json.dumps(value)
+        desc = (schema.get("description") or "").rstrip()
+        schema["description"] = (desc + ("" if not desc or desc.endswith(".") else ".") + f" Default is {shown}.").strip()
+    return fn
+
+
 # -- the metric -------------------------------------------------------------------------------------
 
 class _UnderscoreToDot(dict):

@@ -73,6 +73,9 @@ class SFTStory:
     # More training requests per trained BFCL function with the string values it states swapped (see the
     # module docstring); 0 = none.
     string_variants: int = 0
+    # The share of those lines whose tool describes each swapped argument as defaulting to the request's
+    # original value (bfcl.with_defaults): the request's value must win over the one the schema names.
+    default_distractors: float = 0.0
     # A second job side by side in the same run, on the same probes: this config with these fields changed
     # (None = no second job). Here two string variants per trained BFCL function (issue 18's held-out
     # functions, whose misses are values), against the story's "auto" job on the same data otherwise.
@@ -171,7 +174,8 @@ def build(cfg: SFTStory, tokenizer) -> tuple[list[dict], list[Probe], dict]:
     train += [bfcl.chat_line(e.question, e.function, bfcl.canonical_args(e, cfg.optional_args))
               for n in other for e in by_name[n]]
     train += synth_lines
-    string_lines = [bfcl.chat_line(q, by_name[n][0].function, args) for n in seen + other
+    string_lines = [_string_line(cfg, by_name[n][0], q, args, random.Random(f"{cfg.seed}:defaults:{n}:{q}"))
+                    for n in seen + other
                     for q, args in bfcl.string_variants(by_name[n][0], cfg.string_variants,
                                                         random.Random(f"{cfg.seed}:strings:{n}"),
                                                         optional=cfg.optional_args)] if cfg.string_variants else []
@@ -200,6 +204,16 @@ def build(cfg: SFTStory, tokenizer) -> tuple[list[dict], list[Probe], dict]:
                              "bfcl_synth": len(synth_lines), "bfcl_string_variants": len(string_lines),
                              "total": len(train)}}
     return train, probes, split
+
+
+def _string_line(cfg: SFTStory, e: bfcl.BfclExample, question: str, args: dict, rng: random.Random) -> dict:
+    """A string variant's training line; with chance `default_distractors`, its tool describes each
+    swapped argument as defaulting to the example's own value (bfcl.with_defaults)."""
+    fn = e.function
+    if rng.random() < cfg.default_distractors:
+        own = bfcl.canonical_args(e, cfg.optional_args)
+        fn = bfcl.with_defaults(fn, {a: own[a] for a in args if a in own and args[a] != own[a]})
+    return bfcl.chat_line(question, fn, args)
 
 
 def _synth_lines(cfg: SFTStory, names: list[str], by_name: dict) -> tuple[list[dict], list[str], dict]:
