@@ -179,6 +179,8 @@ def build(cfg: SFTStory, tokenizer) -> tuple[list[dict], list[Probe], dict]:
                     for q, args in bfcl.string_variants(by_name[n][0], cfg.string_variants,
                                                         random.Random(f"{cfg.seed}:strings:{n}"),
                                                         optional=cfg.optional_args)] if cfg.string_variants else []
+    distracted = sum(d for _, d in string_lines)
+    string_lines = [line for line, _ in string_lines]
     train += string_lines
     random.Random(cfg.seed).shuffle(train)
 
@@ -202,18 +204,21 @@ def build(cfg: SFTStory, tokenizer) -> tuple[list[dict], list[Probe], dict]:
                              "bfcl_generated": len(seen) * cfg.variants_per_function,
                              "bfcl_original": sum(len(by_name[n]) for n in other),
                              "bfcl_synth": len(synth_lines), "bfcl_string_variants": len(string_lines),
+                             "bfcl_string_variants_with_defaults": distracted,
                              "total": len(train)}}
     return train, probes, split
 
 
-def _string_line(cfg: SFTStory, e: bfcl.BfclExample, question: str, args: dict, rng: random.Random) -> dict:
-    """A string variant's training line; with chance `default_distractors`, its tool describes each
-    swapped argument as defaulting to the example's own value (bfcl.with_defaults)."""
-    fn = e.function
-    if rng.random() < cfg.default_distractors:
-        own = bfcl.canonical_args(e, cfg.optional_args)
-        fn = bfcl.with_defaults(fn, {a: own[a] for a in args if a in own and args[a] != own[a]})
-    return bfcl.chat_line(question, fn, args)
+def _string_line(cfg: SFTStory, e: bfcl.BfclExample, question: str, args: dict,
+                 rng: random.Random) -> tuple[dict, bool]:
+    """A string variant's training line, and whether its tool names a default: with chance
+    `default_distractors`, the tool describes each swapped argument as defaulting to the example's own
+    value (bfcl.with_defaults)."""
+    if rng.random() >= cfg.default_distractors:
+        return bfcl.chat_line(question, e.function, args), False
+    own = bfcl.canonical_args(e, cfg.optional_args)
+    fn = bfcl.with_defaults(e.function, {a: own[a] for a in args if a in own and args[a] != own[a]})
+    return bfcl.chat_line(question, fn, args), fn != e.function
 
 
 def _synth_lines(cfg: SFTStory, names: list[str], by_name: dict) -> tuple[list[dict], list[str], dict]:
@@ -361,6 +366,8 @@ def training_note(split: dict, job, train_s: float) -> str:
             + (f", {lines['bfcl_synth']} written by `data synth` from {len(split['synth_functions'])} "
                "more functions' schemas" if split["synth_functions"] else "")
             + (f", {lines['bfcl_string_variants']} of trained BFCL functions with other string values"
+               + (f" ({lines['bfcl_string_variants_with_defaults']} of them with a tool that names the request's "
+                  "original value as the default)" if lines.get("bfcl_string_variants_with_defaults") else "")
                if lines.get("bfcl_string_variants") else "") + "), "
             f"{hp.n_epochs} epoch{'s' if hp.n_epochs > 1 else ''}, batch {hp.batch_size}, "
             f"LR multiplier {hp.learning_rate_multiplier}, LoRA r=8; "
