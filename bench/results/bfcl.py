@@ -245,7 +245,7 @@ def variants(ex: BfclExample, k: int, rng: random.Random, tries: int = 50,
 
 def string_swappable(ex: BfclExample) -> dict[str, str]:
     """Required string arguments whose value the question writes exactly once, as a phrase of its own
-    (case aside; the first of BFCL's acceptable values found) -> that phrase as the question writes it.
+    (case aside; the longest of BFCL's acceptable values found) -> that phrase as the question writes it.
     An argument that is optional ("" listed), not a string, or sharing its phrase with another is left."""
     props = (ex.function.get("parameters") or {}).get("properties") or {}
     found: dict[str, str] = {}
@@ -346,7 +346,8 @@ def with_defaults(function: dict, defaults: dict) -> dict:
             continue
         shown = f"'{value}'" if isinstance(value, str) else json.dumps(value)
         desc = (schema.get("description") or "").rstrip()
-        schema["description"] = (desc + ("" if not desc or desc.endswith(".") else ".") + f" Default is {shown}.").strip()
+        end = "" if not desc or desc.endswith(".") else "."
+        schema["description"] = f"{desc}{end} Default is {shown}.".strip()
     return fn
 
 
