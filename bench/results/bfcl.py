@@ -232,15 +232,23 @@ def variants(ex: BfclExample, k: int, rng: random.Random, tries: int = 50,
     for _ in range(tries):
         if len(out) >= k or not swap:
             break
-        question, args = ex.question, dict(base)
-        for arg, text in swap.items():
-            new_text, new_value = _new_number(text, rng)
-            question = _number_pattern(text).sub(new_text, question, count=1)
-            args[arg] = new_value
+        args = dict(base)
+        question = _swap_numbers(ex.question, args, swap, rng)
         if question not in questions:
             questions.add(question)
             out.append((question, args))
     return out
+
+
+def _swap_numbers(question: str, args: dict, numbers: dict[str, str], rng: random.Random) -> str:
+    """The question with each number of `numbers` (swappable: argument -> the number as written) still
+    in it replaced by a new one of the same kind, `args` set to match (in place)."""
+    for arg, text in numbers.items():
+        if _number_pattern(text).search(question):
+            new_text, new_value = _new_number(text, rng)
+            question = _number_pattern(text).sub(new_text, question, count=1)
+            args[arg] = new_value
+    return question
 
 
 def string_swappable(ex: BfclExample) -> dict[str, str]:
@@ -321,11 +329,7 @@ def string_variants(ex: BfclExample, k: int, rng: random.Random, tries: int = 50
                 args[arg], swapped = new, swapped + 1
         if not swapped:
             break  # no string of this example has another value of its kind
-        for arg, text in numbers.items():
-            if _number_pattern(text).search(question):
-                new_text, new_value = _new_number(text, rng)
-                question = _number_pattern(text).sub(new_text, question, count=1)
-                args[arg] = new_value
+        question = _swap_numbers(question, args, numbers, rng)
         if question not in questions:
             questions.add(question)
             out.append((question, args))
